@@ -1,0 +1,225 @@
+//! Kernel/user ABI of the Portcullis gateway: every map key, map value and ring-buffer event, defined
+//! once. The kernel crate (`portcullis-xdp-ebpf`) and the loader (`portcullis-gateway`) both use
+//! these definitions; nothing here is written twice.
+//!
+//! Conventions: addresses are 16 bytes in network byte order, IPv4 as IPv4-mapped IPv6
+//! (`::ffff:a.b.c.d`) so one key type serves both families. Ports are stored in host byte order
+//! unless a field says otherwise. Every struct has a `const` size assertion: a layout change is a
+//! compile error on both sides, not a silent mismatch.
+#![no_std]
+
+/// Port ranges one rule set can hold; the program scans them linearly (bounded loop), so the
+/// per-packet cost is independent of the number of prefixes.
+pub const MAX_PORT_RANGES: usize = 16;
+/// Protocol number meaning "any protocol" in a [`PortRange`] (a rule without `ports`).
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Direction of a policy check, as stored in [`EndpointKey::direction`].
+pub const DIRECTION_INGRESS: u8 = 0;
+pub const DIRECTION_EGRESS: u8 = 1;
+
+/// Role of an interface the program is attached to (value of the `IFACE_ROLES` map).
+/// Packets entering on the cluster leg are checked against the source pod's egress policy;
+/// packets entering on the external leg against the destination pod's ingress policy.
+pub const ROLE_CLUSTER: u32 = 1;
+pub const ROLE_EXTERNAL: u32 = 2;
+
+/// Bit of group and rule-set ids that carries the generation parity: the two live generations
+/// never share an id, so a new generation is written beside the old one.
+pub const GENERATION_ID_BIT: u32 = 1 << 31;
+
+/// Bits of a [`PrefixData`] key before the address: the group id.
+pub const PREFIX_GROUP_BITS: u32 = 32;
+
+/// `ENDPOINTS` key (hash): a pod address in one direction of one generation.
+/// Written by the loader for every pod selected by at least one policy of that direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Pod address, network byte order, IPv4 mapped.
+    pub addr: [u8; 16],
+    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
+    pub direction: u8,
+    /// Generation parity (0 or 1).
+    pub generation: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+
+/// `ENDPOINTS` value: the policy group of that pod and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// Group id (host byte order), unique within its generation.
+    pub group: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 4);
+
+/// `PREFIXES` key data (LPM trie; aya's `lpm_trie::Key` adds the prefix length in front): a peer
+/// prefix within one group. The prefix length counts [`PREFIX_GROUP_BITS`] plus the address bits
+/// (IPv4 prefixes add 96 for the mapping prefix), so a lookup with the full length finds the
+/// longest prefix of that group only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixData {
+    /// Group id in network byte order, so its bits come first in the trie's comparison.
+    pub group_be: u32,
+    /// Peer address, network byte order, IPv4 mapped.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PrefixData>() == 20);
+
+/// `PREFIXES` value: the rule set allowed for every address of that prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixValue {
+    /// Key into `RULE_SETS` (host byte order).
+    pub rule_set: u32,
+}
+const _: () = assert!(core::mem::size_of::<PrefixValue>() == 4);
+
+/// One allowed protocol and inclusive port range. `protocol == PROTO_ANY` allows every protocol
+/// and port (including ICMP); a range of `0..=65535` with a protocol allows every port of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortRange {
+    pub protocol: u8,
+    pub _pad: u8,
+    /// First port, host byte order.
+    pub first: u16,
+    /// Last port (inclusive), host byte order.
+    pub last: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortRange>() == 6);
+
+/// `RULE_SETS` value (hash keyed by rule-set id): the union of port rules allowed at a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    /// Number of valid entries in `ranges`.
+    pub count: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+const _: () = assert!(core::mem::size_of::<RuleSet>() == 4 + 6 * MAX_PORT_RANGES);
+
+/// `CONFIG` value (array, one entry): what the loader tells the program globally.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Active generation parity (0 or 1); switching it is the atomic policy update.
+    pub generation: u32,
+    /// `CONFIG_FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+/// Forward allowed packets in XDP (`bpf_fib_lookup` + redirect) instead of passing them to the stack.
+pub const CONFIG_FLAG_XDP_FORWARD: u32 = 1 << 0;
+/// Re-check established flows against the active generation (`--revalidate`).
+pub const CONFIG_FLAG_REVALIDATE: u32 = 1 << 1;
+
+/// `FLOWS` key (LRU hash): one normalised entry per connection, the same for both directions.
+/// `(addr_lo, port_lo)` is the smaller endpoint in byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    /// Network byte order (as on the wire); ICMP echo uses the identifier in both.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// TCP connection states tracked from flags, each with its own timeout.
+pub const TCP_STATE_SYN_SENT: u8 = 1;
+pub const TCP_STATE_ESTABLISHED: u8 = 2;
+pub const TCP_STATE_CLOSING: u8 = 3;
+/// Non-TCP flows (UDP, SCTP, ICMP) use one idle state.
+pub const FLOW_STATE_ACTIVE: u8 = 4;
+
+/// `FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+    /// Group that allowed the flow (0 when the pod was not selected).
+    pub group: u32,
+    /// One of the `*_STATE_*` constants.
+    pub state: u8,
+    /// 1 when the `lo` endpoint opened the flow.
+    pub initiator_is_lo: u8,
+    /// Direction of the check that allowed it.
+    pub direction: u8,
+    /// Generation parity that allowed it (for `--revalidate`).
+    pub generation: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// Idle timeouts (ns) per state; the flow GC in user space and the program agree on them.
+pub const TIMEOUT_TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+pub const TIMEOUT_TCP_ESTABLISHED_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+
+/// Indexes of the `COUNTERS` per-CPU array.
+pub const COUNTER_PASS_FLOW: u32 = 0;
+pub const COUNTER_PASS_POLICY: u32 = 1;
+pub const COUNTER_PASS_UNSELECTED: u32 = 2;
+pub const COUNTER_PASS_NON_IP: u32 = 3;
+pub const COUNTER_DROP_POLICY: u32 = 4;
+pub const COUNTER_DROP_MALFORMED: u32 = 5;
+pub const COUNTER_DROP_FRAGMENT: u32 = 6;
+pub const COUNTER_FORWARD_XDP: u32 = 7;
+pub const COUNTER_PASS_STACK: u32 = 8;
+pub const COUNTER_COUNT: u32 = 9;
+
+/// Why a packet was dropped, in [`DropEvent::reason`].
+pub const DROP_REASON_POLICY: u8 = 1;
+pub const DROP_REASON_MALFORMED: u8 = 2;
+pub const DROP_REASON_FRAGMENT: u8 = 3;
+
+/// `DROP_EVENTS` ring-buffer record, one per reported drop (rate-limited in the program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropEvent {
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    /// Group whose policy denied it (0 when not a policy drop).
+    pub group: u32,
+    /// Network byte order, IPv4 mapped.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub reason: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding fields and no pointers.
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for PrefixData {}
+    unsafe impl aya::Pod for PrefixValue {}
+    unsafe impl aya::Pod for PortRange {}
+    unsafe impl aya::Pod for RuleSet {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for DropEvent {}
+}
