@@ -1,1 +1,79 @@
-fn main() {}
+//! `portcullis`: the one command for the gateway and node daemons and the tools around them.
+
+mod audit_cmd;
+mod explain_cmd;
+mod manifests;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Kubernetes NetworkPolicy enforced in the kernel with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explain the verdict for one probe or a file of probes: which policies select each end and
+    /// which rule allows it, or why nothing does.
+    Explain(explain_cmd::ExplainArgs),
+    /// Report namespaces without default deny, rules that allow everything, ipBlocks covering pod
+    /// addresses, excepts that carve nothing and policies that select no pod.
+    Audit(audit_cmd::AuditArgs),
+}
+
+/// Manifest input shared by every command that reads cluster state.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ManifestArgs {
+    /// Manifest files or directories (multi-document YAML of Namespaces, Pods, NetworkPolicies).
+    #[arg(long, num_args = 1.., required = true)]
+    pub manifests: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Explain(args) => explain_cmd::run(args),
+        Command::Audit(args) => audit_cmd::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads manifests and reports rejected objects on stderr. Returns the snapshot and whether
+/// anything was rejected (commands exit non-zero then, after doing their work on the rest).
+pub fn load_reporting(
+    args: &ManifestArgs,
+) -> anyhow::Result<(portcullis_policy::model::Snapshot, bool)> {
+    let loaded = manifests::load(&args.manifests)?;
+    for error in &loaded.errors {
+        eprintln!("rejected: {error}");
+    }
+    Ok((loaded.snapshot, !loaded.errors.is_empty()))
+}

@@ -1,0 +1,106 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use portcullis_policy::explain;
+use portcullis_policy::probe::{parse_probes, Probe, ProbeSpec};
+
+use crate::{load_reporting, ManifestArgs, OutputFormat};
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Probe file: a YAML list of {from, to, port, protocol} (see the conformance README).
+    #[arg(long, conflicts_with_all = ["from", "to", "port"])]
+    probes: Option<PathBuf>,
+    /// Source: `namespace/pod` or an external IP address.
+    #[arg(long, requires_all = ["to", "port"])]
+    from: Option<String>,
+    /// Destination: `namespace/pod` or an external IP address.
+    #[arg(long)]
+    to: Option<String>,
+    /// Destination port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+fn probes_of(args: &ExplainArgs) -> Result<Vec<Probe>> {
+    if let Some(path) = &args.probes {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return parse_probes(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    match (&args.from, &args.to, args.port) {
+        (Some(from), Some(to), Some(port)) => {
+            let spec = ProbeSpec {
+                from: from.clone(),
+                to: to.clone(),
+                port,
+                protocol: args.protocol.to_uppercase(),
+                expect: None,
+            };
+            Ok(vec![spec.to_probe().map_err(anyhow::Error::msg)?])
+        }
+        _ => bail!("give --probes FILE, or --from, --to and --port"),
+    }
+}
+
+pub fn run(args: ExplainArgs) -> Result<ExitCode> {
+    let probes = probes_of(&args)?;
+    let (snapshot, rejected) = load_reporting(&args.manifests)?;
+    let mut rows = Vec::new();
+    for probe in &probes {
+        let verdict = snapshot
+            .evaluate_probe(probe)
+            .with_context(|| format!("probe {probe}"))?;
+        match args.output {
+            OutputFormat::Json => println!("{}", explain::to_json(probe, &verdict)),
+            OutputFormat::Table => rows.push([
+                probe.from.to_string(),
+                probe.to.to_string(),
+                format!("{}/{}", probe.protocol, probe.port),
+                if verdict.allowed() { "allow" } else { "DENY" }.to_string(),
+                explain::reason(probe, &verdict),
+            ]),
+        }
+    }
+    if args.output == OutputFormat::Table {
+        print_table(&["FROM", "TO", "PORT", "VERDICT", "WHY"], &rows);
+    }
+    Ok(if rejected {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints aligned columns; the last column is left unpadded.
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
