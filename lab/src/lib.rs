@@ -110,7 +110,7 @@ impl Default for LabOptions {
             prefix: "pcl".into(),
             timeout: Duration::from_millis(700),
             retries: 1,
-            parallelism: 32,
+            parallelism: 64,
             cleanup_stale: true,
         }
     }

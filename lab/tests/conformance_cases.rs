@@ -1,0 +1,82 @@
+//! Every conformance case's cluster and probes, built as a lab with no enforcement: every probe must
+//! be observed as allow (the lab itself never blocks), and each case must stay fast. Needs root.
+//! The cases live in `../shared/conformance/cases` beside the repository; without them this test
+//! says so and checks nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use portcullis_lab::{Lab, LabOptions, Verdict};
+use portcullis_policy::load::load_sources;
+use portcullis_policy::probe::parse_probes;
+
+fn cases_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cases");
+    dir.is_dir().then_some(dir)
+}
+
+#[test]
+fn conformance_cases_all_allow_without_enforcement() {
+    let Some(dir) = cases_dir() else {
+        eprintln!("no ../shared/conformance/cases beside the repository: nothing to check");
+        return;
+    };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("probes.yaml").is_file())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty());
+    let mut failures = Vec::new();
+    let mut slowest = (Duration::ZERO, String::new());
+    let mut total_probes = 0;
+    let all = Instant::now();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let read = |f: &str| std::fs::read_to_string(case.join(f)).unwrap_or_default();
+        let (cluster, policies) = (read("cluster.yaml"), read("policies.yaml"));
+        let loaded = load_sources([
+            ("cluster.yaml", cluster.as_str()),
+            ("policies.yaml", policies.as_str()),
+        ]);
+        let probes = parse_probes(&read("probes.yaml")).unwrap();
+        total_probes += probes.len();
+        let t = Instant::now();
+        let lab = Lab::build(&loaded.snapshot, &probes, LabOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: build: {e}"));
+        let built = t.elapsed();
+        let results = lab.probe_all(&probes);
+        drop(lab);
+        let took = t.elapsed();
+        eprintln!(
+            "{name}: {} pods, {} probes, build {built:?}, total {took:?}",
+            loaded.snapshot.pods.len(),
+            probes.len()
+        );
+        if took > slowest.0 {
+            slowest = (took, name.clone());
+        }
+        for (p, r) in probes.iter().zip(results) {
+            match r {
+                Ok(o) if o.verdict == Verdict::Allow => {}
+                Ok(o) => failures.push(format!("{name}: {p}: {} ({})", o.verdict, o.detail)),
+                Err(e) => failures.push(format!("{name}: {p}: error {e}")),
+            }
+        }
+    }
+    eprintln!(
+        "{} cases, {total_probes} probes in {:?}; slowest {} in {:?}",
+        cases.len(),
+        all.elapsed(),
+        slowest.1,
+        slowest.0
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(
+        slowest.0 < Duration::from_secs(10),
+        "{} took {:?}",
+        slowest.1,
+        slowest.0
+    );
+}
