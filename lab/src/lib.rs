@@ -110,7 +110,7 @@ impl Default for LabOptions {
             prefix: "pcl".into(),
             timeout: Duration::from_millis(700),
             retries: 1,
-            parallelism: 64,
+            parallelism: 128,
             cleanup_stale: true,
         }
     }

@@ -80,3 +80,58 @@ fn conformance_cases_all_allow_without_enforcement() {
         slowest.0
     );
 }
+
+/// The largest case with every forwarded packet dropped in the node and the gateway: every probe
+/// except a pod's probe to itself times out (twice), and the whole run still stays under 10 s.
+#[test]
+fn deny_heavy_case_stays_fast() {
+    let Some(dir) = cases_dir() else {
+        eprintln!("no ../shared/conformance/cases beside the repository: nothing to check");
+        return;
+    };
+    let case = dir.join("032-ingress-protocol-only-tcp");
+    let read = |f: &str| std::fs::read_to_string(case.join(f)).unwrap_or_default();
+    let cluster = read("cluster.yaml");
+    let loaded = load_sources([("cluster.yaml", cluster.as_str())]);
+    let probes = parse_probes(&read("probes.yaml")).unwrap();
+    let t = Instant::now();
+    let lab = Lab::build(&loaded.snapshot, &probes, LabOptions::default()).unwrap();
+    let script = std::env::temp_dir().join(format!("{}-dropall.nft", lab.id()));
+    std::fs::write(
+        &script,
+        "table inet pcltest {\n chain f {\n  type filter hook forward priority 0; policy drop;\n }\n}\n",
+    )
+    .unwrap();
+    for ns in [lab.nodes()[0].netns.clone(), lab.gateway().netns.clone()] {
+        let mut cmd = std::process::Command::new("nft");
+        cmd.arg("-f").arg(&script);
+        let out = lab.output_in(&ns, cmd).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&script);
+    let results = lab.probe_all(&probes);
+    drop(lab);
+    let took = t.elapsed();
+    let mut denied = 0;
+    for (p, r) in probes.iter().zip(results) {
+        let o = r.unwrap();
+        let own = p.from == p.to;
+        assert_eq!(
+            o.verdict == Verdict::Allow,
+            own,
+            "{p}: {} ({})",
+            o.verdict,
+            o.detail
+        );
+        denied += usize::from(!own);
+    }
+    eprintln!(
+        "{} probes, {denied} denied, build+probe+teardown {took:?}",
+        probes.len()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
