@@ -3,9 +3,13 @@
 //! ```text
 //!  pod netns (eth0) ──veth── node netns (podN … gw0) ──veth── gateway netns ──veth── ext netns
 //!   pod IPs /32 /128          /32 /128 route per pod      (cluster)   (external)    every external
-//!   default via 169.254.1.1   default → gateway           pod IPs → cluster         address, default
+//!   default via 169.254.1.1   default → gateway           pod IPs → their node      address, default
 //!   / fe80::1 (on-link)                                    default → external        → gateway
 //! ```
+//!
+//! With pods on more than one node (`Pod::node`), each node's `gw0` and the gateway's `cluster` leg
+//! are ports of a bridge in a fabric namespace instead; nodes route each other's pods straight
+//! across it (pod-to-pod traffic never crosses the gateway, as in a real cluster).
 //!
 //! Every neighbour entry is static (permanent), so no ARP/ND has to happen before the first packet;
 //! forwarding is on in node and gateway, rp_filter off, IPv6 DAD off. Servers run on threads that
@@ -57,17 +61,33 @@ pub const EXT_IFACE: &str = "eth0";
 pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 // Transit links (link-local, so they never collide with a pod or external address).
-const NODE_UPLINK_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
-const GW_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+// Cluster segment (gateway's cluster leg and every node's uplink): 169.254.16.0/20, fe80::/64.
+const GW_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 16, 1);
+const CLUSTER_PREFIX_V4: u8 = 20;
 const GW_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 5);
 const EXT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 6);
-const NODE_UPLINK_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1);
-const GW_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 2);
+const GW_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1);
 const GW_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1);
 const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2);
 
-const MAC_NODE_UPLINK: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x01];
-const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x02];
+const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
+/// Name of the bridge in the fabric namespace (only with more than one node).
+pub const FABRIC_BRIDGE: &str = "br0";
+/// The fabric's port towards the gateway's cluster leg.
+const FABRIC_GW_PORT: &str = "gw";
+
+fn node_uplink_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(GW_CLUSTER_V4) + 1 + i as u32)
+}
+
+fn node_uplink_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(GW_CLUSTER_V6) + 1 + i as u128)
+}
+
+fn node_uplink_mac(i: usize) -> [u8; 6] {
+    let n = i + 1;
+    [0x02, 0x70, 0x63, 0x03, (n >> 8) as u8, n as u8]
+}
 const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];
 const MAC_EXT: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x02];
 
@@ -163,8 +183,12 @@ pub struct NodeInfo {
     /// The pods' `node` (or "node-0" when pods name none).
     pub name: String,
     pub netns: String,
-    /// Interface towards the gateway's cluster leg.
+    /// Interface towards the gateway's cluster leg (directly, or through the fabric bridge when
+    /// there is more than one node).
     pub uplink_iface: String,
+    pub uplink_ipv4: Ipv4Addr,
+    pub uplink_ipv6: Ipv6Addr,
+    pub uplink_mac: [u8; 6],
 }
 
 /// Where a pod lives and how it is wired to its node.
@@ -221,6 +245,8 @@ pub struct Lab {
     nodes: Vec<NodeInfo>,
     gateway: GatewayLegs,
     ext_netns: String,
+    /// With more than one node: the namespace whose bridge joins the nodes and the gateway.
+    fabric_netns: Option<String>,
     pods: BTreeMap<String, PodAttachment>,
     externals: BTreeSet<IpAddr>,
     servers: Vec<Server>,
@@ -292,32 +318,43 @@ impl Lab {
             next_lab_number()
         );
 
-        // Pods and node.
-        let mut node_names: BTreeSet<&str> = BTreeSet::new();
+        // Pods and nodes (a pod that names no node is on "node-0").
         let mut pods = BTreeMap::new();
         let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-        let node_netns = format!("{id}-n0");
         let modelled: Vec<_> = snapshot
             .pods
             .iter()
             .filter(|p| !p.host_network && !p.ips.is_empty())
             .collect();
-        for p in &modelled {
-            if let Some(n) = &p.node {
-                node_names.insert(n);
-            }
+        let node_of = |p: &portcullis_policy::model::Pod| p.node.clone().unwrap_or("node-0".into());
+        let node_names: BTreeSet<String> = modelled.iter().map(|p| node_of(p)).collect();
+        let nodes: Vec<NodeInfo> = node_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| NodeInfo {
+                name: name.clone(),
+                netns: format!("{id}-n{i}"),
+                uplink_iface: NODE_UPLINK_IFACE.into(),
+                uplink_ipv4: node_uplink_v4(i),
+                uplink_ipv6: node_uplink_v6(i),
+                uplink_mac: node_uplink_mac(i),
+            })
+            .collect();
+        let nodes = if nodes.is_empty() {
+            vec![NodeInfo {
+                name: "node-0".into(),
+                netns: format!("{id}-n0"),
+                uplink_iface: NODE_UPLINK_IFACE.into(),
+                uplink_ipv4: node_uplink_v4(0),
+                uplink_ipv6: node_uplink_v6(0),
+                uplink_mac: node_uplink_mac(0),
+            }]
+        } else {
+            nodes
+        };
+        if nodes.len() > 4000 {
+            return Err(LabError::Unsupported(format!("{} nodes", nodes.len())));
         }
-        if node_names.len() > 1 {
-            return Err(LabError::Unsupported(format!(
-                "pods on more than one node ({}); the lab has one node namespace so far",
-                node_names.into_iter().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        let node_name = node_names
-            .into_iter()
-            .next()
-            .unwrap_or("node-0")
-            .to_string();
         for (i, p) in modelled.iter().enumerate() {
             let key = p.key();
             for ip in &p.ips {
@@ -342,8 +379,12 @@ impl Lab {
                     iface: POD_IFACE.into(),
                     mac: pod_mac(i),
                     ips: p.ips.clone(),
-                    node: node_name.clone(),
-                    node_netns: node_netns.clone(),
+                    node_netns: nodes
+                        .iter()
+                        .find(|n| n.name == node_of(p))
+                        .map(|n| n.netns.clone())
+                        .expect("every pod's node is listed"),
+                    node: node_of(p),
                     host_iface: format!("pod{i}"),
                     host_mac: host_mac(i),
                 },
@@ -379,11 +420,8 @@ impl Lab {
                 external_iface: GATEWAY_EXTERNAL_IFACE.into(),
             },
             ext_netns: format!("{id}-ext"),
-            nodes: vec![NodeInfo {
-                name: node_name,
-                netns: node_netns,
-                uplink_iface: NODE_UPLINK_IFACE.into(),
-            }],
+            fabric_netns: (nodes.len() > 1).then(|| format!("{id}-fab")),
+            nodes,
             id,
             opts,
             netns: Vec::new(),
@@ -515,19 +553,27 @@ impl Lab {
 
     /// Creates and wires every namespace.
     fn wire(&mut self) -> Result<(), LabError> {
-        let node = self.nodes[0].netns.clone();
+        let nodes = self.nodes.clone();
         let gw = self.gateway.netns.clone();
         let ext = self.ext_netns.clone();
+        let fabric = self.fabric_netns.clone();
         let pods: Vec<PodAttachment> = self.pods.values().cloned().collect();
-        for name in [&node, &gw, &ext] {
+        for name in nodes.iter().map(|n| &n.netns).chain([&gw, &ext]) {
             self.create_netns(name)?;
+        }
+        if let Some(f) = &fabric {
+            self.create_netns(f)?;
         }
         for p in &pods {
             self.create_netns(&p.netns)?;
         }
 
         // Sysctls, from one thread that visits each namespace.
-        let routers: HashSet<&str> = [node.as_str(), gw.as_str()].into();
+        let routers: HashSet<&str> = nodes
+            .iter()
+            .map(|n| n.netns.as_str())
+            .chain([gw.as_str()])
+            .collect();
         let targets: Vec<(String, RawFd, bool)> = self
             .netns
             .iter()
@@ -580,104 +626,150 @@ impl Lab {
                 _ => None,
             })
         };
+        let neigh = |ip: &dyn fmt::Display, m: &[u8; 6], dev: &str| {
+            format!(
+                "neigh replace {ip} lladdr {} dev {dev} nud permanent",
+                mac(m)
+            )
+        };
 
-        // Phase 1: create the veth pairs (each end straight into its namespace).
-        let mut node_links = vec![format!(
-            "link add {NODE_UPLINK_IFACE} address {} type veth peer name {GATEWAY_CLUSTER_IFACE} address {} netns {gw}",
-            mac(&MAC_NODE_UPLINK),
-            mac(&MAC_GW_CLUSTER)
-        )];
-        for p in &pods {
-            node_links.push(format!(
-                "link add {} address {} type veth peer name {POD_IFACE} address {} netns {}",
-                p.host_iface,
-                mac(&p.host_mac),
-                mac(&p.mac),
-                p.netns
-            ));
+        // Phase 1: create the veth pairs (each end straight into its namespace). One node: its
+        // uplink is the gateway's cluster leg's peer. More: both go to ports of the fabric bridge.
+        let mut fabric_ports = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let mut links = vec![match &fabric {
+                None => format!(
+                    "link add {NODE_UPLINK_IFACE} address {} type veth peer name {GATEWAY_CLUSTER_IFACE} address {} netns {gw}",
+                    mac(&node.uplink_mac),
+                    mac(&MAC_GW_CLUSTER)
+                ),
+                Some(f) => {
+                    fabric_ports.push(format!("n{i}"));
+                    format!(
+                        "link add {NODE_UPLINK_IFACE} address {} type veth peer name n{i} netns {f}",
+                        mac(&node.uplink_mac)
+                    )
+                }
+            }];
+            for p in pods.iter().filter(|p| p.node_netns == node.netns) {
+                links.push(format!(
+                    "link add {} address {} type veth peer name {POD_IFACE} address {} netns {}",
+                    p.host_iface,
+                    mac(&p.host_mac),
+                    mac(&p.mac),
+                    p.netns
+                ));
+            }
+            netns::ip_batch(Some(&node.netns), "create node links", &links)?;
         }
-        let gw_links = vec![format!(
+        let mut gw_links = vec![format!(
             "link add {GATEWAY_EXTERNAL_IFACE} address {} type veth peer name {EXT_IFACE} address {} netns {ext}",
             mac(&MAC_GW_EXTERNAL),
             mac(&MAC_EXT)
         )];
-        netns::ip_batch(Some(&node), "create node links", &node_links)?;
+        if let Some(f) = &fabric {
+            fabric_ports.push(FABRIC_GW_PORT.to_string());
+            gw_links.push(format!(
+                "link add {GATEWAY_CLUSTER_IFACE} address {} type veth peer name {FABRIC_GW_PORT} netns {f}",
+                mac(&MAC_GW_CLUSTER)
+            ));
+        }
         netns::ip_batch(Some(&gw), "create gateway links", &gw_links)?;
 
         // Phase 2: addresses, routes and static neighbours, every namespace at once.
         let mut batches: Vec<(String, &'static str, Vec<String>)> = Vec::new();
-        let mut n = vec![
-            "link set lo up".to_string(),
-            format!("link set {NODE_UPLINK_IFACE} up"),
-            format!("addr add {NODE_UPLINK_V4}/30 dev {NODE_UPLINK_IFACE}"),
-            format!("addr add {NODE_UPLINK_V6}/64 dev {NODE_UPLINK_IFACE} nodad"),
-            format!(
-                "neigh replace {GW_CLUSTER_V4} lladdr {} dev {NODE_UPLINK_IFACE} nud permanent",
-                mac(&MAC_GW_CLUSTER)
-            ),
-            format!(
-                "neigh replace {GW_CLUSTER_V6} lladdr {} dev {NODE_UPLINK_IFACE} nud permanent",
-                mac(&MAC_GW_CLUSTER)
-            ),
-            format!("route add 0.0.0.0/0 via {GW_CLUSTER_V4} dev {NODE_UPLINK_IFACE}"),
-            format!("route add ::/0 via {GW_CLUSTER_V6} dev {NODE_UPLINK_IFACE}"),
-        ];
-        for p in &pods {
-            let h = &p.host_iface;
-            n.push(format!("link set {h} up"));
-            if let Some(a) = v4(&p.ips) {
-                n.push(format!("route add {a}/32 dev {h} scope link"));
-                n.push(format!(
-                    "neigh replace {a} lladdr {} dev {h} nud permanent",
-                    mac(&p.mac)
-                ));
+        if let Some(f) = &fabric {
+            let mut b = vec![
+                "link set lo up".to_string(),
+                format!("link add {FABRIC_BRIDGE} type bridge"),
+                format!("link set {FABRIC_BRIDGE} up"),
+            ];
+            for port in &fabric_ports {
+                b.push(format!("link set {port} master {FABRIC_BRIDGE}"));
+                b.push(format!("link set {port} up"));
             }
-            if let Some(a) = v6(&p.ips) {
-                n.push(format!("route add {a}/128 dev {h}"));
-                n.push(format!(
-                    "neigh replace {a} lladdr {} dev {h} nud permanent",
-                    mac(&p.mac)
-                ));
-            }
+            batches.push((f.clone(), "configure fabric bridge", b));
         }
-        batches.push((node.clone(), "configure node", n));
+        for node in &nodes {
+            let up = NODE_UPLINK_IFACE;
+            let mut n = vec![
+                "link set lo up".to_string(),
+                format!("link set {up} up"),
+                format!("addr add {}/{CLUSTER_PREFIX_V4} dev {up}", node.uplink_ipv4),
+                format!("addr add {}/64 dev {up} nodad", node.uplink_ipv6),
+                neigh(&GW_CLUSTER_V4, &MAC_GW_CLUSTER, up),
+                neigh(&GW_CLUSTER_V6, &MAC_GW_CLUSTER, up),
+                format!("route add 0.0.0.0/0 via {GW_CLUSTER_V4} dev {up}"),
+                format!("route add ::/0 via {GW_CLUSTER_V6} dev {up}"),
+            ];
+            for other in nodes.iter().filter(|o| o.netns != node.netns) {
+                n.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));
+                n.push(neigh(&other.uplink_ipv6, &other.uplink_mac, up));
+            }
+            for p in &pods {
+                if p.node_netns != node.netns {
+                    // A pod on another node: straight across the fabric to that node.
+                    let other = nodes
+                        .iter()
+                        .find(|o| o.netns == p.node_netns)
+                        .expect("node");
+                    if let Some(a) = v4(&p.ips) {
+                        n.push(format!(
+                            "route add {a}/32 via {} dev {up}",
+                            other.uplink_ipv4
+                        ));
+                    }
+                    if let Some(a) = v6(&p.ips) {
+                        n.push(format!(
+                            "route add {a}/128 via {} dev {up}",
+                            other.uplink_ipv6
+                        ));
+                    }
+                    continue;
+                }
+                let h = &p.host_iface;
+                n.push(format!("link set {h} up"));
+                if let Some(a) = v4(&p.ips) {
+                    n.push(format!("route add {a}/32 dev {h} scope link"));
+                    n.push(neigh(&a, &p.mac, h));
+                }
+                if let Some(a) = v6(&p.ips) {
+                    n.push(format!("route add {a}/128 dev {h}"));
+                    n.push(neigh(&a, &p.mac, h));
+                }
+            }
+            batches.push((node.netns.clone(), "configure node", n));
+        }
 
+        let (cl, ex) = (GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE);
         let mut g = vec![
             "link set lo up".to_string(),
-            format!("link set {GATEWAY_CLUSTER_IFACE} up"),
-            format!("link set {GATEWAY_EXTERNAL_IFACE} up"),
-            format!("addr add {GW_CLUSTER_V4}/30 dev {GATEWAY_CLUSTER_IFACE}"),
-            format!("addr add {GW_CLUSTER_V6}/64 dev {GATEWAY_CLUSTER_IFACE} nodad"),
-            format!("addr add {GW_EXTERNAL_V4}/30 dev {GATEWAY_EXTERNAL_IFACE}"),
-            format!("addr add {GW_EXTERNAL_V6}/64 dev {GATEWAY_EXTERNAL_IFACE} nodad"),
-            format!(
-                "neigh replace {NODE_UPLINK_V4} lladdr {} dev {GATEWAY_CLUSTER_IFACE} nud permanent",
-                mac(&MAC_NODE_UPLINK)
-            ),
-            format!(
-                "neigh replace {NODE_UPLINK_V6} lladdr {} dev {GATEWAY_CLUSTER_IFACE} nud permanent",
-                mac(&MAC_NODE_UPLINK)
-            ),
-            format!(
-                "neigh replace {EXT_V4} lladdr {} dev {GATEWAY_EXTERNAL_IFACE} nud permanent",
-                mac(&MAC_EXT)
-            ),
-            format!(
-                "neigh replace {EXT_V6} lladdr {} dev {GATEWAY_EXTERNAL_IFACE} nud permanent",
-                mac(&MAC_EXT)
-            ),
-            format!("route add 0.0.0.0/0 via {EXT_V4} dev {GATEWAY_EXTERNAL_IFACE}"),
-            format!("route add ::/0 via {EXT_V6} dev {GATEWAY_EXTERNAL_IFACE}"),
+            format!("link set {cl} up"),
+            format!("link set {ex} up"),
+            format!("addr add {GW_CLUSTER_V4}/{CLUSTER_PREFIX_V4} dev {cl}"),
+            format!("addr add {GW_CLUSTER_V6}/64 dev {cl} nodad"),
+            format!("addr add {GW_EXTERNAL_V4}/30 dev {ex}"),
+            format!("addr add {GW_EXTERNAL_V6}/64 dev {ex} nodad"),
+            neigh(&EXT_V4, &MAC_EXT, ex),
+            neigh(&EXT_V6, &MAC_EXT, ex),
+            format!("route add 0.0.0.0/0 via {EXT_V4} dev {ex}"),
+            format!("route add ::/0 via {EXT_V6} dev {ex}"),
         ];
+        for node in &nodes {
+            g.push(neigh(&node.uplink_ipv4, &node.uplink_mac, cl));
+            g.push(neigh(&node.uplink_ipv6, &node.uplink_mac, cl));
+        }
         for p in &pods {
+            let node = nodes
+                .iter()
+                .find(|o| o.netns == p.node_netns)
+                .expect("node");
             for ip in &p.ips {
                 g.push(match ip {
-                    IpAddr::V4(a) => {
-                        format!("route add {a}/32 via {NODE_UPLINK_V4} dev {GATEWAY_CLUSTER_IFACE}")
+                    IpAddr::V4(a) => format!("route add {a}/32 via {} dev {cl}", node.uplink_ipv4),
+                    IpAddr::V6(a) => {
+                        format!("route add {a}/128 via {} dev {cl}", node.uplink_ipv6)
                     }
-                    IpAddr::V6(a) => format!(
-                        "route add {a}/128 via {NODE_UPLINK_V6} dev {GATEWAY_CLUSTER_IFACE}"
-                    ),
                 });
             }
         }
@@ -688,14 +780,8 @@ impl Lab {
             format!("link set {EXT_IFACE} up"),
             format!("addr add {EXT_V4}/30 dev {EXT_IFACE}"),
             format!("addr add {EXT_V6}/64 dev {EXT_IFACE} nodad"),
-            format!(
-                "neigh replace {GW_EXTERNAL_V4} lladdr {} dev {EXT_IFACE} nud permanent",
-                mac(&MAC_GW_EXTERNAL)
-            ),
-            format!(
-                "neigh replace {GW_EXTERNAL_V6} lladdr {} dev {EXT_IFACE} nud permanent",
-                mac(&MAC_GW_EXTERNAL)
-            ),
+            neigh(&GW_EXTERNAL_V4, &MAC_GW_EXTERNAL, EXT_IFACE),
+            neigh(&GW_EXTERNAL_V6, &MAC_GW_EXTERNAL, EXT_IFACE),
             format!("route add 0.0.0.0/0 via {GW_EXTERNAL_V4} dev {EXT_IFACE}"),
             format!("route add ::/0 via {GW_EXTERNAL_V6} dev {EXT_IFACE}"),
         ];
@@ -717,20 +803,14 @@ impl Lab {
                 b.push(format!(
                     "route add {POD_GATEWAY_V4}/32 dev {POD_IFACE} scope link"
                 ));
-                b.push(format!(
-                    "neigh replace {POD_GATEWAY_V4} lladdr {} dev {POD_IFACE} nud permanent",
-                    mac(&p.host_mac)
-                ));
+                b.push(neigh(&POD_GATEWAY_V4, &p.host_mac, POD_IFACE));
                 b.push(format!(
                     "route add 0.0.0.0/0 via {POD_GATEWAY_V4} dev {POD_IFACE} src {a}"
                 ));
             }
             if let Some(a) = v6(&p.ips) {
                 b.push(format!("addr add {a}/128 dev {POD_IFACE} nodad"));
-                b.push(format!(
-                    "neigh replace {POD_GATEWAY_V6} lladdr {} dev {POD_IFACE} nud permanent",
-                    mac(&p.host_mac)
-                ));
+                b.push(neigh(&POD_GATEWAY_V6, &p.host_mac, POD_IFACE));
                 b.push(format!(
                     "route add ::/0 via {POD_GATEWAY_V6} dev {POD_IFACE}"
                 ));
@@ -771,6 +851,13 @@ impl Lab {
 
     pub fn nodes(&self) -> &[NodeInfo] {
         &self.nodes
+    }
+
+    /// With more than one node, the namespace whose bridge ([`FABRIC_BRIDGE`]) joins the nodes'
+    /// uplinks and the gateway's cluster leg; `None` with one node (uplink and cluster leg are
+    /// the two ends of one veth).
+    pub fn fabric_netns(&self) -> Option<&str> {
+        self.fabric_netns.as_deref()
     }
 
     /// The namespace holding every external address.

@@ -346,3 +346,50 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
     assert!(!names.contains(dead));
     assert!(names.contains(&alive));
 }
+
+#[test]
+fn two_nodes_share_a_fabric_and_pod_traffic_between_them_skips_the_gateway() {
+    init_tracing();
+    let mut snap = snapshot();
+    snap.pods[0].node = Some("node-a".into()); // x/a
+    snap.pods[1].node = Some("node-b".into()); // x/b
+    snap.pods[2].node = Some("node-b".into()); // y/c
+    let cross = vec![
+        probe("x/a", "x/b", Protocol::Tcp, 80),
+        probe("x/b", "x/a", Protocol::Udp, 80),
+        probe("x/a", "x/b", Protocol::Sctp, 80),
+    ];
+    let edge = vec![
+        probe("x/a", EXT4, Protocol::Tcp, 80),
+        probe(EXT6, "y/c", Protocol::Udp, 80),
+        probe("x/b", EXT6, Protocol::Sctp, 80),
+    ];
+    let all: Vec<Probe> = cross.iter().chain(&edge).cloned().collect();
+    let lab = Lab::build(&snap, &all, LabOptions::default()).expect("build lab");
+    assert_eq!(lab.nodes().len(), 2);
+    assert!(lab.fabric_netns().is_some());
+    let (a, b) = (lab.pod("x", "a").unwrap(), lab.pod("x", "b").unwrap());
+    assert_ne!(a.node_netns, b.node_netns);
+    assert_eq!((a.node.as_str(), b.node.as_str()), ("node-a", "node-b"));
+    for (p, r) in all.iter().zip(lab.probe_all(&all)) {
+        let o = r.unwrap();
+        assert_eq!(o.verdict, Verdict::Allow, "{p}: {}", o.detail);
+    }
+    // Drop everything the gateway forwards: the edge probes now fail, pod to pod across nodes
+    // still works (it never crosses the gateway).
+    let gw = lab.gateway().netns.clone();
+    nft(
+        &lab,
+        &gw,
+        "table inet pcltest {\n chain f {\n  type filter hook forward priority 0; policy drop;\n }\n}\n",
+    );
+    for (p, r) in all.iter().zip(lab.probe_all(&all)) {
+        let o = r.unwrap();
+        let want = if cross.contains(p) {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        assert_eq!(o.verdict, want, "{p}: {}", o.detail);
+    }
+}
