@@ -10,3 +10,4 @@ pub mod explain;
 pub mod load;
 pub mod model;
 pub mod probe;
+pub mod synth;
