@@ -1,1 +1,816 @@
-//! portcullis-gateway
+//! User-space side of the Portcullis XDP gateway: loads and attaches the program, keeps its policy
+//! tables in step with compiled [`GatewayTables`] through generation switches, pins maps and links
+//! so a restart adopts the running state, collects expired flows, and reads counters and drop
+//! events.
+//!
+//! Update protocol ([`Gateway::apply`]): the new generation (parity `1 - active`) is written beside
+//! the active one; group and rule-set ids carry the parity in [`GENERATION_ID_BIT`], endpoint keys
+//! carry it in a field. Then one write of `CONFIG.generation` switches every CPU to it, and the old
+//! generation's entries are deleted. A packet sees either the whole old or the whole new policy.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use portcullis_common::*;
+use portcullis_policy::compile::GatewayTables;
+use portcullis_policy::model::Direction;
+use tracing::{debug, info, warn};
+
+/// The XDP object built by `build.rs` from `xdp/ebpf`.
+static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-xdp-ebpf"));
+
+const PROGRAM_GATEWAY: &str = "portcullis_gateway";
+const PROGRAM_PASS: &str = "xdp_pass";
+
+/// Every map of the program; with a pin directory each is pinned there under its own name.
+const MAP_NAMES: [&str; 10] = [
+    "IFACE_ROLES",
+    "CONFIG",
+    "ENDPOINTS",
+    "PREFIXES",
+    "RULE_SETS",
+    "FLOWS",
+    "COUNTERS",
+    "DROPS_BY_GROUP",
+    "DROP_EVENTS",
+    "DROP_EVENT_WINDOW",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0:?} not found")]
+    UnknownInterface(String),
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("XDP link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "rule set {rule_set} has {ranges} port ranges, more than the {max} one prefix can hold; \
+         it is used by the group of policies [{policies}]"
+    )]
+    TooManyPortRanges {
+        rule_set: usize,
+        ranges: usize,
+        max: usize,
+        policies: String,
+    },
+    #[error("table refers to {what} {index}, which does not exist")]
+    BadIndex { what: &'static str, index: u32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// How the program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Driver (native) XDP.
+    #[default]
+    Native,
+    /// Generic (skb) XDP; slower, for devices without native support.
+    Generic,
+}
+
+/// What happens to allowed packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// Handed to the kernel stack (`XDP_PASS`), which routes them.
+    #[default]
+    Kernel,
+    /// Routed in XDP (`bpf_fib_lookup` + `bpf_redirect`); packets the FIB cannot resolve
+    /// (no neighbour entry, local destination, TTL expiring, VLAN-tagged) still go to the stack.
+    Xdp,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    /// Leg facing the pods: packets entering here are checked against the source pod's egress.
+    pub cluster_iface: String,
+    /// Leg facing the outside: packets entering here are checked against the destination pod's
+    /// ingress.
+    pub external_iface: String,
+    pub xdp_mode: AttachMode,
+    pub forward: ForwardMode,
+    /// bpffs directory for pinned maps and links; an existing set there is adopted.
+    pub pin_dir: Option<PathBuf>,
+    /// Re-check established flows against each new generation.
+    pub revalidate: bool,
+}
+
+/// One attached leg.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    /// `ROLE_CLUSTER` or `ROLE_EXTERNAL`.
+    pub role: u32,
+    /// True when an existing pinned link was taken over (its original attach mode is kept).
+    pub adopted: bool,
+}
+
+/// What one [`Gateway::apply`] wrote and how long it took.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStats {
+    /// Parity of the generation now active.
+    pub generation: u32,
+    pub endpoints: usize,
+    pub groups: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    /// Entries of the previous generation deleted after the switch.
+    pub deleted: usize,
+    pub write: Duration,
+    pub delete: Duration,
+}
+
+/// `COUNTERS`, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub pass_flow: u64,
+    pub pass_policy: u64,
+    pub pass_unselected: u64,
+    pub pass_non_ip: u64,
+    pub drop_policy: u64,
+    pub drop_malformed: u64,
+    pub drop_fragment: u64,
+    pub forward_xdp: u64,
+    pub pass_stack: u64,
+}
+
+/// Drops charged to one policy group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDrops {
+    /// Group id as in the maps (parity bit included).
+    pub group: u32,
+    /// Policies of that group, when it belongs to a generation this process wrote.
+    pub policies: Vec<String>,
+    pub packets: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub attached: Vec<AttachedInterface>,
+    pub mode: AttachMode,
+    pub forward: ForwardMode,
+    pub revalidate: bool,
+    pub generation: u32,
+    pub endpoints: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    pub flows: usize,
+    pub counters: Counters,
+    pub drops_by_group: Vec<GroupDrops>,
+}
+
+/// Program run through `BPF_PROG_TEST_RUN` by [`Gateway::test_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestProgram {
+    Gateway,
+    /// The bare `XDP_PASS` program of the same object (benchmark baseline).
+    Pass,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    /// XDP action (`XDP_DROP` = 1, `XDP_PASS` = 2, `XDP_REDIRECT` = 4).
+    pub action: u32,
+    /// Average time per run as reported by the kernel.
+    pub duration: Duration,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Entries one generation has in the maps.
+#[derive(Default)]
+struct Written {
+    endpoints: Vec<EndpointKey>,
+    prefixes: Vec<Key<PrefixData>>,
+    rule_sets: Vec<u32>,
+}
+
+pub struct Gateway {
+    ebpf: Ebpf,
+    options: GatewayOptions,
+    attached: Vec<AttachedInterface>,
+    /// Pinned links we keep open (the pin keeps them attached after we exit).
+    _pinned_links: Vec<PinnedLink>,
+    config: Array<MapData, Config>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    rule_sets: HashMap<MapData, u32, RuleSet>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, u64>,
+    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+    drop_events: Option<RingBuf<MapData>>,
+    /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
+    /// iterating once.
+    written: [Option<Written>; 2],
+    /// Group id → policies, for groups this process wrote.
+    group_policies: BTreeMap<u32, Vec<String>>,
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).map_err(|_| Error::UnknownInterface(name.to_owned()))?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(Error::UnknownInterface(name.to_owned()));
+    }
+    Ok(index)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
+pub fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Group or rule-set id of index `index` in generation `parity`.
+pub fn generation_id(index: usize, parity: u32) -> u32 {
+    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
+}
+
+fn direction_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => DIRECTION_INGRESS,
+        Direction::Egress => DIRECTION_EGRESS,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Idle timeout of a flow in `state` (the program uses the same).
+pub fn flow_timeout_ns(state: u8) -> u64 {
+    match state {
+        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
+        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
+        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
+        _ => TIMEOUT_UDP_NS,
+    }
+}
+
+impl Gateway {
+    /// Loads the program, prepares its maps (adopting pinned ones) and attaches it to both legs.
+    pub fn load(options: GatewayOptions) -> Result<Gateway> {
+        let cluster = ifindex(&options.cluster_iface)?;
+        let external = ifindex(&options.external_iface)?;
+        let mut loader = EbpfLoader::new();
+        let mut adopting = false;
+        if let Some(dir) = &options.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            adopting = dir.join("CONFIG").exists();
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_GATEWAY)
+            .ok_or(Error::MissingMap(PROGRAM_GATEWAY))?
+            .try_into()?;
+        program.load()?;
+
+        let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
+        let mut roles: HashMap<MapData, u32, u32> = take(&mut ebpf, "IFACE_ROLES")?;
+        let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        current.generation &= 1;
+        current.flags = 0;
+        if options.forward == ForwardMode::Xdp {
+            current.flags |= CONFIG_FLAG_XDP_FORWARD;
+        }
+        if options.revalidate {
+            current.flags |= CONFIG_FLAG_REVALIDATE;
+        }
+        config.set(0, current, 0).map_err(map_err("CONFIG"))?;
+        let stale: Vec<u32> = roles
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| *k != cluster && *k != external)
+            .collect();
+        for k in stale {
+            roles.remove(&k).map_err(map_err("IFACE_ROLES"))?;
+        }
+        roles
+            .insert(cluster, ROLE_CLUSTER, 0)
+            .map_err(map_err("IFACE_ROLES"))?;
+        roles
+            .insert(external, ROLE_EXTERNAL, 0)
+            .map_err(map_err("IFACE_ROLES"))?;
+
+        let mut attached = Vec::new();
+        let mut pinned_links = Vec::new();
+        let mode = match options.xdp_mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        for (name, index, role, pin_name) in [
+            (
+                &options.cluster_iface,
+                cluster,
+                ROLE_CLUSTER,
+                "link_cluster",
+            ),
+            (
+                &options.external_iface,
+                external,
+                ROLE_EXTERNAL,
+                "link_external",
+            ),
+        ] {
+            let program: &mut Xdp = ebpf
+                .program_mut(PROGRAM_GATEWAY)
+                .ok_or(Error::MissingMap(PROGRAM_GATEWAY))?
+                .try_into()?;
+            let pin_path = options.pin_dir.as_ref().map(|d| d.join(pin_name));
+            let mut adopted = false;
+            match &pin_path {
+                Some(path) if path.exists() => {
+                    // Swap the program inside the existing link: no moment without a program.
+                    let link = PinnedLink::from_pin(path)?;
+                    let fd_link: FdLink = link.into();
+                    let xdp_link = XdpLink::try_from(fd_link)?;
+                    program.attach_to_link(xdp_link)?;
+                    pinned_links.push(PinnedLink::from_pin(path)?);
+                    adopted = true;
+                    info!(iface = %name, "replaced the program of the pinned XDP link");
+                }
+                Some(path) => {
+                    let id = program.attach_to_if_index(index, mode)?;
+                    let link = program.take_link(id)?;
+                    let fd_link = FdLink::try_from(link)?;
+                    pinned_links.push(fd_link.pin(path)?);
+                    info!(iface = %name, ?mode, "attached and pinned XDP link");
+                }
+                None => {
+                    program.attach_to_if_index(index, mode)?;
+                    info!(iface = %name, ?mode, "attached XDP program");
+                }
+            }
+            attached.push(AttachedInterface {
+                name: name.clone(),
+                ifindex: index,
+                role,
+                adopted,
+            });
+        }
+
+        let gateway = Gateway {
+            endpoints: take(&mut ebpf, "ENDPOINTS")?,
+            prefixes: take(&mut ebpf, "PREFIXES")?,
+            rule_sets: take(&mut ebpf, "RULE_SETS")?,
+            flows: take(&mut ebpf, "FLOWS")?,
+            counters: take(&mut ebpf, "COUNTERS")?,
+            drops_by_group: take(&mut ebpf, "DROPS_BY_GROUP")?,
+            drop_events: Some(take(&mut ebpf, "DROP_EVENTS")?),
+            config,
+            ebpf,
+            attached,
+            _pinned_links: pinned_links,
+            written: if adopting {
+                [None, None]
+            } else {
+                [Some(Written::default()), Some(Written::default())]
+            },
+            group_policies: BTreeMap::new(),
+            options,
+        };
+        if adopting {
+            info!(generation = current.generation, "adopted pinned maps");
+        }
+        Ok(gateway)
+    }
+
+    /// Active generation parity.
+    pub fn generation(&self) -> Result<u32> {
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(map_err("CONFIG"))?
+            .generation
+            & 1)
+    }
+
+    pub fn attached(&self) -> &[AttachedInterface] {
+        &self.attached
+    }
+
+    /// Installs `tables` as a new generation and switches to it (see the crate docs). On error
+    /// before the switch the active generation is untouched.
+    pub fn apply(&mut self, tables: &GatewayTables) -> Result<ApplyStats> {
+        let start = Instant::now();
+        // Validate everything first: nothing is written for a table we cannot hold.
+        for (i, rules) in tables.rule_sets.iter().enumerate() {
+            if rules.len() > MAX_PORT_RANGES {
+                let mut policies: Vec<&str> = tables
+                    .groups
+                    .iter()
+                    .filter(|g| g.prefixes.iter().any(|(_, rs)| *rs as usize == i))
+                    .flat_map(|g| g.policies.iter().map(String::as_str))
+                    .collect();
+                policies.sort_unstable();
+                policies.dedup();
+                return Err(Error::TooManyPortRanges {
+                    rule_set: i,
+                    ranges: rules.len(),
+                    max: MAX_PORT_RANGES,
+                    policies: policies.join(", "),
+                });
+            }
+        }
+        for group in &tables.groups {
+            for (_, rs) in &group.prefixes {
+                if *rs as usize >= tables.rule_sets.len() {
+                    return Err(Error::BadIndex {
+                        what: "rule set",
+                        index: *rs,
+                    });
+                }
+            }
+        }
+        for gi in tables.endpoints.values() {
+            if *gi as usize >= tables.groups.len() {
+                return Err(Error::BadIndex {
+                    what: "group",
+                    index: *gi,
+                });
+            }
+        }
+
+        let active = self.generation()?;
+        let next = 1 - active;
+        // Leftovers of an interrupted update in the inactive parity.
+        self.delete_generation(next)?;
+
+        let mut written = Written::default();
+        for (i, rules) in tables.rule_sets.iter().enumerate() {
+            let mut value = RuleSet {
+                count: rules.len() as u32,
+                ranges: [PortRange::default(); MAX_PORT_RANGES],
+            };
+            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+                *slot = PortRange {
+                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+                    _pad: 0,
+                    first: rule.first,
+                    last: rule.last,
+                };
+            }
+            let id = generation_id(i, next);
+            self.rule_sets
+                .insert(id, value, 0)
+                .map_err(map_err("RULE_SETS"))?;
+            written.rule_sets.push(id);
+        }
+        let mut group_policies = BTreeMap::new();
+        for (gi, group) in tables.groups.iter().enumerate() {
+            let gid = generation_id(gi, next);
+            for (net, rs) in &group.prefixes {
+                let bits = match net {
+                    ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
+                    ipnet::IpNet::V6(n) => n.prefix_len() as u32,
+                };
+                let key = Key::new(
+                    PREFIX_GROUP_BITS + bits,
+                    PrefixData {
+                        group_be: gid.to_be(),
+                        addr: key_addr(net.network()),
+                    },
+                );
+                let value = PrefixValue {
+                    rule_set: generation_id(*rs as usize, next),
+                };
+                self.prefixes
+                    .insert(&key, value, 0)
+                    .map_err(map_err("PREFIXES"))?;
+                written.prefixes.push(key);
+            }
+            group_policies.insert(gid, group.policies.clone());
+        }
+        for ((direction, ip), gi) in &tables.endpoints {
+            let key = EndpointKey {
+                addr: key_addr(*ip),
+                direction: direction_code(*direction),
+                generation: next as u8,
+                _pad: [0; 2],
+            };
+            let value = EndpointValue {
+                group: generation_id(*gi as usize, next),
+            };
+            self.endpoints
+                .insert(key, value, 0)
+                .map_err(map_err("ENDPOINTS"))?;
+            written.endpoints.push(key);
+        }
+        let stats_counts = (
+            written.endpoints.len(),
+            written.prefixes.len(),
+            written.rule_sets.len(),
+        );
+        self.written[next as usize] = Some(written);
+
+        // The switch: one array write.
+        let mut config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        config.generation = next;
+        self.config.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        let write = start.elapsed();
+        info!(generation = next, "switched policy generation");
+
+        let delete_start = Instant::now();
+        let deleted = self.delete_generation(active)?;
+        self.group_policies
+            .retain(|id, _| id & GENERATION_ID_BIT != active * GENERATION_ID_BIT);
+        self.group_policies.extend(group_policies);
+        Ok(ApplyStats {
+            generation: next,
+            endpoints: stats_counts.0,
+            groups: tables.groups.len(),
+            prefixes: stats_counts.1,
+            rule_sets: stats_counts.2,
+            deleted,
+            write,
+            delete: delete_start.elapsed(),
+        })
+    }
+
+    /// Deletes every entry of generation `parity`; returns how many.
+    fn delete_generation(&mut self, parity: u32) -> Result<usize> {
+        let written = match self.written[parity as usize].take() {
+            Some(w) => w,
+            None => {
+                // Adopted maps: find the entries of that parity once.
+                let bit = parity * GENERATION_ID_BIT;
+                Written {
+                    endpoints: self
+                        .endpoints
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k.generation as u32 == parity)
+                        .collect(),
+                    prefixes: self
+                        .prefixes
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+                        .collect(),
+                    rule_sets: self
+                        .rule_sets
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k & GENERATION_ID_BIT == bit)
+                        .collect(),
+                }
+            }
+        };
+        let mut n = 0;
+        for k in &written.endpoints {
+            ignore_missing(self.endpoints.remove(k), "ENDPOINTS")?;
+            n += 1;
+        }
+        for k in &written.prefixes {
+            ignore_missing(self.prefixes.remove(k), "PREFIXES")?;
+            n += 1;
+        }
+        for k in &written.rule_sets {
+            ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
+            n += 1;
+        }
+        self.written[parity as usize] = Some(Written::default());
+        debug!(parity, deleted = n, "deleted generation");
+        Ok(n)
+    }
+
+    /// Deletes expired flows; returns how many.
+    pub fn gc_flows(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let expired: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.flows.remove(k), "FLOWS")?;
+        }
+        debug!(deleted = expired.len(), "flow GC");
+        Ok(expired.len())
+    }
+
+    /// All flows currently in the table (expired ones included until GC).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let mut sums = [0u64; COUNTER_COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("COUNTERS"))?;
+            *sum = values.iter().sum();
+        }
+        let c = |i: u32| sums[i as usize];
+        let counters = Counters {
+            pass_flow: c(COUNTER_PASS_FLOW),
+            pass_policy: c(COUNTER_PASS_POLICY),
+            pass_unselected: c(COUNTER_PASS_UNSELECTED),
+            pass_non_ip: c(COUNTER_PASS_NON_IP),
+            drop_policy: c(COUNTER_DROP_POLICY),
+            drop_malformed: c(COUNTER_DROP_MALFORMED),
+            drop_fragment: c(COUNTER_DROP_FRAGMENT),
+            forward_xdp: c(COUNTER_FORWARD_XDP),
+            pass_stack: c(COUNTER_PASS_STACK),
+        };
+        let drops_by_group = self
+            .drops_by_group
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(group, values)| GroupDrops {
+                group,
+                policies: self.group_policies.get(&group).cloned().unwrap_or_default(),
+                packets: values.iter().sum(),
+            })
+            .collect();
+        Ok(Status {
+            attached: self.attached.clone(),
+            mode: self.options.xdp_mode,
+            forward: self.options.forward,
+            revalidate: self.options.revalidate,
+            generation: self.generation()?,
+            endpoints: self.endpoints.keys().count(),
+            prefixes: self.prefixes.keys().count(),
+            rule_sets: self.rule_sets.keys().count(),
+            flows: self.flows.keys().count(),
+            counters,
+            drops_by_group,
+        })
+    }
+
+    /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.drop_events.take().map(|ring| DropEvents { ring })
+    }
+
+    /// Runs `packet` through a program of the object with `BPF_PROG_TEST_RUN`, `repeat` times, as
+    /// if received on `ingress_ifindex` (which must exist in the calling thread's network
+    /// namespace). Used by the packet-fixture tests and the benchmarks.
+    pub fn test_run(
+        &mut self,
+        program: TestProgram,
+        ingress_ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
+        let name = match program {
+            TestProgram::Gateway => PROGRAM_GATEWAY,
+            TestProgram::Pass => PROGRAM_PASS,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingMap(PROGRAM_PASS))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (u32 each, host order).
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: repeat.max(1),
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            duration: result.duration,
+            packet: out,
+        })
+    }
+
+    /// Removes the pins of maps and links under the pin directory: after this process exits the
+    /// program is detached and the maps freed.
+    pub fn unpin(self) -> Result<()> {
+        if let Some(dir) = &self.options.pin_dir {
+            for name in MAP_NAMES
+                .iter()
+                .copied()
+                .chain(["link_cluster", "link_external"])
+            {
+                let path = dir.join(name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(Error::Io { path, source }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.options.pin_dir.as_deref()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            warn!(map = name, "entry vanished during delete");
+            Ok(())
+        }
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// Reader of the program's drop events.
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl DropEvents {
+    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
+    pub fn next_event(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<DropEvent>() {
+            return None;
+        }
+        // SAFETY: the program writes whole DropEvent records; read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
+    }
+}
+
+impl AsFd for DropEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}

@@ -187,6 +187,10 @@ pub const DROP_REASON_POLICY: u8 = 1;
 pub const DROP_REASON_MALFORMED: u8 = 2;
 pub const DROP_REASON_FRAGMENT: u8 = 3;
 
+/// Drop events the program reports per second and per CPU; further drops in the same second are
+/// only counted (`COUNTERS`, `DROPS_BY_GROUP`).
+pub const DROP_EVENTS_PER_SECOND: u64 = 100;
+
 /// `DROP_EVENTS` ring-buffer record, one per reported drop (rate-limited in the program).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -1,0 +1,920 @@
+//! The Portcullis XDP gateway program.
+//!
+//! `portcullis_gateway` classifies every frame entering the gateway's two legs: parse (Ethernet,
+//! up to two VLAN tags, IPv4/IPv6 with extension headers, TCP/UDP/SCTP/ICMP), flow-table lookup,
+//! and on a miss one endpoint lookup plus one LPM lookup against the active policy generation.
+//! `xdp_pass` is a bare `XDP_PASS` program, loaded only as the baseline of the benchmarks.
+//!
+//! TCP: only a SYN without ACK may create a flow. A TCP segment of a connection the flow table does
+//! not know (for example one opened before the gateway started, without pinned maps) is dropped
+//! when the endpoint is selected in that direction, even if the policy would allow a new
+//! connection: the peers must reconnect. When the endpoint is not selected it passes untracked.
+// The program is only meaningful for the BPF target; `cargo test --workspace` and clippy still
+// compile it for the host (with std and an empty `main`) so it is type-checked and linted there.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    btf_maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
+    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup, generated::bpf_redirect},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use portcullis_common::*;
+
+/// Interface index → `ROLE_*` of that leg. Written by the loader at attach time.
+#[btf_map]
+static IFACE_ROLES: HashMap<u32, u32, 64> = HashMap::new();
+
+/// Index 0: the active generation parity and `CONFIG_FLAG_*` bits. Written by the loader; the
+/// generation switch is its single write.
+#[btf_map]
+static CONFIG: Array<Config, 1> = Array::new();
+
+/// (pod address, direction, generation) → policy group. Written by the loader per generation.
+#[btf_map]
+static ENDPOINTS: HashMap<EndpointKey, EndpointValue, 262144> = HashMap::new();
+
+/// (group, peer prefix) → rule set. Written by the loader per generation; group ids carry the
+/// generation bit, so both generations live side by side.
+#[btf_map]
+static PREFIXES: LpmTrie<PrefixData, PrefixValue, 1048576> = LpmTrie::new();
+
+/// Rule-set id → allowed (protocol, port range) list. Written by the loader per generation.
+#[btf_map]
+static RULE_SETS: HashMap<u32, RuleSet, 65536> = HashMap::new();
+
+/// Normalised connection → state. Written by this program (create, refresh, revalidation
+/// delete) and by the loader's flow GC (delete expired).
+#[btf_map]
+static FLOWS: LruHashMap<FlowKey, FlowValue, 262144> = LruHashMap::new();
+
+/// `COUNTER_*` index → packets, per CPU. Written by this program, summed by the loader.
+#[btf_map]
+static COUNTERS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// Group id → packets dropped by that group's policy, per CPU. Written by this program.
+#[btf_map]
+static DROPS_BY_GROUP: PerCpuHashMap<u32, u64, 65536> = PerCpuHashMap::new();
+
+/// Drop reports for `monitor`, at most `DROP_EVENTS_PER_SECOND` per CPU. Written by this program,
+/// read by the loader.
+#[btf_map]
+static DROP_EVENTS: RingBuf<DropEvent, { 256 * 1024 }> = RingBuf::new();
+
+/// Per CPU: `[window start ns, events sent in that window]` for the drop-event rate limit.
+/// Written by this program only.
+#[btf_map]
+static DROP_EVENT_WINDOW: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
+
+/// Per CPU: the parsed packet and the FIB lookup parameters of the packet being processed (too
+/// large for the 512-byte BPF stack). Written and read by this program only.
+#[btf_map]
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+#[repr(C)]
+struct Scratch {
+    pkt: Packet,
+    fib: FibParams,
+    key: FlowKey,
+    query: Query,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// IPv6 extension headers walked before giving up (the packet is then malformed for us).
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Largest L4 offset accepted; keeps every packet offset provably bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Why parsing stopped without a classifiable IP packet.
+enum Stop {
+    /// Not for us to judge (non-IP, neighbour discovery, MLD): hand to the stack.
+    Pass,
+    Malformed,
+    Fragment,
+}
+
+/// What kind of L4 content the packet has, for the flow logic.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// TCP, UDP, SCTP, ICMP echo or any other protocol: tracked as a flow.
+    Flow,
+    /// ICMP error: related to the embedded packet's flow (`related`).
+    IcmpError,
+    /// Other ICMP (timestamps, ...): judged by policy every time, never tracked.
+    IcmpUntracked,
+}
+
+#[repr(C)]
+struct Packet {
+    /// Network byte order, IPv4 mapped.
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Network byte order (echo identifier for ICMP echo, 0 when the protocol has no ports).
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+    kind: Kind,
+    /// Offset of the IP header.
+    l3_off: usize,
+    is_v6: bool,
+    vlan: bool,
+    /// For `Kind::IcmpError`: normalised key of the embedded packet's flow.
+    related: FlowKey,
+}
+
+#[xdp]
+pub fn portcullis_gateway(ctx: XdpContext) -> u32 {
+    try_portcullis_gateway(&ctx)
+}
+
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, Stop> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if off > MAX_L4_OFFSET + 64 || start + off + size_of::<T>() > end {
+        return Err(Stop::Malformed);
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Stop> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: bounds checked against data_end above; unaligned read.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Reference to `N` packet bytes at `off` (bounds checked), read in place without a stack copy.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Stop> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: bounds checked against data_end; u8 arrays have alignment 1.
+    Ok(unsafe { &*p })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// (addr, port) ordering on the big-endian address, then the port.
+#[inline(always)]
+fn endpoint_less(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
+    let (a0, a1) = split(a);
+    let (b0, b1) = split(b);
+    if a0 != b0 {
+        return a0 < b0;
+    }
+    if a1 != b1 {
+        return a1 < b1;
+    }
+    u16::from_be(ap) < u16::from_be(bp)
+}
+
+#[inline(always)]
+fn split(a: &[u8; 16]) -> (u64, u64) {
+    // SAFETY: 16 bytes read as two unaligned u64.
+    unsafe {
+        let p = a.as_ptr() as *const u64;
+        (
+            u64::from_be(core::ptr::read_unaligned(p)),
+            u64::from_be(core::ptr::read_unaligned(p.add(1))),
+        )
+    }
+}
+
+/// Writes the normalised flow key to `out`; returns true when `src` is the `lo` endpoint.
+#[inline(always)]
+fn flow_key(
+    out: &mut FlowKey,
+    src: &[u8; 16],
+    sport: u16,
+    dst: &[u8; 16],
+    dport: u16,
+    proto: u8,
+) -> bool {
+    let src_is_lo = !endpoint_less(dst, dport, src, sport);
+    if src_is_lo {
+        out.addr_lo = *src;
+        out.addr_hi = *dst;
+        out.port_lo = sport;
+        out.port_hi = dport;
+    } else {
+        out.addr_lo = *dst;
+        out.addr_hi = *src;
+        out.port_lo = dport;
+        out.port_hi = sport;
+    }
+    out.protocol = proto;
+    out._pad = [0; 3];
+    src_is_lo
+}
+
+/// Parses the L4 ports of a (possibly embedded) TCP/UDP/SCTP header or the ICMP echo identifier.
+/// Returns (sport, dport) in network byte order.
+#[inline(always)]
+fn inner_ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), Stop> {
+    match proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            let p: [u16; 2] = load(ctx, off)?;
+            Ok((p[0], p[1]))
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let h = bytes::<8>(ctx, off)?;
+            let id = u16::from_ne_bytes([h[4], h[5]]);
+            Ok((id, id))
+        }
+        _ => Ok((0, 0)),
+    }
+}
+
+/// Parses the packet embedded in an ICMP error starting at `off` and writes its flow key.
+#[inline(always)]
+fn related_flow(ctx: &XdpContext, off: usize, v6: bool, out: &mut FlowKey) -> Result<(), Stop> {
+    if v6 {
+        let proto = bytes::<8>(ctx, off)?[6];
+        let src = bytes::<16>(ctx, off + 8)?;
+        let dst = bytes::<16>(ctx, off + 24)?;
+        let (sp, dp) = inner_ports(ctx, off + 40, proto)?;
+        flow_key(out, src, sp, dst, dp, proto);
+    } else {
+        let h = bytes::<20>(ctx, off)?;
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return Err(Stop::Malformed);
+        }
+        let proto = h[9];
+        let src = mapped_v4([h[12], h[13], h[14], h[15]]);
+        let dst = mapped_v4([h[16], h[17], h[18], h[19]]);
+        let (sp, dp) = inner_ports(ctx, off + ihl, proto)?;
+        flow_key(out, &src, sp, &dst, dp, proto);
+    }
+    Ok(())
+}
+
+/// Parses L4 at `off`: fills ports, flags and kind.
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+    match pkt.proto {
+        PROTO_TCP => {
+            let h = bytes::<20>(ctx, off)?;
+            pkt.sport = u16::from_ne_bytes([h[0], h[1]]);
+            pkt.dport = u16::from_ne_bytes([h[2], h[3]]);
+            pkt.tcp_flags = h[13];
+        }
+        PROTO_UDP => {
+            let h: [u16; 4] = load(ctx, off)?;
+            pkt.sport = h[0];
+            pkt.dport = h[1];
+        }
+        PROTO_SCTP => {
+            let h: [u16; 6] = load(ctx, off)?;
+            pkt.sport = h[0];
+            pkt.dport = h[1];
+        }
+        PROTO_ICMP => {
+            let h = bytes::<8>(ctx, off)?;
+            match h[0] {
+                0 | 8 => {
+                    let id = u16::from_ne_bytes([h[4], h[5]]);
+                    pkt.sport = id;
+                    pkt.dport = id;
+                }
+                3 | 4 | 5 | 11 | 12 => {
+                    pkt.kind = Kind::IcmpError;
+                    related_flow(ctx, off + 8, false, &mut pkt.related)?;
+                }
+                _ => pkt.kind = Kind::IcmpUntracked,
+            }
+        }
+        PROTO_ICMPV6 => {
+            let h = bytes::<8>(ctx, off)?;
+            match h[0] {
+                128 | 129 => {
+                    let id = u16::from_ne_bytes([h[4], h[5]]);
+                    pkt.sport = id;
+                    pkt.dport = id;
+                }
+                1..=4 => {
+                    pkt.kind = Kind::IcmpError;
+                    related_flow(ctx, off + 8, true, &mut pkt.related)?;
+                }
+                // MLD, router/neighbour solicitation/advertisement, redirect, MLDv2.
+                130..=137 | 143 => return Err(Stop::Pass),
+                _ => pkt.kind = Kind::IcmpUntracked,
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Fills `pkt`; returns 0 or a `PARSE_*` code.
+#[inline(always)]
+fn parse(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    match try_parse(ctx, pkt) {
+        Ok(()) => 0,
+        Err(Stop::Pass) => PARSE_PASS,
+        Err(Stop::Malformed) => PARSE_MALFORMED,
+        Err(Stop::Fragment) => PARSE_FRAGMENT,
+    }
+}
+
+const PARSE_PASS: u32 = 1;
+const PARSE_MALFORMED: u32 = 2;
+const PARSE_FRAGMENT: u32 = 3;
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
+    let mut off = ETH_HLEN;
+    let mut ethertype = be16(load(ctx, 12)?);
+    let mut vlan = false;
+    // Up to two tags (802.1ad outer, 802.1Q inner).
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = be16(load(ctx, off + 2)?);
+            off += 4;
+            vlan = true;
+        }
+    }
+    pkt.l3_off = off;
+    pkt.vlan = vlan;
+    match ethertype {
+        ETH_P_IP => {
+            let h = bytes::<20>(ctx, off)?;
+            if h[0] >> 4 != 4 {
+                return Err(Stop::Malformed);
+            }
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(Stop::Malformed);
+            }
+            let frag = be16([h[6], h[7]]);
+            if frag & 0x1fff != 0 {
+                return Err(Stop::Fragment);
+            }
+            pkt.proto = h[9];
+            pkt.src = mapped_v4([h[12], h[13], h[14], h[15]]);
+            pkt.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
+            parse_l4(ctx, off + ihl, pkt)?;
+        }
+        ETH_P_IPV6 => {
+            let h = bytes::<40>(ctx, off)?;
+            if h[0] >> 4 != 6 {
+                return Err(Stop::Malformed);
+            }
+            pkt.is_v6 = true;
+            pkt.src.copy_from_slice(&h[8..24]);
+            pkt.dst.copy_from_slice(&h[24..40]);
+            let mut next = h[6];
+            let mut l4 = off + 40;
+            for _ in 0..MAX_IPV6_EXT_HEADERS {
+                match next {
+                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                    0 | 43 | 60 => {
+                        let e = bytes::<2>(ctx, l4)?;
+                        next = e[0];
+                        l4 += (e[1] as usize + 1) * 8;
+                    }
+                    // Authentication header: (len + 2) * 4 bytes.
+                    51 => {
+                        let e = bytes::<2>(ctx, l4)?;
+                        next = e[0];
+                        l4 += (e[1] as usize + 2) * 4;
+                    }
+                    // Fragment header: a non-first fragment has no L4 header.
+                    44 => {
+                        let e = bytes::<8>(ctx, l4)?;
+                        if be16([e[2], e[3]]) & 0xfff8 != 0 {
+                            return Err(Stop::Fragment);
+                        }
+                        next = e[0];
+                        l4 += 8;
+                    }
+                    _ => break,
+                }
+                if l4 > MAX_L4_OFFSET {
+                    return Err(Stop::Malformed);
+                }
+            }
+            if matches!(next, 0 | 43 | 44 | 51 | 60) {
+                return Err(Stop::Malformed);
+            }
+            pkt.proto = next;
+            parse_l4(ctx, l4, pkt)?;
+        }
+        _ => return Err(Stop::Pass),
+    }
+    Ok(())
+}
+
+/// Result of a policy check.
+enum Verdict {
+    /// The pod is not selected by any policy of that direction.
+    Unselected,
+    Allow(u32),
+    Deny(u32),
+}
+
+/// Input of a policy check (passed by reference: a BPF call takes at most five arguments).
+#[repr(C)]
+struct Query {
+    pod: [u8; 16],
+    peer: [u8; 16],
+    g: u32,
+    /// Destination port, host byte order.
+    port: u16,
+    direction: u8,
+    proto: u8,
+}
+
+const VERDICT_UNSELECTED: u64 = 0;
+const VERDICT_ALLOW: u64 = 1 << 32;
+const VERDICT_DENY: u64 = 2 << 32;
+
+#[inline(always)]
+fn policy(q: &Query) -> Verdict {
+    let v = policy_encoded(q);
+    let group = v as u32;
+    match v & !0xffff_ffff {
+        VERDICT_ALLOW => Verdict::Allow(group),
+        VERDICT_DENY => Verdict::Deny(group),
+        _ => Verdict::Unselected,
+    }
+}
+
+/// One endpoint lookup, one LPM lookup, one bounded scan of the rule set. Returns
+/// `VERDICT_* | group` (a single register: BPF functions return one scalar).
+#[inline(never)]
+fn policy_encoded(q: &Query) -> u64 {
+    let (g, direction, pod, peer, proto, port) =
+        (q.g, q.direction, &q.pod, &q.peer, q.proto, q.port);
+    let ek = EndpointKey {
+        addr: *pod,
+        direction,
+        generation: g as u8,
+        _pad: [0; 2],
+    };
+    let group = match ENDPOINTS.get_ptr(&ek) {
+        // SAFETY: value pointer from a successful lookup.
+        Some(v) => unsafe { (*v).group },
+        None => return VERDICT_UNSELECTED,
+    };
+    let key = Key::new(
+        PREFIX_GROUP_BITS + 128,
+        PrefixData {
+            group_be: group.to_be(),
+            addr: *peer,
+        },
+    );
+    let rule_set = match PREFIXES.get(&key) {
+        Some(v) => v.rule_set,
+        None => return VERDICT_DENY | group as u64,
+    };
+    let rs = match RULE_SETS.get_ptr(rule_set) {
+        Some(rs) => rs,
+        None => return VERDICT_DENY | group as u64,
+    };
+    // SAFETY: value pointer from a successful lookup; read only.
+    let rs = unsafe { &*rs };
+    let icmp = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+    for i in 0..MAX_PORT_RANGES {
+        if i as u32 >= rs.count {
+            break;
+        }
+        let r = rs.ranges[i];
+        if r.protocol == PROTO_ANY {
+            return VERDICT_ALLOW | group as u64;
+        }
+        if !icmp && r.protocol == proto && port >= r.first && port <= r.last {
+            return VERDICT_ALLOW | group as u64;
+        }
+    }
+    VERDICT_DENY | group as u64
+}
+
+#[inline(always)]
+fn timeout_ns(state: u8) -> u64 {
+    match state {
+        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
+        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
+        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
+        _ => TIMEOUT_UDP_NS,
+    }
+}
+
+#[inline(never)]
+fn drop_packet(
+    ctx: &XdpContext,
+    pkt: Option<&Packet>,
+    reason: u8,
+    group: u32,
+    direction: u8,
+) -> u32 {
+    count(match reason {
+        DROP_REASON_POLICY => COUNTER_DROP_POLICY,
+        DROP_REASON_FRAGMENT => COUNTER_DROP_FRAGMENT,
+        _ => COUNTER_DROP_MALFORMED,
+    });
+    if group != 0 {
+        match DROPS_BY_GROUP.get_ptr_mut(group) {
+            // SAFETY: per-CPU slot.
+            Some(c) => unsafe { *c += 1 },
+            None => {
+                let _ = DROPS_BY_GROUP.insert(group, 1u64, 0);
+            }
+        }
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(w) = DROP_EVENT_WINDOW.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        let w = unsafe { &mut *w };
+        if now.wrapping_sub(w[0]) >= NS_PER_SEC {
+            w[0] = now;
+            w[1] = 0;
+        }
+        if w[1] < DROP_EVENTS_PER_SECOND {
+            w[1] += 1;
+            if let Some(mut e) = DROP_EVENTS.reserve(0) {
+                let mut ev = DropEvent {
+                    timestamp_ns: now,
+                    ifindex: ctx.ingress_ifindex() as u32,
+                    group,
+                    src: [0; 16],
+                    dst: [0; 16],
+                    src_port: 0,
+                    dst_port: 0,
+                    protocol: 0,
+                    direction,
+                    reason,
+                    _pad: 0,
+                };
+                if let Some(p) = pkt {
+                    ev.src = p.src;
+                    ev.dst = p.dst;
+                    ev.src_port = u16::from_be(p.sport);
+                    ev.dst_port = u16::from_be(p.dport);
+                    ev.protocol = p.proto;
+                }
+                e.write(ev);
+                e.submit(0);
+            }
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+/// An allowed packet: to the stack, or forwarded in XDP when configured and the FIB knows how.
+#[inline(always)]
+fn allow(ctx: &XdpContext, pkt: &Packet, fib: &mut FibParams, flags: u32) -> u32 {
+    if flags & CONFIG_FLAG_XDP_FORWARD != 0 && !pkt.vlan {
+        let action = forward(ctx, pkt, fib);
+        if action != xdp_action::XDP_PASS {
+            count(COUNTER_FORWARD_XDP);
+            return action;
+        }
+    }
+    count(COUNTER_PASS_STACK);
+    xdp_action::XDP_PASS
+}
+
+/// `bpf_fib_lookup` and redirect with MACs rewritten and TTL / hop limit decremented. `XDP_PASS`
+/// means "let the kernel handle it" (no route, no neighbour, local delivery, TTL expiring, ...).
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Packet, fib: &mut FibParams) -> u32 {
+    try_forward(ctx, pkt, fib).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext, pkt: &Packet, fib: &mut FibParams) -> Result<u32, Stop> {
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.l4_protocol = pkt.proto;
+    fib.sport = pkt.sport;
+    fib.dport = pkt.dport;
+    let off = pkt.l3_off;
+    if pkt.is_v6 {
+        let h = bytes::<40>(ctx, off)?;
+        if h[7] <= 1 {
+            return Err(Stop::Pass);
+        }
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = be16([h[4], h[5]]);
+        fib.__bindgen_anon_2.flowinfo =
+            u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffffu32.to_be();
+        // SAFETY: writing plain integers into unions.
+        unsafe {
+            let src = &mut fib.__bindgen_anon_3.ipv6_src;
+            let dst = &mut fib.__bindgen_anon_4.ipv6_dst;
+            for i in 0..4 {
+                src[i] = u32::from_ne_bytes([
+                    pkt.src[4 * i],
+                    pkt.src[4 * i + 1],
+                    pkt.src[4 * i + 2],
+                    pkt.src[4 * i + 3],
+                ]);
+                dst[i] = u32::from_ne_bytes([
+                    pkt.dst[4 * i],
+                    pkt.dst[4 * i + 1],
+                    pkt.dst[4 * i + 2],
+                    pkt.dst[4 * i + 3],
+                ]);
+            }
+        }
+    } else {
+        let h = bytes::<20>(ctx, off)?;
+        if h[8] <= 1 {
+            return Err(Stop::Pass);
+        }
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = be16([h[2], h[3]]);
+        fib.__bindgen_anon_2.tos = h[1];
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    }
+    // SAFETY: ctx is the program's context; fib is a valid, sized parameter block.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            fib as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(Stop::Pass);
+    }
+    if pkt.is_v6 {
+        let hop = ptr_at::<u8>(ctx, off + 7)? as *mut u8;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *hop -= 1 };
+    } else {
+        let ttl = ptr_at::<u8>(ctx, off + 8)? as *mut u8;
+        let csum = ptr_at::<u16>(ctx, off + 10)? as *mut u16;
+        // SAFETY: bounds checked by ptr_at. Incremental checksum update (RFC 1624) for TTL - 1,
+        // as the kernel's ip_decrease_ttl.
+        unsafe {
+            *ttl -= 1;
+            let mut c = core::ptr::read_unaligned(csum) as u32;
+            c += 0x0100u16.to_be() as u32;
+            c = (c + (c >= 0xffff) as u32) & 0xffff;
+            core::ptr::write_unaligned(csum, c as u16);
+        }
+    }
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)? as *mut [u8; 12];
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        core::ptr::write_unaligned(eth, macs);
+    }
+    // SAFETY: helper without memory arguments.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) };
+    Ok(action as u32)
+}
+
+#[inline(always)]
+fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let role = match IFACE_ROLES.get_ptr(ifindex) {
+        // SAFETY: value pointer from a successful lookup.
+        Some(r) => unsafe { *r },
+        None => return xdp_action::XDP_PASS,
+    };
+    let scratch = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, used by this program invocation only.
+        Some(p) => unsafe { &mut *p },
+        None => return xdp_action::XDP_PASS,
+    };
+    let Scratch {
+        pkt,
+        fib,
+        key,
+        query,
+    } = scratch;
+    // Fields `parse` does not always set (addresses and `related` always are when used).
+    pkt.sport = 0;
+    pkt.dport = 0;
+    pkt.proto = 0;
+    pkt.tcp_flags = 0;
+    pkt.kind = Kind::Flow;
+    pkt.is_v6 = false;
+    pkt.vlan = false;
+    match parse(ctx, pkt) {
+        0 => {}
+        PARSE_PASS => {
+            count(COUNTER_PASS_NON_IP);
+            return xdp_action::XDP_PASS;
+        }
+        PARSE_FRAGMENT => return drop_packet(ctx, None, DROP_REASON_FRAGMENT, 0, 0),
+        _ => return drop_packet(ctx, None, DROP_REASON_MALFORMED, 0, 0),
+    }
+    let (g, flags) = match CONFIG.get(0) {
+        Some(c) => (c.generation & 1, c.flags),
+        None => (0, 0),
+    };
+    // Cluster leg: the source is a pod leaving the cluster (its egress policy); external leg:
+    // the destination is a pod being reached (its ingress policy).
+    let direction = if role == ROLE_CLUSTER {
+        query.pod = pkt.src;
+        query.peer = pkt.dst;
+        DIRECTION_EGRESS
+    } else {
+        query.pod = pkt.dst;
+        query.peer = pkt.src;
+        DIRECTION_INGRESS
+    };
+    query.g = g;
+    query.port = u16::from_be(pkt.dport);
+    query.direction = direction;
+    query.proto = pkt.proto;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if pkt.kind == Kind::IcmpError {
+        if let Some(f) = FLOWS.get_ptr(&pkt.related) {
+            // SAFETY: value pointer from a successful lookup; read only.
+            let f = unsafe { &*f };
+            if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state) {
+                count(COUNTER_PASS_FLOW);
+                return allow(ctx, pkt, fib, flags);
+            }
+        }
+        query.port = 0;
+        return match policy(query) {
+            Verdict::Unselected => {
+                count(COUNTER_PASS_UNSELECTED);
+                allow(ctx, pkt, fib, flags)
+            }
+            Verdict::Allow(_) => {
+                count(COUNTER_PASS_POLICY);
+                allow(ctx, pkt, fib, flags)
+            }
+            Verdict::Deny(group) => {
+                drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction)
+            }
+        };
+    }
+
+    let is_tcp = pkt.proto == PROTO_TCP;
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
+
+    if pkt.kind == Kind::Flow {
+        if let Some(f) = FLOWS.get_ptr_mut(&*key) {
+            // SAFETY: value pointer from a successful lookup; concurrent updates of the same
+            // flow from two CPUs may interleave, which only affects last_seen/state freshness.
+            let f = unsafe { &mut *f };
+            if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state) {
+                if flags & CONFIG_FLAG_REVALIDATE != 0 && f.generation as u32 != g {
+                    if let Some(group) = revalidate(query, key, f) {
+                        let _ = FLOWS.remove(&*key);
+                        return drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction);
+                    }
+                }
+                if is_tcp {
+                    let fl = pkt.tcp_flags;
+                    if fl & (TCP_RST | TCP_FIN) != 0 {
+                        f.state = TCP_STATE_CLOSING;
+                    } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
+                        f.state = TCP_STATE_ESTABLISHED;
+                    } else if f.state == TCP_STATE_CLOSING && syn_only {
+                        f.state = TCP_STATE_SYN_SENT;
+                        f.initiator_is_lo = src_is_lo as u8;
+                    }
+                }
+                f.last_seen_ns = now;
+                count(COUNTER_PASS_FLOW);
+                return allow(ctx, pkt, fib, flags);
+            }
+        }
+    }
+
+    let verdict = policy(query);
+    let group = match verdict {
+        Verdict::Deny(group) => {
+            return drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction)
+        }
+        Verdict::Allow(group) => {
+            if is_tcp && !syn_only {
+                return drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction);
+            }
+            count(COUNTER_PASS_POLICY);
+            group
+        }
+        Verdict::Unselected => {
+            count(COUNTER_PASS_UNSELECTED);
+            0
+        }
+    };
+    if pkt.kind == Kind::Flow && (!is_tcp || syn_only) {
+        let value = FlowValue {
+            last_seen_ns: now,
+            group,
+            state: if is_tcp {
+                TCP_STATE_SYN_SENT
+            } else {
+                FLOW_STATE_ACTIVE
+            },
+            initiator_is_lo: src_is_lo as u8,
+            direction,
+            generation: g as u8,
+        };
+        let _ = FLOWS.insert(&*key, &value, 0);
+    }
+    allow(ctx, pkt, fib, flags)
+}
+
+/// Re-checks a flow against generation `g` in the direction that admitted it, from the
+/// initiator's point of view. Returns the denying group, or `None` (and marks the flow
+/// current) when it is still allowed.
+#[inline(always)]
+fn revalidate(query: &mut Query, key: &FlowKey, f: &mut FlowValue) -> Option<u32> {
+    let g = query.g;
+    let (init, resp, resp_port) = if f.initiator_is_lo != 0 {
+        (&key.addr_lo, &key.addr_hi, key.port_hi)
+    } else {
+        (&key.addr_hi, &key.addr_lo, key.port_lo)
+    };
+    let (pod, peer) = if f.direction == DIRECTION_EGRESS {
+        (init, resp)
+    } else {
+        (resp, init)
+    };
+    query.pod = *pod;
+    query.peer = *peer;
+    query.port = u16::from_be(resp_port);
+    query.direction = f.direction;
+    query.proto = key.protocol;
+    match policy(query) {
+        Verdict::Deny(group) => Some(group),
+        Verdict::Allow(group) => {
+            f.group = group;
+            f.generation = g as u8;
+            None
+        }
+        Verdict::Unselected => {
+            f.group = 0;
+            f.generation = g as u8;
+            None
+        }
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
