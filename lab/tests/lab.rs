@@ -354,12 +354,12 @@ fn two_nodes_share_a_fabric_and_pod_traffic_between_them_skips_the_gateway() {
     snap.pods[0].node = Some("node-a".into()); // x/a
     snap.pods[1].node = Some("node-b".into()); // x/b
     snap.pods[2].node = Some("node-b".into()); // y/c
-    let cross = vec![
+    let cross = [
         probe("x/a", "x/b", Protocol::Tcp, 80),
         probe("x/b", "x/a", Protocol::Udp, 80),
         probe("x/a", "x/b", Protocol::Sctp, 80),
     ];
-    let edge = vec![
+    let edge = [
         probe("x/a", EXT4, Protocol::Tcp, 80),
         probe(EXT6, "y/c", Protocol::Udp, 80),
         probe("x/b", EXT6, Protocol::Sctp, 80),
