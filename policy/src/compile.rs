@@ -22,7 +22,7 @@ pub struct PortRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GatewayTables {
     /// Every pod address selected by at least one policy of that direction → index into `groups`.
-    pub endpoints: BTreeMap<(Direction, IpAddr), u32>,
+    pub endpoints: EndpointGroups,
     pub groups: Vec<GatewayGroup>,
     /// Deduplicated rule sets; a prefix value indexes this. An empty set denies.
     pub rule_sets: Vec<Vec<PortRule>>,
@@ -245,9 +245,9 @@ fn flatten_family(
     Ok(())
 }
 
-/// The port rules one rule contributes for traffic with an external peer. Named ports resolve on
-/// the destination: the selected pod for ingress, nothing (an external host) for egress.
-fn external_port_rules(rule: &Rule, direction: Direction, pod: &Pod) -> Vec<PortRule> {
+/// The port rules one rule contributes. Named ports resolve on `destination`, the pod receiving
+/// the traffic; with no destination pod (an external host) they match nothing.
+fn port_rules(rule: &Rule, destination: Option<&Pod>) -> Vec<PortRule> {
     if rule.ports.is_empty() {
         return vec![PortRule::ANY];
     }
@@ -257,13 +257,10 @@ fn external_port_rules(rule: &Rule, direction: Direction, pod: &Pod) -> Vec<Port
             let (first, last) = match &p.port {
                 PortMatch::Any => (0, u16::MAX),
                 PortMatch::Number { first, last } => (*first, *last),
-                PortMatch::Named(name) => match direction {
-                    Direction::Ingress => {
-                        let n = pod.named_port(name, p.protocol)?;
-                        (n, n)
-                    }
-                    Direction::Egress => return None,
-                },
+                PortMatch::Named(name) => {
+                    let n = destination?.named_port(name, p.protocol)?;
+                    (n, n)
+                }
             };
             Some(PortRule {
                 protocol: Some(p.protocol),
@@ -274,12 +271,20 @@ fn external_port_rules(rule: &Rule, direction: Direction, pod: &Pod) -> Vec<Port
         .collect()
 }
 
+/// The pod on the receiving end for traffic between `subject` and an external peer.
+fn external_destination(direction: Direction, subject: &Pod) -> Option<&Pod> {
+    match direction {
+        Direction::Ingress => Some(subject),
+        Direction::Egress => None,
+    }
+}
+
 /// The address ranges (with ports) that `policies` allow for `pod` in `direction`.
 fn group_entries(policies: &[&Policy], direction: Direction, pod: &Pod) -> Vec<Entry> {
     let mut entries = Vec::new();
     for policy in policies {
         for rule in policy.rules(direction).unwrap_or_default() {
-            let ports = external_port_rules(rule, direction, pod);
+            let ports = port_rules(rule, external_destination(direction, pod));
             if ports.is_empty() {
                 continue;
             }
@@ -306,17 +311,24 @@ fn group_entries(policies: &[&Policy], direction: Direction, pod: &Pod) -> Vec<E
     entries
 }
 
-/// Compiles the gateway's tables. Pods are grouped by the policies selecting them (and, where
-/// named ports are used, the ports they resolve to), so the tables grow with distinct policy
-/// combinations, not with pods.
-pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileError> {
-    let mut tables = GatewayTables::default();
-    let mut interner = RuleSetInterner::default();
-    // Deny (empty set) is id 0 so a zero value never allows anything.
-    interner.intern(Vec::new());
-    let mut group_ids: HashMap<(Direction, Vec<usize>, Vec<ContainerPort>), u32> = HashMap::new();
+/// Pods with the same policies in a direction (and, where named ports are used, the same ports
+/// they resolve to) share a group, so tables grow with distinct policy combinations, not with pods.
+type GroupKey = (Direction, Vec<usize>, Vec<ContainerPort>);
+
+/// Pod address and direction → group id.
+pub type EndpointGroups = BTreeMap<(Direction, IpAddr), u32>;
+
+/// Assigns every selected pod address a group; `build` makes a group from its policies and a
+/// representative pod. Returns the endpoint map and the groups in id order.
+fn assign_groups<G, E>(
+    snapshot: &Snapshot,
+    mut build: impl FnMut(Direction, &[&Policy], &Pod) -> Result<G, E>,
+) -> Result<(EndpointGroups, Vec<G>), E> {
+    let mut endpoints = BTreeMap::new();
+    let mut groups = Vec::new();
+    let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
     for pod in &snapshot.pods {
-        if pod.ips.is_empty() || pod.host_network {
+        if pod.ips.is_empty() {
             continue;
         }
         for direction in [Direction::Ingress, Direction::Egress] {
@@ -324,11 +336,7 @@ pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileErro
                 .policies
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| {
-                    p.namespace == pod.namespace
-                        && p.rules(direction).is_some()
-                        && p.pod_selector.matches(&pod.labels)
-                })
+                .filter(|(_, p)| snapshot.selects(p, pod, direction))
                 .map(|(i, _)| i)
                 .collect();
             if selecting.is_empty() {
@@ -352,52 +360,81 @@ pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileErro
             let group = match group_ids.get(&key) {
                 Some(g) => *g,
                 None => {
-                    let entries = group_entries(&policies, direction, pod);
-                    let mut prefixes = Vec::new();
-                    for v4 in [true, false] {
-                        let family: Vec<&Entry> = entries
-                            .iter()
-                            .filter(|e| e.cidr.addr().is_ipv4() == v4)
-                            .collect();
-                        flatten_family(&family, v4, &mut interner, &mut prefixes).map_err(
-                            |count| CompileError::TooManyPortRanges {
-                                policies: policies
-                                    .iter()
-                                    .map(|p| p.key())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                                direction,
-                                count,
-                                max: MAX_PORT_RANGES,
-                            },
-                        )?;
-                    }
-                    // An IPv6 prefix covering the IPv4-mapped range must not answer for IPv4
-                    // addresses: shadow it with the IPv4 root (deny unless 0.0.0.0/0 is listed).
-                    let mapped_root: IpNet = "::ffff:0:0/96".parse().expect("literal CIDR");
-                    let v4_root = "0.0.0.0/0".parse::<IpNet>().expect("literal CIDR");
-                    if prefixes.iter().any(|(p, _)| p.contains(&mapped_root))
-                        && !prefixes.iter().any(|(p, _)| *p == v4_root)
-                    {
-                        prefixes.push((v4_root, 0));
-                    }
-                    let id = tables.groups.len() as u32;
-                    tables.groups.push(GatewayGroup {
-                        direction,
-                        policies: policies.iter().map(|p| p.key()).collect(),
-                        prefixes,
-                    });
+                    let id = groups.len() as u32;
+                    groups.push(build(direction, &policies, pod)?);
                     group_ids.insert(key, id);
                     id
                 }
             };
             for ip in &pod.ips {
-                tables.endpoints.insert((direction, *ip), group);
+                endpoints.insert((direction, *ip), group);
             }
         }
     }
-    tables.rule_sets = interner.sets;
-    Ok(tables)
+    Ok((endpoints, groups))
+}
+
+fn policy_names(policies: &[&Policy]) -> Vec<String> {
+    policies.iter().map(|p| p.key()).collect()
+}
+
+/// Flattens entries of both families into `prefixes`.
+fn flatten(
+    entries: &[Entry],
+    policies: &[&Policy],
+    direction: Direction,
+    interner: &mut RuleSetInterner,
+) -> Result<Vec<(IpNet, u32)>, CompileError> {
+    let mut prefixes = Vec::new();
+    for v4 in [true, false] {
+        let family: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.cidr.addr().is_ipv4() == v4)
+            .collect();
+        flatten_family(&family, v4, interner, &mut prefixes).map_err(|count| {
+            CompileError::TooManyPortRanges {
+                policies: policy_names(policies).join(", "),
+                direction,
+                count,
+                max: MAX_PORT_RANGES,
+            }
+        })?;
+    }
+    // An IPv6 prefix covering the IPv4-mapped range must not answer for IPv4 addresses: shadow
+    // it with the IPv4 root (deny unless 0.0.0.0/0 is listed).
+    let mapped_root: IpNet = "::ffff:0:0/96".parse().expect("literal CIDR");
+    let v4_root = "0.0.0.0/0".parse::<IpNet>().expect("literal CIDR");
+    if prefixes.iter().any(|(p, _)| p.contains(&mapped_root))
+        && !prefixes.iter().any(|(p, _)| *p == v4_root)
+    {
+        prefixes.push((v4_root, 0));
+    }
+    Ok(prefixes)
+}
+
+/// A fresh interner whose id 0 is the empty (deny) set, so a zero value never allows anything.
+fn new_interner() -> RuleSetInterner {
+    let mut interner = RuleSetInterner::default();
+    interner.intern(Vec::new());
+    interner
+}
+
+/// Compiles the gateway's tables: for traffic between pods and external addresses.
+pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileError> {
+    let mut interner = new_interner();
+    let (endpoints, groups) = assign_groups(snapshot, |direction, policies, pod| {
+        let entries = group_entries(policies, direction, pod);
+        Ok(GatewayGroup {
+            direction,
+            policies: policy_names(policies),
+            prefixes: flatten(&entries, policies, direction, &mut interner)?,
+        })
+    })?;
+    Ok(GatewayTables {
+        endpoints,
+        groups,
+        rule_sets: interner.sets,
+    })
 }
 
 impl GatewayTables {
@@ -431,3 +468,5 @@ impl GatewayTables {
         self.groups.iter().map(|g| g.prefixes.len()).sum()
     }
 }
+
+pub mod node;

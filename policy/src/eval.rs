@@ -165,12 +165,17 @@ impl Snapshot {
         pod: &'a Pod,
         direction: Direction,
     ) -> impl Iterator<Item = &'a Policy> + 'a {
-        self.policies.iter().filter(move |p| {
-            !pod.host_network
-                && p.namespace == pod.namespace
-                && p.rules(direction).is_some()
-                && p.pod_selector.matches(&pod.labels)
-        })
+        self.policies
+            .iter()
+            .filter(move |p| self.selects(p, pod, direction))
+    }
+
+    /// Whether `policy` selects `pod` for `direction` (hostNetwork pods are never selected).
+    pub fn selects(&self, policy: &Policy, pod: &Pod, direction: Direction) -> bool {
+        !pod.host_network
+            && policy.namespace == pod.namespace
+            && policy.rules(direction).is_some()
+            && policy.pod_selector.matches(&pod.labels)
     }
 
     fn direction_verdict(&self, flow: &Flow<'_>, direction: Direction) -> DirectionVerdict {
@@ -246,7 +251,13 @@ impl Snapshot {
         Some((peer_index, port_index))
     }
 
-    fn peer_matches(&self, policy: &Policy, peer: &Peer, side: Side<'_>, ip: IpAddr) -> bool {
+    pub(crate) fn peer_matches(
+        &self,
+        policy: &Policy,
+        peer: &Peer,
+        side: Side<'_>,
+        ip: IpAddr,
+    ) -> bool {
         match peer {
             // ipBlock matches pod addresses too (as upstream e2e requires).
             Peer::IpBlock { cidr, except } => {
