@@ -67,6 +67,8 @@ pub enum Error {
     },
     #[error("map {0} missing from the XDP object")]
     MissingMap(&'static str),
+    #[error("program {0} missing from the XDP object")]
+    MissingProgram(&'static str),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -326,7 +328,7 @@ impl Gateway {
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_GATEWAY)
-            .ok_or(Error::MissingMap(PROGRAM_GATEWAY))?
+            .ok_or(Error::MissingProgram(PROGRAM_GATEWAY))?
             .try_into()?;
         program.load()?;
 
@@ -379,7 +381,7 @@ impl Gateway {
         ] {
             let program: &mut Xdp = ebpf
                 .program_mut(PROGRAM_GATEWAY)
-                .ok_or(Error::MissingMap(PROGRAM_GATEWAY))?
+                .ok_or(Error::MissingProgram(PROGRAM_GATEWAY))?
                 .try_into()?;
             let pin_path = options.pin_dir.as_ref().map(|d| d.join(pin_name));
             let mut adopted = false;
@@ -729,7 +731,7 @@ impl Gateway {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .ok_or(Error::MissingMap(PROGRAM_PASS))?
+            .ok_or(Error::MissingProgram(name))?
             .try_into()?;
         if prog.fd().is_err() {
             prog.load()?;

@@ -528,7 +528,7 @@ fn packet_fixtures() {
                 XDP_DROP,
             ),
             case(
-                "IPv6 from outside 2001:db8::/32 but inside ::/0? no: denied (no v6 default)",
+                "IPv6 from outside 2001:db8::/32 denied (the group has no IPv6 default prefix)",
                 Leg::External,
                 frame_v6(ipv6("2001:db9::1", "fd00::20", 6, &tcp(50002, 80, TCP_SYN))),
                 XDP_DROP,
