@@ -678,17 +678,20 @@ impl Lab {
 
         // Phase 2: addresses, routes and static neighbours, every namespace at once.
         let mut batches: Vec<(String, &'static str, Vec<String>)> = Vec::new();
+        let mut fabric_batch = None;
         if let Some(f) = &fabric {
             let mut b = vec![
                 "link set lo up".to_string(),
                 format!("link add {FABRIC_BRIDGE} type bridge"),
-                format!("link set {FABRIC_BRIDGE} up"),
             ];
             for port in &fabric_ports {
-                b.push(format!("link set {port} master {FABRIC_BRIDGE}"));
                 b.push(format!("link set {port} up"));
             }
-            batches.push((f.clone(), "configure fabric bridge", b));
+            for port in &fabric_ports {
+                b.push(format!("link set {port} master {FABRIC_BRIDGE}"));
+            }
+            b.push(format!("link set {FABRIC_BRIDGE} up"));
+            fabric_batch = Some((f.clone(), b));
         }
         for node in &nodes {
             let up = NODE_UPLINK_IFACE;
@@ -828,7 +831,68 @@ impl Lab {
                 first_err.get_or_insert(e);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // The bridge last, once every node uplink and the cluster leg are up: a port whose peer
+        // came up while the port was being enslaved was seen to stay without carrier.
+        if let Some((f, b)) = fabric_batch {
+            netns::ip_batch(Some(&f), "configure fabric bridge", &b)?;
+            wait_bridge_forwarding(&f, fabric_ports.len())?;
+        }
+
+        // Until the kernel's link watcher has seen a veth's carrier, its queue is not active and
+        // the first packets through it are lost: wait until every link is running.
+        let mut links: Vec<(String, Vec<String>)> = Vec::new();
+        for node in &nodes {
+            let mut l = vec![NODE_UPLINK_IFACE.to_string()];
+            l.extend(
+                pods.iter()
+                    .filter(|p| p.node_netns == node.netns)
+                    .map(|p| p.host_iface.clone()),
+            );
+            links.push((node.netns.clone(), l));
+        }
+        links.push((gw.clone(), vec![cl.into(), ex.into()]));
+        links.push((ext.clone(), vec![EXT_IFACE.into()]));
+        if let Some(f) = &fabric {
+            let mut l = fabric_ports.clone();
+            l.push(FABRIC_BRIDGE.into());
+            links.push((f.clone(), l));
+        }
+        for p in &pods {
+            links.push((p.netns.clone(), vec![POD_IFACE.into()]));
+        }
+        self.wait_links_running(&links)
+    }
+
+    fn wait_links_running(&self, links: &[(String, Vec<String>)]) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (ns, names) in links {
+            let fd = self.find_netns(ns)?.fd();
+            let waited = netns::run_in(fd, || {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                for name in names {
+                    while !netns::link_running(raw, name)? {
+                        if Instant::now() >= deadline {
+                            return Ok(Some(name.clone()));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Ok(None)
+            })
+            .map_err(|e| LabError::io("wait for links", ns, e))?;
+            if let Some(name) = waited {
+                return Err(LabError::Command {
+                    step: "wait for links to come up".into(),
+                    netns: ns.clone(),
+                    detail: format!("{name} is not running after 3 s"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The lab's id (`PREFIX-PID-N`); every namespace name starts with it.
@@ -1025,6 +1089,35 @@ impl Lab {
         tracing::debug!(lab = %self.id, "lab torn down");
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Waits (up to 3 s) until `ports` ports of the fabric bridge are forwarding.
+fn wait_bridge_forwarding(netns: &str, ports: usize) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last;
+    loop {
+        let out = Command::new("bridge")
+            .args(["-n", netns, "link", "show"])
+            .output()
+            .map_err(|e| LabError::io("bridge link show", netns, e))?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let forwarding = last
+            .lines()
+            .filter(|l| l.contains("state forwarding") && !l.contains("NO-CARRIER"))
+            .count();
+        if forwarding >= ports {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(LabError::Command {
+        step: "wait for fabric bridge ports to forward".into(),
+        netns: netns.into(),
+        detail: last,
+    })
 }
 
 impl Drop for Lab {

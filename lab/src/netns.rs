@@ -193,6 +193,30 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>, LabError> {
     Ok(deleted)
 }
 
+/// Whether interface `name` is up with its operational state up (IFF_RUNNING), seen from the calling
+/// thread's network namespace.
+pub fn link_running(sock: RawFd, name: &str) -> io::Result<bool> {
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of a valid ifreq.
+    if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
 /// A namespace created by the lab, kept open so threads can enter it cheaply.
 #[derive(Debug)]
 pub(crate) struct Netns {
