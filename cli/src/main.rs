@@ -2,7 +2,10 @@
 
 mod audit_cmd;
 mod explain_cmd;
+mod gateway_cmd;
+mod lab_cmd;
 mod manifests;
+mod status_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +37,15 @@ enum Command {
     /// Report namespaces without default deny, rules that allow everything, ipBlocks covering pod
     /// addresses, excepts that carve nothing and policies that select no pod.
     Audit(audit_cmd::AuditArgs),
+    /// Run the edge gateway: XDP enforcement of ipBlock rules for traffic crossing the cluster edge.
+    Gateway(gateway_cmd::GatewayArgs),
+    /// Is enforcement in place: legs, generation, table sizes, flows, counters, drops by policy.
+    Status(status_cmd::StatusArgs),
+    /// Live events from the datapath (`--type drop`).
+    Monitor(status_cmd::MonitorArgs),
+    /// The network-namespace lab: real traffic through the real datapath.
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCommand),
 }
 
 /// Manifest input shared by every command that reads cluster state.
@@ -56,6 +68,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Explain(args) => explain_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Status(args) => status_cmd::status(args),
+        Command::Monitor(args) => status_cmd::monitor(args),
+        Command::Lab(command) => lab_cmd::run(command),
     };
     match result {
         Ok(code) => code,

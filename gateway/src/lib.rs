@@ -664,36 +664,6 @@ impl Gateway {
     }
 
     pub fn status(&self) -> Result<Status> {
-        let mut sums = [0u64; COUNTER_COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err("COUNTERS"))?;
-            *sum = values.iter().sum();
-        }
-        let c = |i: u32| sums[i as usize];
-        let counters = Counters {
-            pass_flow: c(COUNTER_PASS_FLOW),
-            pass_policy: c(COUNTER_PASS_POLICY),
-            pass_unselected: c(COUNTER_PASS_UNSELECTED),
-            pass_non_ip: c(COUNTER_PASS_NON_IP),
-            drop_policy: c(COUNTER_DROP_POLICY),
-            drop_malformed: c(COUNTER_DROP_MALFORMED),
-            drop_fragment: c(COUNTER_DROP_FRAGMENT),
-            forward_xdp: c(COUNTER_FORWARD_XDP),
-            pass_stack: c(COUNTER_PASS_STACK),
-        };
-        let drops_by_group = self
-            .drops_by_group
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(group, values)| GroupDrops {
-                group,
-                policies: self.group_policies.get(&group).cloned().unwrap_or_default(),
-                packets: values.iter().sum(),
-            })
-            .collect();
         Ok(Status {
             attached: self.attached.clone(),
             mode: self.options.xdp_mode,
@@ -704,8 +674,8 @@ impl Gateway {
             prefixes: self.prefixes.keys().count(),
             rule_sets: self.rule_sets.keys().count(),
             flows: self.flows.keys().count(),
-            counters,
-            drops_by_group,
+            counters: sum_counters(&self.counters)?,
+            drops_by_group: group_drops(&self.drops_by_group, &self.group_policies),
         })
     }
 
@@ -779,6 +749,134 @@ impl Gateway {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
+    }
+}
+
+/// `COUNTERS` summed over CPUs.
+fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
+    let mut sums = [0u64; COUNTER_COUNT as usize];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        let values = counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+        *sum = values.iter().sum();
+    }
+    let c = |i: u32| sums[i as usize];
+    Ok(Counters {
+        pass_flow: c(COUNTER_PASS_FLOW),
+        pass_policy: c(COUNTER_PASS_POLICY),
+        pass_unselected: c(COUNTER_PASS_UNSELECTED),
+        pass_non_ip: c(COUNTER_PASS_NON_IP),
+        drop_policy: c(COUNTER_DROP_POLICY),
+        drop_malformed: c(COUNTER_DROP_MALFORMED),
+        drop_fragment: c(COUNTER_DROP_FRAGMENT),
+        forward_xdp: c(COUNTER_FORWARD_XDP),
+        pass_stack: c(COUNTER_PASS_STACK),
+    })
+}
+
+/// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
+fn group_drops(
+    drops: &PerCpuHashMap<MapData, u32, u64>,
+    policies: &BTreeMap<u32, Vec<String>>,
+) -> Vec<GroupDrops> {
+    drops
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(group, values)| GroupDrops {
+            group,
+            policies: policies.get(&group).cloned().unwrap_or_default(),
+            packets: values.iter().sum(),
+        })
+        .collect()
+}
+
+/// Read-only view of a running gateway's pinned maps, for `status` and `monitor` in another
+/// process. Opening it changes nothing; the daemon keeps enforcing.
+pub struct PinnedGateway {
+    config: Array<MapData, Config>,
+    roles: HashMap<MapData, u32, u32>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    rule_sets: HashMap<MapData, u32, RuleSet>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, u64>,
+    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+    dir: PathBuf,
+}
+
+/// What a pinned gateway shows: its maps plus the links present in the pin directory.
+#[derive(Clone, Debug)]
+pub struct PinnedStatus {
+    /// (ifindex, role) of the legs the program is configured for.
+    pub legs: Vec<(u32, u32)>,
+    /// Pinned links present (`link_cluster`, `link_external`).
+    pub links: Vec<String>,
+    pub generation: u32,
+    pub forward: ForwardMode,
+    pub revalidate: bool,
+    pub endpoints: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    pub flows: usize,
+    pub counters: Counters,
+    pub drops_by_group: Vec<GroupDrops>,
+}
+
+fn open_pinned<T>(dir: &Path, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl PinnedGateway {
+    /// Opens the maps pinned under `dir` by a gateway started with that pin directory.
+    pub fn open(dir: &Path) -> Result<PinnedGateway> {
+        Ok(PinnedGateway {
+            config: open_pinned(dir, "CONFIG")?,
+            roles: open_pinned(dir, "IFACE_ROLES")?,
+            endpoints: open_pinned(dir, "ENDPOINTS")?,
+            prefixes: open_pinned(dir, "PREFIXES")?,
+            rule_sets: open_pinned(dir, "RULE_SETS")?,
+            flows: open_pinned(dir, "FLOWS")?,
+            counters: open_pinned(dir, "COUNTERS")?,
+            drops_by_group: open_pinned(dir, "DROPS_BY_GROUP")?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Status; `policies` names the groups (the daemon publishes them beside the pins).
+    pub fn status(&self, policies: &BTreeMap<u32, Vec<String>>) -> Result<PinnedStatus> {
+        let config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        Ok(PinnedStatus {
+            legs: self.roles.iter().filter_map(|r| r.ok()).collect(),
+            links: ["link_cluster", "link_external"]
+                .into_iter()
+                .filter(|l| self.dir.join(l).exists())
+                .map(str::to_string)
+                .collect(),
+            generation: config.generation & 1,
+            forward: if config.flags & CONFIG_FLAG_XDP_FORWARD != 0 {
+                ForwardMode::Xdp
+            } else {
+                ForwardMode::Kernel
+            },
+            revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
+            endpoints: self.endpoints.keys().count(),
+            prefixes: self.prefixes.keys().count(),
+            rule_sets: self.rule_sets.keys().count(),
+            flows: self.flows.keys().count(),
+            counters: sum_counters(&self.counters)?,
+            drops_by_group: group_drops(&self.drops_by_group, policies),
+        })
+    }
+
+    /// The drop-event ring buffer. Only one reader should consume it at a time.
+    pub fn drop_events(&self) -> Result<DropEvents> {
+        Ok(DropEvents {
+            ring: open_pinned(&self.dir, "DROP_EVENTS")?,
+        })
     }
 }
 

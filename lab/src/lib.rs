@@ -841,6 +841,39 @@ impl Lab {
             wait_bridge_forwarding(&f, fabric_ports.len())?;
         }
 
+        // The gateway may forward in XDP (redirect to the other leg). A veth receives redirected
+        // frames only while its NAPI runs, which GRO turns on: the peers of both legs get GRO.
+        // A redirected frame also loses the "checksum to be completed" mark of a locally sent
+        // packet, so the hosts that originate traffic (pods, external hosts) checksum in software,
+        // as packets from a real wire always are.
+        let mut features: Vec<(String, String, &[&str])> = vec![
+            match &fabric {
+                Some(f) => (f.clone(), FABRIC_GW_PORT.to_string(), &["gro", "on"][..]),
+                None => (
+                    nodes[0].netns.clone(),
+                    NODE_UPLINK_IFACE.to_string(),
+                    &["gro", "on"][..],
+                ),
+            },
+            (
+                ext.clone(),
+                EXT_IFACE.to_string(),
+                &["gro", "on", "tx", "off"][..],
+            ),
+        ];
+        for p in &pods {
+            features.push((p.netns.clone(), POD_IFACE.to_string(), &["tx", "off"][..]));
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = features
+                .iter()
+                .map(|(ns, iface, f)| scope.spawn(move || netns::set_features(ns, iface, f)))
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("ethtool thread does not panic"))
+        })?;
+
         // Until the kernel's link watcher has seen a veth's carrier, its queue is not active and
         // the first packets through it are lost: wait until every link is running.
         let mut links: Vec<(String, Vec<String>)> = Vec::new();

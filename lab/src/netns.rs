@@ -65,6 +65,24 @@ pub fn list() -> Vec<String> {
     names
 }
 
+/// Sets offload features of `iface` in `netns` (`ethtool -K IFACE FEATURE on|off ...`; ethtool
+/// touches no bpffs, so `ip netns exec` is fine here).
+pub(crate) fn set_features(netns: &str, iface: &str, features: &[&str]) -> Result<(), LabError> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "ethtool", "-K", iface])
+        .args(features)
+        .output()
+        .map_err(|e| LabError::io(format!("ethtool -K {iface}: run"), netns, e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(LabError::Command {
+        step: format!("ethtool -K {iface} {}", features.join(" ")),
+        netns: netns.to_string(),
+        detail: format!("ethtool: {}", String::from_utf8_lossy(&out.stderr).trim()),
+    })
+}
+
 /// Runs `ip [-n NETNS] -batch -` with `lines` on its standard input.
 pub(crate) fn ip_batch(netns: Option<&str>, step: &str, lines: &[String]) -> Result<(), LabError> {
     let child = spawn_ip_batch(netns, step, lines)?;

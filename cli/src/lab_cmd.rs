@@ -1,0 +1,330 @@
+//! `portcullis lab`: builds the network-namespace topology from manifests (a netns per pod behind
+//! its node, the gateway with a cluster and an external leg, external hosts), runs the real
+//! `portcullis gateway` in it, sends each probe as real traffic and reports what happened.
+//! Everything is torn down afterwards, also on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use portcullis_lab::{Lab, LabChild, LabOptions, Observation, Verdict};
+use portcullis_policy::model::Snapshot;
+use portcullis_policy::probe::{parse_probes, Probe};
+use serde_json::json;
+
+use crate::explain_cmd::print_table;
+use crate::gateway_cmd::{Forward, PublishedState};
+use crate::{load_reporting, ManifestArgs, OutputFormat};
+
+#[derive(clap::Subcommand)]
+pub enum LabCommand {
+    /// Run probes as real traffic through the enforcing lab; one JSON line per probe by default
+    /// (the same contract as `explain --output json`; `verdict` is what the traffic did).
+    Run(LabRunArgs),
+    /// The demo: the example policies of configs/examples, observed next to explain's prediction.
+    Demo(LabDemoArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LabRunArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    #[arg(long)]
+    probes: PathBuf,
+    #[command(flatten)]
+    lab: LabFlags,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    output: OutputFormat,
+}
+
+#[derive(clap::Args)]
+pub struct LabDemoArgs {
+    #[arg(long, num_args = 1.., default_value = "configs/examples")]
+    manifests: Vec<PathBuf>,
+    #[arg(long, default_value = "configs/demo-probes.yaml")]
+    probes: PathBuf,
+    #[command(flatten)]
+    lab: LabFlags,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct LabFlags {
+    /// How the gateway forwards allowed packets.
+    #[arg(long, value_enum, default_value_t = Forward::Xdp)]
+    forward: Forward,
+    /// Per-attempt timeout of a probe in milliseconds (a deny costs two of them).
+    #[arg(long, default_value_t = 700)]
+    timeout_ms: u64,
+}
+
+/// Removes the lab gateway's pins and state even when the run fails.
+struct PinGuard {
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        for dir in [&self.pin_dir, &self.state_dir] {
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    eprintln!("warning: could not remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// A running lab with the gateway daemon enforcing in it.
+pub struct EnforcingLab {
+    pub lab: Lab,
+    gateway: LabChild,
+    pins: PinGuard,
+}
+
+impl EnforcingLab {
+    pub fn start(
+        snapshot: &Snapshot,
+        manifests: &[PathBuf],
+        probes: &[Probe],
+        flags: &LabFlags,
+    ) -> Result<EnforcingLab> {
+        let options = LabOptions {
+            timeout: Duration::from_millis(flags.timeout_ms),
+            ..LabOptions::default()
+        };
+        let mut lab = Lab::build(snapshot, probes, options).context("building the lab")?;
+        let pins = PinGuard {
+            pin_dir: PathBuf::from("/sys/fs/bpf/portcullis-lab").join(lab.id()),
+            state_dir: std::env::temp_dir().join("portcullis-lab").join(lab.id()),
+        };
+        let manifests: Vec<PathBuf> = manifests
+            .iter()
+            .map(|p| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display())))
+            .collect::<Result<_>>()?;
+        let legs = lab.gateway().clone();
+        let mut cmd = Command::new(std::env::current_exe().context("locating portcullis")?);
+        cmd.arg("gateway")
+            .arg("--manifests")
+            .args(&manifests)
+            .args([
+                "--cluster-iface",
+                &legs.cluster_iface,
+                "--external-iface",
+                &legs.external_iface,
+            ])
+            .args([
+                "--forward",
+                match flags.forward {
+                    Forward::Xdp => "xdp",
+                    Forward::Kernel => "kernel",
+                },
+            ])
+            .arg("--pin-dir")
+            .arg(&pins.pin_dir)
+            .arg("--state-dir")
+            .arg(&pins.state_dir)
+            .arg("--unpin-on-exit")
+            .env(
+                "PORTCULLIS_LOG",
+                std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let gateway = lab
+            .spawn_in(&legs.netns, cmd)
+            .context("starting the gateway")?;
+        let running = EnforcingLab { lab, gateway, pins };
+        running.wait_until_enforcing()?;
+        Ok(running)
+    }
+
+    fn wait_until_enforcing(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(state) = PublishedState::read(&self.pins.state_dir) {
+                if state.applied_unix_ms > 0 {
+                    return Ok(());
+                }
+                if let Some(e) = state.last_error {
+                    bail!("the gateway did not apply the policies: {e}");
+                }
+            }
+            if let Some(status) = self.gateway.try_wait()? {
+                bail!("the gateway exited before enforcing ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("the gateway did not apply the policies within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins.pin_dir
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.pins.state_dir
+    }
+
+    /// Stops the gateway (it detaches itself) and tears the topology down.
+    pub fn stop(mut self) -> Result<()> {
+        // SIGTERM lets the daemon unpin and detach; the namespaces go with teardown anyway.
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.gateway.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.gateway.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.gateway.kill()?;
+        self.lab.teardown().context("tearing the lab down")?;
+        Ok(())
+    }
+}
+
+fn read_probes(path: &Path) -> Result<Vec<Probe>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_probes(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+    }
+}
+
+fn observation_json(
+    probe: &Probe,
+    observed: &std::result::Result<Observation, portcullis_lab::LabError>,
+) -> serde_json::Value {
+    let mut value = json!({
+        "from": probe.from.to_string(),
+        "to": probe.to.to_string(),
+        "port": probe.port,
+        "protocol": probe.protocol.to_string(),
+    });
+    match observed {
+        Ok(o) => {
+            value["verdict"] = json!(verdict_text(o.verdict));
+            value["detail"] = json!(o.detail);
+            value["attempts"] = json!(o.attempts);
+        }
+        Err(e) => {
+            value["verdict"] = json!("error");
+            value["detail"] = json!(e.to_string());
+        }
+    }
+    value
+}
+
+pub fn run(command: LabCommand) -> Result<ExitCode> {
+    match command {
+        LabCommand::Run(args) => lab_run(args),
+        LabCommand::Demo(args) => lab_demo(args),
+    }
+}
+
+fn lab_run(args: LabRunArgs) -> Result<ExitCode> {
+    let probes = read_probes(&args.probes)?;
+    let (snapshot, rejected) = load_reporting(&args.manifests)?;
+    let running = EnforcingLab::start(&snapshot, &args.manifests.manifests, &probes, &args.lab)?;
+    let observed = running.lab.probe_all(&probes);
+    running.stop()?;
+    let mut rows = Vec::new();
+    for (probe, o) in probes.iter().zip(&observed) {
+        let value = observation_json(probe, o);
+        match args.output {
+            OutputFormat::Json => println!("{value}"),
+            OutputFormat::Table => rows.push([
+                probe.from.to_string(),
+                probe.to.to_string(),
+                format!("{}/{}", probe.protocol, probe.port),
+                value["verdict"].as_str().unwrap_or("").to_string(),
+                value["detail"].as_str().unwrap_or("").to_string(),
+            ]),
+        }
+    }
+    if args.output == OutputFormat::Table {
+        print_table(&["FROM", "TO", "PORT", "OBSERVED", "DETAIL"], &rows);
+    }
+    Ok(if rejected {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
+    let probes = read_probes(&args.probes)?;
+    let manifests = ManifestArgs {
+        manifests: args.manifests.clone(),
+    };
+    let (snapshot, rejected) = load_reporting(&manifests)?;
+    let started = Instant::now();
+    let running = EnforcingLab::start(&snapshot, &args.manifests, &probes, &args.lab)?;
+    let built = started.elapsed();
+    let observed = running.lab.probe_all(&probes);
+    let status = running
+        .lab
+        .output_in(&running.lab.gateway().netns, {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.arg("status")
+                .arg("--pin-dir")
+                .arg(running.pin_dir())
+                .arg("--state-dir")
+                .arg(running.state_dir());
+            c
+        })
+        .context("reading gateway status")?;
+    running.stop()?;
+    let mut rows = Vec::new();
+    let mut mismatches = 0;
+    for (probe, o) in probes.iter().zip(&observed) {
+        let predicted = snapshot
+            .evaluate_probe(probe)
+            .map(|v| if v.allowed() { "allow" } else { "deny" })
+            .unwrap_or("error");
+        let value = observation_json(probe, o);
+        let seen = value["verdict"].as_str().unwrap_or("error").to_string();
+        let agrees = seen == predicted;
+        mismatches += usize::from(!agrees);
+        rows.push([
+            probe.from.to_string(),
+            probe.to.to_string(),
+            format!("{}/{}", probe.protocol, probe.port),
+            predicted.to_string(),
+            seen,
+            if agrees { "yes".into() } else { "NO".into() },
+            value["detail"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!(
+        "lab: {} pods in {} network namespaces, gateway forwarding in {:?} mode, ready in {} ms; {} probes of real traffic",
+        snapshot.pods.iter().filter(|p| !p.ips.is_empty()).count(),
+        snapshot.pods.len() + 4,
+        args.lab.forward,
+        built.as_millis(),
+        probes.len()
+    );
+    print_table(
+        &[
+            "FROM", "TO", "PORT", "EXPLAIN", "OBSERVED", "AGREE", "DETAIL",
+        ],
+        &rows,
+    );
+    println!("\n{}", String::from_utf8_lossy(&status.stdout).trim_end());
+    println!(
+        "\n{} of {} probes agree with explain",
+        probes.len() - mismatches,
+        probes.len()
+    );
+    Ok(if mismatches > 0 || rejected {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,268 @@
+//! `portcullis status` and `portcullis monitor --type drop`: read a running gateway's pinned maps
+//! from another process, without disturbing it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use portcullis_common::{DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED};
+use portcullis_gateway::{ForwardMode, PinnedGateway};
+use serde_json::json;
+
+use crate::gateway_cmd::{PublishedState, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::OutputFormat;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+fn interface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return format!("ifindex {ifindex}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn role_name(role: u32) -> &'static str {
+    match role {
+        portcullis_common::ROLE_CLUSTER => "cluster",
+        portcullis_common::ROLE_EXTERNAL => "external",
+        _ => "unknown",
+    }
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let pinned = PinnedGateway::open(&args.pin_dir).with_context(|| {
+        format!(
+            "no gateway pinned at {} (is `portcullis gateway` running?)",
+            args.pin_dir.display()
+        )
+    })?;
+    let published = PublishedState::read(&args.state_dir).unwrap_or_default();
+    let s = pinned.status(&published.groups)?;
+    let legs: Vec<_> = s
+        .legs
+        .iter()
+        .map(|(ifindex, role)| json!({"iface": interface_name(*ifindex), "ifindex": ifindex, "role": role_name(*role)}))
+        .collect();
+    let c = &s.counters;
+    let value = json!({
+        "pin_dir": args.pin_dir,
+        "daemon_pid": published.pid,
+        "legs": legs,
+        "links_pinned": s.links,
+        "forward": match s.forward { ForwardMode::Xdp => "xdp", ForwardMode::Kernel => "kernel" },
+        "revalidate": s.revalidate,
+        "generation": s.generation,
+        "endpoints": s.endpoints,
+        "prefixes": s.prefixes,
+        "rule_sets": s.rule_sets,
+        "flows": s.flows,
+        "rejected_objects": published.rejected,
+        "last_error": published.last_error,
+        "counters": {
+            "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
+            "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
+            "drop_fragment": c.drop_fragment, "forward_xdp": c.forward_xdp, "pass_stack": c.pass_stack,
+        },
+        "drops_by_group": s.drops_by_group.iter().map(|g| json!({"group": g.group, "policies": g.policies, "packets": g.packets})).collect::<Vec<_>>(),
+    });
+    match args.output {
+        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Table => {
+            println!("gateway pinned at {}", args.pin_dir.display());
+            for leg in &legs {
+                println!(
+                    "  leg {:<10} {} (ifindex {})",
+                    leg["role"].as_str().unwrap_or(""),
+                    leg["iface"].as_str().unwrap_or(""),
+                    leg["ifindex"]
+                );
+            }
+            println!("  links pinned: {}", s.links.join(", "));
+            println!(
+                "  forward: {}   revalidate: {}   generation: {}",
+                value["forward"].as_str().unwrap_or(""),
+                s.revalidate,
+                s.generation
+            );
+            println!(
+                "  endpoints: {}   prefixes: {}   rule sets: {}   flows: {}",
+                s.endpoints, s.prefixes, s.rule_sets, s.flows
+            );
+            println!(
+                "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} stack {}",
+                c.pass_flow,
+                c.pass_policy,
+                c.pass_unselected,
+                c.pass_non_ip,
+                c.forward_xdp,
+                c.pass_stack
+            );
+            println!(
+                "  dropped: policy {} malformed {} fragment {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment
+            );
+            for g in &s.drops_by_group {
+                println!(
+                    "  drops by group {:#x} ({}): {}",
+                    g.group,
+                    g.policies.join(", "),
+                    g.packets
+                );
+            }
+            if let Some(e) = &published.last_error {
+                println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
+            }
+            for r in &published.rejected {
+                println!("  rejected: {r}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventType {
+    Drop,
+}
+
+#[derive(clap::Args)]
+pub struct MonitorArgs {
+    /// Which events to show.
+    #[arg(long = "type", value_enum, default_value_t = EventType::Drop)]
+    event_type: EventType,
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Stop after this long (e.g. 10s).
+    #[arg(long, value_parser = crate::gateway_cmd::parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn event_addr(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if bytes == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        other => format!("proto-{other}"),
+    }
+}
+
+pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
+    let EventType::Drop = args.event_type;
+    let pinned = PinnedGateway::open(&args.pin_dir).with_context(|| {
+        format!(
+            "no gateway pinned at {} (is `portcullis gateway` running?)",
+            args.pin_dir.display()
+        )
+    })?;
+    let mut events = pinned.drop_events()?;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    // Group names change with generations: reread the published state as events come.
+    let mut groups = PublishedState::read(&args.state_dir)
+        .unwrap_or_default()
+        .groups;
+    loop {
+        if args.count.is_some_and(|n| seen >= n)
+            || args.duration.is_some_and(|d| started.elapsed() >= d)
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let Some(event) = events.next_event() else {
+            let mut fd = libc::pollfd {
+                fd: events.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, 200) };
+            continue;
+        };
+        seen += 1;
+        if !groups.contains_key(&event.group) {
+            groups = PublishedState::read(&args.state_dir)
+                .unwrap_or_default()
+                .groups;
+        }
+        print_event(&event, groups.get(&event.group), args.output);
+    }
+}
+
+fn print_event(event: &DropEvent, policies: Option<&Vec<String>>, output: OutputFormat) {
+    let time = humantime_now();
+    let direction = if event.direction == DIRECTION_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    };
+    let reason = match event.reason {
+        DROP_REASON_MALFORMED => "malformed",
+        DROP_REASON_FRAGMENT => "fragment",
+        _ => "policy",
+    };
+    let src = event_addr(event.src);
+    let dst = event_addr(event.dst);
+    let policies = policies.cloned().unwrap_or_default();
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            json!({
+                "time": time, "iface": interface_name(event.ifindex), "src": src.to_string(), "src_port": event.src_port,
+                "dst": dst.to_string(), "dst_port": event.dst_port, "protocol": protocol_name(event.protocol),
+                "direction": direction, "reason": reason, "group": event.group, "policies": policies,
+            })
+        ),
+        OutputFormat::Table => println!(
+            "{time} {} DROP {direction} {reason} {} {src}:{} -> {dst}:{} group {:#x} ({})",
+            interface_name(event.ifindex),
+            protocol_name(event.protocol),
+            event.src_port,
+            event.dst_port,
+            event.group,
+            policies.join(", ")
+        ),
+    }
+}
+
+/// Wall-clock time as seconds.millis since the epoch (event timestamps are monotonic).
+fn humantime_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}
