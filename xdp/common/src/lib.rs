@@ -1,6 +1,7 @@
-//! Kernel/user ABI of the Portcullis gateway: every map key, map value and ring-buffer event, defined
-//! once. The kernel crate (`portcullis-xdp-ebpf`) and the loader (`portcullis-gateway`) both use
-//! these definitions; nothing here is written twice.
+//! Kernel/user ABI of the Portcullis gateway and node hook: every map key, map value and
+//! ring-buffer event, defined once. The kernel crates (`portcullis-xdp-ebpf`,
+//! `portcullis-node-ebpf`) and the loaders (`portcullis-gateway`, `portcullis-node`) all use these
+//! definitions; nothing here is written twice.
 //!
 //! Conventions: addresses are 16 bytes in network byte order, IPv4 as IPv4-mapped IPv6
 //! (`::ffff:a.b.c.d`) so one key type serves both families. Ports are stored in host byte order
@@ -212,6 +213,57 @@ pub struct DropEvent {
 }
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
 
+// ---- Node hook (`portcullis-node-ebpf`): types of its own maps. The node program also uses
+// `EndpointKey`/`EndpointValue`, `PrefixData`/`PrefixValue`, `RuleSet`, `Config`, `FlowKey`/
+// `FlowValue`, `DropEvent` and the `COUNTER_*` indexes above, with the same meaning.
+
+/// `IDENTITIES` key (hash): a pod address of the cluster in one generation.
+/// Written by the node loader for every pod address (all nodes' pods, not only local ones).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    /// Pod address, network byte order, IPv4 mapped.
+    pub addr: [u8; 16],
+    /// Generation parity (0 or 1).
+    pub generation: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<IdentityKey>() == 20);
+
+/// `IDENTITIES` value: the numeric identity of the pod (namespace, labels, named ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityValue {
+    /// Identity (host byte order), stable across recompiles while the pod's labels stay.
+    pub identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<IdentityValue>() == 4);
+
+/// `PEERS` key (hash): (policy group, peer identity). The value is a [`PrefixValue`] naming the
+/// rule set that selector rules of that group allow towards / from that identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Group id (host byte order), generation parity in [`GENERATION_ID_BIT`].
+    pub group: u32,
+    /// Peer identity (host byte order).
+    pub identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 8);
+
+/// Node-only values of [`FlowValue::direction`]: the flow was recorded where the initiating pod
+/// sent it (its veth's tc ingress) and has not been checked by this node's policy; only packets
+/// from the responder (replies) may pass on it.
+pub const FLOW_NODE_ORIGIN: u8 = 2;
+/// Node-only value of [`FlowValue::direction`]: both the initiator's egress and the responder's
+/// ingress policy allowed the flow where it was delivered.
+pub const FLOW_NODE_CHECKED: u8 = 3;
+
+/// Node `COUNTERS` index (after the shared ones): flows recorded at a pod's veth as it sent them.
+pub const NODE_COUNTER_ORIGIN: u32 = COUNTER_COUNT;
+/// Size of the node program's `COUNTERS` array.
+pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 1;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -226,4 +278,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for IdentityKey {}
+    unsafe impl aya::Pod for IdentityValue {}
+    unsafe impl aya::Pod for PeerKey {}
 }

@@ -1,0 +1,1016 @@
+//! User-space side of the Portcullis node hook: loads the tc programs, attaches them to the
+//! host-side veth of each local pod as pods come and go, keeps the identity and policy tables in
+//! step with compiled [`NodeTables`] through generation switches, pins maps and links so a restart
+//! adopts the running state, collects expired flows, and reads counters and drop events.
+//!
+//! Per pod veth two programs run (TCX links on the tc/clsact hooks, see the README for why):
+//! `portcullis_node_deliver` on **egress** (into the pod) decides pod-to-pod traffic after the
+//! node's service translation; `portcullis_node_origin` on **ingress** (from the pod) records the
+//! flows the pod opens so their replies match a flow.
+//!
+//! Update protocol ([`NodeHook::apply`]): the new generation (parity `1 - active`) is written
+//! beside the active one — identity and endpoint keys carry the parity in a field, group and
+//! rule-set ids in [`GENERATION_ID_BIT`] — then one write of `CONFIG.generation` switches every
+//! CPU to it, and the old generation's entries are deleted. A packet sees either the whole old or
+//! the whole new policy. Every apply writes the full generation (no diff against the active one).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{qdisc_add_clsact, SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+use portcullis_common::*;
+use portcullis_policy::compile::node::NodeTables;
+use portcullis_policy::model::Direction;
+use tracing::{debug, info, warn};
+
+/// The tc object built by `build.rs` from `node-hook/ebpf`.
+static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-node-ebpf"));
+
+const PROGRAM_DELIVER: &str = "portcullis_node_deliver";
+const PROGRAM_ORIGIN: &str = "portcullis_node_origin";
+const PROGRAM_PASS: &str = "tc_pass";
+
+/// Every map of the programs; with a pin directory each is pinned there under its own name.
+const MAP_NAMES: [&str; 11] = [
+    "CONFIG",
+    "IDENTITIES",
+    "ENDPOINTS",
+    "PEERS",
+    "PREFIXES",
+    "RULE_SETS",
+    "FLOWS",
+    "COUNTERS",
+    "DROPS_BY_GROUP",
+    "DROP_EVENTS",
+    "DROP_EVENT_WINDOW",
+];
+
+/// Pin file prefixes of the two links of an interface: `tc_egress_<ifname>`, `tc_ingress_<ifname>`.
+const PIN_EGRESS: &str = "tc_egress_";
+const PIN_INGRESS: &str = "tc_ingress_";
+
+/// tc actions returned by the programs.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0:?} not found")]
+    UnknownInterface(String),
+    #[error("loading the node-hook object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("tc program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("tc link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} missing from the node-hook object")]
+    MissingMap(&'static str),
+    #[error("program {0} missing from the node-hook object")]
+    MissingProgram(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "rule set {rule_set} has {ranges} port ranges, more than the {max} one entry can hold; \
+         it is used by the group of policies [{policies}]"
+    )]
+    TooManyPortRanges {
+        rule_set: usize,
+        ranges: usize,
+        max: usize,
+        policies: String,
+    },
+    #[error("table refers to {what} {index}, which does not exist")]
+    BadIndex { what: &'static str, index: u32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// bpffs directory for pinned maps and links; an existing set there is adopted.
+    pub pin_dir: Option<PathBuf>,
+    /// Re-check established flows against each new generation (a flow the new policy forbids is
+    /// cut at its next packet).
+    pub revalidate: bool,
+}
+
+/// One pod veth with both programs attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub name: String,
+    /// Interface index when attached (in the namespace attach ran in); 0 for links adopted from
+    /// pins at load, whose interface this process has not looked up.
+    pub ifindex: u32,
+    /// True when existing pinned links were taken over (their program replaced in place).
+    pub adopted: bool,
+}
+
+/// What one [`NodeHook::apply`] wrote and how long it took.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStats {
+    /// Parity of the generation now active.
+    pub generation: u32,
+    pub identities: usize,
+    pub endpoints: usize,
+    pub groups: usize,
+    pub peers: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    /// Entries of the previous generation deleted after the switch.
+    pub deleted: usize,
+    pub write: Duration,
+    pub delete: Duration,
+}
+
+/// `COUNTERS`, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub pass_flow: u64,
+    pub pass_policy: u64,
+    pub pass_unselected: u64,
+    pub pass_non_ip: u64,
+    pub drop_policy: u64,
+    pub drop_malformed: u64,
+    pub drop_fragment: u64,
+    /// Flows recorded by the origin program (connections opened by local pods).
+    pub origin_recorded: u64,
+}
+
+/// Drops charged to one policy group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDrops {
+    /// Group id as in the maps (parity bit included).
+    pub group: u32,
+    /// Policies of that group, when it belongs to a generation this process wrote.
+    pub policies: Vec<String>,
+    pub packets: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub attached: Vec<AttachedInterface>,
+    pub revalidate: bool,
+    pub generation: u32,
+    pub identities: usize,
+    pub endpoints: usize,
+    pub peers: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    pub flows: usize,
+    pub counters: Counters,
+    pub drops_by_group: Vec<GroupDrops>,
+}
+
+/// Program run through `BPF_PROG_TEST_RUN` by [`NodeHook::test_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestProgram {
+    /// The pod veth's egress program (packets delivered to a pod).
+    Deliver,
+    /// The pod veth's ingress program (packets sent by a pod).
+    Origin,
+    /// The bare `TC_ACT_OK` program of the same object (benchmark baseline).
+    Pass,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    /// tc action ([`TC_ACT_OK`], [`TC_ACT_SHOT`]).
+    pub action: i32,
+    /// Average time per run as reported by the kernel.
+    pub duration: Duration,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+/// Entries one generation has in the maps.
+#[derive(Default)]
+struct Written {
+    identities: Vec<IdentityKey>,
+    endpoints: Vec<EndpointKey>,
+    peers: Vec<PeerKey>,
+    prefixes: Vec<Key<PrefixData>>,
+    rule_sets: Vec<u32>,
+}
+
+/// One attached link: held open by this process, pinned or not.
+enum HeldLink {
+    /// A TCX link (kernel >= 6.6); with `pin` it is also pinned there.
+    Tcx { link: FdLink, pin: Option<PathBuf> },
+    /// A netlink clsact filter (older kernels): detached through the program, never pinned.
+    Netlink {
+        program: &'static str,
+        id: aya::programs::tc::SchedClassifierLinkId,
+    },
+}
+
+struct Hooked {
+    info: AttachedInterface,
+    links: Vec<HeldLink>,
+}
+
+pub struct NodeHook {
+    ebpf: Ebpf,
+    options: NodeOptions,
+    tcx: bool,
+    hooked: BTreeMap<String, Hooked>,
+    config: Array<MapData, Config>,
+    identities: HashMap<MapData, IdentityKey, IdentityValue>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    peers: HashMap<MapData, PeerKey, PrefixValue>,
+    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    rule_sets: HashMap<MapData, u32, RuleSet>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, u64>,
+    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+    drop_events: Option<RingBuf<MapData>>,
+    /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
+    /// iterating once.
+    written: [Option<Written>; 2],
+    /// Group id → policies, for groups this process wrote.
+    group_policies: BTreeMap<u32, Vec<String>>,
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).map_err(|_| Error::UnknownInterface(name.to_owned()))?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(Error::UnknownInterface(name.to_owned()));
+    }
+    Ok(index)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()?)
+}
+
+/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
+pub fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Group or rule-set id of index `index` in generation `parity`.
+pub fn generation_id(index: usize, parity: u32) -> u32 {
+    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
+}
+
+fn direction_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => DIRECTION_INGRESS,
+        Direction::Egress => DIRECTION_EGRESS,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Idle timeout of a flow in `state` (the programs use the same).
+pub fn flow_timeout_ns(state: u8) -> u64 {
+    match state {
+        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
+        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
+        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
+        _ => TIMEOUT_UDP_NS,
+    }
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn pin_name(attach_type: TcAttachType, ifname: &str) -> String {
+    match attach_type {
+        TcAttachType::Egress => format!("{PIN_EGRESS}{ifname}"),
+        _ => format!("{PIN_INGRESS}{ifname}"),
+    }
+}
+
+/// The two programs of a pod veth and where they go.
+const HOOKS: [(&str, TcAttachType); 2] = [
+    (PROGRAM_DELIVER, TcAttachType::Egress),
+    (PROGRAM_ORIGIN, TcAttachType::Ingress),
+];
+
+impl NodeHook {
+    /// Loads the programs and prepares their maps. With a pin directory, pinned maps are reused
+    /// and every pinned link found there gets the new program in place (no moment without
+    /// enforcement); links whose interface is gone are unpinned.
+    pub fn load(options: NodeOptions) -> Result<NodeHook> {
+        let mut loader = EbpfLoader::new();
+        let mut adopting = false;
+        if let Some(dir) = &options.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            adopting = dir.join("CONFIG").exists();
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
+        for name in [PROGRAM_DELIVER, PROGRAM_ORIGIN] {
+            program(&mut ebpf, name)?.load()?;
+        }
+        let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
+        let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        current.generation &= 1;
+        current.flags = if options.revalidate {
+            CONFIG_FLAG_REVALIDATE
+        } else {
+            0
+        };
+        config.set(0, current, 0).map_err(map_err("CONFIG"))?;
+        let tcx = KernelVersion::current()
+            .map(|v| v >= KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+
+        let mut hook = NodeHook {
+            config,
+            identities: take(&mut ebpf, "IDENTITIES")?,
+            endpoints: take(&mut ebpf, "ENDPOINTS")?,
+            peers: take(&mut ebpf, "PEERS")?,
+            prefixes: take(&mut ebpf, "PREFIXES")?,
+            rule_sets: take(&mut ebpf, "RULE_SETS")?,
+            flows: take(&mut ebpf, "FLOWS")?,
+            counters: take(&mut ebpf, "COUNTERS")?,
+            drops_by_group: take(&mut ebpf, "DROPS_BY_GROUP")?,
+            drop_events: Some(take(&mut ebpf, "DROP_EVENTS")?),
+            ebpf,
+            tcx,
+            hooked: BTreeMap::new(),
+            written: if adopting {
+                [None, None]
+            } else {
+                [Some(Written::default()), Some(Written::default())]
+            },
+            group_policies: BTreeMap::new(),
+            options,
+        };
+        if adopting {
+            info!(generation = current.generation, "adopted pinned maps");
+        }
+        hook.adopt_pinned_links()?;
+        Ok(hook)
+    }
+
+    /// Replaces the program of every pinned link in the pin directory.
+    fn adopt_pinned_links(&mut self) -> Result<()> {
+        let Some(dir) = self.options.pin_dir.clone() else {
+            return Ok(());
+        };
+        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(PIN_EGRESS) || n.starts_with(PIN_INGRESS))
+            .collect();
+        names.sort();
+        for name in names {
+            let (ifname, program_name) = match name.strip_prefix(PIN_EGRESS) {
+                Some(i) => (i.to_owned(), PROGRAM_DELIVER),
+                None => (name[PIN_INGRESS.len()..].to_owned(), PROGRAM_ORIGIN),
+            };
+            let path = dir.join(&name);
+            match self.adopt_link(program_name, &path) {
+                Ok(link) => {
+                    info!(iface = %ifname, pin = %path.display(), "replaced the program of a pinned tc link");
+                    let entry = self.hooked.entry(ifname.clone()).or_insert_with(|| Hooked {
+                        info: AttachedInterface {
+                            name: ifname,
+                            ifindex: 0,
+                            adopted: true,
+                        },
+                        links: Vec::new(),
+                    });
+                    entry.links.push(link);
+                }
+                Err(e) => {
+                    warn!(pin = %path.display(), error = %e, "dropping a pinned tc link that cannot be adopted");
+                    remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt_link(&mut self, program_name: &'static str, path: &Path) -> Result<HeldLink> {
+        let pinned = PinnedLink::from_pin(path)?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        let prog = program(&mut self.ebpf, program_name)?;
+        let id = prog.attach_to_link(link)?;
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        Ok(HeldLink::Tcx {
+            link,
+            pin: Some(path.to_owned()),
+        })
+    }
+
+    /// Attaches both programs to the pod veth `ifname` (host side) of the calling thread's
+    /// network namespace: delivery checks on its egress, flow recording on its ingress. Already
+    /// attached (or adopted) interfaces are left as they are.
+    pub fn attach(&mut self, ifname: &str) -> Result<AttachedInterface> {
+        let index = ifindex(ifname)?;
+        if let Some(h) = self.hooked.get_mut(ifname) {
+            if h.links.len() == HOOKS.len() {
+                if h.info.ifindex == 0 {
+                    h.info.ifindex = index;
+                }
+                return Ok(h.info.clone());
+            }
+            // A half-adopted pair: start over.
+            self.detach(ifname)?;
+        }
+        let mut links = Vec::new();
+        let mut adopted = false;
+        for (program_name, attach_type) in HOOKS {
+            let pin = self
+                .options
+                .pin_dir
+                .as_ref()
+                .map(|d| d.join(pin_name(attach_type, ifname)));
+            if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+                match self.adopt_link(program_name, path) {
+                    Ok(link) => {
+                        links.push(link);
+                        adopted = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(pin = %path.display(), error = %e, "stale pinned link replaced");
+                        remove_file(path)?;
+                    }
+                }
+            }
+            links.push(self.attach_one(program_name, attach_type, ifname, pin)?);
+        }
+        let info = AttachedInterface {
+            name: ifname.to_owned(),
+            ifindex: index,
+            adopted,
+        };
+        debug!(iface = ifname, ifindex = index, adopted, "attached");
+        self.hooked.insert(
+            ifname.to_owned(),
+            Hooked {
+                info: info.clone(),
+                links,
+            },
+        );
+        Ok(info)
+    }
+
+    fn attach_one(
+        &mut self,
+        program_name: &'static str,
+        attach_type: TcAttachType,
+        ifname: &str,
+        pin: Option<PathBuf>,
+    ) -> Result<HeldLink> {
+        let tcx = self.tcx;
+        let prog = program(&mut self.ebpf, program_name)?;
+        if !tcx {
+            // clsact filters through netlink: the qdisc may already be there.
+            if let Err(e) = qdisc_add_clsact(ifname) {
+                debug!(iface = ifname, error = %e, "clsact qdisc not added (exists?)");
+            }
+            let id = prog.attach(ifname, attach_type)?;
+            if pin.is_some() {
+                warn!(
+                    iface = ifname,
+                    "kernel without TCX links: the tc filter is not pinned"
+                );
+            }
+            return Ok(HeldLink::Netlink {
+                program: program_name,
+                id,
+            });
+        }
+        let id = prog.attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?;
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        Ok(match pin {
+            Some(path) => HeldLink::Tcx {
+                link: FdLink::from(link.pin(&path)?),
+                pin: Some(path),
+            },
+            None => HeldLink::Tcx { link, pin: None },
+        })
+    }
+
+    /// Detaches both programs from `ifname` and removes their pins. Works after the interface is
+    /// gone too (its links are then already inert).
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        let Some(h) = self.hooked.remove(ifname) else {
+            return Ok(());
+        };
+        for link in h.links {
+            match link {
+                HeldLink::Tcx { link, pin } => {
+                    if let Some(path) = pin {
+                        remove_file(&path)?;
+                    }
+                    // The last reference: closing it detaches the link.
+                    drop(link);
+                }
+                HeldLink::Netlink { program: name, id } => {
+                    if let Err(e) = program(&mut self.ebpf, name)?.detach(id) {
+                        debug!(iface = ifname, error = %e, "tc filter already gone");
+                    }
+                }
+            }
+        }
+        debug!(iface = ifname, "detached");
+        Ok(())
+    }
+
+    pub fn attached(&self) -> Vec<AttachedInterface> {
+        self.hooked.values().map(|h| h.info.clone()).collect()
+    }
+
+    /// Active generation parity.
+    pub fn generation(&self) -> Result<u32> {
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(map_err("CONFIG"))?
+            .generation
+            & 1)
+    }
+
+    fn validate(tables: &NodeTables) -> Result<()> {
+        for (i, rules) in tables.rule_sets.iter().enumerate() {
+            if rules.len() > MAX_PORT_RANGES {
+                let mut policies: Vec<&str> = tables
+                    .groups
+                    .iter()
+                    .filter(|g| {
+                        g.prefixes.iter().any(|(_, rs)| *rs as usize == i)
+                            || g.peers.values().any(|rs| *rs as usize == i)
+                    })
+                    .flat_map(|g| g.policies.iter().map(String::as_str))
+                    .collect();
+                policies.sort_unstable();
+                policies.dedup();
+                return Err(Error::TooManyPortRanges {
+                    rule_set: i,
+                    ranges: rules.len(),
+                    max: MAX_PORT_RANGES,
+                    policies: policies.join(", "),
+                });
+            }
+        }
+        for group in &tables.groups {
+            for rs in group
+                .prefixes
+                .iter()
+                .map(|(_, rs)| rs)
+                .chain(group.peers.values())
+            {
+                if *rs as usize >= tables.rule_sets.len() {
+                    return Err(Error::BadIndex {
+                        what: "rule set",
+                        index: *rs,
+                    });
+                }
+            }
+        }
+        for gi in tables.endpoints.values() {
+            if *gi as usize >= tables.groups.len() {
+                return Err(Error::BadIndex {
+                    what: "group",
+                    index: *gi,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs `tables` as a new generation and switches to it (see the crate docs). On error
+    /// before the switch the active generation is untouched.
+    pub fn apply(&mut self, tables: &NodeTables) -> Result<ApplyStats> {
+        let start = Instant::now();
+        Self::validate(tables)?;
+        let active = self.generation()?;
+        let next = 1 - active;
+        // Leftovers of an interrupted update in the inactive parity.
+        self.delete_generation(next)?;
+
+        let mut written = Written::default();
+        for (i, rules) in tables.rule_sets.iter().enumerate() {
+            let mut value = RuleSet {
+                count: rules.len() as u32,
+                ranges: [PortRange::default(); MAX_PORT_RANGES],
+            };
+            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+                *slot = PortRange {
+                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+                    _pad: 0,
+                    first: rule.first,
+                    last: rule.last,
+                };
+            }
+            let id = generation_id(i, next);
+            self.rule_sets
+                .insert(id, value, 0)
+                .map_err(map_err("RULE_SETS"))?;
+            written.rule_sets.push(id);
+        }
+        let mut group_policies = BTreeMap::new();
+        for (gi, group) in tables.groups.iter().enumerate() {
+            let gid = generation_id(gi, next);
+            for (identity, rs) in &group.peers {
+                let key = PeerKey {
+                    group: gid,
+                    identity: *identity,
+                };
+                let value = PrefixValue {
+                    rule_set: generation_id(*rs as usize, next),
+                };
+                self.peers.insert(key, value, 0).map_err(map_err("PEERS"))?;
+                written.peers.push(key);
+            }
+            for (net, rs) in &group.prefixes {
+                let bits = match net {
+                    ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
+                    ipnet::IpNet::V6(n) => n.prefix_len() as u32,
+                };
+                let key = Key::new(
+                    PREFIX_GROUP_BITS + bits,
+                    PrefixData {
+                        group_be: gid.to_be(),
+                        addr: key_addr(net.network()),
+                    },
+                );
+                let value = PrefixValue {
+                    rule_set: generation_id(*rs as usize, next),
+                };
+                self.prefixes
+                    .insert(&key, value, 0)
+                    .map_err(map_err("PREFIXES"))?;
+                written.prefixes.push(key);
+            }
+            group_policies.insert(gid, group.policies.clone());
+        }
+        for ((direction, ip), gi) in &tables.endpoints {
+            let key = EndpointKey {
+                addr: key_addr(*ip),
+                direction: direction_code(*direction),
+                generation: next as u8,
+                _pad: [0; 2],
+            };
+            let value = EndpointValue {
+                group: generation_id(*gi as usize, next),
+            };
+            self.endpoints
+                .insert(key, value, 0)
+                .map_err(map_err("ENDPOINTS"))?;
+            written.endpoints.push(key);
+        }
+        for (ip, identity) in &tables.identities {
+            let key = IdentityKey {
+                addr: key_addr(*ip),
+                generation: next as u8,
+                _pad: [0; 3],
+            };
+            self.identities
+                .insert(
+                    key,
+                    IdentityValue {
+                        identity: *identity,
+                    },
+                    0,
+                )
+                .map_err(map_err("IDENTITIES"))?;
+            written.identities.push(key);
+        }
+        let mut stats = ApplyStats {
+            generation: next,
+            identities: written.identities.len(),
+            endpoints: written.endpoints.len(),
+            groups: tables.groups.len(),
+            peers: written.peers.len(),
+            prefixes: written.prefixes.len(),
+            rule_sets: written.rule_sets.len(),
+            ..Default::default()
+        };
+        self.written[next as usize] = Some(written);
+
+        // The switch: one array write.
+        let mut config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        config.generation = next;
+        self.config.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        stats.write = start.elapsed();
+        info!(generation = next, "switched node policy generation");
+
+        let delete_start = Instant::now();
+        stats.deleted = self.delete_generation(active)?;
+        self.group_policies
+            .retain(|id, _| id & GENERATION_ID_BIT != active * GENERATION_ID_BIT);
+        self.group_policies.extend(group_policies);
+        stats.delete = delete_start.elapsed();
+        Ok(stats)
+    }
+
+    /// Deletes every entry of generation `parity`; returns how many.
+    fn delete_generation(&mut self, parity: u32) -> Result<usize> {
+        let written = match self.written[parity as usize].take() {
+            Some(w) => w,
+            None => {
+                // Adopted maps: find the entries of that parity once.
+                let bit = parity * GENERATION_ID_BIT;
+                Written {
+                    identities: self
+                        .identities
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k.generation as u32 == parity)
+                        .collect(),
+                    endpoints: self
+                        .endpoints
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k.generation as u32 == parity)
+                        .collect(),
+                    peers: self
+                        .peers
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k.group & GENERATION_ID_BIT == bit)
+                        .collect(),
+                    prefixes: self
+                        .prefixes
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+                        .collect(),
+                    rule_sets: self
+                        .rule_sets
+                        .keys()
+                        .filter_map(|k| k.ok())
+                        .filter(|k| k & GENERATION_ID_BIT == bit)
+                        .collect(),
+                }
+            }
+        };
+        let mut n = 0;
+        for k in &written.identities {
+            ignore_missing(self.identities.remove(k), "IDENTITIES")?;
+        }
+        for k in &written.endpoints {
+            ignore_missing(self.endpoints.remove(k), "ENDPOINTS")?;
+        }
+        for k in &written.peers {
+            ignore_missing(self.peers.remove(k), "PEERS")?;
+        }
+        for k in &written.prefixes {
+            ignore_missing(self.prefixes.remove(k), "PREFIXES")?;
+        }
+        for k in &written.rule_sets {
+            ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
+        }
+        n += written.identities.len()
+            + written.endpoints.len()
+            + written.peers.len()
+            + written.prefixes.len()
+            + written.rule_sets.len();
+        self.written[parity as usize] = Some(Written::default());
+        debug!(parity, deleted = n, "deleted generation");
+        Ok(n)
+    }
+
+    /// Deletes expired flows; returns how many.
+    pub fn gc_flows(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let expired: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.flows.remove(k), "FLOWS")?;
+        }
+        debug!(deleted = expired.len(), "flow GC");
+        Ok(expired.len())
+    }
+
+    /// Deletes every flow (live ones too: their next packets are judged as new connections).
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            ignore_missing(self.flows.remove(k), "FLOWS")?;
+        }
+        Ok(keys.len())
+    }
+
+    /// All flows currently in the table (expired ones included until GC).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let mut sums = [0u64; NODE_COUNTER_COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("COUNTERS"))?;
+            *sum = values.iter().sum();
+        }
+        let c = |i: u32| sums[i as usize];
+        let counters = Counters {
+            pass_flow: c(COUNTER_PASS_FLOW),
+            pass_policy: c(COUNTER_PASS_POLICY),
+            pass_unselected: c(COUNTER_PASS_UNSELECTED),
+            pass_non_ip: c(COUNTER_PASS_NON_IP),
+            drop_policy: c(COUNTER_DROP_POLICY),
+            drop_malformed: c(COUNTER_DROP_MALFORMED),
+            drop_fragment: c(COUNTER_DROP_FRAGMENT),
+            origin_recorded: c(NODE_COUNTER_ORIGIN),
+        };
+        let drops_by_group = self
+            .drops_by_group
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(group, values)| GroupDrops {
+                group,
+                policies: self.group_policies.get(&group).cloned().unwrap_or_default(),
+                packets: values.iter().sum(),
+            })
+            .collect();
+        Ok(Status {
+            attached: self.attached(),
+            revalidate: self.options.revalidate,
+            generation: self.generation()?,
+            identities: self.identities.keys().count(),
+            endpoints: self.endpoints.keys().count(),
+            peers: self.peers.keys().count(),
+            prefixes: self.prefixes.keys().count(),
+            rule_sets: self.rule_sets.keys().count(),
+            flows: self.flows.keys().count(),
+            counters,
+            drops_by_group,
+        })
+    }
+
+    /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.drop_events.take().map(|ring| DropEvents { ring })
+    }
+
+    /// Runs `packet` (an Ethernet frame) through a program of the object with
+    /// `BPF_PROG_TEST_RUN`, `repeat` times. The kernel runs it on an skb of the calling thread's
+    /// loopback device. Used by the packet-fixture and differential tests and the benchmarks.
+    pub fn test_run(
+        &mut self,
+        program_kind: TestProgram,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
+        let name = match program_kind {
+            TestProgram::Deliver => PROGRAM_DELIVER,
+            TestProgram::Origin => PROGRAM_ORIGIN,
+            TestProgram::Pass => PROGRAM_PASS,
+        };
+        let prog = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value as i32,
+            duration: result.duration,
+            packet: out,
+        })
+    }
+
+    /// Removes the pins of maps and links under the pin directory: after this process exits the
+    /// programs are detached and the maps freed.
+    pub fn unpin(mut self) -> Result<()> {
+        for h in self.hooked.values_mut() {
+            for link in &mut h.links {
+                if let HeldLink::Tcx { pin, .. } = link {
+                    if let Some(path) = pin.take() {
+                        remove_file(&path)?;
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.options.pin_dir {
+            for name in MAP_NAMES {
+                remove_file(&dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.options.pin_dir.as_deref()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            warn!(map = name, "entry vanished during delete");
+            Ok(())
+        }
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// Reader of the program's drop events.
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl DropEvents {
+    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
+    pub fn next_event(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<DropEvent>() {
+            return None;
+        }
+        // SAFETY: the program writes whole DropEvent records; read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
+    }
+}
+
+impl AsFd for DropEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
