@@ -131,13 +131,7 @@ impl FileSource {
         let loaded = load_files(&paths)?;
         let (mut publisher, rx) = Publisher::new("file");
         let now = Instant::now();
-        publisher.publish(
-            Arc::new(loaded.snapshot),
-            loaded.errors,
-            true,
-            false,
-            now,
-        );
+        publisher.publish(Arc::new(loaded.snapshot), loaded.errors, true, false, now);
 
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =

@@ -403,8 +403,13 @@ async fn run_kind<K: Watched>(
                             }
                             Ok(None) => break WatchEnd::Resume,
                             Ok(Some(Err(e))) if is_gone_error(&e) => break WatchEnd::Relist,
-                            Ok(Some(Err(kube::Error::SerdeError(e)))) => {
-                                tracing::warn!(kind = kind.name(), "undecodable watch event ({e}); relisting");
+                            // A line that is not a watch event (kube reports one that parses as
+                            // nothing better as an empty `Status`): an event may have been lost.
+                            Ok(Some(Err(e @ (kube::Error::SerdeError(_) | kube::Error::Api(_))))) => {
+                                tracing::warn!(
+                                    kind = kind.name(),
+                                    "undecodable watch event ({e}); relisting"
+                                );
                                 break WatchEnd::Relist;
                             }
                             Ok(Some(Err(e))) => {
@@ -493,7 +498,12 @@ impl Stores {
                     self.insert(key, obj);
                 }
                 if self.listed[kind as usize] {
-                    tracing::info!(kind = kind.name(), before, after = self.len(kind), "relisted");
+                    tracing::info!(
+                        kind = kind.name(),
+                        before,
+                        after = self.len(kind),
+                        "relisted"
+                    );
                 }
                 self.listed[kind as usize] = true;
                 self.down[kind as usize] = false;

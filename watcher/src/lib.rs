@@ -30,9 +30,7 @@ mod file;
 mod kube_source;
 
 pub use file::{load_files, FileOptions, FileSource};
-pub use kube_source::{
-    client_from_kubeconfig, load_from_kube, KubeOptions, KubeSource, KubeStats,
-};
+pub use kube_source::{client_from_kubeconfig, load_from_kube, KubeOptions, KubeSource, KubeStats};
 pub use portcullis_policy::load::Loaded;
 
 pub const EVENTS_TOTAL: &str = "portcullis_watcher_events_total";
