@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use portcullis_gateway::{AttachMode, ForwardMode, Gateway, GatewayOptions};
 use portcullis_policy::compile::{compile_gateway, GatewayTables};
+use portcullis_policy::model::Snapshot;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
@@ -132,43 +133,52 @@ fn manifest_signature(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime
 
 struct Daemon {
     gateway: Gateway,
+    /// The snapshot of the generation in force.
+    last_good: Snapshot,
     state: PublishedState,
     state_dir: PathBuf,
 }
 
 impl Daemon {
-    /// Loads and compiles the manifests; applies them unless the input could not be compiled,
-    /// in which case the active generation stays in force.
-    fn reload(&mut self, paths: &[PathBuf]) {
+    /// Loads and compiles the manifests and applies them, keeping the last good state: an object
+    /// rejected by name keeps its previous version, and input that cannot be attributed to
+    /// objects (or cannot be compiled) leaves the active generation in force.
+    fn reload(&mut self, paths: &[PathBuf]) -> Result<()> {
         let started = Instant::now();
-        let compiled = manifests::load(paths).and_then(|loaded| {
-            let tables =
-                compile_gateway(&loaded.snapshot).context("compiling the gateway tables")?;
-            Ok((loaded, tables))
+        let result = manifests::load(paths).and_then(|loaded| {
+            for e in &loaded.errors {
+                warn!(error = %e, "rejected object; its last good version (if any) stays");
+            }
+            metrics::counter!("portcullis_rejected_objects_total")
+                .increment(loaded.errors.len() as u64);
+            let rejected = loaded.errors.iter().map(|e| e.to_string()).collect();
+            let snapshot = loaded.with_last_good(&self.last_good)?;
+            let tables = compile_gateway(&snapshot).context("compiling the gateway tables")?;
+            Ok((snapshot, rejected, tables))
         });
-        match compiled {
-            Ok((loaded, tables)) => {
-                for e in &loaded.errors {
-                    warn!(error = %e, "rejected object; the rest applies");
+        match result {
+            Ok((snapshot, rejected, tables)) => {
+                self.state.rejected = rejected;
+                if self.apply(&tables, started) {
+                    self.last_good = snapshot;
                 }
-                metrics::counter!("portcullis_rejected_objects_total")
-                    .increment(loaded.errors.len() as u64);
-                self.state.rejected = loaded.errors.iter().map(|e| e.to_string()).collect();
-                self.apply(&tables, started);
+                Ok(())
             }
             Err(e) => {
                 error!(
                     error = format!("{e:#}"),
-                    "new input not applied; the last good generation stays enforced"
+                    "update not applied; the last good generation stays enforced"
                 );
                 metrics::counter!("portcullis_apply_failures_total").increment(1);
                 self.state.last_error = Some(format!("{e:#}"));
                 self.publish();
+                Err(e)
             }
         }
     }
 
-    fn apply(&mut self, tables: &GatewayTables, started: Instant) {
+    /// Applies `tables`; true when they are now enforced.
+    fn apply(&mut self, tables: &GatewayTables, started: Instant) -> bool {
         match self.gateway.apply(tables) {
             Ok(stats) => {
                 let parity = stats.generation;
@@ -203,14 +213,17 @@ impl Daemon {
                     total_ms = latency.as_secs_f64() * 1e3,
                     "applied policy generation"
                 );
+                self.publish();
+                true
             }
             Err(e) => {
                 error!(error = %e, "apply failed; the last good generation stays enforced");
                 metrics::counter!("portcullis_apply_failures_total").increment(1);
                 self.state.last_error = Some(e.to_string());
+                self.publish();
+                false
             }
         }
-        self.publish();
     }
 
     fn publish(&self) {
@@ -294,10 +307,15 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
             ..PublishedState::default()
         },
         state_dir: args.state_dir.clone(),
+        last_good: Snapshot::default(),
     };
     let paths = &args.manifests.manifests;
     let mut signature = manifest_signature(paths);
-    daemon.reload(paths);
+    // A first input that cannot be used at all is fatal (pins of an earlier run keep enforcing);
+    // later bad input only holds back that update.
+    daemon
+        .reload(paths)
+        .context("the initial manifests cannot be enforced")?;
     let mut last_gc = Instant::now();
     let mut last_metrics = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -306,7 +324,8 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         if now != signature {
             signature = now;
             info!("manifests changed; reloading");
-            daemon.reload(paths);
+            // A failed update is logged, counted and published by reload; keep serving.
+            let _ = daemon.reload(paths);
         }
         if last_gc.elapsed() >= Duration::from_secs(10) {
             last_gc = Instant::now();

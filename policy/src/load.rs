@@ -54,6 +54,69 @@ impl fmt::Display for LoadError {
     }
 }
 
+impl LoadError {
+    /// `(kind, namespace, name)` of the rejected object, when the document named one
+    /// (namespaces have an empty namespace).
+    pub fn identity(&self) -> Option<(&str, &str, &str)> {
+        let (kind, rest) = self.object.as_deref()?.split_once(' ')?;
+        match rest.split_once('/') {
+            Some((namespace, name)) => Some((kind, namespace, name)),
+            None => Some((kind, "", rest)),
+        }
+    }
+}
+
+/// Why an update cannot be applied at all.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0} could not be attributed to an object; the whole update is held back")]
+pub struct UnattributedError(pub LoadError);
+
+impl Loaded {
+    /// The snapshot to enforce after an update, keeping the last good state: an object rejected
+    /// by name keeps its previous valid version (a broken edit of a policy must not drop that
+    /// policy and so open traffic); a document whose objects cannot be named holds back the
+    /// whole update, since what it would have changed is unknown.
+    pub fn with_last_good(self, previous: &Snapshot) -> Result<Snapshot, UnattributedError> {
+        let mut snapshot = self.snapshot;
+        for error in self.errors {
+            let Some((kind, namespace, name)) = error.identity() else {
+                return Err(UnattributedError(error));
+            };
+            match kind {
+                "Namespace" => {
+                    if let Some(ns) = previous.namespaces.get(name) {
+                        snapshot
+                            .namespaces
+                            .entry(name.to_string())
+                            .or_insert_with(|| ns.clone());
+                    }
+                }
+                "Pod" => {
+                    let present = snapshot
+                        .pods
+                        .iter()
+                        .any(|p| p.namespace == namespace && p.name == name);
+                    if let (false, Some(pod)) = (present, previous.pod(namespace, name)) {
+                        snapshot.pods.push(pod.clone());
+                    }
+                }
+                "NetworkPolicy" => {
+                    let find = |s: &Snapshot| {
+                        s.policies
+                            .iter()
+                            .position(|p| p.namespace == namespace && p.name == name)
+                    };
+                    if let (None, Some(i)) = (find(&snapshot), find(previous)) {
+                        snapshot.policies.push(previous.policies[i].clone());
+                    }
+                }
+                _ => return Err(UnattributedError(error)),
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
 /// A field-level problem found while converting one object.
 struct FieldError {
     field: String,
@@ -812,6 +875,34 @@ spec:
         assert_eq!(loaded.errors.len(), 1);
         let loaded = load("# only a comment\n");
         assert!(loaded.errors.is_empty());
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_previous_version_of_that_object() {
+        let good = load(
+            "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n",
+        );
+        assert!(good.errors.is_empty());
+        let broken = load(
+            "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: new, namespace: a}\nspec: {podSelector: {}}\n",
+        );
+        assert_eq!(
+            broken.errors[0].identity(),
+            Some(("NetworkPolicy", "a", "deny"))
+        );
+        let applied = broken.with_last_good(&good.snapshot).unwrap();
+        let names: Vec<&str> = applied.policies.iter().map(|p| p.name.as_str()).collect();
+        assert!(
+            names.contains(&"deny") && names.contains(&"new"),
+            "{names:?}"
+        );
+        assert_eq!(
+            applied.policies.iter().find(|p| p.name == "deny"),
+            good.snapshot.policies.first()
+        );
+
+        let unparseable = load("kind: NetworkPolicy\nmetadata: [oops\n");
+        assert!(unparseable.with_last_good(&good.snapshot).is_err());
     }
 
     #[test]

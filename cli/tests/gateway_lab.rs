@@ -1,0 +1,302 @@
+//! The gateway on real traffic in the network-namespace lab (root, kernel): the conformance
+//! cases' external probes, established connections through policy changes and through a kill -9
+//! and restart of the daemon, and a broken update that must not weaken enforcement.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_lab::{Lab, LabChild, LabOptions, Verdict};
+use portcullis_policy::load::load_sources;
+use portcullis_policy::probe::parse_probes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn conformance_external_probes_on_the_kernel_datapath() {
+    let runner = repo().join("../shared/conformance/run");
+    assert!(
+        runner.exists(),
+        "the conformance runner must be beside the repository: {}",
+        runner.display()
+    );
+    let out = Command::new(&runner)
+        .args(["--lab", "--only", "external", "--quiet", "--bin", BIN])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+/// Pins and state of one gateway run, removed even when the test fails.
+struct GatewayDirs {
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    manifests: PathBuf,
+}
+
+impl GatewayDirs {
+    fn new(tag: &str) -> GatewayDirs {
+        let id = format!("pcltest-{}-{tag}", std::process::id());
+        let dirs = GatewayDirs {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            state_dir: std::env::temp_dir().join(format!("{id}-state")),
+            manifests: std::env::temp_dir().join(format!("{id}-manifests")),
+        };
+        std::fs::create_dir_all(&dirs.manifests).unwrap();
+        dirs
+    }
+}
+
+impl Drop for GatewayDirs {
+    fn drop(&mut self) {
+        for d in [&self.pin_dir, &self.state_dir, &self.manifests] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn egress_policy(except: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: egress-lan, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 192.168.1.0/24, except: [{except}]}}\n"
+    )
+}
+
+/// Writes the policy file atomically so the daemon never reads half of it.
+fn write_policy(dir: &Path, text: &str) {
+    let tmp = dir.join(".policy.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("policy.yaml")).unwrap();
+}
+
+fn published(dirs: &GatewayDirs) -> serde_json::Value {
+    std::fs::read_to_string(dirs.state_dir.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Starts the daemon in the gateway namespace and waits until it has applied a generation.
+fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs) -> LabChild {
+    let _ = std::fs::remove_file(dirs.state_dir.join("state.json"));
+    let legs = lab.gateway().clone();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("gateway")
+        .arg("--manifests")
+        .arg(&dirs.manifests)
+        .args([
+            "--cluster-iface",
+            &legs.cluster_iface,
+            "--external-iface",
+            &legs.external_iface,
+        ])
+        .arg("--pin-dir")
+        .arg(&dirs.pin_dir)
+        .arg("--state-dir")
+        .arg(&dirs.state_dir)
+        .args(["--reload-interval", "100ms"])
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(Stdio::null());
+    let child = lab.spawn_in(&legs.netns, cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published(dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not apply within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn wait_for_generation(dirs: &GatewayDirs, previous_ms: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published(dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == previous_ms {
+        assert!(
+            Instant::now() < deadline,
+            "the change was not applied within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A connection from x/a to an echo server on 192.168.1.20:7000, kept open by the test.
+struct Established {
+    stream: TcpStream,
+}
+
+impl Established {
+    fn open(lab: &Lab) -> Established {
+        let server: SocketAddr = "192.168.1.20:7000".parse().unwrap();
+        let listener = lab
+            .run_in_netns(lab.external_netns(), || TcpListener::bind(server))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = conn;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let pod = lab.pod("x", "a").unwrap().netns.clone();
+        let stream = lab
+            .run_in_netns(&pod, || {
+                TcpStream::connect_timeout(&server, Duration::from_secs(2))
+            })
+            .unwrap()
+            .expect("the allowed connection opens");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        Established { stream }
+    }
+
+    fn round_trip(&mut self, n: u32) -> bool {
+        let msg = n.to_be_bytes();
+        let mut back = [0u8; 4];
+        self.stream.write_all(&msg).is_ok()
+            && self.stream.read_exact(&mut back).is_ok()
+            && back == msg
+    }
+}
+
+#[test]
+fn established_flows_survive_policy_changes_restarts_and_bad_input() {
+    let dirs = GatewayDirs::new("survive");
+    std::fs::copy(
+        repo().join("configs/examples/cluster.yaml"),
+        dirs.manifests.join("cluster.yaml"),
+    )
+    .unwrap();
+    write_policy(&dirs.manifests, &egress_policy("192.168.1.10/32"));
+    let probes = parse_probes(
+        r#"
+- {"from": "x/a", "to": "192.168.1.20", "port": 443, "protocol": "TCP"}
+- {"from": "x/a", "to": "192.168.1.10", "port": 443, "protocol": "TCP"}
+- {"from": "x/a", "to": "192.168.1.30", "port": 443, "protocol": "TCP"}
+"#,
+    )
+    .unwrap();
+    let cluster = std::fs::read_to_string(dirs.manifests.join("cluster.yaml")).unwrap();
+    let snapshot = load_sources([("cluster.yaml", cluster.as_str())]).snapshot;
+    let options = LabOptions {
+        timeout: Duration::from_millis(400),
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
+    let mut gateway = start_gateway(&mut lab, &dirs);
+    let verdict = |lab: &Lab, i: usize| lab.probe(&probes[i]).unwrap().verdict;
+    assert_eq!(verdict(&lab, 0), Verdict::Allow);
+    assert_eq!(verdict(&lab, 1), Verdict::Deny);
+    assert_eq!(verdict(&lab, 2), Verdict::Allow);
+
+    // Policy changes under load: an echo loop on an established connection must never fail.
+    let mut conn = Established::open(&lab);
+    assert!(conn.round_trip(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let trips = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let (stop, failures, trips) = (stop.clone(), failures.clone(), trips.clone());
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                if !conn.round_trip(n) {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                trips.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            conn
+        })
+    };
+    for i in 0..10 {
+        let before = published(&dirs)["applied_unix_ms"].as_u64().unwrap_or(0);
+        let except = if i % 2 == 0 {
+            "192.168.1.30/32"
+        } else {
+            "192.168.1.10/32"
+        };
+        write_policy(&dirs.manifests, &egress_policy(except));
+        wait_for_generation(&dirs, before);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut conn = loader.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "established connection broke during policy changes"
+    );
+    assert!(trips.load(Ordering::Relaxed) > 10);
+    // The last version excepts .10 again: new connections follow it.
+    assert_eq!(verdict(&lab, 1), Verdict::Deny);
+    assert_eq!(verdict(&lab, 2), Verdict::Allow);
+
+    // kill -9: the pinned program keeps enforcing and keeps the flow while no daemon runs.
+    gateway.kill().unwrap();
+    while gateway.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        verdict(&lab, 1),
+        Verdict::Deny,
+        "enforcement stopped with the daemon"
+    );
+    assert!(
+        conn.round_trip(1000),
+        "established flow lost when the daemon died"
+    );
+    gateway = start_gateway(&mut lab, &dirs);
+    assert!(
+        conn.round_trip(1001),
+        "established flow lost across the restart"
+    );
+    assert_eq!(verdict(&lab, 1), Verdict::Deny);
+    assert_eq!(verdict(&lab, 0), Verdict::Allow);
+
+    // A broken update (except outside its cidr) is rejected; the policy in force stays.
+    let before = published(&dirs)["applied_unix_ms"].as_u64().unwrap_or(0);
+    write_policy(&dirs.manifests, &egress_policy("10.0.0.0/8"));
+    wait_for_generation(&dirs, before);
+    let state = published(&dirs);
+    assert!(
+        state["rejected"]
+            .to_string()
+            .contains("ipBlock.except[0]: 10.0.0.0/8 is not inside cidr 192.168.1.0/24"),
+        "{state}"
+    );
+    assert_eq!(
+        verdict(&lab, 1),
+        Verdict::Deny,
+        "a broken update weakened enforcement"
+    );
+    assert_eq!(verdict(&lab, 0), Verdict::Allow);
+    assert!(conn.round_trip(1002));
+
+    // SIGTERM with --unpin-on-exit is not used here: the test removes the pins itself.
+    gateway.kill().unwrap();
+    lab.teardown().unwrap();
+}
