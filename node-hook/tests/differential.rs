@@ -20,7 +20,6 @@ use portcullis_policy::model::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-#[allow(dead_code)]
 mod common;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

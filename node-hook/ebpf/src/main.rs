@@ -128,7 +128,10 @@ const PULL_LEN: u32 = 256;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+// The bindings type these u32 for bpfel and i32 for the host (where clippy runs).
+#[allow(clippy::unnecessary_cast)]
 const ACT_OK: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
 const ACT_SHOT: i32 = TC_ACT_SHOT as i32;
 
 /// Why parsing stopped without a classifiable IP packet.
