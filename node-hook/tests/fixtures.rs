@@ -475,3 +475,47 @@ fn generation_switch_and_cleanup() {
         allow.groups.iter().map(|g| g.peers.len()).sum::<usize>()
     );
 }
+
+/// `revalidate`: an established flow the new generation forbids is cut at its next packet; one
+/// it still allows keeps passing. Without it (the default, see the relabel in `tests/traffic.rs`)
+/// established flows survive.
+#[test]
+fn revalidate_cuts_flows_the_new_policy_forbids() {
+    if not_root() {
+        return;
+    }
+    let mut hook = NodeHook::load(NodeOptions {
+        pin_dir: None,
+        revalidate: true,
+    })
+    .expect("load");
+    let before = fixture_tables();
+    let mut snap = fixture_snapshot();
+    // client-out now allows web only: client -> db flows lose their egress permission.
+    for p in &mut snap.policies {
+        if p.name == "client-out" {
+            p.egress = Some(vec![rule(vec![app_peer("web")], vec![])]);
+        }
+    }
+    let after = compile_node(&snap, &mut IdentityAllocator::default()).expect("compile");
+    hook.apply(&before).expect("apply");
+    let run = |hook: &mut NodeHook, p: Vec<u8>| {
+        hook.test_run(TestProgram::Deliver, &p, 1).unwrap().action
+    };
+    let (client, web, db) = ("10.0.1.40", "10.0.1.10", "10.0.1.20");
+    assert_eq!(run(&mut hook, tcp_f(client, 41000, db, 5000, TCP_SYN)), OK);
+    assert_eq!(run(&mut hook, tcp_f(client, 41001, web, 8080, TCP_SYN)), OK);
+    hook.apply(&after).expect("apply 2");
+    assert_eq!(
+        run(&mut hook, tcp_f(db, 5000, client, 41000, SYNACK)),
+        SHOT,
+        "reply of a flow the new egress policy forbids"
+    );
+    assert_eq!(
+        run(&mut hook, tcp_f(client, 41000, db, 5000, TCP_ACK)),
+        SHOT,
+        "the flow is gone"
+    );
+    assert_eq!(run(&mut hook, tcp_f(web, 8080, client, 41001, SYNACK)), OK);
+    assert_eq!(run(&mut hook, tcp_f(client, 41001, web, 8080, TCP_ACK)), OK);
+}
