@@ -13,8 +13,9 @@ use portcullis_policy::model::Snapshot;
 use portcullis_policy::probe::{parse_probes, Probe};
 use serde_json::json;
 
+use crate::daemon::PublishedState;
 use crate::explain_cmd::print_table;
-use crate::gateway_cmd::{Forward, PublishedState};
+use crate::gateway_cmd::Forward;
 use crate::{load_reporting, ManifestArgs, OutputFormat};
 
 #[derive(clap::Subcommand)]
@@ -76,10 +77,11 @@ impl Drop for PinGuard {
     }
 }
 
-/// A running lab with the gateway daemon enforcing in it.
+/// A running lab with the gateway daemon and a node daemon per node enforcing in it.
 pub struct EnforcingLab {
     pub lab: Lab,
-    gateway: LabChild,
+    /// (daemon, its state directory): the gateway first, then one per node.
+    daemons: Vec<(LabChild, PathBuf)>,
     pins: PinGuard,
 }
 
@@ -103,82 +105,110 @@ impl EnforcingLab {
             .iter()
             .map(|p| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display())))
             .collect::<Result<_>>()?;
+        let exe = std::env::current_exe().context("locating portcullis")?;
+        let log = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "warn".into());
+        let daemon = |subcommand: &str, pin_dir: PathBuf, state_dir: &Path| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg(subcommand)
+                .arg("--manifests")
+                .args(&manifests)
+                .arg("--pin-dir")
+                .arg(pin_dir)
+                .arg("--state-dir")
+                .arg(state_dir)
+                .arg("--unpin-on-exit")
+                .env("PORTCULLIS_LOG", &log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            cmd
+        };
         let legs = lab.gateway().clone();
-        let mut cmd = Command::new(std::env::current_exe().context("locating portcullis")?);
-        cmd.arg("gateway")
-            .arg("--manifests")
-            .args(&manifests)
-            .args([
-                "--cluster-iface",
-                &legs.cluster_iface,
-                "--external-iface",
-                &legs.external_iface,
-            ])
-            .args([
-                "--forward",
-                match flags.forward {
-                    Forward::Xdp => "xdp",
-                    Forward::Kernel => "kernel",
-                },
-            ])
-            .arg("--pin-dir")
-            .arg(&pins.pin_dir)
-            .arg("--state-dir")
-            .arg(&pins.state_dir)
-            .arg("--unpin-on-exit")
-            .env(
-                "PORTCULLIS_LOG",
-                std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let gateway = lab
-            .spawn_in(&legs.netns, cmd)
-            .context("starting the gateway")?;
-        let running = EnforcingLab { lab, gateway, pins };
+        let gateway_state = pins.state_dir.join("gateway");
+        let mut cmd = daemon("gateway", pins.pin_dir.join("gateway"), &gateway_state);
+        cmd.args([
+            "--cluster-iface",
+            &legs.cluster_iface,
+            "--external-iface",
+            &legs.external_iface,
+        ])
+        .args([
+            "--forward",
+            match flags.forward {
+                Forward::Xdp => "xdp",
+                Forward::Kernel => "kernel",
+            },
+        ]);
+        let mut daemons = vec![(
+            lab.spawn_in(&legs.netns, cmd)
+                .context("starting the gateway")?,
+            gateway_state,
+        )];
+        let nodes = lab.nodes().to_vec();
+        for node in &nodes {
+            let state = pins.state_dir.join(format!("node-{}", node.name));
+            let cmd = daemon(
+                "node",
+                pins.pin_dir.join(format!("node-{}", node.name)),
+                &state,
+            );
+            let child = lab
+                .spawn_in(&node.netns, cmd)
+                .with_context(|| format!("starting the node hook of {}", node.name))?;
+            daemons.push((child, state));
+        }
+        let running = EnforcingLab { lab, daemons, pins };
         running.wait_until_enforcing()?;
         Ok(running)
     }
 
     fn wait_until_enforcing(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(state) = PublishedState::read(&self.pins.state_dir) {
-                if state.applied_unix_ms > 0 {
-                    return Ok(());
+        for (child, state_dir) in &self.daemons {
+            loop {
+                if let Some(state) = PublishedState::read(state_dir) {
+                    if state.applied_unix_ms > 0 {
+                        break;
+                    }
+                    if let Some(e) = state.last_error {
+                        bail!("a daemon did not apply the policies: {e}");
+                    }
                 }
-                if let Some(e) = state.last_error {
-                    bail!("the gateway did not apply the policies: {e}");
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "a daemon exited before enforcing ({status}); state dir {}",
+                        state_dir.display()
+                    );
                 }
+                if Instant::now() > deadline {
+                    bail!("the daemons did not apply the policies within 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if let Some(status) = self.gateway.try_wait()? {
-                bail!("the gateway exited before enforcing ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!("the gateway did not apply the policies within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pins.pin_dir
+    pub fn gateway_pin_dir(&self) -> PathBuf {
+        self.pins.pin_dir.join("gateway")
     }
 
-    pub fn state_dir(&self) -> &Path {
-        &self.pins.state_dir
+    pub fn gateway_state_dir(&self) -> &Path {
+        &self.daemons[0].1
     }
 
-    /// Stops the gateway (it detaches itself) and tears the topology down.
+    /// Stops the daemons (they detach themselves) and tears the topology down.
     pub fn stop(mut self) -> Result<()> {
-        // SIGTERM lets the daemon unpin and detach; the namespaces go with teardown anyway.
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.gateway.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.gateway.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        for (child, _) in &self.daemons {
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         }
-        self.gateway.kill()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (child, _) in &self.daemons {
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill()?;
+        }
         self.lab.teardown().context("tearing the lab down")?;
         Ok(())
     }
@@ -274,9 +304,9 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
             let mut c = Command::new(std::env::current_exe()?);
             c.arg("status")
                 .arg("--pin-dir")
-                .arg(running.pin_dir())
+                .arg(running.gateway_pin_dir())
                 .arg("--state-dir")
-                .arg(running.state_dir());
+                .arg(running.gateway_state_dir());
             c
         })
         .context("reading gateway status")?;

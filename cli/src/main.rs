@@ -1,10 +1,12 @@
 //! `portcullis`: the one command for the gateway and node daemons and the tools around them.
 
 mod audit_cmd;
+mod daemon;
 mod explain_cmd;
 mod gateway_cmd;
 mod lab_cmd;
 mod manifests;
+mod node_cmd;
 mod status_cmd;
 
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Run the edge gateway: XDP enforcement of ipBlock rules for traffic crossing the cluster edge.
     Gateway(gateway_cmd::GatewayArgs),
+    /// Run the node hook: pod-to-pod enforcement by tc programs on each local pod's interface.
+    Node(node_cmd::NodeArgs),
     /// Is enforcement in place: legs, generation, table sizes, flows, counters, drops by policy.
     Status(status_cmd::StatusArgs),
     /// Live events from the datapath (`--type drop`).
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Node(args) => node_cmd::run(args),
         Command::Status(args) => status_cmd::status(args),
         Command::Monitor(args) => status_cmd::monitor(args),
         Command::Lab(command) => lab_cmd::run(command),

@@ -13,7 +13,8 @@ use portcullis_common::{DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_
 use portcullis_gateway::{ForwardMode, PinnedGateway};
 use serde_json::json;
 
-use crate::gateway_cmd::{PublishedState, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::daemon::PublishedState;
+use crate::gateway_cmd::{DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use crate::OutputFormat;
 
 #[derive(clap::Args)]
@@ -158,7 +159,7 @@ pub struct MonitorArgs {
     #[arg(long)]
     count: Option<usize>,
     /// Stop after this long (e.g. 10s).
-    #[arg(long, value_parser = crate::gateway_cmd::parse_duration)]
+    #[arg(long, value_parser = crate::daemon::parse_duration)]
     duration: Option<Duration>,
 }
 

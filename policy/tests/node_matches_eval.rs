@@ -185,6 +185,17 @@ proptest! {
                 let src_ip = *src.ips.iter().find(|ip| ip.is_ipv4() == v4).unwrap();
                 let dst_ip = *dst.ips.iter().find(|ip| ip.is_ipv4() == v4).unwrap();
                 for &(protocol, port) in &ports {
+                    // From an address that is no pod (an external host, a node), through this
+                    // node's hook: only the destination's ingress applies.
+                    let outside: IpAddr = if v4 { "10.244.0.2".parse().unwrap() } else { "fd00::2".parse().unwrap() };
+                    let from_outside = snapshot.evaluate(&Flow {
+                        src: Side::External, src_ip: outside, dst: Side::Pod(dst), dst_ip, protocol, port,
+                    });
+                    prop_assert_eq!(
+                        from_outside.ingress.allows(),
+                        tables.allows(Direction::Ingress, dst_ip, outside, protocol, port),
+                        "ingress {} -> {} {}/{}: {:?}", outside, dst.key(), protocol, port, from_outside.ingress
+                    );
                     let verdict = snapshot.evaluate(&Flow {
                         src: Side::Pod(src), src_ip, dst: Side::Pod(dst), dst_ip, protocol, port,
                     });

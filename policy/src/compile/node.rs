@@ -161,7 +161,8 @@ fn identity_rules(
     canonical(rules)
 }
 
-/// ipBlock entries of the group. Numbered ports apply to the whole block; named ports resolve on
+/// Address entries of the group: ipBlocks, and every address for rules without peers. Numbered
+/// ports apply to the whole block; named ports resolve on
 /// the destination pod, so for egress they become host entries for each pod inside the block.
 fn ip_block_entries(
     snapshot: &Snapshot,
@@ -172,6 +173,20 @@ fn ip_block_entries(
     let mut entries = Vec::new();
     for policy in policies {
         for rule in policy.rules(direction).unwrap_or_default() {
+            // A rule without peers also admits addresses that are no pod (external hosts, nodes);
+            // pods are covered by the identity entries.
+            if rule.peers.is_empty() {
+                let ports = port_rules(rule, (direction == Direction::Ingress).then_some(subject));
+                if !ports.is_empty() {
+                    for all in ["0.0.0.0/0", "::/0"] {
+                        entries.push(Entry {
+                            cidr: all.parse().expect("literal CIDR"),
+                            except: Vec::new(),
+                            ports: ports.clone(),
+                        });
+                    }
+                }
+            }
             for peer in &rule.peers {
                 let Peer::IpBlock { cidr, except } = peer else {
                     continue;

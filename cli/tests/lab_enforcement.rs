@@ -1,5 +1,5 @@
-//! The gateway on real traffic in the network-namespace lab (root, kernel): the conformance
-//! cases' external probes, established connections through policy changes and through a kill -9
+//! Enforcement on real traffic in the network-namespace lab (root, kernel): every conformance
+//! case, established connections through policy changes and through a kill -9
 //! and restart of the daemon, and a broken update that must not weaken enforcement.
 
 use std::io::{Read, Write};
@@ -20,8 +20,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Every conformance case as real traffic: the gateway (external probes) and the node hooks
+/// (between pods) both enforcing.
 #[test]
-fn conformance_external_probes_on_the_kernel_datapath() {
+fn conformance_on_the_kernel_datapath() {
     let runner = repo().join("../shared/conformance/run");
     assert!(
         runner.exists(),
@@ -29,7 +31,7 @@ fn conformance_external_probes_on_the_kernel_datapath() {
         runner.display()
     );
     let out = Command::new(&runner)
-        .args(["--lab", "--only", "external", "--quiet", "--bin", BIN])
+        .args(["--lab", "--quiet", "--bin", BIN])
         .current_dir(repo())
         .output()
         .unwrap();

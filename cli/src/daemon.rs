@@ -1,0 +1,243 @@
+//! What the gateway and node daemons share: reload the manifests when they change, keep the last
+//! good state (an object rejected by name keeps its previous version; input that cannot be
+//! attributed or compiled holds back the whole update), apply through the enforcer, collect
+//! expired flows, publish state for `status`/`monitor`, serve metrics, stop on SIGTERM/SIGINT.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use portcullis_policy::model::Snapshot;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::{manifests, ManifestArgs};
+
+/// Options every daemon takes.
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+    /// Directory for the daemon's published state (group names, last apply), read by `status`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often the manifests are checked for changes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+}
+
+/// What a daemon publishes beside its pins for `status` and `monitor`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PublishedState {
+    pub pid: u32,
+    /// Group id (as in the maps) → `namespace/name` of its policies.
+    pub groups: BTreeMap<u32, Vec<String>>,
+    pub generation: u32,
+    pub applied_unix_ms: u128,
+    /// Map entries written by the last apply.
+    pub entries: usize,
+    pub rejected: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+impl PublishedState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("state.json")
+    }
+
+    pub fn read(state_dir: &Path) -> Option<PublishedState> {
+        let text = std::fs::read_to_string(Self::path(state_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write(&self, state_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let tmp = state_dir.join("state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, Self::path(state_dir))
+            .with_context(|| format!("publishing {}", state_dir.display()))
+    }
+}
+
+/// A generation an enforcer put in force.
+pub struct Applied {
+    pub generation: u32,
+    pub groups: BTreeMap<u32, Vec<String>>,
+    pub entries: usize,
+}
+
+/// The datapath side of a daemon.
+pub trait Enforcer {
+    /// Compiles `snapshot` and makes it the enforced generation; on error the previous one stays.
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied>;
+    /// Deletes expired flows; returns how many.
+    fn gc_flows(&mut self) -> Result<usize>;
+    /// Publishes datapath counters through the `metrics` facade.
+    fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>);
+}
+
+struct Reloader<'a, E> {
+    enforcer: &'a mut E,
+    state: PublishedState,
+    state_dir: PathBuf,
+    last_good: Snapshot,
+    name: &'static str,
+}
+
+impl<E: Enforcer> Reloader<'_, E> {
+    fn reload(&mut self, paths: &[PathBuf]) -> Result<()> {
+        let started = Instant::now();
+        let result = manifests::load(paths).and_then(|loaded| {
+            for e in &loaded.errors {
+                warn!(error = %e, "rejected object; its last good version (if any) stays");
+            }
+            metrics::counter!("portcullis_rejected_objects_total", "daemon" => self.name)
+                .increment(loaded.errors.len() as u64);
+            let rejected: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+            let snapshot = loaded.with_last_good(&self.last_good)?;
+            let applied = self.enforcer.apply(&snapshot)?;
+            Ok((snapshot, rejected, applied))
+        });
+        let outcome = match result {
+            Ok((snapshot, rejected, applied)) => {
+                let latency = started.elapsed();
+                metrics::histogram!("portcullis_update_seconds", "daemon" => self.name)
+                    .record(latency.as_secs_f64());
+                metrics::gauge!("portcullis_generation", "daemon" => self.name)
+                    .set(f64::from(applied.generation));
+                info!(
+                    generation = applied.generation,
+                    entries = applied.entries,
+                    rejected = rejected.len(),
+                    total_ms = latency.as_secs_f64() * 1e3,
+                    "policy generation in force"
+                );
+                self.state.groups = applied.groups;
+                self.state.generation = applied.generation;
+                self.state.entries = applied.entries;
+                self.state.rejected = rejected;
+                self.state.last_error = None;
+                self.state.applied_unix_ms = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                self.last_good = snapshot;
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "update not applied; the last good generation stays enforced"
+                );
+                metrics::counter!("portcullis_update_failures_total", "daemon" => self.name)
+                    .increment(1);
+                self.state.last_error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        };
+        if let Err(e) = self.state.write(&self.state_dir) {
+            warn!(error = format!("{e:#}"), "could not publish state");
+        }
+        outcome
+    }
+}
+
+/// Files, sizes and modification times of the manifests: a change in any means reload.
+fn manifest_signature(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    manifests::manifest_files(paths)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (f, len, modified)
+        })
+        .collect()
+}
+
+/// Runs the daemon loop until SIGTERM or SIGINT. A first input that cannot be used at all is an
+/// error (pins of an earlier run keep enforcing); later bad input only holds back that update.
+pub fn serve<E: Enforcer>(
+    enforcer: &mut E,
+    args: &DaemonArgs,
+    name: &'static str,
+    state_dir: PathBuf,
+) -> Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        info!(%addr, "serving Prometheus metrics");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let mut reloader = Reloader {
+        enforcer,
+        state: PublishedState {
+            pid: std::process::id(),
+            ..PublishedState::default()
+        },
+        state_dir,
+        last_good: Snapshot::default(),
+        name,
+    };
+    let paths = &args.manifests.manifests;
+    let mut signature = manifest_signature(paths);
+    reloader
+        .reload(paths)
+        .context("the initial manifests cannot be enforced")?;
+    let mut last_gc = Instant::now();
+    let mut last_metrics = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(args.reload_interval.min(Duration::from_millis(200)));
+        let now = manifest_signature(paths);
+        if now != signature {
+            signature = now;
+            info!("manifests changed; reloading");
+            // A failed update is logged, counted and published by reload; keep serving.
+            let _ = reloader.reload(paths);
+        }
+        if last_gc.elapsed() >= Duration::from_secs(10) {
+            last_gc = Instant::now();
+            match reloader.enforcer.gc_flows() {
+                Ok(n) => metrics::counter!("portcullis_flows_expired_total", "daemon" => name)
+                    .increment(n as u64),
+                Err(e) => warn!(error = %e, "flow GC failed"),
+            }
+        }
+        if args.metrics_addr.is_some() && last_metrics.elapsed() >= Duration::from_secs(1) {
+            last_metrics = Instant::now();
+            reloader.enforcer.export_metrics(&reloader.state.groups);
+        }
+    }
+    Ok(())
+}
