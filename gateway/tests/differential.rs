@@ -2,12 +2,10 @@
 //! program, random packets (including malformed ones and later fragments) through
 //! BPF_PROG_TEST_RUN, and every verdict compared with the policy evaluator plus a model of the
 //! flow table. 100k packets by default; `PORTCULLIS_DIFF_PACKETS=10000000` for the long run.
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use common::*;
 use ipnet::IpNet;
 use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::compile_gateway;
@@ -16,6 +14,7 @@ use portcullis_policy::model::{
     ContainerPort, Direction, Namespace, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Rule,
     Selector, Snapshot,
 };
+use portcullis_testkit::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,10 +25,17 @@ const PACKETS_PER_SNAPSHOT: usize = 2000;
 fn random_cidr(rng: &mut SmallRng, v4: bool) -> IpNet {
     if v4 {
         let addr = 0xc0a8_0000u32 | rng.random_range(0..=0xffffu32);
-        IpNet::new(IpAddr::V4(Ipv4Addr::from(addr)), rng.random_range(16..=32)).unwrap().trunc()
+        IpNet::new(IpAddr::V4(Ipv4Addr::from(addr)), rng.random_range(16..=32))
+            .unwrap()
+            .trunc()
     } else {
         let addr = (0x2001_0db8u128 << 96) | rng.random_range(0..=0xffffu128);
-        IpNet::new(IpAddr::V6(Ipv6Addr::from(addr)), rng.random_range(112..=128)).unwrap().trunc()
+        IpNet::new(
+            IpAddr::V6(Ipv6Addr::from(addr)),
+            rng.random_range(112..=128),
+        )
+        .unwrap()
+        .trunc()
     }
 }
 
@@ -37,7 +43,10 @@ fn random_rule(rng: &mut SmallRng) -> Rule {
     let mut peers = Vec::new();
     for _ in 0..rng.random_range(0..4) {
         if rng.random_bool(0.1) {
-            peers.push(Peer::Pods { pod_selector: None, namespace_selector: None });
+            peers.push(Peer::Pods {
+                pod_selector: None,
+                namespace_selector: None,
+            });
             continue;
         }
         let cidr = if rng.random_bool(0.05) {
@@ -73,7 +82,10 @@ fn random_rule(rng: &mut SmallRng) -> Rule {
             1 => PortMatch::Named("web".into()),
             _ => {
                 let first = rng.random_range(1..10);
-                PortMatch::Number { first, last: first + rng.random_range(0..3) }
+                PortMatch::Number {
+                    first,
+                    last: first + rng.random_range(0..3),
+                }
             }
         };
         ports.push(PolicyPort { protocol, port });
@@ -92,7 +104,11 @@ fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
                 IpAddr::V4(Ipv4Addr::new(10, 244, 0, i + 1)),
                 IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(i) + 1)),
             ],
-            ports: vec![ContainerPort { name: Some("web".into()), port: 4 + u16::from(i), protocol: Protocol::Tcp }],
+            ports: vec![ContainerPort {
+                name: Some("web".into()),
+                port: 4 + u16::from(i),
+                protocol: Protocol::Tcp,
+            }],
             host_network: false,
             node: None,
         })
@@ -100,15 +116,25 @@ fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
     let policies = (0..rng.random_range(0..5))
         .map(|i| {
             let rules = |rng: &mut SmallRng| -> Option<Vec<Rule>> {
-                rng.random_bool(0.6).then(|| (0..rng.random_range(0..3)).map(|_| random_rule(rng)).collect())
+                rng.random_bool(0.6).then(|| {
+                    (0..rng.random_range(0..3))
+                        .map(|_| random_rule(rng))
+                        .collect()
+                })
             };
             Policy {
                 namespace: "n".into(),
                 name: format!("p{i}"),
                 pod_selector: match rng.random_range(0..3) {
                     0 => Selector::default(),
-                    1 => Selector { match_labels: labels("a"), match_expressions: Vec::new() },
-                    _ => Selector { match_labels: labels("b"), match_expressions: Vec::new() },
+                    1 => Selector {
+                        match_labels: labels("a"),
+                        match_expressions: Vec::new(),
+                    },
+                    _ => Selector {
+                        match_labels: labels("b"),
+                        match_expressions: Vec::new(),
+                    },
                 },
                 ingress: rules(rng),
                 egress: rules(rng),
@@ -116,7 +142,13 @@ fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
         })
         .collect();
     Snapshot {
-        namespaces: BTreeMap::from([("n".to_string(), Namespace { name: "n".into(), labels: BTreeMap::new() })]),
+        namespaces: BTreeMap::from([(
+            "n".to_string(),
+            Namespace {
+                name: "n".into(),
+                labels: BTreeMap::new(),
+            },
+        )]),
         pods,
         policies,
     }
@@ -164,15 +196,25 @@ fn random_packet(rng: &mut SmallRng, snapshot: &Snapshot) -> Packet {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 9, 9))
     };
     let external = if v4 {
-        IpAddr::V4(Ipv4Addr::from(0xc0a8_0000u32 | rng.random_range(0..=0xffffu32)))
+        IpAddr::V4(Ipv4Addr::from(
+            0xc0a8_0000u32 | rng.random_range(0..=0xffffu32),
+        ))
     } else {
-        IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | rng.random_range(0..=0xffffu128)))
+        IpAddr::V6(Ipv6Addr::from(
+            (0x2001_0db8u128 << 96) | rng.random_range(0..=0xffffu128),
+        ))
     };
     let protocol = match rng.random_range(0..20) {
         0..8 => 6,
         8..13 => 17,
         13..16 => 132,
-        16..19 => if v4 { 1 } else { 58 },
+        16..19 => {
+            if v4 {
+                1
+            } else {
+                58
+            }
+        }
         _ => 47,
     };
     let (mut sport, mut dport) = (rng.random_range(1024..=65535), rng.random_range(1..12));
@@ -184,7 +226,11 @@ fn random_packet(rng: &mut SmallRng, snapshot: &Snapshot) -> Packet {
     }
     let syn = rng.random_bool(0.75);
     let cluster_leg = rng.random_bool(0.5);
-    let (src, dst) = if cluster_leg { (pod_ip, external) } else { (external, pod_ip) };
+    let (src, dst) = if cluster_leg {
+        (pod_ip, external)
+    } else {
+        (external, pod_ip)
+    };
     let shape = match rng.random_range(0..20) {
         0 if matches!(protocol, 6 | 17 | 132) => Shape::TruncatedL4,
         1 => Shape::LaterFragment,
@@ -196,8 +242,22 @@ fn random_packet(rng: &mut SmallRng, snapshot: &Snapshot) -> Packet {
     }
     let bytes = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let frag = if shape == Shape::LaterFragment { 0x0010 } else { 0 };
-            frame_v4(&[], ipv4(&s.to_string(), &d.to_string(), protocol, &[], frag, &payload))
+            let frag = if shape == Shape::LaterFragment {
+                0x0010
+            } else {
+                0
+            };
+            frame_v4(
+                &[],
+                ipv4(
+                    &s.to_string(),
+                    &d.to_string(),
+                    protocol,
+                    &[],
+                    frag,
+                    &payload,
+                ),
+            )
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let (next, rest) = if shape == Shape::LaterFragment {
@@ -211,7 +271,17 @@ fn random_packet(rng: &mut SmallRng, snapshot: &Snapshot) -> Packet {
         }
         _ => unreachable!("one family"),
     };
-    Packet { bytes, cluster_leg, src, dst, protocol, sport, dport, syn_only: syn, shape }
+    Packet {
+        bytes,
+        cluster_leg,
+        src,
+        dst,
+        protocol,
+        sport,
+        dport,
+        syn_only: syn,
+        shape,
+    }
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16, u8);
@@ -224,7 +294,12 @@ fn flow_id(p: &Packet) -> FlowId {
 }
 
 /// The verdict the datapath must give, updating the flow model.
-fn expected(snapshot: &Snapshot, p: &Packet, flows: &mut HashSet<FlowId>, selected: &dyn Fn(Direction, IpAddr) -> bool) -> u32 {
+fn expected(
+    snapshot: &Snapshot,
+    p: &Packet,
+    flows: &mut HashSet<FlowId>,
+    selected: &dyn Fn(Direction, IpAddr) -> bool,
+) -> u32 {
     if p.shape != Shape::Normal {
         return XDP_DROP;
     }
@@ -236,15 +311,30 @@ fn expected(snapshot: &Snapshot, p: &Packet, flows: &mut HashSet<FlowId>, select
         Some(pod) => Side::Pod(pod),
         None => Side::External,
     };
-    let (src, dst) = if p.cluster_leg { (side(p.src), Side::External) } else { (Side::External, side(p.dst)) };
+    let (src, dst) = if p.cluster_leg {
+        (side(p.src), Side::External)
+    } else {
+        (Side::External, side(p.dst))
+    };
     let allowed = snapshot
-        .evaluate(&Flow { src, src_ip: p.src, dst, dst_ip: p.dst, protocol: p.protocol, port: p.dport })
+        .evaluate(&Flow {
+            src,
+            src_ip: p.src,
+            dst,
+            dst_ip: p.dst,
+            protocol: p.protocol,
+            port: p.dport,
+        })
         .allowed();
     if !allowed {
         return XDP_DROP;
     }
     let tcp = p.protocol == 6;
-    let (direction, pod) = if p.cluster_leg { (Direction::Egress, p.src) } else { (Direction::Ingress, p.dst) };
+    let (direction, pod) = if p.cluster_leg {
+        (Direction::Egress, p.src)
+    } else {
+        (Direction::Ingress, p.dst)
+    };
     if tcp && !p.syn_only && selected(direction, pod) {
         return XDP_DROP;
     }
@@ -259,8 +349,14 @@ fn xdp_program_agrees_with_the_evaluator_on_random_policies_and_packets() {
     if not_root() {
         return;
     }
-    let total: usize = std::env::var("PORTCULLIS_DIFF_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let seed: u64 = std::env::var("PORTCULLIS_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    let total: usize = std::env::var("PORTCULLIS_DIFF_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let seed: u64 = std::env::var("PORTCULLIS_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
     let ns = NetNs::new("diff");
     ns.run(|| {
         sh(&format!(
