@@ -9,7 +9,7 @@
 //! disconnected are reconciled. An aggregator coalesces changes over a short window and publishes
 //! once all three kinds have been listed.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
-use portcullis_policy::load::{Loaded, Origin, SnapshotBuilder};
+use portcullis_policy::load::{LoadError, Loaded, Origin, SnapshotBuilder, NAMESPACE_NAME_LABEL};
+use portcullis_policy::model::{self, Snapshot};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
@@ -96,32 +96,47 @@ impl Kind {
 
 type Key = (String, String);
 
-/// The fields of each object that matter to policy; everything else is dropped on arrival to keep
-/// memory proportional to what we use.
+/// One object converted to the policy model on arrival (or the reasons it is rejected): the API
+/// objects themselves are not kept, and an update that changes nothing policy-relevant (pod
+/// conditions, annotations, ...) is recognised by comparing models and publishes nothing.
 #[derive(Clone, Debug)]
 enum Obj {
-    Namespace(core::Namespace),
-    Pod(core::Pod),
-    Policy(net::NetworkPolicy),
+    Namespace(Converted<model::Namespace>),
+    Pod(Converted<model::Pod>),
+    Policy(Converted<model::Policy>),
 }
 
-fn slim_meta(meta: &ObjectMeta, with_labels: bool) -> ObjectMeta {
-    ObjectMeta {
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        labels: if with_labels {
-            meta.labels.clone()
-        } else {
-            None
-        },
-        ..ObjectMeta::default()
+type Converted<M> = std::result::Result<M, Vec<LoadError>>;
+
+fn origin(kind: Kind) -> Origin {
+    Origin {
+        source: format!("kubernetes {}", kind.name()),
+        document: 1,
     }
 }
 
-/// What a watched kind knows how to do: key itself, slim itself, say whether it is gone.
+fn converted<M>(loaded: Loaded, pick: impl FnOnce(Snapshot) -> Option<M>) -> Converted<M> {
+    if loaded.errors.is_empty() {
+        pick(loaded.snapshot).ok_or_default()
+    } else {
+        Err(loaded.errors)
+    }
+}
+
+trait OkOrDefault<M> {
+    fn ok_or_default(self) -> Converted<M>;
+}
+
+impl<M> OkOrDefault<M> for Option<M> {
+    fn ok_or_default(self) -> Converted<M> {
+        self.ok_or_else(Vec::new)
+    }
+}
+
+/// What a watched kind knows how to do: say whether it is gone, convert itself.
 trait Watched: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
     const KIND: Kind;
-    fn into_obj(self) -> Obj;
+    fn convert(self) -> Obj;
     /// Terminating objects are treated as deleted where that is the API's meaning.
     fn is_gone(&self) -> bool {
         false
@@ -130,41 +145,21 @@ trait Watched: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'stat
 
 impl Watched for core::Namespace {
     const KIND: Kind = Kind::Namespace;
-    fn into_obj(self) -> Obj {
-        Obj::Namespace(core::Namespace {
-            metadata: slim_meta(&self.metadata, true),
-            ..Default::default()
-        })
+    fn convert(self) -> Obj {
+        let mut builder = SnapshotBuilder::new();
+        builder.add_namespace(&origin(Self::KIND), self);
+        Obj::Namespace(converted(builder.build(), |s| {
+            s.namespaces.into_values().next()
+        }))
     }
 }
 
 impl Watched for core::Pod {
     const KIND: Kind = Kind::Pod;
-    fn into_obj(self) -> Obj {
-        let spec = self.spec.map(|spec| core::PodSpec {
-            host_network: spec.host_network,
-            node_name: spec.node_name,
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| core::Container {
-                    name: c.name,
-                    ports: c.ports,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-        let status = self.status.map(|status| core::PodStatus {
-            pod_ip: status.pod_ip,
-            pod_ips: status.pod_ips,
-            ..Default::default()
-        });
-        Obj::Pod(core::Pod {
-            metadata: slim_meta(&self.metadata, true),
-            spec,
-            status,
-        })
+    fn convert(self) -> Obj {
+        let mut builder = SnapshotBuilder::new();
+        builder.add_pod(&origin(Self::KIND), self);
+        Obj::Pod(converted(builder.build(), |s| s.pods.into_iter().next()))
     }
     /// A pod being deleted (deletionTimestamp set) no longer gets policy: its address may be
     /// reused as soon as it is gone, and the API says it is going.
@@ -175,11 +170,12 @@ impl Watched for core::Pod {
 
 impl Watched for net::NetworkPolicy {
     const KIND: Kind = Kind::Policy;
-    fn into_obj(self) -> Obj {
-        Obj::Policy(net::NetworkPolicy {
-            metadata: slim_meta(&self.metadata, false),
-            spec: self.spec,
-        })
+    fn convert(self) -> Obj {
+        let mut builder = SnapshotBuilder::new();
+        builder.add_policy(&origin(Self::KIND), self);
+        Obj::Policy(converted(builder.build(), |s| {
+            s.policies.into_iter().next()
+        }))
     }
 }
 
@@ -314,12 +310,18 @@ impl Backoff {
     }
 }
 
-async fn list_all<K: Watched>(api: &Api<K>, page_size: u32) -> kube::Result<(Vec<K>, String)> {
+/// A complete, paginated list; `map` runs on each page as it arrives (so full API objects of
+/// only one page are alive at a time).
+async fn list_all<K: Watched, T>(
+    api: &Api<K>,
+    page_size: u32,
+    mut map: impl FnMut(K) -> Option<T>,
+) -> kube::Result<(Vec<T>, String)> {
     let mut items = Vec::new();
     let mut params = ListParams::default().limit(page_size);
     loop {
         let page = api.list(&params).await?;
-        items.extend(page.items);
+        items.extend(page.items.into_iter().filter_map(&mut map));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok((items, page.metadata.resource_version.unwrap_or_default())),
@@ -351,7 +353,11 @@ async fn run_kind<K: Watched>(
     let mut listed_once = false;
     let watch_secs = options.watch_timeout.as_secs().clamp(1, u32::MAX as u64) as u32;
     loop {
-        let (items, mut version) = match list_all(&api, options.page_size).await {
+        let listed = list_all(&api, options.page_size, |o: K| {
+            (!o.is_gone()).then(|| (key_of(&o), o.convert()))
+        })
+        .await;
+        let (objects, mut version) = match listed {
             Ok(listed) => listed,
             Err(e) => {
                 let delay = backoff.next();
@@ -372,11 +378,6 @@ async fn run_kind<K: Watched>(
         }
         listed_once = true;
         backoff.reset();
-        let objects = items
-            .into_iter()
-            .filter(|o| !o.is_gone())
-            .map(|o| (key_of(&o), o.into_obj()))
-            .collect();
         if tx.send(Msg::Listed(kind, objects)).is_err() {
             return;
         }
@@ -405,7 +406,9 @@ async fn run_kind<K: Watched>(
                             Ok(Some(Err(e))) if is_gone_error(&e) => break WatchEnd::Relist,
                             // A line that is not a watch event (kube reports one that parses as
                             // nothing better as an empty `Status`): an event may have been lost.
-                            Ok(Some(Err(e @ (kube::Error::SerdeError(_) | kube::Error::Api(_))))) => {
+                            Ok(Some(Err(
+                                e @ (kube::Error::SerdeError(_) | kube::Error::Api(_)),
+                            ))) => {
                                 tracing::warn!(
                                     kind = kind.name(),
                                     "undecodable watch event ({e}); relisting"
@@ -428,7 +431,7 @@ async fn run_kind<K: Watched>(
                                 if o.is_gone() {
                                     ("modified", Some(Msg::Delete(kind, key)))
                                 } else {
-                                    ("modified", Some(Msg::Apply(key, o.into_obj())))
+                                    ("modified", Some(Msg::Apply(key, o.convert())))
                                 }
                             }
                             WatchEvent::Deleted(o) => {
@@ -480,76 +483,72 @@ async fn run_kind<K: Watched>(
 
 #[derive(Default)]
 struct Stores {
-    namespaces: HashMap<Key, core::Namespace>,
-    pods: HashMap<Key, core::Pod>,
-    policies: HashMap<Key, net::NetworkPolicy>,
+    namespaces: BTreeMap<Key, Converted<model::Namespace>>,
+    pods: BTreeMap<Key, Converted<model::Pod>>,
+    policies: BTreeMap<Key, Converted<model::Policy>>,
     listed: [bool; 3],
     down: [bool; 3],
 }
 
+/// Inserts unless equal; true if the map changed.
+fn upsert<M: PartialEq>(
+    map: &mut BTreeMap<Key, Converted<M>>,
+    key: Key,
+    value: Converted<M>,
+) -> bool {
+    match map.get(&key) {
+        Some(old) if *old == value => false,
+        _ => {
+            map.insert(key, value);
+            true
+        }
+    }
+}
+
 impl Stores {
-    /// Applies one message; true if the published state must change.
+    /// Applies one message; true if the snapshot or the rejected objects changed.
     fn apply(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Listed(kind, objects) => {
-                let before = self.len(kind);
-                self.clear(kind);
+                let mut fresh = Stores::default();
                 for (key, obj) in objects {
-                    self.insert(key, obj);
+                    fresh.insert(key, obj);
                 }
+                let changed = match kind {
+                    Kind::Namespace => replace_if_changed(&mut self.namespaces, fresh.namespaces),
+                    Kind::Pod => replace_if_changed(&mut self.pods, fresh.pods),
+                    Kind::Policy => replace_if_changed(&mut self.policies, fresh.policies),
+                };
                 if self.listed[kind as usize] {
-                    tracing::info!(
-                        kind = kind.name(),
-                        before,
-                        after = self.len(kind),
-                        "relisted"
-                    );
+                    tracing::info!(kind = kind.name(), changed, "relisted");
                 }
-                self.listed[kind as usize] = true;
+                let first = !std::mem::replace(&mut self.listed[kind as usize], true);
                 self.down[kind as usize] = false;
-                true
+                changed || first
             }
-            Msg::Apply(key, obj) => {
-                self.insert(key, obj);
-                true
-            }
+            Msg::Apply(key, obj) => self.insert(key, obj),
             Msg::Delete(kind, key) => match kind {
                 Kind::Namespace => self.namespaces.remove(&key).is_some(),
                 Kind::Pod => self.pods.remove(&key).is_some(),
                 Kind::Policy => self.policies.remove(&key).is_some(),
             },
-            Msg::Connected(kind) => std::mem::replace(&mut self.down[kind as usize], false),
-            Msg::Disconnected(kind) => !std::mem::replace(&mut self.down[kind as usize], true),
+            // Connection state is published through `stale()`, not as a content change.
+            Msg::Connected(kind) => {
+                self.down[kind as usize] = false;
+                false
+            }
+            Msg::Disconnected(kind) => {
+                self.down[kind as usize] = true;
+                false
+            }
         }
     }
 
-    fn len(&self, kind: Kind) -> usize {
-        match kind {
-            Kind::Namespace => self.namespaces.len(),
-            Kind::Pod => self.pods.len(),
-            Kind::Policy => self.policies.len(),
-        }
-    }
-
-    fn clear(&mut self, kind: Kind) {
-        match kind {
-            Kind::Namespace => self.namespaces.clear(),
-            Kind::Pod => self.pods.clear(),
-            Kind::Policy => self.policies.clear(),
-        }
-    }
-
-    fn insert(&mut self, key: Key, obj: Obj) {
+    fn insert(&mut self, key: Key, obj: Obj) -> bool {
         match obj {
-            Obj::Namespace(o) => {
-                self.namespaces.insert(key, o);
-            }
-            Obj::Pod(o) => {
-                self.pods.insert(key, o);
-            }
-            Obj::Policy(o) => {
-                self.policies.insert(key, o);
-            }
+            Obj::Namespace(o) => upsert(&mut self.namespaces, key, o),
+            Obj::Pod(o) => upsert(&mut self.pods, key, o),
+            Obj::Policy(o) => upsert(&mut self.policies, key, o),
         }
     }
 
@@ -561,40 +560,69 @@ impl Stores {
         self.down.iter().any(|d| *d)
     }
 
+    /// The snapshot, exactly as [`SnapshotBuilder::build`] would make it from the same objects:
+    /// namespaces that pods or policies name but that do not exist get only their name label.
     fn build(&self) -> Loaded {
-        build_loaded(
-            self.namespaces.values().cloned(),
-            self.pods.values().cloned(),
-            self.policies.values().cloned(),
-        )
+        let mut errors = Vec::new();
+        let mut namespaces = BTreeMap::new();
+        for entry in self.namespaces.values() {
+            match entry {
+                Ok(ns) => {
+                    namespaces.insert(ns.name.clone(), ns.clone());
+                }
+                Err(e) => errors.extend(e.iter().cloned()),
+            }
+        }
+        let pods = collect_ok(&self.pods, &mut errors);
+        let policies = collect_ok(&self.policies, &mut errors);
+        for name in pods
+            .iter()
+            .map(|p| &p.namespace)
+            .chain(policies.iter().map(|p| &p.namespace))
+        {
+            if !namespaces.contains_key(name) {
+                namespaces.insert(
+                    name.clone(),
+                    model::Namespace {
+                        name: name.clone(),
+                        labels: BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.clone())]),
+                    },
+                );
+            }
+        }
+        errors.sort_by_key(|e| e.to_string());
+        Loaded {
+            snapshot: Snapshot {
+                namespaces,
+                pods,
+                policies,
+            },
+            errors,
+        }
     }
 }
 
-fn build_loaded(
-    namespaces: impl Iterator<Item = core::Namespace>,
-    pods: impl Iterator<Item = core::Pod>,
-    policies: impl Iterator<Item = net::NetworkPolicy>,
-) -> Loaded {
-    let mut builder = SnapshotBuilder::new();
-    let origin = |kind: Kind| Origin {
-        source: format!("kubernetes {}", kind.name()),
-        document: 1,
-    };
-    let ns_origin = origin(Kind::Namespace);
-    for ns in namespaces {
-        builder.add_namespace(&ns_origin, ns);
+fn replace_if_changed<M: PartialEq>(
+    map: &mut BTreeMap<Key, Converted<M>>,
+    fresh: BTreeMap<Key, Converted<M>>,
+) -> bool {
+    if *map == fresh {
+        false
+    } else {
+        *map = fresh;
+        true
     }
-    let pod_origin = origin(Kind::Pod);
-    for pod in pods {
-        builder.add_pod(&pod_origin, pod);
+}
+
+fn collect_ok<M: Clone>(map: &BTreeMap<Key, Converted<M>>, errors: &mut Vec<LoadError>) -> Vec<M> {
+    let mut out = Vec::with_capacity(map.len());
+    for entry in map.values() {
+        match entry {
+            Ok(m) => out.push(m.clone()),
+            Err(e) => errors.extend(e.iter().cloned()),
+        }
     }
-    let policy_origin = origin(Kind::Policy);
-    for policy in policies {
-        builder.add_policy(&policy_origin, policy);
-    }
-    let mut loaded = builder.build();
-    loaded.errors.sort_by_key(|e| e.to_string());
-    loaded
+    out
 }
 
 async fn aggregate(
@@ -624,20 +652,18 @@ async fn aggregate(
         }
         let current = publisher.current();
         let stale = stores.stale();
-        if !changed && current.source_ready && stale == published_stale {
+        if current.source_ready && !changed && stale == published_stale {
+            continue;
+        }
+        published_stale = stale;
+        if current.source_ready && !changed {
+            // Only the connection state changed: same snapshot.
+            let errors = current.errors.clone();
+            publisher.publish(current.snapshot, errors, true, stale, first);
             continue;
         }
         let loaded = stores.build();
-        let snapshot = if current.source_ready && *current.snapshot == loaded.snapshot {
-            if current.errors == loaded.errors && stale == published_stale {
-                continue;
-            }
-            current.snapshot.clone()
-        } else {
-            Arc::new(loaded.snapshot)
-        };
-        published_stale = stale;
-        publisher.publish(snapshot, loaded.errors, true, stale, first);
+        publisher.publish(Arc::new(loaded.snapshot), loaded.errors, true, stale, first);
     }
 }
 
@@ -646,12 +672,26 @@ async fn aggregate(
 /// does.
 pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
     let client = client_from_kubeconfig(kubeconfig).await?;
-    let (namespaces, _) = list_all(&Api::<core::Namespace>::all(client.clone()), 500).await?;
-    let (pods, _) = list_all(&Api::<core::Pod>::all(client.clone()), 500).await?;
-    let (policies, _) = list_all(&Api::<net::NetworkPolicy>::all(client), 500).await?;
-    Ok(build_loaded(
-        namespaces.into_iter(),
-        pods.into_iter().filter(|p| !p.is_gone()),
-        policies.into_iter(),
-    ))
+    let origin_of = origin;
+    let (namespaces, _) = list_all(&Api::<core::Namespace>::all(client.clone()), 500, Some).await?;
+    let (pods, _) = list_all(
+        &Api::<core::Pod>::all(client.clone()),
+        500,
+        |p: core::Pod| (!p.is_gone()).then_some(p),
+    )
+    .await?;
+    let (policies, _) = list_all(&Api::<net::NetworkPolicy>::all(client), 500, Some).await?;
+    let mut builder = SnapshotBuilder::new();
+    for ns in namespaces {
+        builder.add_namespace(&origin_of(Kind::Namespace), ns);
+    }
+    for pod in pods {
+        builder.add_pod(&origin_of(Kind::Pod), pod);
+    }
+    for policy in policies {
+        builder.add_policy(&origin_of(Kind::Policy), policy);
+    }
+    let mut loaded = builder.build();
+    loaded.errors.sort_by_key(|e| e.to_string());
+    Ok(loaded)
 }

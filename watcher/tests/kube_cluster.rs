@@ -68,7 +68,9 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
     assert!(pod_of(&first, "pre", "old").is_some());
     // 1.20 does not add kubernetes.io/metadata.name; the builder does.
     assert_eq!(
-        first.snapshot.namespaces["pre"].labels.get("kubernetes.io/metadata.name"),
+        first.snapshot.namespaces["pre"]
+            .labels
+            .get("kubernetes.io/metadata.name"),
         Some(&"pre".to_string())
     );
     assert_eq!(
@@ -113,7 +115,10 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
     pods.create(&pp, &pod("app", "web", &[("app", "web")]))
         .await
         .unwrap();
-    let s = wait_for(&mut rx, LIMIT, "pod web", |s| pod_of(s, "app", "web").is_some()).await;
+    let s = wait_for(&mut rx, LIMIT, "pod web", |s| {
+        pod_of(s, "app", "web").is_some()
+    })
+    .await;
     assert!(pod_of(&s, "app", "web").unwrap().ips.is_empty());
     timed("pod create", t);
     let t = Instant::now();
@@ -139,7 +144,10 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
     let mut host = pod("app", "host", &[("app", "web")]);
     host.spec.as_mut().unwrap().host_network = Some(true);
     pods.create(&pp, &host).await.unwrap();
-    let s = wait_for(&mut rx, LIMIT, "host pod", |s| pod_of(s, "app", "host").is_some()).await;
+    let s = wait_for(&mut rx, LIMIT, "host pod", |s| {
+        pod_of(s, "app", "host").is_some()
+    })
+    .await;
     assert!(pod_of(&s, "app", "host").unwrap().host_network);
 
     // Policy create, update, delete.
@@ -149,7 +157,10 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
         .create(&pp, &policy("app", "web-in", &[("app", "web")]))
         .await
         .unwrap();
-    wait_for(&mut rx, LIMIT, "policy web-in", |s| has_policy(s, "app", "web-in")).await;
+    wait_for(&mut rx, LIMIT, "policy web-in", |s| {
+        has_policy(s, "app", "web-in")
+    })
+    .await;
     timed("policy create", t);
     let t = Instant::now();
     policies
@@ -183,8 +194,13 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
     let mut bound = pod("app", "bound", &[("app", "web")]);
     bound.spec.as_mut().unwrap().node_name = Some("node-1".into());
     pods.create(&pp, &bound).await.unwrap();
-    wait_for(&mut rx, LIMIT, "pod bound", |s| pod_of(s, "app", "bound").is_some()).await;
-    pods.delete("bound", &DeleteParams::default()).await.unwrap();
+    wait_for(&mut rx, LIMIT, "pod bound", |s| {
+        pod_of(s, "app", "bound").is_some()
+    })
+    .await;
+    pods.delete("bound", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for(&mut rx, LIMIT, "terminating pod gone", |s| {
         pod_of(s, "app", "bound").is_none()
     })
@@ -196,7 +212,10 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
     );
     // An unbound pod is deleted at once.
     pods.delete("web", &DeleteParams::default()).await.unwrap();
-    wait_for(&mut rx, LIMIT, "pod web gone", |s| pod_of(s, "app", "web").is_none()).await;
+    wait_for(&mut rx, LIMIT, "pod web gone", |s| {
+        pod_of(s, "app", "web").is_none()
+    })
+    .await;
 
     // Namespace deletion (the namespace controller finishes it).
     let t = Instant::now();
@@ -204,9 +223,12 @@ async fn sees_every_change_and_nothing_before_the_full_list() {
         .delete("pre", &DeleteParams::default())
         .await
         .unwrap();
-    let s = wait_for(&mut rx, Duration::from_secs(60), "namespace pre gone", |s| {
-        !s.snapshot.namespaces.contains_key("pre") && !has_policy(s, "pre", "old")
-    })
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "namespace pre gone",
+        |s| !s.snapshot.namespaces.contains_key("pre") && !has_policy(s, "pre", "old"),
+    )
     .await;
     timed("namespace delete (controller)", t);
     assert!(pod_of(&s, "pre", "old").is_none());
@@ -263,7 +285,10 @@ async fn apiserver_restart_keeps_state_and_reconciles() {
     // Let the watcher fail a few times so it is in a long backoff when the server returns.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(rx.borrow().stale);
-    assert!(has_policy(&rx.borrow(), "app", "p2"), "last good state kept");
+    assert!(
+        has_policy(&rx.borrow(), "app", "p2"),
+        "last good state kept"
+    );
 
     // etcd moves on while the apiserver is down: the restarted apiserver's watch cache starts
     // past the watcher's resourceVersion, so resuming gets 410 Gone and the watcher must relist.
@@ -344,7 +369,14 @@ async fn burst_of_1000_updates_coalesces_to_the_final_state() {
         .await;
     let sent = t.elapsed();
     let last = policies.get("burst").await.unwrap();
-    let gen = last.spec.unwrap().pod_selector.unwrap().match_labels.unwrap()["gen"].clone();
+    let gen = last
+        .spec
+        .unwrap()
+        .pod_selector
+        .unwrap()
+        .match_labels
+        .unwrap()["gen"]
+        .clone();
     let needle = format!("{gen:?}");
     let s = wait_for(&mut rx, LIMIT, "final generation", |s| {
         s.snapshot
@@ -389,7 +421,10 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
         match kind.as_str() {
             "Namespace" => {
                 let o: core::Namespace = serde_yaml_ng::from_value(value).unwrap();
-                Api::<core::Namespace>::all(admin.clone()).create(&pp, &o).await.unwrap();
+                Api::<core::Namespace>::all(admin.clone())
+                    .create(&pp, &o)
+                    .await
+                    .unwrap();
             }
             "ServiceAccount" => {
                 let o: core::ServiceAccount = serde_yaml_ng::from_value(value).unwrap();
@@ -404,7 +439,10 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
                 for rule in o.rules.iter().flatten() {
                     assert_eq!(rule.verbs, ["get", "list", "watch"], "read-only role");
                 }
-                Api::<rbac::ClusterRole>::all(admin.clone()).create(&pp, &o).await.unwrap();
+                Api::<rbac::ClusterRole>::all(admin.clone())
+                    .create(&pp, &o)
+                    .await
+                    .unwrap();
             }
             "ClusterRoleBinding" => {
                 let o: rbac::ClusterRoleBinding = serde_yaml_ng::from_value(value).unwrap();
@@ -419,7 +457,13 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
     }
     assert_eq!(
         created,
-        ["Namespace", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding"
+        ]
     );
     Api::<core::Namespace>::all(admin.clone())
         .create(&pp, &namespace("app", &[]))
@@ -447,7 +491,9 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
     load_from_kube(Some(&node_kc)).await.unwrap();
 
     // list + watch as the gateway's service account.
-    let source = KubeSource::connect(Some(&gateway_kc), options()).await.unwrap();
+    let source = KubeSource::connect(Some(&gateway_kc), options())
+        .await
+        .unwrap();
     let mut rx = source.subscribe();
     wait_for(&mut rx, LIMIT, "ready as gateway", |s| {
         s.source_ready && has_policy(s, "app", "one")
@@ -457,7 +503,10 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
         .create(&pp, &policy("app", "two", &[]))
         .await
         .unwrap();
-    wait_for(&mut rx, LIMIT, "watch as gateway", |s| has_policy(s, "app", "two")).await;
+    wait_for(&mut rx, LIMIT, "watch as gateway", |s| {
+        has_policy(s, "app", "two")
+    })
+    .await;
     assert!(!rx.borrow().stale);
 
     // Writes and other resources are forbidden.

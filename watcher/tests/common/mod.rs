@@ -139,7 +139,11 @@ pub fn has_policy(state: &State, ns: &str, name: &str) -> bool {
         .any(|p| p.namespace == ns && p.name == name)
 }
 
-pub fn pod_of<'a>(state: &'a State, ns: &str, name: &str) -> Option<&'a portcullis_policy::model::Pod> {
+pub fn pod_of<'a>(
+    state: &'a State,
+    ns: &str,
+    name: &str,
+) -> Option<&'a portcullis_policy::model::Pod> {
     state
         .snapshot
         .pods
