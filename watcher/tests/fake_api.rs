@@ -404,7 +404,12 @@ async fn stalled_watch_is_reconnected_from_its_version() {
         Reply::Stream(vec![
             Step::Line(event("ADDED", &np("e", 12))),
             Step::Line(event("DELETED", &np("a", 13))),
-            Step::Hang,
+            Step::Line(
+                serde_json::json!({"type":"BOOKMARK","object":{"kind":"NetworkPolicy",
+                    "apiVersion":"networking.k8s.io/v1","metadata":{"resourceVersion":"50"}}})
+                .to_string(),
+            ),
+            // The server ends the watch (its timeout): resume at once from the bookmark.
         ]),
     );
     let t = Instant::now();
@@ -425,6 +430,22 @@ async fn stalled_watch_is_reconnected_from_its_version() {
         "resumed, not relisted: {watches:?}"
     );
     assert_eq!(fake.requests(NPS, false).len(), 1, "no relist needed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.requests(NPS, true).len() < 3 {
+        assert!(Instant::now() < deadline, "no watch after the clean end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watches = fake.requests(NPS, true);
+    assert!(
+        watches[2].contains("resourceVersion=50")
+            && watches[2].contains("allowWatchBookmarks=true"),
+        "resumed from the bookmark: {watches:?}"
+    );
+    assert_eq!(
+        fake.requests(NPS, false).len(),
+        1,
+        "no relist after a clean end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
