@@ -302,3 +302,106 @@ fn established_flows_survive_policy_changes_restarts_and_bad_input() {
     gateway.kill().unwrap();
     lab.teardown().unwrap();
 }
+
+/// `status` shows the enforcement in place and `monitor --type drop` reports a denied packet with
+/// its 5-tuple and the policy that denied it, both from separate processes reading the pins.
+#[test]
+fn status_and_monitor_read_the_running_gateway() {
+    let dirs = GatewayDirs::new("monitor");
+    std::fs::copy(
+        repo().join("configs/examples/cluster.yaml"),
+        dirs.manifests.join("cluster.yaml"),
+    )
+    .unwrap();
+    write_policy(&dirs.manifests, &egress_policy("192.168.1.10/32"));
+    let probes =
+        parse_probes(r#"- {"from": "x/a", "to": "192.168.1.10", "port": 443, "protocol": "TCP"}"#)
+            .unwrap();
+    let cluster = std::fs::read_to_string(dirs.manifests.join("cluster.yaml")).unwrap();
+    let snapshot = load_sources([("cluster.yaml", cluster.as_str())]).snapshot;
+    let options = LabOptions {
+        timeout: Duration::from_millis(300),
+        retries: 0,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
+    let gateway = start_gateway(&mut lab, &dirs);
+    let gw_netns = lab.gateway().netns.clone();
+    let tool = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--pin-dir")
+            .arg(&dirs.pin_dir)
+            .arg("--state-dir")
+            .arg(&dirs.state_dir);
+        cmd
+    };
+    let mut monitor = tool(&[
+        "monitor",
+        "--type",
+        "drop",
+        "--output",
+        "json",
+        "--count",
+        "1",
+        "--duration",
+        "15s",
+    ]);
+    monitor.stdout(Stdio::piped());
+    let monitor = lab.spawn_in(&gw_netns, monitor).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while monitor.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "monitor saw no drop event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
+    let event: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("one event")).unwrap();
+    assert_eq!(event["src"], "10.244.7.10", "{event}");
+    assert_eq!(event["dst"], "192.168.1.10");
+    assert_eq!(event["dst_port"], 443);
+    assert_eq!(event["protocol"], "TCP");
+    assert_eq!(event["direction"], "egress");
+    assert_eq!(event["reason"], "policy");
+    assert_eq!(event["iface"], "cluster");
+    assert_eq!(event["policies"][0], "x/egress-lan");
+
+    let status = lab
+        .output_in(&gw_netns, tool(&["status", "--output", "json"]))
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let legs: Vec<&str> = status["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["iface"].as_str().unwrap())
+        .collect();
+    assert!(
+        legs.contains(&"cluster") && legs.contains(&"external"),
+        "{status}"
+    );
+    assert_eq!(
+        status["links_pinned"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    assert!(
+        status["counters"]["drop_policy"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(status["prefixes"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(
+        status["drops_by_group"][0]["policies"][0], "x/egress-lan",
+        "{status}"
+    );
+    gateway.kill().unwrap();
+    lab.teardown().unwrap();
+}
