@@ -2,16 +2,15 @@
 //! gateway on an established flow and on packets that take the policy path, with 10 and 10k
 //! prefixes in the pod's group. Printed, not asserted (timings depend on the machine); run with
 //! `cargo test -p portcullis-gateway --test bench -- --nocapture` to see them.
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use common::*;
 use ipnet::IpNet;
 use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
+use portcullis_testkit::*;
 
 const REPEAT: u32 = 200_000;
 

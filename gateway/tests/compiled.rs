@@ -2,15 +2,14 @@
 //! (`005-seed-egress-ipblock-except`) is loaded, compiled with `compile_gateway`, applied, and
 //! every probe between a pod and an external address is replayed as a packet through
 //! BPF_PROG_TEST_RUN on the leg it would enter.
-mod common;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use common::*;
 use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::compile_gateway;
 use portcullis_policy::load::load_sources;
+use portcullis_testkit::*;
 
 fn field<'a>(line: &'a str, name: &str) -> &'a str {
     let key = format!("\"{name}\": \"");

@@ -1,16 +1,15 @@
 //! Packet fixtures through BPF_PROG_TEST_RUN: {description, leg, packet, expected verdict}, run in
 //! order (flow cases depend on earlier packets), against hand-built tables.
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use common::*;
 use ipnet::IpNet;
 use portcullis_common::{DROP_REASON_POLICY, MAX_PORT_RANGES};
 use portcullis_gateway::{Error, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
+use portcullis_testkit::*;
 
 const CLUSTER: &str = "pcl-c";
 const EXTERNAL: &str = "pcl-e";

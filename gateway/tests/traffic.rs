@@ -1,15 +1,14 @@
 //! Real packets: two namespaces joined by a veth pair; the gateway's cluster leg is attached
 //! (native XDP) to the veth end inside the gateway namespace, and ping from the "pod" namespace
 //! passes or is dropped as the tables say.
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use common::*;
 use portcullis_gateway::{Gateway, GatewayOptions};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::Direction;
+use portcullis_testkit::*;
 
 fn tables(allowed: &str) -> GatewayTables {
     let mut endpoints = BTreeMap::new();

@@ -20,8 +20,6 @@ use portcullis_policy::model::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-mod common;
-
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -180,24 +178,24 @@ fn six_pods(policies: Vec<Policy>) -> Snapshot {
 /// A new-flow packet: TCP SYN, UDP, SCTP or ICMP echo request (identifier = `sport`).
 fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
     let l4 = match proto {
-        6 => common::tcp(sport, dport, common::TCP_SYN),
-        17 => common::udp(sport, dport),
-        132 => common::sctp(sport, dport),
-        _ => common::icmp(if src.is_ipv4() { 8 } else { 128 }, sport, &[]),
+        6 => portcullis_testkit::tcp(sport, dport, portcullis_testkit::TCP_SYN),
+        17 => portcullis_testkit::udp(sport, dport),
+        132 => portcullis_testkit::sctp(sport, dport),
+        _ => portcullis_testkit::icmp(if src.is_ipv4() { 8 } else { 128 }, sport, &[]),
     };
     let proto = if proto == 1 && src.is_ipv6() {
         58
     } else {
         proto
     };
-    common::frame(&src.to_string(), &dst.to_string(), proto, l4)
+    portcullis_testkit::frame(&src.to_string(), &dst.to_string(), proto, l4)
 }
 
 const SNAPSHOTS: u32 = 200;
 
 #[test]
 fn deliver_program_agrees_with_node_tables() {
-    if common::not_root() {
+    if portcullis_testkit::not_root() {
         return;
     }
     let hook = RefCell::new(NodeHook::load(NodeOptions::default()).expect("load"));

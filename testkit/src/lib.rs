@@ -1,0 +1,211 @@
+//! Test helpers shared by the gateway and node-hook tests: throw-away network namespaces and
+//! hand-built packets. A dev-dependency only; `lab` has its own namespace code for real use.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A uniquely named network namespace, deleted on drop (also when the test panics).
+pub struct NetNs {
+    pub name: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!(
+            "pcl-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        let ns = NetNs { name };
+        ns.run(|| sh("ip link set lo up"));
+        ns
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (not `ip netns exec`: that remounts
+    /// /sys and hides bpffs). Commands spawned from `f` run in the namespace too.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).expect("open netns");
+                // SAFETY: valid fd; affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "no interface {name}");
+    i
+}
+
+/// Skips (returns true) when not root: these tests need CAP_BPF/CAP_NET_ADMIN.
+pub fn not_root() -> bool {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    !root
+}
+
+// ---- packet builders (checksums are not checked by the program and left zero) ----
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+pub fn eth(ethertype: u16, vlans: &[u16]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    for (i, vid) in vlans.iter().enumerate() {
+        let tpid: u16 = if i == 0 && vlans.len() == 2 {
+            0x88a8
+        } else {
+            0x8100
+        };
+        p.extend_from_slice(&tpid.to_be_bytes());
+        p.extend_from_slice(&vid.to_be_bytes());
+    }
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p
+}
+
+pub fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+pub fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// IPv4 header + payload. `frag` is the flags/fragment-offset field.
+pub fn ipv4(src: &str, dst: &str, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let ihl = 5 + options.len() / 4;
+    let total = (ihl * 4 + payload.len()) as u16;
+    let mut h = vec![0x40 | ihl as u8, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&v4(src));
+    h.extend_from_slice(&v4(dst));
+    h.extend_from_slice(options);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// IPv6 header; `next` is the first next-header value, `rest` the extension headers + L4.
+pub fn ipv6(src: &str, dst: &str, next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&v6(src));
+    h.extend_from_slice(&v6(dst));
+    h.extend_from_slice(rest);
+    h
+}
+
+/// An 8-byte options extension header (hop-by-hop or destination options) with padding.
+pub fn ext_opts(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// IPv6 fragment header.
+pub fn ext_frag(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
+    let v = (offset_units << 3) | more as u16;
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&v.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 7]);
+    h
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h
+}
+
+pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 8, 0, 0]);
+    h
+}
+
+pub fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0; 8]);
+    h
+}
+
+/// ICMP/ICMPv6 header with the identifier field (echo) and `rest` after it.
+pub fn icmp(kind: u8, id: u16, rest: &[u8]) -> Vec<u8> {
+    let mut h = vec![kind, 0, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&[0, 1]);
+    h.extend_from_slice(rest);
+    h
+}
+
+pub fn frame_v4(vlans: &[u16], ip: Vec<u8>) -> Vec<u8> {
+    let mut p = eth(0x0800, vlans);
+    p.extend(ip);
+    p
+}
+
+pub fn frame_v6(ip: Vec<u8>) -> Vec<u8> {
+    let mut p = eth(0x86dd, &[]);
+    p.extend(ip);
+    p
+}
+
+/// A frame from `src` to `dst` (IPv4 or IPv6 by the addresses) carrying `l4` as protocol `proto`.
+pub fn frame(src: &str, dst: &str, proto: u8, l4: Vec<u8>) -> Vec<u8> {
+    if src.contains(':') {
+        frame_v6(ipv6(src, dst, proto, &l4))
+    } else {
+        frame_v4(&[], ipv4(src, dst, proto, &[], 0, &l4))
+    }
+}
