@@ -1,4 +1,5 @@
-//! Differential test: random snapshots (the strategies of `policy/tests/node_matches_eval.rs`:
+//! Differential test: random snapshots (`portcullis_policy::testing`, as in
+//! `policy/tests/node_matches_eval.rs`:
 //! selectors across namespaces, ipBlocks naming pod addresses with `except`, named ports that
 //! resolve differently per pod, port ranges, TCP/UDP/SCTP) are compiled with `compile_node` and
 //! applied; then every (source pod, destination pod, protocol, port, family) combination is sent
@@ -7,173 +8,14 @@
 //! allows). Zero disagreements; more than 100k packets.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use ipnet::IpNet;
 use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
-use portcullis_policy::model::{
-    ContainerPort, Direction, Namespace, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Rule,
-    Selector, Snapshot,
-};
-use proptest::prelude::*;
+use portcullis_policy::model::Direction;
+use portcullis_policy::testing::{policy_strategy, six_pods};
+use proptest::prop_assert_eq;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn selector_strategy() -> impl Strategy<Value = Option<Selector>> {
-    prop_oneof![
-        Just(None),
-        Just(Some(Selector::default())),
-        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(|v| Some(Selector {
-            match_labels: labels(&[("app", v)]),
-            match_expressions: Vec::new(),
-        })),
-    ]
-}
-
-fn ns_selector_strategy() -> impl Strategy<Value = Option<Selector>> {
-    prop_oneof![
-        Just(None),
-        Just(Some(Selector::default())),
-        prop_oneof![Just("x"), Just("y")].prop_map(|v| Some(Selector {
-            match_labels: labels(&[("ns", v)]),
-            match_expressions: Vec::new(),
-        })),
-    ]
-}
-
-fn peer_strategy() -> impl Strategy<Value = Peer> {
-    prop_oneof![
-        (selector_strategy(), ns_selector_strategy())
-            .prop_filter("a peer names something", |(p, n)| p.is_some()
-                || n.is_some())
-            .prop_map(|(pod_selector, namespace_selector)| Peer::Pods {
-                pod_selector,
-                namespace_selector
-            }),
-        (0u8..8, 26u8..=32, proptest::option::of(0u8..8)).prop_map(|(host, len, except)| {
-            let cidr = IpNet::new(IpAddr::V4(Ipv4Addr::new(10, 244, 0, host * 8)), len)
-                .unwrap()
-                .trunc();
-            let except = except
-                .map(|e| IpNet::new(IpAddr::V4(Ipv4Addr::new(10, 244, 0, e * 8 + 1)), 32).unwrap())
-                .filter(|e| cidr.contains(e) && cidr.prefix_len() < 32)
-                .into_iter()
-                .collect();
-            Peer::IpBlock { cidr, except }
-        }),
-        Just(Peer::IpBlock {
-            cidr: "fd00::/120".parse().unwrap(),
-            except: vec!["fd00::9/128".parse().unwrap()]
-        }),
-    ]
-}
-
-fn port_strategy() -> impl Strategy<Value = PolicyPort> {
-    (
-        prop_oneof![
-            Just(Protocol::Tcp),
-            Just(Protocol::Udp),
-            Just(Protocol::Sctp)
-        ],
-        prop_oneof![
-            Just(PortMatch::Any),
-            (80u16..84, 0u16..2).prop_map(|(first, span)| PortMatch::Number {
-                first,
-                last: first + span
-            }),
-            Just(PortMatch::Named("serve".into())),
-        ],
-    )
-        .prop_map(|(protocol, port)| PolicyPort { protocol, port })
-}
-
-fn rules_strategy() -> impl Strategy<Value = Vec<Rule>> {
-    proptest::collection::vec(
-        (
-            proptest::collection::vec(peer_strategy(), 0..3),
-            proptest::collection::vec(port_strategy(), 0..3),
-        )
-            .prop_map(|(peers, ports)| Rule { peers, ports }),
-        0..3,
-    )
-}
-
-fn policy_strategy() -> impl Strategy<Value = Policy> {
-    (
-        prop_oneof![Just("x"), Just("y")],
-        selector_strategy(),
-        proptest::option::of(rules_strategy()),
-        proptest::option::of(rules_strategy()),
-        any::<u32>(),
-    )
-        .prop_map(|(ns, sel, ingress, egress, id)| Policy {
-            namespace: ns.into(),
-            name: format!("p{id}"),
-            pod_selector: sel.unwrap_or_default(),
-            ingress,
-            egress,
-        })
-}
-
-fn six_pods(policies: Vec<Policy>) -> Snapshot {
-    let mut pods = Vec::new();
-    for (n, ns) in ["x", "y"].iter().enumerate() {
-        for (i, app) in ["a", "b", "c"].iter().enumerate() {
-            let index = (n * 3 + i) as u8;
-            pods.push(Pod {
-                namespace: ns.to_string(),
-                name: app.to_string(),
-                labels: labels(&[("app", app)]),
-                ips: vec![
-                    IpAddr::V4(Ipv4Addr::new(10, 244, 0, index * 8 + 1)),
-                    IpAddr::V6(Ipv6Addr::new(
-                        0xfd00,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                        u16::from(index) * 8 + 1,
-                    )),
-                ],
-                // "serve" names a different port on different pods.
-                ports: vec![ContainerPort {
-                    name: Some("serve".into()),
-                    port: 80 + u16::from(index % 3),
-                    protocol: Protocol::Tcp,
-                }],
-                host_network: false,
-                node: None,
-            });
-        }
-    }
-    let namespaces = ["x", "y"]
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                Namespace {
-                    name: n.to_string(),
-                    labels: labels(&[("ns", n)]),
-                },
-            )
-        })
-        .collect();
-    Snapshot {
-        namespaces,
-        pods,
-        policies,
-    }
-}
 
 /// A new-flow packet: TCP SYN, UDP, SCTP or ICMP echo request (identifier = `sport`).
 fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {

@@ -11,3 +11,5 @@ pub mod load;
 pub mod model;
 pub mod probe;
 pub mod synth;
+#[cfg(feature = "testing")]
+pub mod testing;
