@@ -1,0 +1,467 @@
+//! Results: the JSON file (keys documented in perf/README.md), two hand-written SVG plots and the
+//! printed summary table with ratios.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    pub contender: String,
+    /// ipBlocks in the synthetic policies (0: the contender has no rules).
+    pub ip_blocks: usize,
+    /// Prefixes after compilation (excepts become carve-out prefixes).
+    pub prefixes: usize,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
+}
+
+pub struct Report {
+    command: Vec<String>,
+    config: serde_json::Value,
+    machine: BTreeMap<String, String>,
+    figures: Vec<Figure>,
+    notes: Vec<String>,
+    started: u64,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// UTC `YYYYMMDDTHHMMSSZ` (civil-from-days, no date crate).
+fn stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    m.insert("cpu_model".into(), model);
+    m.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+            .to_string(),
+    );
+    m.insert(
+        "kernel".into(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    );
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if let Some(l) = mem.lines().next() {
+        m.insert(
+            "memory".into(),
+            l.trim_start_matches("MemTotal:").trim().into(),
+        );
+    }
+    m
+}
+
+impl Report {
+    pub fn new(command: Vec<String>, config: &serde_json::Value) -> Report {
+        Report {
+            command,
+            config: config.clone(),
+            machine: machine(),
+            figures: Vec::new(),
+            notes: Vec::new(),
+            started: now(),
+        }
+    }
+
+    pub fn machine_extra(&mut self, key: &str, value: &str) {
+        self.machine.insert(key.into(), value.into());
+    }
+
+    pub fn push(&mut self, f: Figure) {
+        self.figures.push(f);
+    }
+
+    pub fn note(&mut self, n: String) {
+        self.notes.push(n);
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "schema": 1,
+            "started_unix": self.started,
+            "finished_unix": now(),
+            "command": self.command,
+            "machine": self.machine,
+            "config": self.config,
+            "figures": self.figures,
+            "ratios": self.ratios(),
+            "notes": self.notes,
+        })
+    }
+
+    /// Writes `<dir>/<timestamp>.json`, `<timestamp>-throughput.svg`, `<timestamp>-ns.svg`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let base = stamp(self.started);
+        let path = dir.join(format!("{base}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&self.json())?)?;
+        let tp = self.series("forwarded_pps", 1e-6);
+        std::fs::write(
+            dir.join(format!("{base}-throughput.svg")),
+            svg_plot(
+                "Forwarded packets/s at the sink (64 B UDP, one gateway core)",
+                "Mpps",
+                &tp,
+            ),
+        )?;
+        let mut ns = BTreeMap::new();
+        for f in &self.figures {
+            if let Some(k) = f.metric.strip_prefix("test_run_") {
+                ns.entry(k.to_string())
+                    .or_insert_with(Vec::new)
+                    .push((f.ip_blocks as f64, f.value));
+            }
+        }
+        std::fs::write(
+            dir.join(format!("{base}-ns.svg")),
+            svg_plot("BPF_PROG_TEST_RUN ns/packet vs ipBlocks", "ns/packet", &ns),
+        )?;
+        Ok(path)
+    }
+
+    /// contender → [(ip_blocks, value * scale)]; rule-less contenders are drawn flat across.
+    fn series(&self, metric: &str, scale: f64) -> BTreeMap<String, Vec<(f64, f64)>> {
+        let sizes: BTreeSet<usize> = self
+            .figures
+            .iter()
+            .filter(|f| f.ip_blocks > 0)
+            .map(|f| f.ip_blocks)
+            .collect();
+        let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for f in self.figures.iter().filter(|f| f.metric == metric) {
+            let e = out.entry(f.contender.clone()).or_default();
+            if f.ip_blocks == 0 {
+                for s in &sizes {
+                    e.push((*s as f64, f.value * scale));
+                }
+            } else {
+                e.push((f.ip_blocks as f64, f.value * scale));
+            }
+        }
+        out
+    }
+
+    fn value(&self, contender: &str, size: usize, metric: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| {
+                f.contender == contender
+                    && f.metric == metric
+                    && (f.ip_blocks == size || f.ip_blocks == 0)
+            })
+            .map(|f| f.value)
+    }
+
+    fn sizes(&self) -> Vec<usize> {
+        let s: BTreeSet<usize> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric == "forwarded_pps" && f.ip_blocks > 0)
+            .map(|f| f.ip_blocks)
+            .collect();
+        s.into_iter().collect()
+    }
+
+    /// Forwarded-throughput ratios of Portcullis (XDP forwarding, new flows) to the others.
+    pub fn ratios(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for size in self.sizes() {
+            let Some(p) = self.value("portcullis-xdp", size, "forwarded_pps") else {
+                continue;
+            };
+            for other in [
+                "bare-pass",
+                "bare-redirect",
+                "nftables",
+                "iptables-ipset",
+                "iptables-linear",
+            ] {
+                if let Some(o) = self.value(other, size, "forwarded_pps") {
+                    out.push(serde_json::json!({
+                        "ip_blocks": size,
+                        "ratio": format!("portcullis-xdp/{other}"),
+                        "value": p / o,
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn print_summary(&self) {
+        let sizes = self.sizes();
+        let contenders: Vec<String> = crate::ALL_CONTENDERS
+            .iter()
+            .filter(|c| {
+                self.figures
+                    .iter()
+                    .any(|f| f.contender == **c && f.metric == "forwarded_pps")
+            })
+            .map(|c| c.to_string())
+            .collect();
+        println!("\nforwarded Mpps (median) [gateway CPU, cores]");
+        let mut head = format!("{:>10}", "ipBlocks");
+        for c in &contenders {
+            let _ = write!(head, " | {c:>26}");
+        }
+        println!("{head}");
+        for s in &sizes {
+            let mut line = format!("{s:>10}");
+            for c in &contenders {
+                let cell = match self.value(c, *s, "forwarded_pps") {
+                    Some(v) => match self.value(c, *s, "gateway_cpu") {
+                        Some(cpu) => format!("{:.3} [{cpu:.2}]", v / 1e6),
+                        None => format!("{:.3}", v / 1e6),
+                    },
+                    None => "-".into(),
+                };
+                let _ = write!(line, " | {cell:>26}");
+            }
+            println!("{line}");
+        }
+        println!("\nratios (forwarded pps, portcullis-xdp / other):");
+        for r in self.ratios() {
+            println!(
+                "  {:>8} ipBlocks  {:<32} {:.2}",
+                r["ip_blocks"],
+                r["ratio"].as_str().unwrap_or(""),
+                r["value"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        let micro: Vec<&Figure> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric.starts_with("test_run_"))
+            .collect();
+        if !micro.is_empty() {
+            println!("\ntest-run ns/packet:");
+            for f in micro {
+                println!(
+                    "  {:>8} ipBlocks  {:<32} {:.1}",
+                    f.ip_blocks, f.metric, f.value
+                );
+            }
+        }
+        let agree: Vec<&Figure> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric == "verdict_agreement")
+            .collect();
+        if !agree.is_empty() {
+            println!("\nverdict agreement with GatewayTables::allows:");
+            for f in agree {
+                println!(
+                    "  {:>8} ipBlocks  {:<28} {:.3}",
+                    f.ip_blocks, f.contender, f.value
+                );
+            }
+        }
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+    }
+}
+
+const COLORS: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// A log-x line plot (x: ipBlocks) with one polyline per series and a legend.
+pub fn svg_plot(title: &str, ylabel: &str, series: &BTreeMap<String, Vec<(f64, f64)>>) -> String {
+    let (w, h, l, r, t, b) = (860.0, 480.0, 70.0, 230.0, 40.0, 50.0);
+    let pts: Vec<(f64, f64)> = series.values().flatten().copied().collect();
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        (w - r + l) / 2.0,
+        esc(title)
+    );
+    if pts.is_empty() {
+        s.push_str("<text x=\"100\" y=\"100\">no data</text>\n</svg>\n");
+        return s;
+    }
+    let xmin = pts
+        .iter()
+        .map(|p| p.0.max(1.0).log10())
+        .fold(f64::MAX, f64::min);
+    let mut xmax = pts
+        .iter()
+        .map(|p| p.0.max(1.0).log10())
+        .fold(f64::MIN, f64::max);
+    if xmax <= xmin {
+        xmax = xmin + 1.0;
+    }
+    let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1 + 1e-9;
+    let (pw, ph) = (w - l - r, h - t - b);
+    let x = |v: f64| l + (v.max(1.0).log10() - xmin) / (xmax - xmin) * pw;
+    let y = |v: f64| t + ph - v / ymax * ph;
+    let _ = writeln!(
+        s,
+        "<rect x=\"{l}\" y=\"{t}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>"
+    );
+    for i in 0..=5 {
+        let v = ymax * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{l}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            l + pw,
+            l - 6.0,
+            y(v) + 4.0,
+            fmt_tick(v),
+            yy = y(v)
+        );
+    }
+    let mut e = xmin.floor() as i32;
+    while e as f64 <= xmax.ceil() {
+        let v = 10f64.powi(e);
+        if (v.log10() >= xmin - 1e-9) && (v.log10() <= xmax + 1e-9) {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{xx:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                t + ph,
+                t + ph + 16.0,
+                fmt_tick(v),
+                xx = x(v)
+            );
+        }
+        e += 1;
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ipBlocks (log scale)</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>",
+        l + pw / 2.0,
+        h - 10.0,
+        t + ph / 2.0,
+        t + ph / 2.0,
+        esc(ylabel)
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut sorted = pts.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = sorted
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for p in &sorted {
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"><title>{} {}: {:.3}</title></circle>",
+                x(p.0),
+                y(p.1),
+                esc(name),
+                p.0,
+                p.1
+            );
+        }
+        let ly = t + 10.0 + i as f64 * 18.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - r + 10.0,
+            w - r + 30.0,
+            w - r + 36.0,
+            ly + 4.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{}k", v / 1e3)
+    } else if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_is_utc_civil() {
+        assert_eq!(stamp(0), "19700101T000000Z");
+        assert_eq!(stamp(1_764_064_800), "20251125T100000Z");
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

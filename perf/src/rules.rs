@@ -1,0 +1,332 @@
+//! The same compiled policy, expressed for each contender.
+//!
+//! Every contender gets its rules from one `GatewayTables` (compiled by `portcullis_policy` from
+//! the synthetic NetworkPolicies), so they enforce the same thing by construction; the harness
+//! checks it on real packets too (verdict agreement). The compiled table maps each policy group's
+//! prefixes (longest match wins; an empty rule set is an `except` carve-out) to port rules:
+//! - nftables: per group and per distinct port rule one `flags interval` set of the disjoint
+//!   address ranges where that rule applies (the longest-match table flattened into intervals —
+//!   exact whatever the overlaps, and the best form for nftables' interval tree).
+//! - iptables + ipset: per group and port rule one `hash:net` set holding the group's prefixes,
+//!   with `nomatch` on those where the rule does not apply (excepts and other carve-outs);
+//!   `hash:net` tries the most specific prefix first, so this is the same longest match.
+//! - linear iptables: the group's prefixes longest first, `ACCEPT` for each allowed port rule
+//!   then `DROP` (a carve-out stops there), in one chain per group.
+//!
+//! Source pods select their group (an nftables verdict map; an ipset `hash:ip` per group for
+//! iptables). Packets from unselected sources pass, as in the gateway.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use portcullis_policy::compile::{GatewayTables, PortRule};
+use portcullis_policy::model::{Direction, Protocol};
+
+/// One group's IPv4 longest-match table flattened: disjoint, sorted, merged `[first, last]`
+/// ranges with the rule-set id valid there (`None`: no prefix, denied).
+pub struct Flat {
+    pub ranges: Vec<(u32, u32, Option<u32>)>,
+}
+
+fn v4_prefixes(prefixes: &[(IpNet, u32)]) -> Vec<(u32, u8, u32)> {
+    prefixes
+        .iter()
+        .filter_map(|(net, set)| match net {
+            IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len(), *set)),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+fn last_of(start: u32, len: u8) -> u32 {
+    match len {
+        0 => u32::MAX,
+        32 => start,
+        _ => start | (u32::MAX >> len),
+    }
+}
+
+pub fn flatten(prefixes: &[(IpNet, u32)]) -> Flat {
+    let v4 = v4_prefixes(prefixes);
+    let mut by_len: Vec<HashMap<u32, u32>> = vec![HashMap::new(); 33];
+    let mut bounds: Vec<u64> = vec![0, 1u64 << 32];
+    for (start, len, set) in &v4 {
+        by_len[*len as usize].insert(*start, *set);
+        bounds.push(*start as u64);
+        bounds.push(last_of(*start, *len) as u64 + 1);
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let lens: Vec<u8> = (0..=32u8)
+        .rev()
+        .filter(|l| !by_len[*l as usize].is_empty())
+        .collect();
+    let lookup = |a: u32| -> Option<u32> {
+        lens.iter().find_map(|l| {
+            let mask = if *l == 0 { 0 } else { u32::MAX << (32 - l) };
+            by_len[*l as usize].get(&(a & mask)).copied()
+        })
+    };
+    let mut ranges: Vec<(u32, u32, Option<u32>)> = Vec::new();
+    for w in bounds.windows(2) {
+        let (a, b) = (w[0] as u32, (w[1] - 1) as u32);
+        let v = lookup(a);
+        match ranges.last_mut() {
+            Some(last) if last.2 == v && last.1 as u64 + 1 == a as u64 => last.1 = b,
+            _ => ranges.push((a, b, v)),
+        }
+    }
+    Flat { ranges }
+}
+
+/// Distinct port rules used by a group.
+fn universe(tables: &GatewayTables, flat: &Flat) -> Vec<PortRule> {
+    let mut u = BTreeSet::new();
+    for (_, _, set) in &flat.ranges {
+        if let Some(s) = set {
+            u.extend(tables.rule_sets[*s as usize].iter().copied());
+        }
+    }
+    u.into_iter().collect()
+}
+
+fn rule_match_nft(r: &PortRule) -> String {
+    match r.protocol {
+        None => String::new(),
+        Some(p) => {
+            let name = proto_name(p);
+            if r.first == r.last {
+                format!("{name} dport {} ", r.first)
+            } else {
+                format!("{name} dport {}-{} ", r.first, r.last)
+            }
+        }
+    }
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p.number() {
+        6 => "tcp",
+        17 => "udp",
+        132 => "sctp",
+        _ => "udp",
+    }
+}
+
+fn rule_match_ipt(r: &PortRule) -> String {
+    match r.protocol {
+        None => String::new(),
+        Some(p) => format!("-p {} --dport {}:{} ", proto_name(p), r.first, r.last),
+    }
+}
+
+/// Egress groups (index, pods) — the traffic measured is pod → external.
+pub fn egress_groups(tables: &GatewayTables) -> BTreeMap<u32, Vec<Ipv4Addr>> {
+    let mut g: BTreeMap<u32, Vec<Ipv4Addr>> = BTreeMap::new();
+    for ((dir, ip), group) in &tables.endpoints {
+        if let (Direction::Egress, IpAddr::V4(v4)) = (dir, ip) {
+            g.entry(*group).or_default().push(*v4);
+        }
+    }
+    g
+}
+
+pub struct Flattened {
+    pub groups: BTreeMap<u32, (Vec<Ipv4Addr>, Flat)>,
+}
+
+pub fn flatten_all(tables: &GatewayTables) -> Flattened {
+    Flattened {
+        groups: egress_groups(tables)
+            .into_iter()
+            .map(|(g, pods)| (g, (pods, flatten(&tables.groups[g as usize].prefixes))))
+            .collect(),
+    }
+}
+
+/// `nft -f` script (table `ip pcperf`, forward hook, packets entering `iface`).
+/// Returns (script, interval elements).
+pub fn nftables(tables: &GatewayTables, flat: &Flattened, iface: &str) -> (String, usize) {
+    let mut s = String::from("table ip pcperf {\n");
+    let mut elements = 0;
+    let mut chains = String::new();
+    let mut vmap = Vec::new();
+    for (g, (pods, f)) in &flat.groups {
+        for pod in pods {
+            vmap.push(format!("{pod} : jump g{g}"));
+        }
+        let _ = writeln!(chains, "  chain g{g} {{");
+        for (ri, r) in universe(tables, f).iter().enumerate() {
+            let ranges: Vec<String> = f
+                .ranges
+                .iter()
+                .filter(|(_, _, set)| set.is_some_and(|s| tables.rule_sets[s as usize].contains(r)))
+                .map(|(a, b, _)| {
+                    if a == b {
+                        Ipv4Addr::from(*a).to_string()
+                    } else {
+                        format!("{}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b))
+                    }
+                })
+                .collect();
+            // Adjacent ranges of one rule are merged by `auto-merge`; the flattening already
+            // merged runs of the same rule set.
+            elements += ranges.len();
+            let _ = writeln!(
+                s,
+                "  set g{g}r{ri} {{ type ipv4_addr; flags interval; auto-merge; {} }}",
+                if ranges.is_empty() {
+                    String::new()
+                } else {
+                    format!("elements = {{ {} }}", ranges.join(", "))
+                }
+            );
+            let _ = writeln!(
+                chains,
+                "    {}ip daddr @g{g}r{ri} accept",
+                rule_match_nft(r)
+            );
+        }
+        let _ = writeln!(chains, "    drop\n  }}");
+    }
+    let _ = writeln!(
+        s,
+        "  map pods {{ type ipv4_addr : verdict; elements = {{ {} }} }}",
+        vmap.join(", ")
+    );
+    s.push_str(&chains);
+    let _ = writeln!(
+        s,
+        "  chain forward_filter {{ type filter hook forward priority 0; policy accept;\n    iifname \"{iface}\" ip saddr vmap @pods\n  }}\n}}"
+    );
+    (s, elements)
+}
+
+/// `ipset restore` script and `iptables-restore` script for the ipset contender.
+/// Returns (ipset script, iptables script, set entries).
+pub fn ipset(
+    tables: &GatewayTables,
+    flat: &Flattened,
+    iface: &str,
+    tag: &str,
+) -> (String, String, usize) {
+    let mut sets = String::new();
+    let mut ipt = String::from("*filter\n");
+    let mut entries = 0;
+    let mut rules = String::new();
+    for (g, (pods, f)) in &flat.groups {
+        let prefixes = v4_prefixes(&tables.groups[*g as usize].prefixes);
+        let _ = writeln!(sets, "create {tag}p{g} hash:ip family inet");
+        for p in pods {
+            let _ = writeln!(sets, "add {tag}p{g} {p}");
+        }
+        let _ = writeln!(ipt, ":G{g} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A FORWARD -i {iface} -m set --match-set {tag}p{g} src -j G{g}"
+        );
+        for (ri, r) in universe(tables, f).iter().enumerate() {
+            let name = format!("{tag}g{g}r{ri}");
+            let _ = writeln!(
+                sets,
+                "create {name} hash:net family inet hashsize {} maxelem {}",
+                (prefixes.len().next_power_of_two()).max(1024),
+                prefixes.len().max(1024) * 2
+            );
+            for (start, len, set) in &prefixes {
+                if *len == 0 {
+                    continue; // hash:net has no /0; the synthetic rules never use it
+                }
+                let allowed = tables.rule_sets[*set as usize].contains(r);
+                let _ = writeln!(
+                    sets,
+                    "add {name} {}/{len}{}",
+                    Ipv4Addr::from(*start),
+                    if allowed { "" } else { " nomatch" }
+                );
+                entries += 1;
+            }
+            let _ = writeln!(
+                rules,
+                "-A G{g} {}-m set --match-set {name} dst -j ACCEPT",
+                rule_match_ipt(r)
+            );
+        }
+        let _ = writeln!(rules, "-A G{g} -j DROP");
+    }
+    ipt.push_str(&rules);
+    ipt.push_str("COMMIT\n");
+    (sets, ipt, entries)
+}
+
+/// `iptables-restore` script of linear rules (pods still matched by a small ipset per group:
+/// `ipset_pods` is the ipset script creating those). Returns (ipset, iptables, rules).
+pub fn linear(
+    tables: &GatewayTables,
+    flat: &Flattened,
+    iface: &str,
+    tag: &str,
+) -> (String, String, usize) {
+    let mut sets = String::new();
+    let mut ipt = String::from("*filter\n");
+    let mut rules = String::new();
+    let mut count = 0;
+    for (g, (pods, _)) in &flat.groups {
+        let _ = writeln!(sets, "create {tag}p{g} hash:ip family inet");
+        for p in pods {
+            let _ = writeln!(sets, "add {tag}p{g} {p}");
+        }
+        let _ = writeln!(ipt, ":G{g} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A FORWARD -i {iface} -m set --match-set {tag}p{g} src -j G{g}"
+        );
+        let mut prefixes = v4_prefixes(&tables.groups[*g as usize].prefixes);
+        prefixes.sort_by_key(|(start, len, _)| (std::cmp::Reverse(*len), *start));
+        for (start, len, set) in prefixes {
+            let net = format!("{}/{len}", Ipv4Addr::from(start));
+            for r in &tables.rule_sets[set as usize] {
+                let _ = writeln!(rules, "-A G{g} -d {net} {}-j ACCEPT", rule_match_ipt(r));
+                count += 1;
+            }
+            let _ = writeln!(rules, "-A G{g} -d {net} -j DROP");
+            count += 1;
+        }
+        let _ = writeln!(rules, "-A G{g} -j DROP");
+    }
+    ipt.push_str(&rules);
+    ipt.push_str("COMMIT\n");
+    (sets, ipt, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flatten_is_longest_match() {
+        let p: Vec<(IpNet, u32)> = vec![
+            ("11.0.0.0/8".parse().unwrap(), 1),
+            ("11.1.0.0/16".parse().unwrap(), 0),
+            ("11.1.2.0/24".parse().unwrap(), 1),
+        ];
+        let f = flatten(&p);
+        let at = |a: &str| {
+            let a = u32::from(a.parse::<Ipv4Addr>().unwrap());
+            f.ranges
+                .iter()
+                .find(|(s, e, _)| *s <= a && a <= *e)
+                .unwrap()
+                .2
+        };
+        assert_eq!(at("10.255.255.255"), None);
+        assert_eq!(at("11.0.0.1"), Some(1));
+        assert_eq!(at("11.1.0.1"), Some(0));
+        assert_eq!(at("11.1.2.200"), Some(1));
+        assert_eq!(at("11.1.3.0"), Some(0));
+        assert_eq!(at("12.0.0.0"), None);
+        assert_eq!(at("255.255.255.255"), None);
+    }
+}

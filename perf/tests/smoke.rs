@@ -1,0 +1,82 @@
+//! CI smoke test: the harness starts on a tiny configuration (10 ipBlocks, 1 s per contender, two
+//! contenders, a few probes) and writes a well-formed result JSON and plots. Asserts shape, never
+//! speed. Needs root (network namespaces, XDP); skipped otherwise.
+use std::process::Command;
+
+#[test]
+fn tiny_run_writes_wellformed_results() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(env!("CARGO_BIN_EXE_portcullis-perf"))
+        .args([
+            "--sizes",
+            "10",
+            "--duration",
+            "1",
+            "--repeats",
+            "1",
+            "--contenders",
+            "bare-pass,portcullis-xdp",
+            "--probes",
+            "20",
+            "--targets-log2",
+            "10",
+            "--out",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the harness");
+    let pid = run.id();
+    let run = run.wait_with_output().expect("harness output");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "harness failed: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a result JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    for key in ["schema", "machine", "config", "figures", "ratios", "notes"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    for key in ["cpu_model", "cores", "kernel"] {
+        assert!(v["machine"][key].is_string(), "machine.{key}");
+    }
+    let figures = v["figures"].as_array().unwrap();
+    for f in figures {
+        assert!(f["contender"].is_string() && f["metric"].is_string() && f["unit"].is_string());
+        assert!(f["ip_blocks"].is_u64() && f["prefixes"].is_u64());
+        assert!(f["value"].as_f64().is_some_and(f64::is_finite), "{f}");
+    }
+    let has = |c: &str, m: &str| {
+        figures
+            .iter()
+            .any(|f| f["contender"] == c && f["metric"] == m)
+    };
+    assert!(has("bare-pass", "forwarded_pps"));
+    assert!(has("portcullis-xdp", "forwarded_pps"));
+    assert!(has("portcullis-xdp", "verdict_agreement"));
+    assert!(has("portcullis", "compile_time"));
+    assert!(has("portcullis", "test_run_established_flow"));
+    let svgs = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .count();
+    assert_eq!(svgs, 2);
+    // Every namespace the harness made is gone.
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("pcperf-{pid}-")));
+}
