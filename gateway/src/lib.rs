@@ -9,27 +9,32 @@
 //! generation's entries are deleted. A packet sees either the whole old or the whole new policy.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
+use portcullis_bpf::{
+    active_generation, endpoint_keys, group_drops, ifindex, ignore_missing, map_err, open_pinned,
+    prefix_keys, remove_pin, rule_set_keys, sum_counters, switch_generation, write_endpoints,
+    write_prefixes, write_rule_sets,
+};
+pub use portcullis_bpf::{generation_id, key_addr, DropEvents, GroupDrops};
+pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::GatewayTables;
-use portcullis_policy::model::Direction;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// The XDP object built by `build.rs` from `xdp/ebpf`.
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-xdp-ebpf"));
 
+/// The object's name in error messages.
+const OBJECT: &str = "XDP";
 const PROGRAM_GATEWAY: &str = "portcullis_gateway";
 const PROGRAM_PASS: &str = "xdp_pass";
 
@@ -49,8 +54,9 @@ const MAP_NAMES: [&str; 10] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("interface {0:?} not found")]
-    UnknownInterface(String),
+    /// Interfaces, maps and pin files.
+    #[error(transparent)]
+    Bpf(#[from] portcullis_bpf::Error),
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
@@ -59,22 +65,8 @@ pub enum Error {
     Link(#[from] aya::programs::links::LinkError),
     #[error("pinning: {0}")]
     Pin(#[from] aya::pin::PinError),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("map {0} missing from the XDP object")]
-    MissingMap(&'static str),
     #[error("program {0} missing from the XDP object")]
     MissingProgram(&'static str),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "rule set {rule_set} has {ranges} port ranges, more than the {max} one prefix can hold; \
          it is used by the group of policies [{policies}]"
@@ -90,10 +82,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { name, source }
-}
 
 /// How the program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,16 +159,6 @@ pub struct Counters {
     pub pass_stack: u64,
 }
 
-/// Drops charged to one policy group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupDrops {
-    /// Group id as in the maps (parity bit included).
-    pub group: u32,
-    /// Policies of that group, when it belongs to a generation this process wrote.
-    pub policies: Vec<String>,
-    pub packets: u64,
-}
-
 #[derive(Clone, Debug)]
 pub struct Status {
     pub attached: Vec<AttachedInterface>,
@@ -249,63 +227,11 @@ pub struct Gateway {
     group_policies: BTreeMap<u32, Vec<String>>,
 }
 
-fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).map_err(|_| Error::UnknownInterface(name.to_owned()))?;
-    // SAFETY: valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(Error::UnknownInterface(name.to_owned()));
-    }
-    Ok(index)
-}
-
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(map_err(name))
-}
-
-/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
-pub fn key_addr(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// Group or rule-set id of index `index` in generation `parity`.
-pub fn generation_id(index: usize, parity: u32) -> u32 {
-    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
-}
-
-fn direction_code(d: Direction) -> u8 {
-    match d {
-        Direction::Ingress => DIRECTION_INGRESS,
-        Direction::Egress => DIRECTION_EGRESS,
-    }
-}
-
-/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Idle timeout of a flow in `state` (the program uses the same).
-pub fn flow_timeout_ns(state: u8) -> u64 {
-    match state {
-        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
-        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
-        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
-        _ => TIMEOUT_UDP_NS,
-    }
+    Ok(portcullis_bpf::take(ebpf, OBJECT, name)?)
 }
 
 impl Gateway {
@@ -313,18 +239,8 @@ impl Gateway {
     pub fn load(options: GatewayOptions) -> Result<Gateway> {
         let cluster = ifindex(&options.cluster_iface)?;
         let external = ifindex(&options.external_iface)?;
-        let mut loader = EbpfLoader::new();
-        let mut adopting = false;
-        if let Some(dir) = &options.pin_dir {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            adopting = dir.join("CONFIG").exists();
-            for name in MAP_NAMES {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
+        let (mut loader, adopting) =
+            portcullis_bpf::pinning_loader(options.pin_dir.as_deref(), &MAP_NAMES)?;
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_GATEWAY)
@@ -444,12 +360,7 @@ impl Gateway {
 
     /// Active generation parity.
     pub fn generation(&self) -> Result<u32> {
-        Ok(self
-            .config
-            .get(&0, 0)
-            .map_err(map_err("CONFIG"))?
-            .generation
-            & 1)
+        Ok(active_generation(&self.config)?)
     }
 
     pub fn attached(&self) -> &[AttachedInterface] {
@@ -503,66 +414,23 @@ impl Gateway {
         // Leftovers of an interrupted update in the inactive parity.
         self.delete_generation(next)?;
 
-        let mut written = Written::default();
-        for (i, rules) in tables.rule_sets.iter().enumerate() {
-            let mut value = RuleSet {
-                count: rules.len() as u32,
-                ranges: [PortRange::default(); MAX_PORT_RANGES],
-            };
-            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
-                *slot = PortRange {
-                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
-                    _pad: 0,
-                    first: rule.first,
-                    last: rule.last,
-                };
-            }
-            let id = generation_id(i, next);
-            self.rule_sets
-                .insert(id, value, 0)
-                .map_err(map_err("RULE_SETS"))?;
-            written.rule_sets.push(id);
-        }
+        let mut written = Written {
+            rule_sets: write_rule_sets(&mut self.rule_sets, &tables.rule_sets, next)?,
+            ..Written::default()
+        };
         let mut group_policies = BTreeMap::new();
         for (gi, group) in tables.groups.iter().enumerate() {
             let gid = generation_id(gi, next);
-            for (net, rs) in &group.prefixes {
-                let bits = match net {
-                    ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
-                    ipnet::IpNet::V6(n) => n.prefix_len() as u32,
-                };
-                let key = Key::new(
-                    PREFIX_GROUP_BITS + bits,
-                    PrefixData {
-                        group_be: gid.to_be(),
-                        addr: key_addr(net.network()),
-                    },
-                );
-                let value = PrefixValue {
-                    rule_set: generation_id(*rs as usize, next),
-                };
-                self.prefixes
-                    .insert(&key, value, 0)
-                    .map_err(map_err("PREFIXES"))?;
-                written.prefixes.push(key);
-            }
+            write_prefixes(
+                &mut self.prefixes,
+                gid,
+                &group.prefixes,
+                next,
+                &mut written.prefixes,
+            )?;
             group_policies.insert(gid, group.policies.clone());
         }
-        for ((direction, ip), gi) in &tables.endpoints {
-            let key = EndpointKey {
-                addr: key_addr(*ip),
-                direction: direction_code(*direction),
-                generation: next as u8,
-                _pad: [0; 2],
-            };
-            let value = EndpointValue {
-                group: generation_id(*gi as usize, next),
-            };
-            self.endpoints
-                .insert(key, value, 0)
-                .map_err(map_err("ENDPOINTS"))?;
-            written.endpoints.push(key);
-        }
+        written.endpoints = write_endpoints(&mut self.endpoints, &tables.endpoints, next)?;
         let stats_counts = (
             written.endpoints.len(),
             written.prefixes.len(),
@@ -571,9 +439,7 @@ impl Gateway {
         self.written[next as usize] = Some(written);
 
         // The switch: one array write.
-        let mut config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
-        config.generation = next;
-        self.config.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        switch_generation(&mut self.config, next)?;
         let write = start.elapsed();
         info!(generation = next, "switched policy generation");
 
@@ -598,30 +464,12 @@ impl Gateway {
     fn delete_generation(&mut self, parity: u32) -> Result<usize> {
         let written = match self.written[parity as usize].take() {
             Some(w) => w,
-            None => {
-                // Adopted maps: find the entries of that parity once.
-                let bit = parity * GENERATION_ID_BIT;
-                Written {
-                    endpoints: self
-                        .endpoints
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k.generation as u32 == parity)
-                        .collect(),
-                    prefixes: self
-                        .prefixes
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
-                        .collect(),
-                    rule_sets: self
-                        .rule_sets
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k & GENERATION_ID_BIT == bit)
-                        .collect(),
-                }
-            }
+            // Adopted maps: find the entries of that parity once.
+            None => Written {
+                endpoints: endpoint_keys(&self.endpoints, parity),
+                prefixes: prefix_keys(&self.prefixes, parity),
+                rule_sets: rule_set_keys(&self.rule_sets, parity),
+            },
         };
         let mut n = 0;
         for k in &written.endpoints {
@@ -643,19 +491,7 @@ impl Gateway {
 
     /// Deletes expired flows; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
-        let now = monotonic_ns();
-        let expired: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            ignore_missing(self.flows.remove(k), "FLOWS")?;
-        }
-        debug!(deleted = expired.len(), "flow GC");
-        Ok(expired.len())
+        Ok(portcullis_bpf::gc_flows(&mut self.flows)?)
     }
 
     /// All flows currently in the table (expired ones included until GC).
@@ -674,14 +510,14 @@ impl Gateway {
             prefixes: self.prefixes.keys().count(),
             rule_sets: self.rule_sets.keys().count(),
             flows: self.flows.keys().count(),
-            counters: sum_counters(&self.counters)?,
+            counters: counters(&self.counters)?,
             drops_by_group: group_drops(&self.drops_by_group, &self.group_policies),
         })
     }
 
     /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
     pub fn take_drop_events(&mut self) -> Option<DropEvents> {
-        self.drop_events.take().map(|ring| DropEvents { ring })
+        self.drop_events.take().map(DropEvents::new)
     }
 
     /// Runs `packet` through a program of the object with `BPF_PROG_TEST_RUN`, `repeat` times, as
@@ -736,12 +572,7 @@ impl Gateway {
                 .copied()
                 .chain(["link_cluster", "link_external"])
             {
-                let path = dir.join(name);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(Error::Io { path, source }),
-                }
+                remove_pin(&dir.join(name))?;
             }
         }
         Ok(())
@@ -753,12 +584,8 @@ impl Gateway {
 }
 
 /// `COUNTERS` summed over CPUs.
-fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
-    let mut sums = [0u64; COUNTER_COUNT as usize];
-    for (i, sum) in sums.iter_mut().enumerate() {
-        let values = counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
-        *sum = values.iter().sum();
-    }
+fn counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
+    let sums = sum_counters::<{ COUNTER_COUNT as usize }>(counters)?;
     let c = |i: u32| sums[i as usize];
     Ok(Counters {
         pass_flow: c(COUNTER_PASS_FLOW),
@@ -771,22 +598,6 @@ fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
         forward_xdp: c(COUNTER_FORWARD_XDP),
         pass_stack: c(COUNTER_PASS_STACK),
     })
-}
-
-/// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
-fn group_drops(
-    drops: &PerCpuHashMap<MapData, u32, u64>,
-    policies: &BTreeMap<u32, Vec<String>>,
-) -> Vec<GroupDrops> {
-    drops
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(group, values)| GroupDrops {
-            group,
-            policies: policies.get(&group).cloned().unwrap_or_default(),
-            packets: values.iter().sum(),
-        })
-        .collect()
 }
 
 /// Read-only view of a running gateway's pinned maps, for `status` and `monitor` in another
@@ -819,15 +630,6 @@ pub struct PinnedStatus {
     pub flows: usize,
     pub counters: Counters,
     pub drops_by_group: Vec<GroupDrops>,
-}
-
-fn open_pinned<T>(dir: &Path, name: &'static str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
-    T::try_from(map).map_err(map_err(name))
 }
 
 impl PinnedGateway {
@@ -867,50 +669,13 @@ impl PinnedGateway {
             prefixes: self.prefixes.keys().count(),
             rule_sets: self.rule_sets.keys().count(),
             flows: self.flows.keys().count(),
-            counters: sum_counters(&self.counters)?,
+            counters: counters(&self.counters)?,
             drops_by_group: group_drops(&self.drops_by_group, policies),
         })
     }
 
     /// The drop-event ring buffer. Only one reader should consume it at a time.
     pub fn drop_events(&self) -> Result<DropEvents> {
-        Ok(DropEvents {
-            ring: open_pinned(&self.dir, "DROP_EVENTS")?,
-        })
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            warn!(map = name, "entry vanished during delete");
-            Ok(())
-        }
-        Err(source) => Err(Error::Map { name, source }),
-    }
-}
-
-/// Reader of the program's drop events.
-pub struct DropEvents {
-    ring: RingBuf<MapData>,
-}
-
-impl DropEvents {
-    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
-    pub fn next_event(&mut self) -> Option<DropEvent> {
-        let item = self.ring.next()?;
-        if item.len() < std::mem::size_of::<DropEvent>() {
-            return None;
-        }
-        // SAFETY: the program writes whole DropEvent records; read unaligned.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
-    }
-}
-
-impl AsFd for DropEvents {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+        Ok(DropEvents::new(open_pinned(&self.dir, "DROP_EVENTS")?))
     }
 }

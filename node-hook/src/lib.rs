@@ -15,28 +15,33 @@
 //! the whole new policy. Every apply writes the full generation (no diff against the active one).
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{qdisc_add_clsact, SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::util::KernelVersion;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
+use portcullis_bpf::{
+    active_generation, endpoint_keys, group_drops, ifindex, ignore_missing, key_addr, map_err,
+    prefix_keys, remove_pin, rule_set_keys, sum_counters, switch_generation, write_endpoints,
+    write_prefixes, write_rule_sets,
+};
+pub use portcullis_bpf::{generation_id, DropEvents, GroupDrops};
+pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
-use portcullis_policy::model::Direction;
 use tracing::{debug, info, warn};
 
 /// The tc object built by `build.rs` from `node-hook/ebpf`.
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-node-ebpf"));
 
+/// The object's name in error messages.
+const OBJECT: &str = "node-hook";
 const PROGRAM_DELIVER: &str = "portcullis_node_deliver";
 const PROGRAM_ORIGIN: &str = "portcullis_node_origin";
 const PROGRAM_PASS: &str = "tc_pass";
@@ -66,8 +71,9 @@ pub const TC_ACT_SHOT: i32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("interface {0:?} not found")]
-    UnknownInterface(String),
+    /// Interfaces, maps and pin files.
+    #[error(transparent)]
+    Bpf(#[from] portcullis_bpf::Error),
     #[error("loading the node-hook object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("tc program: {0}")]
@@ -76,22 +82,8 @@ pub enum Error {
     Link(#[from] aya::programs::links::LinkError),
     #[error("pinning: {0}")]
     Pin(#[from] aya::pin::PinError),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("map {0} missing from the node-hook object")]
-    MissingMap(&'static str),
     #[error("program {0} missing from the node-hook object")]
     MissingProgram(&'static str),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "rule set {rule_set} has {ranges} port ranges, more than the {max} one entry can hold; \
          it is used by the group of policies [{policies}]"
@@ -107,10 +99,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { name, source }
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct NodeOptions {
@@ -161,16 +149,6 @@ pub struct Counters {
     pub drop_fragment: u64,
     /// Flows recorded by the origin program (connections opened by local pods).
     pub origin_recorded: u64,
-}
-
-/// Drops charged to one policy group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupDrops {
-    /// Group id as in the maps (parity bit included).
-    pub group: u32,
-    /// Policies of that group, when it belongs to a generation this process wrote.
-    pub policies: Vec<String>,
-    pub packets: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -257,22 +235,11 @@ pub struct NodeHook {
     group_policies: BTreeMap<u32, Vec<String>>,
 }
 
-fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).map_err(|_| Error::UnknownInterface(name.to_owned()))?;
-    // SAFETY: valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(Error::UnknownInterface(name.to_owned()));
-    }
-    Ok(index)
-}
-
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(map_err(name))
+    Ok(portcullis_bpf::take(ebpf, OBJECT, name)?)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
@@ -280,58 +247,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
         .program_mut(name)
         .ok_or(Error::MissingProgram(name))?
         .try_into()?)
-}
-
-/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
-pub fn key_addr(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// Group or rule-set id of index `index` in generation `parity`.
-pub fn generation_id(index: usize, parity: u32) -> u32 {
-    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
-}
-
-fn direction_code(d: Direction) -> u8 {
-    match d {
-        Direction::Ingress => DIRECTION_INGRESS,
-        Direction::Egress => DIRECTION_EGRESS,
-    }
-}
-
-/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Idle timeout of a flow in `state` (the programs use the same).
-pub fn flow_timeout_ns(state: u8) -> u64 {
-    match state {
-        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
-        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
-        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
-        _ => TIMEOUT_UDP_NS,
-    }
-}
-
-fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 fn pin_name(attach_type: TcAttachType, ifname: &str) -> String {
@@ -352,18 +267,8 @@ impl NodeHook {
     /// and every pinned link found there gets the new program in place (no moment without
     /// enforcement); links whose interface is gone are unpinned.
     pub fn load(options: NodeOptions) -> Result<NodeHook> {
-        let mut loader = EbpfLoader::new();
-        let mut adopting = false;
-        if let Some(dir) = &options.pin_dir {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            adopting = dir.join("CONFIG").exists();
-            for name in MAP_NAMES {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
+        let (mut loader, adopting) =
+            portcullis_bpf::pinning_loader(options.pin_dir.as_deref(), &MAP_NAMES)?;
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         for name in [PROGRAM_DELIVER, PROGRAM_ORIGIN] {
             program(&mut ebpf, name)?.load()?;
@@ -415,7 +320,7 @@ impl NodeHook {
         let Some(dir) = self.options.pin_dir.clone() else {
             return Ok(());
         };
-        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
+        let entries = std::fs::read_dir(&dir).map_err(|source| portcullis_bpf::Error::Io {
             path: dir.clone(),
             source,
         })?;
@@ -446,7 +351,7 @@ impl NodeHook {
                 }
                 Err(e) => {
                     warn!(pin = %path.display(), error = %e, "dropping a pinned tc link that cannot be adopted");
-                    remove_file(&path)?;
+                    remove_pin(&path)?;
                 }
             }
         }
@@ -497,7 +402,7 @@ impl NodeHook {
                     }
                     Err(e) => {
                         warn!(pin = %path.display(), error = %e, "stale pinned link replaced");
-                        remove_file(path)?;
+                        remove_pin(path)?;
                     }
                 }
             }
@@ -570,7 +475,7 @@ impl NodeHook {
             match link {
                 HeldLink::Tcx { link, pin } => {
                     if let Some(path) = pin {
-                        remove_file(&path)?;
+                        remove_pin(&path)?;
                     }
                     // The last reference: closing it detaches the link.
                     drop(link);
@@ -592,12 +497,7 @@ impl NodeHook {
 
     /// Active generation parity.
     pub fn generation(&self) -> Result<u32> {
-        Ok(self
-            .config
-            .get(&0, 0)
-            .map_err(map_err("CONFIG"))?
-            .generation
-            & 1)
+        Ok(active_generation(&self.config)?)
     }
 
     fn validate(tables: &NodeTables) -> Result<()> {
@@ -658,26 +558,10 @@ impl NodeHook {
         // Leftovers of an interrupted update in the inactive parity.
         self.delete_generation(next)?;
 
-        let mut written = Written::default();
-        for (i, rules) in tables.rule_sets.iter().enumerate() {
-            let mut value = RuleSet {
-                count: rules.len() as u32,
-                ranges: [PortRange::default(); MAX_PORT_RANGES],
-            };
-            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
-                *slot = PortRange {
-                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
-                    _pad: 0,
-                    first: rule.first,
-                    last: rule.last,
-                };
-            }
-            let id = generation_id(i, next);
-            self.rule_sets
-                .insert(id, value, 0)
-                .map_err(map_err("RULE_SETS"))?;
-            written.rule_sets.push(id);
-        }
+        let mut written = Written {
+            rule_sets: write_rule_sets(&mut self.rule_sets, &tables.rule_sets, next)?,
+            ..Written::default()
+        };
         let mut group_policies = BTreeMap::new();
         for (gi, group) in tables.groups.iter().enumerate() {
             let gid = generation_id(gi, next);
@@ -692,43 +576,16 @@ impl NodeHook {
                 self.peers.insert(key, value, 0).map_err(map_err("PEERS"))?;
                 written.peers.push(key);
             }
-            for (net, rs) in &group.prefixes {
-                let bits = match net {
-                    ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
-                    ipnet::IpNet::V6(n) => n.prefix_len() as u32,
-                };
-                let key = Key::new(
-                    PREFIX_GROUP_BITS + bits,
-                    PrefixData {
-                        group_be: gid.to_be(),
-                        addr: key_addr(net.network()),
-                    },
-                );
-                let value = PrefixValue {
-                    rule_set: generation_id(*rs as usize, next),
-                };
-                self.prefixes
-                    .insert(&key, value, 0)
-                    .map_err(map_err("PREFIXES"))?;
-                written.prefixes.push(key);
-            }
+            write_prefixes(
+                &mut self.prefixes,
+                gid,
+                &group.prefixes,
+                next,
+                &mut written.prefixes,
+            )?;
             group_policies.insert(gid, group.policies.clone());
         }
-        for ((direction, ip), gi) in &tables.endpoints {
-            let key = EndpointKey {
-                addr: key_addr(*ip),
-                direction: direction_code(*direction),
-                generation: next as u8,
-                _pad: [0; 2],
-            };
-            let value = EndpointValue {
-                group: generation_id(*gi as usize, next),
-            };
-            self.endpoints
-                .insert(key, value, 0)
-                .map_err(map_err("ENDPOINTS"))?;
-            written.endpoints.push(key);
-        }
+        written.endpoints = write_endpoints(&mut self.endpoints, &tables.endpoints, next)?;
         for (ip, identity) in &tables.identities {
             let key = IdentityKey {
                 addr: key_addr(*ip),
@@ -759,9 +616,7 @@ impl NodeHook {
         self.written[next as usize] = Some(written);
 
         // The switch: one array write.
-        let mut config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
-        config.generation = next;
-        self.config.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        switch_generation(&mut self.config, next)?;
         stats.write = start.elapsed();
         info!(generation = next, "switched node policy generation");
 
@@ -788,30 +643,15 @@ impl NodeHook {
                         .filter_map(|k| k.ok())
                         .filter(|k| k.generation as u32 == parity)
                         .collect(),
-                    endpoints: self
-                        .endpoints
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k.generation as u32 == parity)
-                        .collect(),
+                    endpoints: endpoint_keys(&self.endpoints, parity),
                     peers: self
                         .peers
                         .keys()
                         .filter_map(|k| k.ok())
                         .filter(|k| k.group & GENERATION_ID_BIT == bit)
                         .collect(),
-                    prefixes: self
-                        .prefixes
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
-                        .collect(),
-                    rule_sets: self
-                        .rule_sets
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k & GENERATION_ID_BIT == bit)
-                        .collect(),
+                    prefixes: prefix_keys(&self.prefixes, parity),
+                    rule_sets: rule_set_keys(&self.rule_sets, parity),
                 }
             }
         };
@@ -843,19 +683,7 @@ impl NodeHook {
 
     /// Deletes expired flows; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
-        let now = monotonic_ns();
-        let expired: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            ignore_missing(self.flows.remove(k), "FLOWS")?;
-        }
-        debug!(deleted = expired.len(), "flow GC");
-        Ok(expired.len())
+        Ok(portcullis_bpf::gc_flows(&mut self.flows)?)
     }
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
@@ -873,14 +701,7 @@ impl NodeHook {
     }
 
     pub fn status(&self) -> Result<Status> {
-        let mut sums = [0u64; NODE_COUNTER_COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err("COUNTERS"))?;
-            *sum = values.iter().sum();
-        }
+        let sums = sum_counters::<{ NODE_COUNTER_COUNT as usize }>(&self.counters)?;
         let c = |i: u32| sums[i as usize];
         let counters = Counters {
             pass_flow: c(COUNTER_PASS_FLOW),
@@ -892,16 +713,7 @@ impl NodeHook {
             drop_fragment: c(COUNTER_DROP_FRAGMENT),
             origin_recorded: c(NODE_COUNTER_ORIGIN),
         };
-        let drops_by_group = self
-            .drops_by_group
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(group, values)| GroupDrops {
-                group,
-                policies: self.group_policies.get(&group).cloned().unwrap_or_default(),
-                packets: values.iter().sum(),
-            })
-            .collect();
+        let drops_by_group = group_drops(&self.drops_by_group, &self.group_policies);
         Ok(Status {
             attached: self.attached(),
             revalidate: self.options.revalidate,
@@ -919,7 +731,7 @@ impl NodeHook {
 
     /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
     pub fn take_drop_events(&mut self) -> Option<DropEvents> {
-        self.drop_events.take().map(|ring| DropEvents { ring })
+        self.drop_events.take().map(DropEvents::new)
     }
 
     /// Runs `packet` (an Ethernet frame) through a program of the object with
@@ -962,14 +774,14 @@ impl NodeHook {
             for link in &mut h.links {
                 if let HeldLink::Tcx { pin, .. } = link {
                     if let Some(path) = pin.take() {
-                        remove_file(&path)?;
+                        remove_pin(&path)?;
                     }
                 }
             }
         }
         if let Some(dir) = &self.options.pin_dir {
             for name in MAP_NAMES {
-                remove_file(&dir.join(name))?;
+                remove_pin(&dir.join(name))?;
             }
         }
         Ok(())
@@ -977,40 +789,5 @@ impl NodeHook {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            warn!(map = name, "entry vanished during delete");
-            Ok(())
-        }
-        Err(source) => Err(Error::Map { name, source }),
-    }
-}
-
-/// Reader of the program's drop events.
-pub struct DropEvents {
-    ring: RingBuf<MapData>,
-}
-
-impl DropEvents {
-    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
-    pub fn next_event(&mut self) -> Option<DropEvent> {
-        let item = self.ring.next()?;
-        if item.len() < std::mem::size_of::<DropEvent>() {
-            return None;
-        }
-        // SAFETY: the program writes whole DropEvent records; read unaligned.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
-    }
-}
-
-impl AsFd for DropEvents {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
     }
 }

@@ -638,16 +638,6 @@ fn set_allows(rule_set: u32, proto: u8, port: u16) -> bool {
     false
 }
 
-#[inline(always)]
-fn timeout_ns(state: u8) -> u64 {
-    match state {
-        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
-        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
-        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
-        _ => TIMEOUT_UDP_NS,
-    }
-}
-
 /// A SYN from the former responder of a closing TCP flow opens a new connection the other way
 /// round: the old entry vouches for nothing.
 #[inline(always)]
@@ -773,7 +763,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
         if let Some(f) = FLOWS.get_ptr(&pkt.related) {
             // SAFETY: value pointer from a successful lookup; read only.
             let f = unsafe { &*f };
-            if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state) {
+            if now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state) {
                 count(COUNTER_PASS_FLOW);
                 return ACT_OK;
             }
@@ -804,7 +794,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
             // flow from two CPUs may interleave, which only affects last_seen/state freshness.
             let f = unsafe { &mut *f };
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
-            let live = now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state)
+            let live = now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
                 && !reopened_reversed(f, syn_only, from_initiator);
             // An origin flow vouches only for the responder's packets; the initiator's still
             // need this node's verdict (below), which then replaces the entry.
@@ -917,7 +907,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
         // SAFETY: value pointer from a successful lookup.
         let f = unsafe { &mut *f };
         let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
-        if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state)
+        if now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
             && !reopened_reversed(f, syn_only, from_initiator)
         {
             touch(f, pkt, src_is_lo, now);

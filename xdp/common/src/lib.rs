@@ -171,6 +171,18 @@ pub const TIMEOUT_TCP_ESTABLISHED_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
 
+/// Idle timeout of a flow in `state` (a `TCP_STATE_*` or [`FLOW_STATE_ACTIVE`]): the programs
+/// expire flows by it, the loaders' flow GC deletes by it.
+#[inline(always)]
+pub const fn flow_timeout_ns(state: u8) -> u64 {
+    match state {
+        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
+        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
+        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
+        _ => TIMEOUT_UDP_NS,
+    }
+}
+
 /// Indexes of the `COUNTERS` per-CPU array.
 pub const COUNTER_PASS_FLOW: u32 = 0;
 pub const COUNTER_PASS_POLICY: u32 = 1;

@@ -538,16 +538,6 @@ fn policy_encoded(q: &Query) -> u64 {
     VERDICT_DENY | group as u64
 }
 
-#[inline(always)]
-fn timeout_ns(state: u8) -> u64 {
-    match state {
-        TCP_STATE_SYN_SENT => TIMEOUT_TCP_SYN_NS,
-        TCP_STATE_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED_NS,
-        TCP_STATE_CLOSING => TIMEOUT_TCP_CLOSING_NS,
-        _ => TIMEOUT_UDP_NS,
-    }
-}
-
 #[inline(never)]
 fn drop_packet(
     ctx: &XdpContext,
@@ -783,7 +773,7 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
         if let Some(f) = FLOWS.get_ptr(&pkt.related) {
             // SAFETY: value pointer from a successful lookup; read only.
             let f = unsafe { &*f };
-            if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state) {
+            if now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state) {
                 count(COUNTER_PASS_FLOW);
                 return allow(ctx, pkt, fib, flags);
             }
@@ -813,7 +803,7 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
             // SAFETY: value pointer from a successful lookup; concurrent updates of the same
             // flow from two CPUs may interleave, which only affects last_seen/state freshness.
             let f = unsafe { &mut *f };
-            if now.wrapping_sub(f.last_seen_ns) <= timeout_ns(f.state) {
+            if now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state) {
                 if flags & CONFIG_FLAG_REVALIDATE != 0 && f.generation as u32 != g {
                     if let Some(group) = revalidate(query, key, f) {
                         let _ = FLOWS.remove(&*key);

@@ -1,0 +1,362 @@
+//! User-space pieces shared by the two loaders, `portcullis-gateway` (XDP) and `portcullis-node`
+//! (tc): map and pin-file errors, opening the object with pinned maps, the parts of a generation
+//! that both programs read the same way (`CONFIG`, `RULE_SETS`, `PREFIXES`, `ENDPOINTS`), flow
+//! GC, counter sums and the drop-event reader. Each loader keeps its own error type and wraps
+//! [`Error`] in it.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::{Ebpf, EbpfLoader};
+use ipnet::IpNet;
+use portcullis_common::*;
+use portcullis_policy::compile::{EndpointGroups, PortRule};
+use portcullis_policy::model::Direction;
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0:?} not found")]
+    UnknownInterface(String),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// `object` names the program object ("XDP", "node-hook").
+    #[error("map {name} missing from the {object} object")]
+    MissingMap {
+        name: &'static str,
+        object: &'static str,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// Index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).map_err(|_| Error::UnknownInterface(name.to_owned()))?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(Error::UnknownInterface(name.to_owned()));
+    }
+    Ok(index)
+}
+
+/// A loader that pins each of `maps` under `pin_dir` (created if needed) and reuses what is
+/// pinned there; true when a pinned set exists already (its `CONFIG` is there).
+pub fn pinning_loader<'a>(
+    pin_dir: Option<&Path>,
+    maps: &[&'a str],
+) -> Result<(EbpfLoader<'a>, bool)> {
+    let mut loader = EbpfLoader::new();
+    let mut adopting = false;
+    if let Some(dir) = pin_dir {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        adopting = dir.join("CONFIG").exists();
+        for name in maps {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok((loader, adopting))
+}
+
+/// Takes map `name` out of the loaded `object` ("XDP", "node-hook": for the error message).
+pub fn take<T>(ebpf: &mut Ebpf, object: &'static str, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(Error::MissingMap { name, object })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Opens map `name` pinned under `dir` by another process.
+pub fn open_pinned<T>(dir: &Path, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Removes a pin file; one already gone is fine.
+pub fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// A map delete whose entry is already gone (deleted by the program or a concurrent GC) is fine.
+pub fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            warn!(map = name, "entry vanished during delete");
+            Ok(())
+        }
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
+pub fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Group or rule-set id of index `index` in generation `parity`.
+pub fn generation_id(index: usize, parity: u32) -> u32 {
+    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
+}
+
+fn direction_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => DIRECTION_INGRESS,
+        Direction::Egress => DIRECTION_EGRESS,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Active generation parity in `CONFIG`.
+pub fn active_generation(config: &Array<MapData, Config>) -> Result<u32> {
+    Ok(config.get(&0, 0).map_err(map_err("CONFIG"))?.generation & 1)
+}
+
+/// The switch to generation `next`: one array write.
+pub fn switch_generation(config: &mut Array<MapData, Config>, next: u32) -> Result<()> {
+    let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
+    current.generation = next;
+    config.set(0, current, 0).map_err(map_err("CONFIG"))
+}
+
+/// Writes `rule_sets` as generation `parity`; returns their ids.
+pub fn write_rule_sets(
+    map: &mut HashMap<MapData, u32, RuleSet>,
+    rule_sets: &[Vec<PortRule>],
+    parity: u32,
+) -> Result<Vec<u32>> {
+    let mut ids = Vec::with_capacity(rule_sets.len());
+    for (i, rules) in rule_sets.iter().enumerate() {
+        let mut value = RuleSet {
+            count: rules.len() as u32,
+            ranges: [PortRange::default(); MAX_PORT_RANGES],
+        };
+        for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+            *slot = PortRange {
+                protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+                _pad: 0,
+                first: rule.first,
+                last: rule.last,
+            };
+        }
+        let id = generation_id(i, parity);
+        map.insert(id, value, 0).map_err(map_err("RULE_SETS"))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Writes the peer prefixes of group `group` (an id of generation `parity`, as are the rule sets
+/// they name); appends their keys to `written`.
+pub fn write_prefixes(
+    map: &mut LpmTrie<MapData, PrefixData, PrefixValue>,
+    group: u32,
+    prefixes: &[(IpNet, u32)],
+    parity: u32,
+    written: &mut Vec<Key<PrefixData>>,
+) -> Result<()> {
+    for (net, rs) in prefixes {
+        let bits = match net {
+            IpNet::V4(n) => 96 + n.prefix_len() as u32,
+            IpNet::V6(n) => n.prefix_len() as u32,
+        };
+        let key = Key::new(
+            PREFIX_GROUP_BITS + bits,
+            PrefixData {
+                group_be: group.to_be(),
+                addr: key_addr(net.network()),
+            },
+        );
+        let value = PrefixValue {
+            rule_set: generation_id(*rs as usize, parity),
+        };
+        map.insert(&key, value, 0).map_err(map_err("PREFIXES"))?;
+        written.push(key);
+    }
+    Ok(())
+}
+
+/// Writes the endpoint → group entries of generation `parity`; returns their keys.
+pub fn write_endpoints(
+    map: &mut HashMap<MapData, EndpointKey, EndpointValue>,
+    endpoints: &EndpointGroups,
+    parity: u32,
+) -> Result<Vec<EndpointKey>> {
+    let mut keys = Vec::with_capacity(endpoints.len());
+    for ((direction, ip), gi) in endpoints {
+        let key = EndpointKey {
+            addr: key_addr(*ip),
+            direction: direction_code(*direction),
+            generation: parity as u8,
+            _pad: [0; 2],
+        };
+        let value = EndpointValue {
+            group: generation_id(*gi as usize, parity),
+        };
+        map.insert(key, value, 0).map_err(map_err("ENDPOINTS"))?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Endpoint keys of generation `parity` in adopted maps.
+pub fn endpoint_keys(
+    map: &HashMap<MapData, EndpointKey, EndpointValue>,
+    parity: u32,
+) -> Vec<EndpointKey> {
+    map.keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.generation as u32 == parity)
+        .collect()
+}
+
+/// Prefix keys of generation `parity` in adopted maps.
+pub fn prefix_keys(
+    map: &LpmTrie<MapData, PrefixData, PrefixValue>,
+    parity: u32,
+) -> Vec<Key<PrefixData>> {
+    let bit = parity * GENERATION_ID_BIT;
+    map.keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+        .collect()
+}
+
+/// Rule-set ids of generation `parity` in adopted maps.
+pub fn rule_set_keys(map: &HashMap<MapData, u32, RuleSet>, parity: u32) -> Vec<u32> {
+    let bit = parity * GENERATION_ID_BIT;
+    map.keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k & GENERATION_ID_BIT == bit)
+        .collect()
+}
+
+/// Deletes the expired flows of `FLOWS`; returns how many.
+pub fn gc_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>) -> Result<usize> {
+    let now = monotonic_ns();
+    let expired: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &expired {
+        ignore_missing(flows.remove(k), "FLOWS")?;
+    }
+    debug!(deleted = expired.len(), "flow GC");
+    Ok(expired.len())
+}
+
+/// The first `N` slots of `COUNTERS`, each summed over CPUs.
+pub fn sum_counters<const N: usize>(counters: &PerCpuArray<MapData, u64>) -> Result<[u64; N]> {
+    let mut sums = [0u64; N];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        let values = counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+        *sum = values.iter().sum();
+    }
+    Ok(sums)
+}
+
+/// Drops charged to one policy group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDrops {
+    /// Group id as in the maps (parity bit included).
+    pub group: u32,
+    /// Policies of that group, when it belongs to a generation this process wrote.
+    pub policies: Vec<String>,
+    pub packets: u64,
+}
+
+/// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
+pub fn group_drops(
+    drops: &PerCpuHashMap<MapData, u32, u64>,
+    policies: &BTreeMap<u32, Vec<String>>,
+) -> Vec<GroupDrops> {
+    drops
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(group, values)| GroupDrops {
+            group,
+            policies: policies.get(&group).cloned().unwrap_or_default(),
+            packets: values.iter().sum(),
+        })
+        .collect()
+}
+
+/// Reader of the program's drop events.
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl DropEvents {
+    pub fn new(ring: RingBuf<MapData>) -> DropEvents {
+        DropEvents { ring }
+    }
+
+    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
+    pub fn next_event(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<DropEvent>() {
+            return None;
+        }
+        // SAFETY: the program writes whole DropEvent records; read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
+    }
+}
+
+impl AsFd for DropEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
