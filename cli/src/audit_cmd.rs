@@ -4,12 +4,12 @@ use anyhow::Result;
 use portcullis_policy::audit::{audit, Severity};
 
 use crate::explain_cmd::print_table;
-use crate::{load_reporting, ManifestArgs, OutputFormat};
+use crate::{load_reporting, OutputFormat, SourceArgs};
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
     #[command(flatten)]
-    manifests: ManifestArgs,
+    source: SourceArgs,
     /// Exit with status 3 when a finding of this severity or higher exists (info, low, medium, high).
     #[arg(long, default_value = "high", value_parser = parse_severity)]
     fail_on: Severity,
@@ -22,7 +22,7 @@ fn parse_severity(text: &str) -> Result<Severity, String> {
 }
 
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
-    let (snapshot, rejected) = load_reporting(&args.manifests)?;
+    let (snapshot, rejected) = load_reporting(&args.source)?;
     let findings = audit(&snapshot);
     match args.output {
         OutputFormat::Json => {

@@ -1,5 +1,5 @@
-//! What the gateway and node daemons share: reload the manifests when they change, keep the last
-//! good state (an object rejected by name keeps its previous version; input that cannot be
+//! What the gateway and node daemons share: apply what the source (manifest files or the
+//! Kubernetes API, both through `portcullis-watcher`) publishes, keep the last good state (an object rejected by name keeps its previous version; input that cannot be
 //! attributed or compiled holds back the whole update), apply through the enforcer, collect
 //! expired flows, publish state for `status`/`monitor`, serve metrics, stop on SIGTERM/SIGINT.
 
@@ -10,26 +10,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use portcullis_policy::load::Loaded;
 use portcullis_policy::model::Snapshot;
+use portcullis_watcher::{FileOptions, FileSource, KubeOptions, KubeSource, State};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::{manifests, ManifestArgs};
+use crate::SourceArgs;
 
 /// Options every daemon takes.
 #[derive(clap::Args)]
 pub struct DaemonArgs {
     #[command(flatten)]
-    pub manifests: ManifestArgs,
+    pub source: SourceArgs,
     /// Directory for the daemon's published state (group names, last apply), read by `status`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// How often the manifests are checked for changes.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    pub reload_interval: Duration,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -60,6 +59,9 @@ pub struct PublishedState {
     pub entries: usize,
     pub rejected: Vec<String>,
     pub last_error: Option<String>,
+    /// The source cannot be read right now (API server unreachable, a file unreadable): the
+    /// generation in force is the last good one.
+    pub stale: bool,
 }
 
 impl PublishedState {
@@ -109,21 +111,27 @@ struct Reloader<'a, E> {
 }
 
 impl<E: Enforcer> Reloader<'_, E> {
-    fn reload(&mut self, paths: &[PathBuf]) -> Result<()> {
-        let started = Instant::now();
-        let result = manifests::load(paths).and_then(|loaded| {
-            for e in &loaded.errors {
-                warn!(error = %e, "rejected object; its last good version (if any) stays");
-            }
-            metrics::counter!("portcullis_rejected_objects_total", "daemon" => self.name)
-                .increment(loaded.errors.len() as u64);
-            let rejected: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
-            let snapshot = loaded.with_last_good(&self.last_good)?;
-            let applied = self.enforcer.apply(&snapshot)?;
-            Ok((snapshot, rejected, applied))
-        });
+    /// Applies what the source published, keeping the last good state.
+    fn reload(&mut self, published: &State) -> Result<()> {
+        let started = published.changed_at;
+        let loaded = Loaded {
+            snapshot: (*published.snapshot).clone(),
+            errors: published.errors.clone(),
+        };
+        for e in &loaded.errors {
+            warn!(error = %e, "rejected; its last good version (if any) stays");
+        }
+        let rejected: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        let result = loaded
+            .with_last_good(&self.last_good)
+            .map_err(anyhow::Error::from)
+            .and_then(|snapshot| {
+                let applied = self.enforcer.apply(&snapshot)?;
+                Ok((snapshot, applied))
+            });
+        self.state.stale = published.stale;
         let outcome = match result {
-            Ok((snapshot, rejected, applied)) => {
+            Ok((snapshot, applied)) => {
                 let latency = started.elapsed();
                 metrics::histogram!("portcullis_update_seconds", "daemon" => self.name)
                     .record(latency.as_secs_f64());
@@ -134,7 +142,7 @@ impl<E: Enforcer> Reloader<'_, E> {
                     entries = applied.entries,
                     rejected = rejected.len(),
                     total_ms = latency.as_secs_f64() * 1e3,
-                    "policy generation in force"
+                    "policy generation in force (latency from the first change seen)"
                 );
                 self.state.groups = applied.groups;
                 self.state.generation = applied.generation;
@@ -164,20 +172,6 @@ impl<E: Enforcer> Reloader<'_, E> {
         }
         outcome
     }
-}
-
-/// Files, sizes and modification times of the manifests: a change in any means reload.
-fn manifest_signature(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    manifests::manifest_files(paths)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (f, len, modified)
-        })
-        .collect()
 }
 
 /// Runs the daemon loop until SIGTERM or SIGINT. A first input that cannot be used at all is an
@@ -210,22 +204,56 @@ pub fn serve<E: Enforcer>(
         last_good: Snapshot::default(),
         name,
     };
-    let paths = &args.manifests.manifests;
-    let mut signature = manifest_signature(paths);
-    reloader
-        .reload(paths)
-        .context("the initial manifests cannot be enforced")?;
+    // The source runs on a small Tokio runtime; this thread applies what it publishes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the source runtime")?;
+    let (_file_source, _kube_source, mut published) = if args.source.is_kube() {
+        let source = runtime
+            .block_on(KubeSource::connect(
+                args.source.kubeconfig.as_deref(),
+                KubeOptions::default(),
+            ))
+            .context("connecting to the Kubernetes API")?;
+        let rx = source.subscribe();
+        (None, Some(source), rx)
+    } else {
+        let _guard = runtime.enter();
+        let source = FileSource::spawn(args.source.manifests.clone(), FileOptions::default())
+            .context("reading the manifests")?;
+        let rx = source.subscribe();
+        (Some(source), None, rx)
+    };
+    // Nothing is enforced from a partial view: wait for the source's first complete read.
+    let mut first = true;
     let mut last_gc = Instant::now();
     let mut last_metrics = Instant::now();
+    let mut applied_snapshot: Option<Arc<Snapshot>> = None;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(args.reload_interval.min(Duration::from_millis(200)));
-        let now = manifest_signature(paths);
-        if now != signature {
-            signature = now;
-            info!("manifests changed; reloading");
-            // A failed update is logged, counted and published by reload; keep serving.
-            let _ = reloader.reload(paths);
+        if published.has_changed().unwrap_or(false) {
+            let state = published.borrow_and_update().clone();
+            let unchanged = applied_snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &state.snapshot))
+                && state.errors.is_empty();
+            if state.source_ready && !unchanged {
+                let outcome = reloader.reload(&state);
+                if first {
+                    outcome.context("the initial cluster state cannot be enforced")?;
+                    first = false;
+                }
+                applied_snapshot = Some(state.snapshot.clone());
+            } else if state.source_ready {
+                // Only staleness changed.
+                reloader.state.stale = state.stale;
+                if let Err(e) = reloader.state.write(&reloader.state_dir) {
+                    warn!(error = format!("{e:#}"), "could not publish state");
+                }
+            }
         }
+        std::thread::sleep(Duration::from_millis(50));
         if last_gc.elapsed() >= Duration::from_secs(10) {
             last_gc = Instant::now();
             match reloader.enforcer.gc_flows() {

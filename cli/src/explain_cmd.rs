@@ -5,12 +5,12 @@ use anyhow::{bail, Context, Result};
 use portcullis_policy::explain;
 use portcullis_policy::probe::{parse_probes, Probe, ProbeSpec};
 
-use crate::{load_reporting, ManifestArgs, OutputFormat};
+use crate::{load_reporting, OutputFormat, SourceArgs};
 
 #[derive(clap::Args)]
 pub struct ExplainArgs {
     #[command(flatten)]
-    manifests: ManifestArgs,
+    source: SourceArgs,
     /// Probe file: a YAML list of {from, to, port, protocol} (see the conformance README).
     #[arg(long, conflicts_with_all = ["from", "to", "port"])]
     probes: Option<PathBuf>,
@@ -53,7 +53,7 @@ fn probes_of(args: &ExplainArgs) -> Result<Vec<Probe>> {
 
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     let probes = probes_of(&args)?;
-    let (snapshot, rejected) = load_reporting(&args.manifests)?;
+    let (snapshot, rejected) = load_reporting(&args.source)?;
     let mut rows = Vec::new();
     for probe in &probes {
         let verdict = snapshot

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::daemon::PublishedState;
 use crate::explain_cmd::print_table;
 use crate::gateway_cmd::Forward;
-use crate::{load_reporting, ManifestArgs, OutputFormat};
+use crate::{load_reporting, ManifestArgs, OutputFormat, SourceArgs};
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
@@ -260,7 +260,11 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
 
 fn lab_run(args: LabRunArgs) -> Result<ExitCode> {
     let probes = read_probes(&args.probes)?;
-    let (snapshot, rejected) = load_reporting(&args.manifests)?;
+    let (snapshot, rejected) = load_reporting(&SourceArgs {
+        manifests: args.manifests.manifests.clone(),
+        kubeconfig: None,
+        kube: false,
+    })?;
     let running = EnforcingLab::start(&snapshot, &args.manifests.manifests, &probes, &args.lab)?;
     let observed = running.lab.probe_all(&probes);
     running.stop()?;
@@ -290,10 +294,11 @@ fn lab_run(args: LabRunArgs) -> Result<ExitCode> {
 
 fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
     let probes = read_probes(&args.probes)?;
-    let manifests = ManifestArgs {
+    let (snapshot, rejected) = load_reporting(&SourceArgs {
         manifests: args.manifests.clone(),
-    };
-    let (snapshot, rejected) = load_reporting(&manifests)?;
+        kubeconfig: None,
+        kube: false,
+    })?;
     let started = Instant::now();
     let running = EnforcingLab::start(&snapshot, &args.manifests, &probes, &args.lab)?;
     let built = started.elapsed();

@@ -5,7 +5,6 @@ mod daemon;
 mod explain_cmd;
 mod gateway_cmd;
 mod lab_cmd;
-mod manifests;
 mod node_cmd;
 mod status_cmd;
 
@@ -52,12 +51,47 @@ enum Command {
     Lab(lab_cmd::LabCommand),
 }
 
-/// Manifest input shared by every command that reads cluster state.
+/// Manifest files (the lab builds its topology from them, so it takes only files).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ManifestArgs {
     /// Manifest files or directories (multi-document YAML of Namespaces, Pods, NetworkPolicies).
     #[arg(long, num_args = 1.., required = true)]
     pub manifests: Vec<PathBuf>,
+}
+
+/// Where cluster state comes from: manifests on disk, or a Kubernetes API server.
+#[derive(clap::Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// Manifest files or directories (multi-document YAML of Namespaces, Pods, NetworkPolicies).
+    #[arg(long, num_args = 1..)]
+    pub manifests: Vec<PathBuf>,
+    /// Read the cluster through this kubeconfig.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read the cluster through the in-cluster service account (or the default kubeconfig).
+    #[arg(long)]
+    pub kube: bool,
+}
+
+impl SourceArgs {
+    pub fn is_kube(&self) -> bool {
+        self.kube || self.kubeconfig.is_some()
+    }
+
+    /// Reads the source once.
+    pub fn load_once(&self) -> anyhow::Result<portcullis_watcher::Loaded> {
+        if self.is_kube() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(portcullis_watcher::load_from_kube(
+                self.kubeconfig.as_deref(),
+            ))?)
+        } else {
+            Ok(portcullis_watcher::load_files(&self.manifests)?)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -87,12 +121,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads manifests and reports rejected objects on stderr. Returns the snapshot and whether
-/// anything was rejected (commands exit non-zero then, after doing their work on the rest).
+/// Loads the cluster state once and reports rejected objects on stderr. Returns the snapshot and
+/// whether anything was rejected (commands exit non-zero then, after doing their work on the rest).
 pub fn load_reporting(
-    args: &ManifestArgs,
+    source: &SourceArgs,
 ) -> anyhow::Result<(portcullis_policy::model::Snapshot, bool)> {
-    let loaded = manifests::load(&args.manifests)?;
+    let loaded = source.load_once()?;
     for error in &loaded.errors {
         eprintln!("rejected: {error}");
     }

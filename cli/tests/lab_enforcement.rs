@@ -111,7 +111,6 @@ fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs) -> LabChild {
         .arg(&dirs.pin_dir)
         .arg("--state-dir")
         .arg(&dirs.state_dir)
-        .args(["--reload-interval", "100ms"])
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let child = lab.spawn_in(&legs.netns, cmd).unwrap();
