@@ -13,6 +13,10 @@ fn main() {
     let ebpf_dir = root.join("xdp/ebpf");
     let common_dir = root.join("xdp/common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("xdp/ebpf-common").display()
+    );
     // aya-build reads RUSTC_BOOTSTRAP to decide on build-std and passes our environment on to the
     // nested cargo. A build script runs single-threaded, so setting it here is sound.
     std::env::set_var("RUSTC_BOOTSTRAP", "1");

@@ -26,8 +26,6 @@
 // 512-byte BPF stack (several live in the per-CPU SCRATCH map for that reason).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
@@ -38,6 +36,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use portcullis_common::*;
+use portcullis_ebpf_common::*;
 
 /// `BPF_F_NO_PREALLOC`: the policy maps are written only by the loader, so their memory grows with
 /// the cluster instead of being reserved for `max_entries` up front.
@@ -108,66 +107,14 @@ struct Scratch {
     query: Query,
 }
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-/// IPv6 extension headers walked before giving up (the packet is then malformed for us).
-const MAX_IPV6_EXT_HEADERS: usize = 6;
-/// Largest L4 offset accepted; keeps every packet offset provably bounded for the verifier.
-const MAX_L4_OFFSET: usize = 512;
 /// Bytes made linear (`bpf_skb_pull_data`) before parsing when the skb's head is shorter.
 const PULL_LEN: u32 = 256;
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 // The bindings type these u32 for bpfel and i32 for the host (where clippy runs).
 #[allow(clippy::unnecessary_cast)]
 const ACT_OK: i32 = TC_ACT_OK as i32;
 #[allow(clippy::unnecessary_cast)]
 const ACT_SHOT: i32 = TC_ACT_SHOT as i32;
-
-/// Why parsing stopped without a classifiable IP packet.
-enum Stop {
-    /// Not for us to judge (non-IP, neighbour discovery, MLD): pass.
-    Pass,
-    Malformed,
-    Fragment,
-}
-
-/// What kind of L4 content the packet has, for the flow logic.
-#[repr(u8)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// TCP, UDP, SCTP, ICMP echo or any other protocol: tracked as a flow.
-    Flow,
-    /// ICMP error: related to the embedded packet's flow (`related`).
-    IcmpError,
-    /// Other ICMP (timestamps, ...): judged by policy every time, never tracked.
-    IcmpUntracked,
-}
-
-#[repr(C)]
-struct Packet {
-    /// Network byte order, IPv4 mapped.
-    src: [u8; 16],
-    dst: [u8; 16],
-    /// Network byte order (echo identifier for ICMP echo, 0 when the protocol has no ports).
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    tcp_flags: u8,
-    kind: Kind,
-    /// For `Kind::IcmpError`: normalised key of the embedded packet's flow.
-    related: FlowKey,
-}
 
 /// Input of a policy check (passed by reference: a BPF call takes at most five arguments).
 #[repr(C)]
@@ -198,43 +145,6 @@ pub fn tc_pass(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Stop> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if off > MAX_L4_OFFSET + 64 || start + off + size_of::<T>() > end {
-        return Err(Stop::Malformed);
-    }
-    Ok((start + off) as *const T)
-}
-
-#[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Stop> {
-    let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: bounds checked against data_end above; unaligned read.
-    Ok(unsafe { core::ptr::read_unaligned(p) })
-}
-
-/// Reference to `N` packet bytes at `off` (bounds checked), read in place without a stack copy.
-#[inline(always)]
-fn bytes<const N: usize>(ctx: &TcContext, off: usize) -> Result<&[u8; N], Stop> {
-    let p = ptr_at::<[u8; N]>(ctx, off)?;
-    // SAFETY: bounds checked against data_end; u8 arrays have alignment 1.
-    Ok(unsafe { &*p })
-}
-
-#[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
-}
-
-#[inline(always)]
-fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
-}
-
-#[inline(always)]
 fn count(idx: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -248,171 +158,10 @@ fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// (addr, port) ordering on the big-endian address, then the port.
-#[inline(always)]
-fn endpoint_less(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
-    let (a0, a1) = split(a);
-    let (b0, b1) = split(b);
-    if a0 != b0 {
-        return a0 < b0;
-    }
-    if a1 != b1 {
-        return a1 < b1;
-    }
-    u16::from_be(ap) < u16::from_be(bp)
-}
-
-#[inline(always)]
-fn split(a: &[u8; 16]) -> (u64, u64) {
-    // SAFETY: 16 bytes read as two unaligned u64.
-    unsafe {
-        let p = a.as_ptr() as *const u64;
-        (
-            u64::from_be(core::ptr::read_unaligned(p)),
-            u64::from_be(core::ptr::read_unaligned(p.add(1))),
-        )
-    }
-}
-
-/// Writes the normalised flow key to `out`; returns true when `src` is the `lo` endpoint.
-#[inline(always)]
-fn flow_key(
-    out: &mut FlowKey,
-    src: &[u8; 16],
-    sport: u16,
-    dst: &[u8; 16],
-    dport: u16,
-    proto: u8,
-) -> bool {
-    let src_is_lo = !endpoint_less(dst, dport, src, sport);
-    if src_is_lo {
-        out.addr_lo = *src;
-        out.addr_hi = *dst;
-        out.port_lo = sport;
-        out.port_hi = dport;
-    } else {
-        out.addr_lo = *dst;
-        out.addr_hi = *src;
-        out.port_lo = dport;
-        out.port_hi = sport;
-    }
-    out.protocol = proto;
-    out._pad = [0; 3];
-    src_is_lo
-}
-
-/// Parses the L4 ports of a (possibly embedded) TCP/UDP/SCTP header or the ICMP echo identifier.
-/// Returns (sport, dport) in network byte order.
-#[inline(always)]
-fn inner_ports(ctx: &TcContext, off: usize, proto: u8) -> Result<(u16, u16), Stop> {
-    match proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            let p: [u16; 2] = load(ctx, off)?;
-            Ok((p[0], p[1]))
-        }
-        PROTO_ICMP | PROTO_ICMPV6 => {
-            let h = bytes::<8>(ctx, off)?;
-            let id = u16::from_ne_bytes([h[4], h[5]]);
-            Ok((id, id))
-        }
-        _ => Ok((0, 0)),
-    }
-}
-
-/// Parses the packet embedded in an ICMP error starting at `off` and writes its flow key.
-#[inline(always)]
-fn related_flow(ctx: &TcContext, off: usize, v6: bool, out: &mut FlowKey) -> Result<(), Stop> {
-    if v6 {
-        let proto = bytes::<8>(ctx, off)?[6];
-        let src = bytes::<16>(ctx, off + 8)?;
-        let dst = bytes::<16>(ctx, off + 24)?;
-        let (sp, dp) = inner_ports(ctx, off + 40, proto)?;
-        flow_key(out, src, sp, dst, dp, proto);
-    } else {
-        let h = bytes::<20>(ctx, off)?;
-        let ihl = ((h[0] & 0x0f) as usize) * 4;
-        if ihl < 20 {
-            return Err(Stop::Malformed);
-        }
-        let proto = h[9];
-        let src = mapped_v4([h[12], h[13], h[14], h[15]]);
-        let dst = mapped_v4([h[16], h[17], h[18], h[19]]);
-        let (sp, dp) = inner_ports(ctx, off + ihl, proto)?;
-        flow_key(out, &src, sp, &dst, dp, proto);
-    }
-    Ok(())
-}
-
-/// Parses L4 at `off`: fills ports, flags and kind.
-#[inline(always)]
-fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Stop> {
-    match pkt.proto {
-        PROTO_TCP => {
-            let h = bytes::<20>(ctx, off)?;
-            pkt.sport = u16::from_ne_bytes([h[0], h[1]]);
-            pkt.dport = u16::from_ne_bytes([h[2], h[3]]);
-            pkt.tcp_flags = h[13];
-        }
-        PROTO_UDP => {
-            let h: [u16; 4] = load(ctx, off)?;
-            pkt.sport = h[0];
-            pkt.dport = h[1];
-        }
-        PROTO_SCTP => {
-            let h: [u16; 6] = load(ctx, off)?;
-            pkt.sport = h[0];
-            pkt.dport = h[1];
-        }
-        PROTO_ICMP => {
-            let h = bytes::<8>(ctx, off)?;
-            match h[0] {
-                0 | 8 => {
-                    let id = u16::from_ne_bytes([h[4], h[5]]);
-                    pkt.sport = id;
-                    pkt.dport = id;
-                }
-                3 | 4 | 5 | 11 | 12 => {
-                    pkt.kind = Kind::IcmpError;
-                    related_flow(ctx, off + 8, false, &mut pkt.related)?;
-                }
-                _ => pkt.kind = Kind::IcmpUntracked,
-            }
-        }
-        PROTO_ICMPV6 => {
-            let h = bytes::<8>(ctx, off)?;
-            match h[0] {
-                128 | 129 => {
-                    let id = u16::from_ne_bytes([h[4], h[5]]);
-                    pkt.sport = id;
-                    pkt.dport = id;
-                }
-                1..=4 => {
-                    pkt.kind = Kind::IcmpError;
-                    related_flow(ctx, off + 8, true, &mut pkt.related)?;
-                }
-                // MLD, router/neighbour solicitation/advertisement, redirect, MLDv2.
-                130..=137 | 143 => return Err(Stop::Pass),
-                _ => pkt.kind = Kind::IcmpUntracked,
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-const PARSE_PASS: u32 = 1;
-const PARSE_MALFORMED: u32 = 2;
-const PARSE_FRAGMENT: u32 = 3;
-
 /// Makes the headers linear when they are not (a pulled skb invalidates earlier packet
 /// pointers; nothing is held across this call), then fills `pkt`; returns 0 or a `PARSE_*` code.
 #[inline(always)]
 fn parse(ctx: &TcContext, pkt: &mut Packet) -> u32 {
-    pkt.sport = 0;
-    pkt.dport = 0;
-    pkt.proto = 0;
-    pkt.tcp_flags = 0;
-    pkt.kind = Kind::Flow;
     let want = if ctx.len() < PULL_LEN {
         ctx.len()
     } else {
@@ -421,91 +170,8 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> u32 {
     if ctx.data_end() - ctx.data() < want as usize {
         let _ = ctx.pull_data(want);
     }
-    match try_parse(ctx, pkt) {
-        Ok(()) => 0,
-        Err(Stop::Pass) => PARSE_PASS,
-        Err(Stop::Malformed) => PARSE_MALFORMED,
-        Err(Stop::Fragment) => PARSE_FRAGMENT,
-    }
-}
-
-#[inline(always)]
-fn try_parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Stop> {
-    let mut off = ETH_HLEN;
-    let mut ethertype = be16(load(ctx, 12).map_err(|_| Stop::Pass)?);
-    // Up to two tags (802.1ad outer, 802.1Q inner).
-    for _ in 0..2 {
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = be16(load(ctx, off + 2)?);
-            off += 4;
-        }
-    }
-    match ethertype {
-        ETH_P_IP => {
-            let h = bytes::<20>(ctx, off)?;
-            if h[0] >> 4 != 4 {
-                return Err(Stop::Malformed);
-            }
-            let ihl = ((h[0] & 0x0f) as usize) * 4;
-            if ihl < 20 {
-                return Err(Stop::Malformed);
-            }
-            let frag = be16([h[6], h[7]]);
-            if frag & 0x1fff != 0 {
-                return Err(Stop::Fragment);
-            }
-            pkt.proto = h[9];
-            pkt.src = mapped_v4([h[12], h[13], h[14], h[15]]);
-            pkt.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
-            parse_l4(ctx, off + ihl, pkt)?;
-        }
-        ETH_P_IPV6 => {
-            let h = bytes::<40>(ctx, off)?;
-            if h[0] >> 4 != 6 {
-                return Err(Stop::Malformed);
-            }
-            pkt.src.copy_from_slice(&h[8..24]);
-            pkt.dst.copy_from_slice(&h[24..40]);
-            let mut next = h[6];
-            let mut l4 = off + 40;
-            for _ in 0..MAX_IPV6_EXT_HEADERS {
-                match next {
-                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-                    0 | 43 | 60 => {
-                        let e = bytes::<2>(ctx, l4)?;
-                        next = e[0];
-                        l4 += (e[1] as usize + 1) * 8;
-                    }
-                    // Authentication header: (len + 2) * 4 bytes.
-                    51 => {
-                        let e = bytes::<2>(ctx, l4)?;
-                        next = e[0];
-                        l4 += (e[1] as usize + 2) * 4;
-                    }
-                    // Fragment header: a non-first fragment has no L4 header.
-                    44 => {
-                        let e = bytes::<8>(ctx, l4)?;
-                        if be16([e[2], e[3]]) & 0xfff8 != 0 {
-                            return Err(Stop::Fragment);
-                        }
-                        next = e[0];
-                        l4 += 8;
-                    }
-                    _ => break,
-                }
-                if l4 > MAX_L4_OFFSET {
-                    return Err(Stop::Malformed);
-                }
-            }
-            if matches!(next, 0 | 43 | 44 | 51 | 60) {
-                return Err(Stop::Malformed);
-            }
-            pkt.proto = next;
-            parse_l4(ctx, l4, pkt)?;
-        }
-        _ => return Err(Stop::Pass),
-    }
-    Ok(())
+    // A frame too short for an Ethernet header is not ours to judge.
+    portcullis_ebpf_common::parse(&Frame::new(ctx.data(), ctx.data_end()), pkt, Stop::Pass)
 }
 
 const VERDICT_UNSELECTED: u64 = 0;
@@ -617,25 +283,11 @@ fn side(q: &Query, direction: u32) -> u64 {
 /// no ports: only "any protocol" rules allow it).
 #[inline(always)]
 fn set_allows(rule_set: u32, proto: u8, port: u16) -> bool {
-    let rs = match RULE_SETS.get_ptr(rule_set) {
+    match RULE_SETS.get_ptr(rule_set) {
         // SAFETY: value pointer from a successful lookup; read only.
-        Some(rs) => unsafe { &*rs },
-        None => return false,
-    };
-    let icmp = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
-    for i in 0..MAX_PORT_RANGES {
-        if i as u32 >= rs.count {
-            break;
-        }
-        let r = rs.ranges[i];
-        if r.protocol == PROTO_ANY {
-            return true;
-        }
-        if !icmp && r.protocol == proto && port >= r.first && port <= r.last {
-            return true;
-        }
+        Some(rs) => rule_set_allows(unsafe { &*rs }, proto, port),
+        None => false,
     }
-    false
 }
 
 /// A SYN from the former responder of a closing TCP flow opens a new connection the other way
@@ -670,57 +322,17 @@ fn drop_packet(
     group: u32,
     direction: u8,
 ) -> i32 {
-    count(match reason {
-        DROP_REASON_POLICY => COUNTER_DROP_POLICY,
-        DROP_REASON_FRAGMENT => COUNTER_DROP_FRAGMENT,
-        _ => COUNTER_DROP_MALFORMED,
-    });
-    if group != 0 {
-        match DROPS_BY_GROUP.get_ptr_mut(group) {
-            // SAFETY: per-CPU slot.
-            Some(c) => unsafe { *c += 1 },
-            None => {
-                let _ = DROPS_BY_GROUP.insert(group, 1u64, 0);
-            }
-        }
-    }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(w) = DROP_EVENT_WINDOW.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        let w = unsafe { &mut *w };
-        if now.wrapping_sub(w[0]) >= NS_PER_SEC {
-            w[0] = now;
-            w[1] = 0;
-        }
-        if w[1] < DROP_EVENTS_PER_SECOND {
-            w[1] += 1;
-            if let Some(mut e) = DROP_EVENTS.reserve(0) {
-                let mut ev = DropEvent {
-                    timestamp_ns: now,
-                    ifindex: ifindex(ctx),
-                    group,
-                    src: [0; 16],
-                    dst: [0; 16],
-                    src_port: 0,
-                    dst_port: 0,
-                    protocol: 0,
-                    direction,
-                    reason,
-                    _pad: 0,
-                };
-                if let Some(p) = pkt {
-                    ev.src = p.src;
-                    ev.dst = p.dst;
-                    ev.src_port = u16::from_be(p.sport);
-                    ev.dst_port = u16::from_be(p.dport);
-                    ev.protocol = p.proto;
-                }
-                e.write(ev);
-                e.submit(0);
-            }
-        }
-    }
+    count(drop_counter(reason));
+    report_drop(
+        &DROPS_BY_GROUP,
+        &DROP_EVENT_WINDOW,
+        &DROP_EVENTS,
+        ifindex(ctx),
+        pkt,
+        reason,
+        group,
+        direction,
+    );
     ACT_SHOT
 }
 
