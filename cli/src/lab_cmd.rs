@@ -57,6 +57,10 @@ pub struct LabFlags {
     /// Per-attempt timeout of a probe in milliseconds (a deny costs two of them).
     #[arg(long, default_value_t = 700)]
     timeout_ms: u64,
+    /// Nodes that pods without `spec.nodeName` are spread over, so traffic takes both same-node
+    /// and cross-node paths (each node runs its own node hook).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
 }
 
 /// Removes the lab gateway's pins and state even when the run fails.
@@ -94,6 +98,7 @@ impl EnforcingLab {
     ) -> Result<EnforcingLab> {
         let options = LabOptions {
             timeout: Duration::from_millis(flags.timeout_ms),
+            unscheduled_nodes: flags.nodes,
             ..LabOptions::default()
         };
         let mut lab = Lab::build(snapshot, probes, options).context("building the lab")?;
@@ -338,9 +343,9 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
         ]);
     }
     println!(
-        "lab: {} pods in {} network namespaces, gateway forwarding in {:?} mode, ready in {} ms; {} probes of real traffic",
+        "lab: {} pods on {} nodes, gateway forwarding in {:?} mode, ready in {} ms; {} probes of real traffic",
         snapshot.pods.iter().filter(|p| !p.ips.is_empty()).count(),
-        snapshot.pods.len() + 4,
+        args.lab.nodes.max(1),
         args.lab.forward,
         built.as_millis(),
         probes.len()

@@ -122,6 +122,9 @@ pub struct LabOptions {
     pub parallelism: usize,
     /// Delete namespaces of this prefix left by dead processes before building.
     pub cleanup_stale: bool,
+    /// Nodes that pods naming no node are spread over (round-robin), so both same-node and
+    /// cross-node paths carry traffic.
+    pub unscheduled_nodes: usize,
 }
 
 impl Default for LabOptions {
@@ -132,6 +135,7 @@ impl Default for LabOptions {
             retries: 1,
             parallelism: 128,
             cleanup_stale: true,
+            unscheduled_nodes: 1,
         }
     }
 }
@@ -318,7 +322,8 @@ impl Lab {
             next_lab_number()
         );
 
-        // Pods and nodes (a pod that names no node is on "node-0").
+        // Pods and nodes: a pod that names no node goes to one of `unscheduled_nodes` nodes
+        // ("node-0", "node-1", ...), round-robin in manifest order.
         let mut pods = BTreeMap::new();
         let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
         let modelled: Vec<_> = snapshot
@@ -326,7 +331,19 @@ impl Lab {
             .iter()
             .filter(|p| !p.host_network && !p.ips.is_empty())
             .collect();
-        let node_of = |p: &portcullis_policy::model::Pod| p.node.clone().unwrap_or("node-0".into());
+        let spread = opts.unscheduled_nodes.max(1);
+        let node_of_pod: BTreeMap<String, String> = modelled
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let node = p
+                    .node
+                    .clone()
+                    .unwrap_or_else(|| format!("node-{}", i % spread));
+                (p.key(), node)
+            })
+            .collect();
+        let node_of = |p: &portcullis_policy::model::Pod| node_of_pod[&p.key()].clone();
         let node_names: BTreeSet<String> = modelled.iter().map(|p| node_of(p)).collect();
         let nodes: Vec<NodeInfo> = node_names
             .iter()
