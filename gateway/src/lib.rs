@@ -12,18 +12,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
-use portcullis_bpf::{
-    active_generation, endpoint_keys, group_drops, ifindex, ignore_missing, map_err, open_pinned,
-    prefix_keys, remove_pin, rule_set_keys, sum_counters, switch_generation, write_endpoints,
-    write_prefixes, write_rule_sets,
-};
 pub use portcullis_bpf::{generation_id, key_addr, DropEvents, GroupDrops};
+use portcullis_bpf::{ifindex, map_err, open_pinned, remove_pin, PolicyMaps, Written};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::GatewayTables;
@@ -198,27 +193,13 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-/// Entries one generation has in the maps.
-#[derive(Default)]
-struct Written {
-    endpoints: Vec<EndpointKey>,
-    prefixes: Vec<Key<PrefixData>>,
-    rule_sets: Vec<u32>,
-}
-
 pub struct Gateway {
     ebpf: Ebpf,
     options: GatewayOptions,
     attached: Vec<AttachedInterface>,
     /// Pinned links we keep open (the pin keeps them attached after we exit).
     _pinned_links: Vec<PinnedLink>,
-    config: Array<MapData, Config>,
-    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
-    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
-    rule_sets: HashMap<MapData, u32, RuleSet>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    counters: PerCpuArray<MapData, u64>,
-    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+    maps: PolicyMaps,
     drop_events: Option<RingBuf<MapData>>,
     /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
     /// iterating once.
@@ -248,9 +229,9 @@ impl Gateway {
             .try_into()?;
         program.load()?;
 
-        let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
+        let mut maps = PolicyMaps::take(&mut ebpf, OBJECT)?;
         let mut roles: HashMap<MapData, u32, u32> = take(&mut ebpf, "IFACE_ROLES")?;
-        let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        let mut current = maps.config()?;
         current.generation &= 1;
         current.flags = 0;
         if options.forward == ForwardMode::Xdp {
@@ -259,7 +240,7 @@ impl Gateway {
         if options.revalidate {
             current.flags |= CONFIG_FLAG_REVALIDATE;
         }
-        config.set(0, current, 0).map_err(map_err("CONFIG"))?;
+        maps.set_config(current)?;
         let stale: Vec<u32> = roles
             .keys()
             .filter_map(|k| k.ok())
@@ -333,14 +314,8 @@ impl Gateway {
         }
 
         let gateway = Gateway {
-            endpoints: take(&mut ebpf, "ENDPOINTS")?,
-            prefixes: take(&mut ebpf, "PREFIXES")?,
-            rule_sets: take(&mut ebpf, "RULE_SETS")?,
-            flows: take(&mut ebpf, "FLOWS")?,
-            counters: take(&mut ebpf, "COUNTERS")?,
-            drops_by_group: take(&mut ebpf, "DROPS_BY_GROUP")?,
+            maps,
             drop_events: Some(take(&mut ebpf, "DROP_EVENTS")?),
-            config,
             ebpf,
             attached,
             _pinned_links: pinned_links,
@@ -360,7 +335,7 @@ impl Gateway {
 
     /// Active generation parity.
     pub fn generation(&self) -> Result<u32> {
-        Ok(active_generation(&self.config)?)
+        Ok(self.maps.generation()?)
     }
 
     pub fn attached(&self) -> &[AttachedInterface] {
@@ -414,23 +389,15 @@ impl Gateway {
         // Leftovers of an interrupted update in the inactive parity.
         self.delete_generation(next)?;
 
-        let mut written = Written {
-            rule_sets: write_rule_sets(&mut self.rule_sets, &tables.rule_sets, next)?,
-            ..Written::default()
-        };
-        let mut group_policies = BTreeMap::new();
-        for (gi, group) in tables.groups.iter().enumerate() {
-            let gid = generation_id(gi, next);
-            write_prefixes(
-                &mut self.prefixes,
-                gid,
-                &group.prefixes,
-                next,
-                &mut written.prefixes,
-            )?;
-            group_policies.insert(gid, group.policies.clone());
-        }
-        written.endpoints = write_endpoints(&mut self.endpoints, &tables.endpoints, next)?;
+        let written = self.maps.write(
+            &tables.rule_sets,
+            tables.groups.iter().map(|g| g.prefixes.as_slice()),
+            &tables.endpoints,
+            next,
+        )?;
+        let group_policies: BTreeMap<u32, Vec<String>> = (tables.groups.iter().enumerate())
+            .map(|(gi, group)| (generation_id(gi, next), group.policies.clone()))
+            .collect();
         let stats_counts = (
             written.endpoints.len(),
             written.prefixes.len(),
@@ -439,7 +406,7 @@ impl Gateway {
         self.written[next as usize] = Some(written);
 
         // The switch: one array write.
-        switch_generation(&mut self.config, next)?;
+        self.maps.switch_generation(next)?;
         let write = start.elapsed();
         info!(generation = next, "switched policy generation");
 
@@ -465,25 +432,9 @@ impl Gateway {
         let written = match self.written[parity as usize].take() {
             Some(w) => w,
             // Adopted maps: find the entries of that parity once.
-            None => Written {
-                endpoints: endpoint_keys(&self.endpoints, parity),
-                prefixes: prefix_keys(&self.prefixes, parity),
-                rule_sets: rule_set_keys(&self.rule_sets, parity),
-            },
+            None => self.maps.written(parity),
         };
-        let mut n = 0;
-        for k in &written.endpoints {
-            ignore_missing(self.endpoints.remove(k), "ENDPOINTS")?;
-            n += 1;
-        }
-        for k in &written.prefixes {
-            ignore_missing(self.prefixes.remove(k), "PREFIXES")?;
-            n += 1;
-        }
-        for k in &written.rule_sets {
-            ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
-            n += 1;
-        }
+        let n = self.maps.delete(&written)?;
         self.written[parity as usize] = Some(Written::default());
         debug!(parity, deleted = n, "deleted generation");
         Ok(n)
@@ -491,12 +442,12 @@ impl Gateway {
 
     /// Deletes expired flows; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
-        Ok(portcullis_bpf::gc_flows(&mut self.flows)?)
+        Ok(self.maps.gc_flows()?)
     }
 
     /// All flows currently in the table (expired ones included until GC).
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(|r| r.ok()).collect()
+        self.maps.flows()
     }
 
     pub fn status(&self) -> Result<Status> {
@@ -506,12 +457,12 @@ impl Gateway {
             forward: self.options.forward,
             revalidate: self.options.revalidate,
             generation: self.generation()?,
-            endpoints: self.endpoints.keys().count(),
-            prefixes: self.prefixes.keys().count(),
-            rule_sets: self.rule_sets.keys().count(),
-            flows: self.flows.keys().count(),
-            counters: counters(&self.counters)?,
-            drops_by_group: group_drops(&self.drops_by_group, &self.group_policies),
+            endpoints: self.maps.endpoints.keys().count(),
+            prefixes: self.maps.prefixes.keys().count(),
+            rule_sets: self.maps.rule_sets.keys().count(),
+            flows: self.maps.flows.keys().count(),
+            counters: counters(&self.maps)?,
+            drops_by_group: self.maps.group_drops(&self.group_policies),
         })
     }
 
@@ -584,8 +535,8 @@ impl Gateway {
 }
 
 /// `COUNTERS` summed over CPUs.
-fn counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
-    let sums = sum_counters::<{ COUNTER_COUNT as usize }>(counters)?;
+fn counters(maps: &PolicyMaps) -> Result<Counters> {
+    let sums = maps.counters::<{ COUNTER_COUNT as usize }>()?;
     let c = |i: u32| sums[i as usize];
     Ok(Counters {
         pass_flow: c(COUNTER_PASS_FLOW),
@@ -603,14 +554,8 @@ fn counters(counters: &PerCpuArray<MapData, u64>) -> Result<Counters> {
 /// Read-only view of a running gateway's pinned maps, for `status` and `monitor` in another
 /// process. Opening it changes nothing; the daemon keeps enforcing.
 pub struct PinnedGateway {
-    config: Array<MapData, Config>,
+    maps: PolicyMaps,
     roles: HashMap<MapData, u32, u32>,
-    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
-    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
-    rule_sets: HashMap<MapData, u32, RuleSet>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    counters: PerCpuArray<MapData, u64>,
-    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
     dir: PathBuf,
 }
 
@@ -636,21 +581,15 @@ impl PinnedGateway {
     /// Opens the maps pinned under `dir` by a gateway started with that pin directory.
     pub fn open(dir: &Path) -> Result<PinnedGateway> {
         Ok(PinnedGateway {
-            config: open_pinned(dir, "CONFIG")?,
+            maps: PolicyMaps::open_pinned(dir)?,
             roles: open_pinned(dir, "IFACE_ROLES")?,
-            endpoints: open_pinned(dir, "ENDPOINTS")?,
-            prefixes: open_pinned(dir, "PREFIXES")?,
-            rule_sets: open_pinned(dir, "RULE_SETS")?,
-            flows: open_pinned(dir, "FLOWS")?,
-            counters: open_pinned(dir, "COUNTERS")?,
-            drops_by_group: open_pinned(dir, "DROPS_BY_GROUP")?,
             dir: dir.to_path_buf(),
         })
     }
 
     /// Status; `policies` names the groups (the daemon publishes them beside the pins).
     pub fn status(&self, policies: &BTreeMap<u32, Vec<String>>) -> Result<PinnedStatus> {
-        let config = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        let config = self.maps.config()?;
         Ok(PinnedStatus {
             legs: self.roles.iter().filter_map(|r| r.ok()).collect(),
             links: ["link_cluster", "link_external"]
@@ -665,12 +604,12 @@ impl PinnedGateway {
                 ForwardMode::Kernel
             },
             revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
-            endpoints: self.endpoints.keys().count(),
-            prefixes: self.prefixes.keys().count(),
-            rule_sets: self.rule_sets.keys().count(),
-            flows: self.flows.keys().count(),
-            counters: counters(&self.counters)?,
-            drops_by_group: group_drops(&self.drops_by_group, policies),
+            endpoints: self.maps.endpoints.keys().count(),
+            prefixes: self.maps.prefixes.keys().count(),
+            rule_sets: self.maps.rule_sets.keys().count(),
+            flows: self.maps.flows.keys().count(),
+            counters: counters(&self.maps)?,
+            drops_by_group: self.maps.group_drops(policies),
         })
     }
 

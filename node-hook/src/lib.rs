@@ -18,19 +18,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{qdisc_add_clsact, SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::util::KernelVersion;
 use aya::Ebpf;
-use portcullis_bpf::{
-    active_generation, endpoint_keys, group_drops, ifindex, ignore_missing, key_addr, map_err,
-    prefix_keys, remove_pin, rule_set_keys, sum_counters, switch_generation, write_endpoints,
-    write_prefixes, write_rule_sets,
-};
 pub use portcullis_bpf::{generation_id, DropEvents, GroupDrops};
+use portcullis_bpf::{ifindex, ignore_missing, key_addr, map_err, remove_pin, PolicyMaps};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
@@ -190,11 +185,10 @@ pub struct TestRunOutcome {
 /// Entries one generation has in the maps.
 #[derive(Default)]
 struct Written {
+    /// In the maps the gateway has too.
+    shared: portcullis_bpf::Written,
     identities: Vec<IdentityKey>,
-    endpoints: Vec<EndpointKey>,
     peers: Vec<PeerKey>,
-    prefixes: Vec<Key<PrefixData>>,
-    rule_sets: Vec<u32>,
 }
 
 /// One attached link: held open by this process, pinned or not.
@@ -218,15 +212,9 @@ pub struct NodeHook {
     options: NodeOptions,
     tcx: bool,
     hooked: BTreeMap<String, Hooked>,
-    config: Array<MapData, Config>,
+    maps: PolicyMaps,
     identities: HashMap<MapData, IdentityKey, IdentityValue>,
-    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     peers: HashMap<MapData, PeerKey, PrefixValue>,
-    prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
-    rule_sets: HashMap<MapData, u32, RuleSet>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    counters: PerCpuArray<MapData, u64>,
-    drops_by_group: PerCpuHashMap<MapData, u32, u64>,
     drop_events: Option<RingBuf<MapData>>,
     /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
     /// iterating once.
@@ -273,29 +261,23 @@ impl NodeHook {
         for name in [PROGRAM_DELIVER, PROGRAM_ORIGIN] {
             program(&mut ebpf, name)?.load()?;
         }
-        let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
-        let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        let mut maps = PolicyMaps::take(&mut ebpf, OBJECT)?;
+        let mut current = maps.config()?;
         current.generation &= 1;
         current.flags = if options.revalidate {
             CONFIG_FLAG_REVALIDATE
         } else {
             0
         };
-        config.set(0, current, 0).map_err(map_err("CONFIG"))?;
+        maps.set_config(current)?;
         let tcx = KernelVersion::current()
             .map(|v| v >= KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
 
         let mut hook = NodeHook {
-            config,
+            maps,
             identities: take(&mut ebpf, "IDENTITIES")?,
-            endpoints: take(&mut ebpf, "ENDPOINTS")?,
             peers: take(&mut ebpf, "PEERS")?,
-            prefixes: take(&mut ebpf, "PREFIXES")?,
-            rule_sets: take(&mut ebpf, "RULE_SETS")?,
-            flows: take(&mut ebpf, "FLOWS")?,
-            counters: take(&mut ebpf, "COUNTERS")?,
-            drops_by_group: take(&mut ebpf, "DROPS_BY_GROUP")?,
             drop_events: Some(take(&mut ebpf, "DROP_EVENTS")?),
             ebpf,
             tcx,
@@ -497,7 +479,7 @@ impl NodeHook {
 
     /// Active generation parity.
     pub fn generation(&self) -> Result<u32> {
-        Ok(active_generation(&self.config)?)
+        Ok(self.maps.generation()?)
     }
 
     fn validate(tables: &NodeTables) -> Result<()> {
@@ -559,7 +541,12 @@ impl NodeHook {
         self.delete_generation(next)?;
 
         let mut written = Written {
-            rule_sets: write_rule_sets(&mut self.rule_sets, &tables.rule_sets, next)?,
+            shared: self.maps.write(
+                &tables.rule_sets,
+                tables.groups.iter().map(|g| g.prefixes.as_slice()),
+                &tables.endpoints,
+                next,
+            )?,
             ..Written::default()
         };
         let mut group_policies = BTreeMap::new();
@@ -576,16 +563,8 @@ impl NodeHook {
                 self.peers.insert(key, value, 0).map_err(map_err("PEERS"))?;
                 written.peers.push(key);
             }
-            write_prefixes(
-                &mut self.prefixes,
-                gid,
-                &group.prefixes,
-                next,
-                &mut written.prefixes,
-            )?;
             group_policies.insert(gid, group.policies.clone());
         }
-        written.endpoints = write_endpoints(&mut self.endpoints, &tables.endpoints, next)?;
         for (ip, identity) in &tables.identities {
             let key = IdentityKey {
                 addr: key_addr(*ip),
@@ -606,17 +585,17 @@ impl NodeHook {
         let mut stats = ApplyStats {
             generation: next,
             identities: written.identities.len(),
-            endpoints: written.endpoints.len(),
+            endpoints: written.shared.endpoints.len(),
             groups: tables.groups.len(),
             peers: written.peers.len(),
-            prefixes: written.prefixes.len(),
-            rule_sets: written.rule_sets.len(),
+            prefixes: written.shared.prefixes.len(),
+            rule_sets: written.shared.rule_sets.len(),
             ..Default::default()
         };
         self.written[next as usize] = Some(written);
 
         // The switch: one array write.
-        switch_generation(&mut self.config, next)?;
+        self.maps.switch_generation(next)?;
         stats.write = start.elapsed();
         info!(generation = next, "switched node policy generation");
 
@@ -643,39 +622,24 @@ impl NodeHook {
                         .filter_map(|k| k.ok())
                         .filter(|k| k.generation as u32 == parity)
                         .collect(),
-                    endpoints: endpoint_keys(&self.endpoints, parity),
                     peers: self
                         .peers
                         .keys()
                         .filter_map(|k| k.ok())
                         .filter(|k| k.group & GENERATION_ID_BIT == bit)
                         .collect(),
-                    prefixes: prefix_keys(&self.prefixes, parity),
-                    rule_sets: rule_set_keys(&self.rule_sets, parity),
+                    shared: self.maps.written(parity),
                 }
             }
         };
-        let mut n = 0;
         for k in &written.identities {
             ignore_missing(self.identities.remove(k), "IDENTITIES")?;
-        }
-        for k in &written.endpoints {
-            ignore_missing(self.endpoints.remove(k), "ENDPOINTS")?;
         }
         for k in &written.peers {
             ignore_missing(self.peers.remove(k), "PEERS")?;
         }
-        for k in &written.prefixes {
-            ignore_missing(self.prefixes.remove(k), "PREFIXES")?;
-        }
-        for k in &written.rule_sets {
-            ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
-        }
-        n += written.identities.len()
-            + written.endpoints.len()
-            + written.peers.len()
-            + written.prefixes.len()
-            + written.rule_sets.len();
+        let n =
+            written.identities.len() + written.peers.len() + self.maps.delete(&written.shared)?;
         self.written[parity as usize] = Some(Written::default());
         debug!(parity, deleted = n, "deleted generation");
         Ok(n)
@@ -683,25 +647,25 @@ impl NodeHook {
 
     /// Deletes expired flows; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
-        Ok(portcullis_bpf::gc_flows(&mut self.flows)?)
+        Ok(self.maps.gc_flows()?)
     }
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
         for k in &keys {
-            ignore_missing(self.flows.remove(k), "FLOWS")?;
+            ignore_missing(self.maps.flows.remove(k), "FLOWS")?;
         }
         Ok(keys.len())
     }
 
     /// All flows currently in the table (expired ones included until GC).
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(|r| r.ok()).collect()
+        self.maps.flows()
     }
 
     pub fn status(&self) -> Result<Status> {
-        let sums = sum_counters::<{ NODE_COUNTER_COUNT as usize }>(&self.counters)?;
+        let sums = self.maps.counters::<{ NODE_COUNTER_COUNT as usize }>()?;
         let c = |i: u32| sums[i as usize];
         let counters = Counters {
             pass_flow: c(COUNTER_PASS_FLOW),
@@ -713,17 +677,17 @@ impl NodeHook {
             drop_fragment: c(COUNTER_DROP_FRAGMENT),
             origin_recorded: c(NODE_COUNTER_ORIGIN),
         };
-        let drops_by_group = group_drops(&self.drops_by_group, &self.group_policies);
+        let drops_by_group = self.maps.group_drops(&self.group_policies);
         Ok(Status {
             attached: self.attached(),
             revalidate: self.options.revalidate,
             generation: self.generation()?,
             identities: self.identities.keys().count(),
-            endpoints: self.endpoints.keys().count(),
+            endpoints: self.maps.endpoints.keys().count(),
             peers: self.peers.keys().count(),
-            prefixes: self.prefixes.keys().count(),
-            rule_sets: self.rule_sets.keys().count(),
-            flows: self.flows.keys().count(),
+            prefixes: self.maps.prefixes.keys().count(),
+            rule_sets: self.maps.rule_sets.keys().count(),
+            flows: self.maps.flows.keys().count(),
             counters,
             drops_by_group,
         })

@@ -1,8 +1,7 @@
 //! User-space pieces shared by the two loaders, `portcullis-gateway` (XDP) and `portcullis-node`
-//! (tc): map and pin-file errors, opening the object with pinned maps, the parts of a generation
-//! that both programs read the same way (`CONFIG`, `RULE_SETS`, `PREFIXES`, `ENDPOINTS`), flow
-//! GC, counter sums and the drop-event reader. Each loader keeps its own error type and wraps
-//! [`Error`] in it.
+//! (tc): map and pin-file errors, opening the object with pinned maps, [`PolicyMaps`] (the maps
+//! both programs have, with the generation writes, deletes and switch, flow GC, counter sums) and
+//! the drop-event reader. Each loader keeps its own error type and wraps [`Error`] in it.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -158,154 +157,230 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Active generation parity in `CONFIG`.
-pub fn active_generation(config: &Array<MapData, Config>) -> Result<u32> {
-    Ok(config.get(&0, 0).map_err(map_err("CONFIG"))?.generation & 1)
+/// The maps both programs have, under the same names with the same types.
+pub struct PolicyMaps {
+    /// Index 0: generation parity and `CONFIG_FLAG_*`.
+    pub config: Array<MapData, Config>,
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    pub prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    pub rule_sets: HashMap<MapData, u32, RuleSet>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub drops_by_group: PerCpuHashMap<MapData, u32, u64>,
 }
 
-/// The switch to generation `next`: one array write.
-pub fn switch_generation(config: &mut Array<MapData, Config>, next: u32) -> Result<()> {
-    let mut current = config.get(&0, 0).map_err(map_err("CONFIG"))?;
-    current.generation = next;
-    config.set(0, current, 0).map_err(map_err("CONFIG"))
+/// Entries one generation has in the [`PolicyMaps`].
+#[derive(Default)]
+pub struct Written {
+    pub endpoints: Vec<EndpointKey>,
+    pub prefixes: Vec<Key<PrefixData>>,
+    pub rule_sets: Vec<u32>,
 }
 
-/// Writes `rule_sets` as generation `parity`; returns their ids.
-pub fn write_rule_sets(
-    map: &mut HashMap<MapData, u32, RuleSet>,
-    rule_sets: &[Vec<PortRule>],
-    parity: u32,
-) -> Result<Vec<u32>> {
-    let mut ids = Vec::with_capacity(rule_sets.len());
-    for (i, rules) in rule_sets.iter().enumerate() {
-        let mut value = RuleSet {
-            count: rules.len() as u32,
-            ranges: [PortRange::default(); MAX_PORT_RANGES],
-        };
-        for (slot, rule) in value.ranges.iter_mut().zip(rules) {
-            *slot = PortRange {
-                protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
-                _pad: 0,
-                first: rule.first,
-                last: rule.last,
+impl PolicyMaps {
+    /// Takes the maps out of the loaded `object` ("XDP", "node-hook": for error messages).
+    pub fn take(ebpf: &mut Ebpf, object: &'static str) -> Result<PolicyMaps> {
+        Ok(PolicyMaps {
+            config: take(ebpf, object, "CONFIG")?,
+            endpoints: take(ebpf, object, "ENDPOINTS")?,
+            prefixes: take(ebpf, object, "PREFIXES")?,
+            rule_sets: take(ebpf, object, "RULE_SETS")?,
+            flows: take(ebpf, object, "FLOWS")?,
+            counters: take(ebpf, object, "COUNTERS")?,
+            drops_by_group: take(ebpf, object, "DROPS_BY_GROUP")?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir` by a running loader.
+    pub fn open_pinned(dir: &Path) -> Result<PolicyMaps> {
+        Ok(PolicyMaps {
+            config: open_pinned(dir, "CONFIG")?,
+            endpoints: open_pinned(dir, "ENDPOINTS")?,
+            prefixes: open_pinned(dir, "PREFIXES")?,
+            rule_sets: open_pinned(dir, "RULE_SETS")?,
+            flows: open_pinned(dir, "FLOWS")?,
+            counters: open_pinned(dir, "COUNTERS")?,
+            drops_by_group: open_pinned(dir, "DROPS_BY_GROUP")?,
+        })
+    }
+
+    /// `CONFIG` index 0.
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err("CONFIG"))
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        self.config.set(0, config, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Active generation parity.
+    pub fn generation(&self) -> Result<u32> {
+        Ok(self.config()?.generation & 1)
+    }
+
+    /// The switch to generation `next`: one array write.
+    pub fn switch_generation(&mut self, next: u32) -> Result<()> {
+        let mut config = self.config()?;
+        config.generation = next;
+        self.set_config(config)
+    }
+
+    /// Writes generation `parity`: `rule_sets`, the peer prefixes of each group (group `i` gets
+    /// id `generation_id(i, parity)`) and the endpoint → group entries. Returns what it wrote.
+    pub fn write<'a>(
+        &mut self,
+        rule_sets: &[Vec<PortRule>],
+        group_prefixes: impl Iterator<Item = &'a [(IpNet, u32)]>,
+        endpoints: &EndpointGroups,
+        parity: u32,
+    ) -> Result<Written> {
+        let mut written = Written::default();
+        for (i, rules) in rule_sets.iter().enumerate() {
+            let mut value = RuleSet {
+                count: rules.len() as u32,
+                ranges: [PortRange::default(); MAX_PORT_RANGES],
             };
+            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+                *slot = PortRange {
+                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+                    _pad: 0,
+                    first: rule.first,
+                    last: rule.last,
+                };
+            }
+            let id = generation_id(i, parity);
+            self.rule_sets
+                .insert(id, value, 0)
+                .map_err(map_err("RULE_SETS"))?;
+            written.rule_sets.push(id);
         }
-        let id = generation_id(i, parity);
-        map.insert(id, value, 0).map_err(map_err("RULE_SETS"))?;
-        ids.push(id);
+        for (gi, prefixes) in group_prefixes.enumerate() {
+            let group = generation_id(gi, parity);
+            for (net, rs) in prefixes {
+                let bits = match net {
+                    IpNet::V4(n) => 96 + n.prefix_len() as u32,
+                    IpNet::V6(n) => n.prefix_len() as u32,
+                };
+                let key = Key::new(
+                    PREFIX_GROUP_BITS + bits,
+                    PrefixData {
+                        group_be: group.to_be(),
+                        addr: key_addr(net.network()),
+                    },
+                );
+                let value = PrefixValue {
+                    rule_set: generation_id(*rs as usize, parity),
+                };
+                self.prefixes
+                    .insert(&key, value, 0)
+                    .map_err(map_err("PREFIXES"))?;
+                written.prefixes.push(key);
+            }
+        }
+        for ((direction, ip), gi) in endpoints {
+            let key = EndpointKey {
+                addr: key_addr(*ip),
+                direction: direction_code(*direction),
+                generation: parity as u8,
+                _pad: [0; 2],
+            };
+            let value = EndpointValue {
+                group: generation_id(*gi as usize, parity),
+            };
+            self.endpoints
+                .insert(key, value, 0)
+                .map_err(map_err("ENDPOINTS"))?;
+            written.endpoints.push(key);
+        }
+        Ok(written)
     }
-    Ok(ids)
-}
 
-/// Writes the peer prefixes of group `group` (an id of generation `parity`, as are the rule sets
-/// they name); appends their keys to `written`.
-pub fn write_prefixes(
-    map: &mut LpmTrie<MapData, PrefixData, PrefixValue>,
-    group: u32,
-    prefixes: &[(IpNet, u32)],
-    parity: u32,
-    written: &mut Vec<Key<PrefixData>>,
-) -> Result<()> {
-    for (net, rs) in prefixes {
-        let bits = match net {
-            IpNet::V4(n) => 96 + n.prefix_len() as u32,
-            IpNet::V6(n) => n.prefix_len() as u32,
-        };
-        let key = Key::new(
-            PREFIX_GROUP_BITS + bits,
-            PrefixData {
-                group_be: group.to_be(),
-                addr: key_addr(net.network()),
-            },
-        );
-        let value = PrefixValue {
-            rule_set: generation_id(*rs as usize, parity),
-        };
-        map.insert(&key, value, 0).map_err(map_err("PREFIXES"))?;
-        written.push(key);
+    /// The entries of generation `parity`, found by iterating (adopted maps).
+    pub fn written(&self, parity: u32) -> Written {
+        let bit = parity * GENERATION_ID_BIT;
+        Written {
+            endpoints: self
+                .endpoints
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.generation as u32 == parity)
+                .collect(),
+            prefixes: self
+                .prefixes
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+                .collect(),
+            rule_sets: self
+                .rule_sets
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k & GENERATION_ID_BIT == bit)
+                .collect(),
+        }
     }
-    Ok(())
-}
 
-/// Writes the endpoint → group entries of generation `parity`; returns their keys.
-pub fn write_endpoints(
-    map: &mut HashMap<MapData, EndpointKey, EndpointValue>,
-    endpoints: &EndpointGroups,
-    parity: u32,
-) -> Result<Vec<EndpointKey>> {
-    let mut keys = Vec::with_capacity(endpoints.len());
-    for ((direction, ip), gi) in endpoints {
-        let key = EndpointKey {
-            addr: key_addr(*ip),
-            direction: direction_code(*direction),
-            generation: parity as u8,
-            _pad: [0; 2],
-        };
-        let value = EndpointValue {
-            group: generation_id(*gi as usize, parity),
-        };
-        map.insert(key, value, 0).map_err(map_err("ENDPOINTS"))?;
-        keys.push(key);
+    /// Deletes the `written` entries; returns how many.
+    pub fn delete(&mut self, written: &Written) -> Result<usize> {
+        for k in &written.endpoints {
+            ignore_missing(self.endpoints.remove(k), "ENDPOINTS")?;
+        }
+        for k in &written.prefixes {
+            ignore_missing(self.prefixes.remove(k), "PREFIXES")?;
+        }
+        for k in &written.rule_sets {
+            ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
+        }
+        Ok(written.endpoints.len() + written.prefixes.len() + written.rule_sets.len())
     }
-    Ok(keys)
-}
 
-/// Endpoint keys of generation `parity` in adopted maps.
-pub fn endpoint_keys(
-    map: &HashMap<MapData, EndpointKey, EndpointValue>,
-    parity: u32,
-) -> Vec<EndpointKey> {
-    map.keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.generation as u32 == parity)
-        .collect()
-}
-
-/// Prefix keys of generation `parity` in adopted maps.
-pub fn prefix_keys(
-    map: &LpmTrie<MapData, PrefixData, PrefixValue>,
-    parity: u32,
-) -> Vec<Key<PrefixData>> {
-    let bit = parity * GENERATION_ID_BIT;
-    map.keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
-        .collect()
-}
-
-/// Rule-set ids of generation `parity` in adopted maps.
-pub fn rule_set_keys(map: &HashMap<MapData, u32, RuleSet>, parity: u32) -> Vec<u32> {
-    let bit = parity * GENERATION_ID_BIT;
-    map.keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k & GENERATION_ID_BIT == bit)
-        .collect()
-}
-
-/// Deletes the expired flows of `FLOWS`; returns how many.
-pub fn gc_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>) -> Result<usize> {
-    let now = monotonic_ns();
-    let expired: Vec<FlowKey> = flows
-        .iter()
-        .filter_map(|r| r.ok())
-        .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &expired {
-        ignore_missing(flows.remove(k), "FLOWS")?;
+    /// Deletes the expired flows; returns how many.
+    pub fn gc_flows(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let expired: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.flows.remove(k), "FLOWS")?;
+        }
+        debug!(deleted = expired.len(), "flow GC");
+        Ok(expired.len())
     }
-    debug!(deleted = expired.len(), "flow GC");
-    Ok(expired.len())
-}
 
-/// The first `N` slots of `COUNTERS`, each summed over CPUs.
-pub fn sum_counters<const N: usize>(counters: &PerCpuArray<MapData, u64>) -> Result<[u64; N]> {
-    let mut sums = [0u64; N];
-    for (i, sum) in sums.iter_mut().enumerate() {
-        let values = counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
-        *sum = values.iter().sum();
+    /// All flows currently in the table (expired ones included until GC).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(|r| r.ok()).collect()
     }
-    Ok(sums)
+
+    /// The first `N` slots of `COUNTERS`, each summed over CPUs.
+    pub fn counters<const N: usize>(&self) -> Result<[u64; N]> {
+        let mut sums = [0u64; N];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("COUNTERS"))?;
+            *sum = values.iter().sum();
+        }
+        Ok(sums)
+    }
+
+    /// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
+    pub fn group_drops(&self, policies: &BTreeMap<u32, Vec<String>>) -> Vec<GroupDrops> {
+        self.drops_by_group
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(group, values)| GroupDrops {
+                group,
+                policies: policies.get(&group).cloned().unwrap_or_default(),
+                packets: values.iter().sum(),
+            })
+            .collect()
+    }
 }
 
 /// Drops charged to one policy group.
@@ -316,22 +391,6 @@ pub struct GroupDrops {
     /// Policies of that group, when it belongs to a generation this process wrote.
     pub policies: Vec<String>,
     pub packets: u64,
-}
-
-/// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
-pub fn group_drops(
-    drops: &PerCpuHashMap<MapData, u32, u64>,
-    policies: &BTreeMap<u32, Vec<String>>,
-) -> Vec<GroupDrops> {
-    drops
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(group, values)| GroupDrops {
-            group,
-            policies: policies.get(&group).cloned().unwrap_or_default(),
-            packets: values.iter().sum(),
-        })
-        .collect()
 }
 
 /// Reader of the program's drop events.
