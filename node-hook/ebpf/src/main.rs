@@ -297,23 +297,6 @@ fn reopened_reversed(f: &FlowValue, syn_only: bool, from_initiator: bool) -> boo
     f.state == TCP_STATE_CLOSING && syn_only && !from_initiator
 }
 
-/// TCP state tracking and refresh of a live flow hit by a packet.
-#[inline(always)]
-fn touch(f: &mut FlowValue, pkt: &Packet, src_is_lo: bool, now: u64) {
-    if pkt.proto == PROTO_TCP {
-        let fl = pkt.tcp_flags;
-        if fl & (TCP_RST | TCP_FIN) != 0 {
-            f.state = TCP_STATE_CLOSING;
-        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
-            f.state = TCP_STATE_ESTABLISHED;
-        } else if f.state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            f.state = TCP_STATE_SYN_SENT;
-            f.initiator_is_lo = src_is_lo as u8;
-        }
-    }
-    f.last_seen_ns = now;
-}
-
 #[inline(never)]
 fn drop_packet(
     ctx: &TcContext,
@@ -450,18 +433,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
         }
     };
     if pkt.kind == Kind::Flow && (!is_tcp || syn_only) {
-        let value = FlowValue {
-            last_seen_ns: now,
-            group,
-            state: if is_tcp {
-                TCP_STATE_SYN_SENT
-            } else {
-                FLOW_STATE_ACTIVE
-            },
-            initiator_is_lo: src_is_lo as u8,
-            direction: FLOW_NODE_CHECKED,
-            generation: g as u8,
-        };
+        let value = new_flow(now, group, is_tcp, src_is_lo, FLOW_NODE_CHECKED, g);
         let _ = FLOWS.insert(&*key, &value, 0);
     }
     ACT_OK
@@ -530,18 +502,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
         return ACT_OK;
     }
     let (g, _) = config();
-    let value = FlowValue {
-        last_seen_ns: now,
-        group: 0,
-        state: if is_tcp {
-            TCP_STATE_SYN_SENT
-        } else {
-            FLOW_STATE_ACTIVE
-        },
-        initiator_is_lo: src_is_lo as u8,
-        direction: FLOW_NODE_ORIGIN,
-        generation: g as u8,
-    };
+    let value = new_flow(now, 0, is_tcp, src_is_lo, FLOW_NODE_ORIGIN, g);
     let _ = FLOWS.insert(&*key, &value, 0);
     count(NODE_COUNTER_ORIGIN);
     ACT_OK

@@ -386,6 +386,48 @@ fn try_parse(ctx: &Frame, pkt: &mut Packet, short: Stop) -> Result<(), Stop> {
     Ok(())
 }
 
+/// TCP state tracking and refresh of a live flow hit by a packet (`src_is_lo`: the packet's
+/// source is the key's `lo` endpoint).
+#[inline(always)]
+pub fn touch(f: &mut FlowValue, pkt: &Packet, src_is_lo: bool, now: u64) {
+    if pkt.proto == PROTO_TCP {
+        let fl = pkt.tcp_flags;
+        if fl & (TCP_RST | TCP_FIN) != 0 {
+            f.state = TCP_STATE_CLOSING;
+        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
+            f.state = TCP_STATE_ESTABLISHED;
+        } else if f.state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            f.state = TCP_STATE_SYN_SENT;
+            f.initiator_is_lo = src_is_lo as u8;
+        }
+    }
+    f.last_seen_ns = now;
+}
+
+/// The entry of a new flow opened by this packet (a TCP one starts in `TCP_STATE_SYN_SENT`).
+#[inline(always)]
+pub fn new_flow(
+    now: u64,
+    group: u32,
+    is_tcp: bool,
+    src_is_lo: bool,
+    direction: u8,
+    generation: u32,
+) -> FlowValue {
+    FlowValue {
+        last_seen_ns: now,
+        group,
+        state: if is_tcp {
+            TCP_STATE_SYN_SENT
+        } else {
+            FLOW_STATE_ACTIVE
+        },
+        initiator_is_lo: src_is_lo as u8,
+        direction,
+        generation: generation as u8,
+    }
+}
+
 /// Bounded scan of one rule set: any protocol, or the protocol with the port in range (ICMP has
 /// no ports: only "any protocol" rules allow it).
 #[inline(always)]

@@ -413,18 +413,7 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
                         return drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction);
                     }
                 }
-                if is_tcp {
-                    let fl = pkt.tcp_flags;
-                    if fl & (TCP_RST | TCP_FIN) != 0 {
-                        f.state = TCP_STATE_CLOSING;
-                    } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
-                        f.state = TCP_STATE_ESTABLISHED;
-                    } else if f.state == TCP_STATE_CLOSING && syn_only {
-                        f.state = TCP_STATE_SYN_SENT;
-                        f.initiator_is_lo = src_is_lo as u8;
-                    }
-                }
-                f.last_seen_ns = now;
+                touch(f, pkt, src_is_lo, now);
                 count(COUNTER_PASS_FLOW);
                 return allow(ctx, pkt, fib, flags);
             }
@@ -449,18 +438,7 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
         }
     };
     if pkt.kind == Kind::Flow && (!is_tcp || syn_only) {
-        let value = FlowValue {
-            last_seen_ns: now,
-            group,
-            state: if is_tcp {
-                TCP_STATE_SYN_SENT
-            } else {
-                FLOW_STATE_ACTIVE
-            },
-            initiator_is_lo: src_is_lo as u8,
-            direction,
-            generation: g as u8,
-        };
+        let value = new_flow(now, group, is_tcp, src_is_lo, direction, g);
         let _ = FLOWS.insert(&*key, &value, 0);
     }
     allow(ctx, pkt, fib, flags)
