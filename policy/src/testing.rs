@@ -14,7 +14,8 @@ use crate::model::{
     Snapshot,
 };
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+/// A label map from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -160,20 +161,24 @@ pub fn six_pods(policies: Vec<Policy>) -> Snapshot {
             });
         }
     }
-    let namespaces = ["x", "y"]
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                Namespace {
-                    name: n.to_string(),
-                    labels: labels(&[("ns", n)]),
-                },
-            )
-        })
-        .collect();
+    snapshot(&["x", "y"], pods, policies)
+}
+
+/// A snapshot of `namespaces` (each labelled `ns: <name>`), `pods` and `policies`.
+pub fn snapshot(namespaces: &[&str], pods: Vec<Pod>, policies: Vec<Policy>) -> Snapshot {
     Snapshot {
-        namespaces,
+        namespaces: namespaces
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Namespace {
+                        name: n.to_string(),
+                        labels: labels(&[("ns", n)]),
+                    },
+                )
+            })
+            .collect(),
         pods,
         policies,
     }

@@ -1,24 +1,16 @@
 //! Shared test helpers: the testkit's namespaces and packets, and snapshot builders.
 #![allow(dead_code)]
 
+pub use portcullis_policy::testing::{labels, snapshot};
 pub use portcullis_testkit::*;
 
 // ---- snapshot builders ----
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use portcullis_policy::model::{
-    ContainerPort, Namespace, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Rule, Selector,
-    Snapshot,
+    ContainerPort, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Rule, Selector,
 };
-
-pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 pub fn sel(pairs: &[(&str, &str)]) -> Selector {
     Selector {
@@ -92,24 +84,5 @@ pub fn policy(
         pod_selector: app.map(|a| sel(&[("app", a)])).unwrap_or_default(),
         ingress,
         egress,
-    }
-}
-
-pub fn snapshot(namespaces: &[&str], pods: Vec<Pod>, policies: Vec<Policy>) -> Snapshot {
-    Snapshot {
-        namespaces: namespaces
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    Namespace {
-                        name: n.to_string(),
-                        labels: labels(&[("ns", n)]),
-                    },
-                )
-            })
-            .collect(),
-        pods,
-        policies,
     }
 }
