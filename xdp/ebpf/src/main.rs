@@ -45,9 +45,10 @@ static CONFIG: Array<Config, 1> = Array::new();
 static ENDPOINTS: HashMap<EndpointKey, EndpointValue, 262144> = HashMap::new();
 
 /// (group, peer prefix) → rule set. Written by the loader per generation; group ids carry the
-/// generation bit, so both generations live side by side.
+/// generation bit, so both generations live side by side (4M entries: two generations of 1M
+/// ipBlocks, ~1.6M prefixes each; an LPM trie allocates per entry, so the size costs nothing unused).
 #[btf_map]
-static PREFIXES: LpmTrie<PrefixData, PrefixValue, 1048576> = LpmTrie::new();
+static PREFIXES: LpmTrie<PrefixData, PrefixValue, 4194304> = LpmTrie::new();
 
 /// Rule-set id → allowed (protocol, port range) list. Written by the loader per generation.
 #[btf_map]
