@@ -77,6 +77,10 @@ impl Drop for PinGuard {
                     eprintln!("warning: could not remove {}: {e}", dir.display());
                 }
             }
+            // The shared parent goes too once no other lab uses it (fails harmlessly otherwise).
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 }
