@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::{
-    ContainerPort, Direction, Peer, Pod, Policy, PortMatch, Protocol, Rule, Snapshot,
+    ContainerPort, Direction, Labels, Peer, Pod, Policy, PortMatch, Protocol, Rule, Snapshot,
 };
 
 /// One allowed protocol and inclusive port range; `protocol: None` allows every protocol and port.
@@ -327,18 +327,26 @@ fn assign_groups<G, E>(
     let mut endpoints = BTreeMap::new();
     let mut groups = Vec::new();
     let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
+    // Which policies select a pod depends only on its namespace, labels and hostNetwork: match
+    // each distinct combination once, not every pod against every policy.
+    let mut selecting_of: HashMap<(Direction, &str, &Labels, bool), Vec<usize>> = HashMap::new();
     for pod in &snapshot.pods {
         if pod.ips.is_empty() {
             continue;
         }
         for direction in [Direction::Ingress, Direction::Egress] {
-            let selecting: Vec<usize> = snapshot
-                .policies
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| snapshot.selects(p, pod, direction))
-                .map(|(i, _)| i)
-                .collect();
+            let selecting = selecting_of
+                .entry((direction, pod.namespace.as_str(), &pod.labels, pod.host_network))
+                .or_insert_with(|| {
+                    snapshot
+                        .policies
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| snapshot.selects(p, pod, direction))
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+                .clone();
             if selecting.is_empty() {
                 continue;
             }
