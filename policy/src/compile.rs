@@ -336,7 +336,12 @@ fn assign_groups<G, E>(
         }
         for direction in [Direction::Ingress, Direction::Egress] {
             let selecting = selecting_of
-                .entry((direction, pod.namespace.as_str(), &pod.labels, pod.host_network))
+                .entry((
+                    direction,
+                    pod.namespace.as_str(),
+                    &pod.labels,
+                    pod.host_network,
+                ))
                 .or_insert_with(|| {
                     snapshot
                         .policies
