@@ -102,6 +102,22 @@ pub trait Enforcer {
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>);
 }
 
+/// Publishes per-group drop counters as `metric{group, policies}`.
+pub fn export_group_drops(
+    metric: &'static str,
+    drops: &[portcullis_gateway::GroupDrops],
+    groups: &BTreeMap<u32, Vec<String>>,
+) {
+    for g in drops {
+        let policies = groups
+            .get(&g.group)
+            .map(|p| p.join(","))
+            .unwrap_or_default();
+        metrics::counter!(metric, "group" => g.group.to_string(), "policies" => policies)
+            .absolute(g.packets);
+    }
+}
+
 struct Reloader<'a, E> {
     enforcer: &'a mut E,
     state: PublishedState,

@@ -13,7 +13,7 @@ use portcullis_policy::compile::compile_gateway;
 use portcullis_policy::model::Snapshot;
 use tracing::info;
 
-use crate::daemon::{serve, Applied, DaemonArgs, Enforcer};
+use crate::daemon::{export_group_drops, serve, Applied, DaemonArgs, Enforcer};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/gateway";
@@ -105,14 +105,11 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.pass_stack);
         metrics::gauge!("portcullis_gateway_flows").set(status.flows as f64);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.prefixes as f64);
-        for g in &status.drops_by_group {
-            let policies = groups
-                .get(&g.group)
-                .map(|p| p.join(","))
-                .unwrap_or_default();
-            metrics::counter!("portcullis_gateway_policy_drops_total", "group" => g.group.to_string(), "policies" => policies)
-                .absolute(g.packets);
-        }
+        export_group_drops(
+            "portcullis_gateway_policy_drops_total",
+            &status.drops_by_group,
+            groups,
+        );
     }
 }
 
@@ -145,6 +142,8 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     if args.unpin_on_exit {
         enforcer.0.unpin().context("removing pins")?;
+        // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir(&args.pin_dir);
         info!("stopped; program detached and pins removed");
     } else {
         info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned program keeps enforcing");

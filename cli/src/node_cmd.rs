@@ -14,7 +14,7 @@ use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
 use portcullis_policy::model::Snapshot;
 use tracing::{info, warn};
 
-use crate::daemon::{serve, Applied, DaemonArgs, Enforcer};
+use crate::daemon::{export_group_drops, serve, Applied, DaemonArgs, Enforcer};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/node";
@@ -142,14 +142,11 @@ impl Enforcer for NodeEnforcer {
         metrics::gauge!("portcullis_node_flows").set(status.flows as f64);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         metrics::gauge!("portcullis_node_identities").set(status.identities as f64);
-        for g in &status.drops_by_group {
-            let policies = groups
-                .get(&g.group)
-                .map(|p| p.join(","))
-                .unwrap_or_default();
-            metrics::counter!("portcullis_node_policy_drops_total", "group" => g.group.to_string(), "policies" => policies)
-                .absolute(g.packets);
-        }
+        export_group_drops(
+            "portcullis_node_policy_drops_total",
+            &status.drops_by_group,
+            groups,
+        );
     }
 }
 
@@ -172,6 +169,8 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
     if args.unpin_on_exit {
         enforcer.hook.unpin().context("removing pins")?;
+        // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir(&args.pin_dir);
         info!("stopped; programs detached and pins removed");
     } else {
         info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned programs keep enforcing");
