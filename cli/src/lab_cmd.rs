@@ -205,6 +205,19 @@ impl EnforcingLab {
         &self.daemons[0].1
     }
 
+    /// (node name, its netns, the node hook's pin and state directories), per node.
+    pub fn node_hooks(&self) -> Vec<(String, String, PathBuf, PathBuf)> {
+        self.lab
+            .nodes()
+            .iter()
+            .zip(&self.daemons[1..])
+            .map(|(node, (_, state))| {
+                let pins = self.pins.pin_dir.join(format!("node-{}", node.name));
+                (node.name.clone(), node.netns.clone(), pins, state.clone())
+            })
+            .collect()
+    }
+
     /// Stops the daemons (they detach themselves) and tears the topology down.
     pub fn stop(mut self) -> Result<()> {
         for (child, _) in &self.daemons {
@@ -312,18 +325,31 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
     let running = EnforcingLab::start(&snapshot, &args.manifests, &probes, &args.lab)?;
     let built = started.elapsed();
     let observed = running.lab.probe_all(&probes);
-    let status = running
-        .lab
-        .output_in(&running.lab.gateway().netns, {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.arg("status")
-                .arg("--pin-dir")
-                .arg(running.gateway_pin_dir())
-                .arg("--state-dir")
-                .arg(running.gateway_state_dir());
-            c
-        })
-        .context("reading gateway status")?;
+    let status_of = |netns: &str, node: bool, pins: &Path, state: &Path| -> Result<String> {
+        let mut c = Command::new(std::env::current_exe()?);
+        c.arg("status")
+            .arg("--pin-dir")
+            .arg(pins)
+            .arg("--state-dir")
+            .arg(state);
+        if node {
+            c.arg("--node");
+        }
+        let out = running.lab.output_in(netns, c).context("reading status")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    };
+    let mut status = vec![status_of(
+        &running.lab.gateway().netns,
+        false,
+        &running.gateway_pin_dir(),
+        running.gateway_state_dir(),
+    )?];
+    for (name, netns, pins, state) in running.node_hooks() {
+        status.push(format!(
+            "[{name}] {}",
+            status_of(&netns, true, &pins, &state)?
+        ));
+    }
     running.stop()?;
     let mut rows = Vec::new();
     let mut mismatches = 0;
@@ -360,7 +386,7 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
         ],
         &rows,
     );
-    println!("\n{}", String::from_utf8_lossy(&status.stdout).trim_end());
+    println!("\n{}", status.join("\n"));
     println!(
         "\n{} of {} probes agree with explain",
         probes.len() - mismatches,

@@ -11,18 +11,53 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use portcullis_common::{DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED};
 use portcullis_gateway::{ForwardMode, PinnedGateway};
+use portcullis_node::PinnedNode;
 use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::gateway_cmd::{DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::node_cmd;
 use crate::OutputFormat;
+
+/// Which daemon's pins to read.
+#[derive(clap::Args)]
+pub struct PinArgs {
+    /// Read the node hook (`portcullis node`) instead of the gateway.
+    #[arg(long)]
+    node: bool,
+    /// bpffs directory of the daemon's pins (default: the daemon's default).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// The daemon's published state (default: the daemon's default).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl PinArgs {
+    fn dirs(&self) -> (PathBuf, PathBuf) {
+        let (pins, state) = if self.node {
+            (node_cmd::DEFAULT_PIN_DIR, node_cmd::DEFAULT_STATE_DIR)
+        } else {
+            (DEFAULT_PIN_DIR, DEFAULT_STATE_DIR)
+        };
+        (
+            self.pin_dir.clone().unwrap_or_else(|| pins.into()),
+            self.state_dir.clone().unwrap_or_else(|| state.into()),
+        )
+    }
+}
+
+fn not_running(what: &str, dir: &std::path::Path) -> String {
+    format!(
+        "no {what} pinned at {} (is `portcullis {what}` running?)",
+        dir.display()
+    )
+}
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    pins: PinArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
 }
@@ -49,13 +84,12 @@ fn role_name(role: u32) -> &'static str {
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    let pinned = PinnedGateway::open(&args.pin_dir).with_context(|| {
-        format!(
-            "no gateway pinned at {} (is `portcullis gateway` running?)",
-            args.pin_dir.display()
-        )
-    })?;
-    let published = PublishedState::read(&args.state_dir).unwrap_or_default();
+    let (pin_dir, state_dir) = args.pins.dirs();
+    let published = PublishedState::read(&state_dir).unwrap_or_default();
+    if args.pins.node {
+        return node_status(&pin_dir, &published, args.output);
+    }
+    let pinned = PinnedGateway::open(&pin_dir).with_context(|| not_running("gateway", &pin_dir))?;
     let s = pinned.status(&published.groups)?;
     let legs: Vec<_> = s
         .legs
@@ -64,7 +98,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         .collect();
     let c = &s.counters;
     let value = json!({
-        "pin_dir": args.pin_dir,
+        "pin_dir": pin_dir,
         "daemon_pid": published.pid,
         "legs": legs,
         "links_pinned": s.links,
@@ -87,7 +121,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     match args.output {
         OutputFormat::Json => println!("{value}"),
         OutputFormat::Table => {
-            println!("gateway pinned at {}", args.pin_dir.display());
+            println!("gateway pinned at {}", pin_dir.display());
             for leg in &legs {
                 println!(
                     "  leg {:<10} {} (ifindex {})",
@@ -139,6 +173,73 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn node_status(
+    pin_dir: &std::path::Path,
+    published: &PublishedState,
+    output: OutputFormat,
+) -> Result<ExitCode> {
+    let pinned = PinnedNode::open(pin_dir).with_context(|| not_running("node", pin_dir))?;
+    let s = pinned.status(&published.groups)?;
+    let c = &s.counters;
+    let value = json!({
+        "pin_dir": pin_dir,
+        "daemon_pid": published.pid,
+        "interfaces": s.interfaces,
+        "revalidate": s.revalidate,
+        "generation": s.generation,
+        "identities": s.identities,
+        "endpoints": s.endpoints,
+        "peers": s.peers,
+        "prefixes": s.prefixes,
+        "rule_sets": s.rule_sets,
+        "flows": s.flows,
+        "stale": published.stale,
+        "rejected_objects": published.rejected,
+        "last_error": published.last_error,
+        "counters": {
+            "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
+            "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
+            "drop_fragment": c.drop_fragment, "origin_recorded": c.origin_recorded,
+        },
+        "drops_by_group": s.drops_by_group.iter().map(|g| json!({"group": g.group, "policies": g.policies, "packets": g.packets})).collect::<Vec<_>>(),
+    });
+    match output {
+        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Table => {
+            println!("node hook pinned at {}", pin_dir.display());
+            println!("  pod interfaces: {}", s.interfaces.join(", "));
+            println!(
+                "  generation: {}   revalidate: {}   stale source: {}",
+                s.generation, s.revalidate, published.stale
+            );
+            println!(
+                "  identities: {}   endpoints: {}   peer entries: {}   prefixes: {}   rule sets: {}   flows: {}",
+                s.identities, s.endpoints, s.peers, s.prefixes, s.rule_sets, s.flows
+            );
+            println!(
+                "  passed: flow {} policy {} unselected {} non-ip {}   origin flows recorded: {}",
+                c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.origin_recorded
+            );
+            println!(
+                "  dropped: policy {} malformed {} fragment {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment
+            );
+            for g in &s.drops_by_group {
+                println!(
+                    "  drops by group {:#x} ({}): {}",
+                    g.group,
+                    g.policies.join(", "),
+                    g.packets
+                );
+            }
+            if let Some(e) = &published.last_error {
+                println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EventType {
     Drop,
@@ -149,10 +250,8 @@ pub struct MonitorArgs {
     /// Which events to show.
     #[arg(long = "type", value_enum, default_value_t = EventType::Drop)]
     event_type: EventType,
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    pins: PinArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
     /// Stop after this many events.
@@ -185,19 +284,20 @@ fn protocol_name(p: u8) -> String {
 
 pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
     let EventType::Drop = args.event_type;
-    let pinned = PinnedGateway::open(&args.pin_dir).with_context(|| {
-        format!(
-            "no gateway pinned at {} (is `portcullis gateway` running?)",
-            args.pin_dir.display()
-        )
-    })?;
-    let mut events = pinned.drop_events()?;
+    let (pin_dir, state_dir) = args.pins.dirs();
+    let mut events = if args.pins.node {
+        PinnedNode::open(&pin_dir)
+            .with_context(|| not_running("node", &pin_dir))?
+            .drop_events()?
+    } else {
+        PinnedGateway::open(&pin_dir)
+            .with_context(|| not_running("gateway", &pin_dir))?
+            .drop_events()?
+    };
     let started = Instant::now();
     let mut seen = 0usize;
     // Group names change with generations: reread the published state as events come.
-    let mut groups = PublishedState::read(&args.state_dir)
-        .unwrap_or_default()
-        .groups;
+    let mut groups = PublishedState::read(&state_dir).unwrap_or_default().groups;
     loop {
         if args.count.is_some_and(|n| seen >= n)
             || args.duration.is_some_and(|d| started.elapsed() >= d)
@@ -216,9 +316,7 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
         };
         seen += 1;
         if !groups.contains_key(&event.group) {
-            groups = PublishedState::read(&args.state_dir)
-                .unwrap_or_default()
-                .groups;
+            groups = PublishedState::read(&state_dir).unwrap_or_default().groups;
         }
         print_event(&event, groups.get(&event.group), args.output);
     }

@@ -404,3 +404,113 @@ fn status_and_monitor_read_the_running_gateway() {
     gateway.kill().unwrap();
     lab.teardown().unwrap();
 }
+
+/// The same for the node hook: a pod-to-pod packet its policy denies shows up in
+/// `monitor --node` with the deciding policy, and `status --node` lists the pod interfaces.
+#[test]
+fn node_status_and_monitor_read_the_running_node_hook() {
+    let dirs = GatewayDirs::new("nodemon");
+    std::fs::copy(
+        repo().join("configs/examples/cluster.yaml"),
+        dirs.manifests.join("cluster.yaml"),
+    )
+    .unwrap();
+    write_policy(&dirs.manifests, &egress_policy("192.168.1.10/32"));
+    // x/b is no address of 192.168.1.0/24: x/a's egress policy denies it.
+    let probes =
+        parse_probes(r#"- {"from": "x/a", "to": "x/b", "port": 443, "protocol": "TCP"}"#).unwrap();
+    let cluster = std::fs::read_to_string(dirs.manifests.join("cluster.yaml")).unwrap();
+    let snapshot = load_sources([("cluster.yaml", cluster.as_str())]).snapshot;
+    let options = LabOptions {
+        timeout: Duration::from_millis(300),
+        retries: 0,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
+    let node_netns = lab.nodes()[0].netns.clone();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("node")
+        .arg("--manifests")
+        .arg(&dirs.manifests)
+        .arg("--pin-dir")
+        .arg(&dirs.pin_dir)
+        .arg("--state-dir")
+        .arg(&dirs.state_dir)
+        .arg("--unpin-on-exit")
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(Stdio::null());
+    let node = lab.spawn_in(&node_netns, cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published(&dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == 0 {
+        assert!(
+            node.try_wait().unwrap().is_none(),
+            "node daemon exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "node daemon did not apply within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tool = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--node")
+            .arg("--pin-dir")
+            .arg(&dirs.pin_dir)
+            .arg("--state-dir")
+            .arg(&dirs.state_dir);
+        cmd
+    };
+    let mut monitor = tool(&[
+        "monitor",
+        "--type",
+        "drop",
+        "--output",
+        "json",
+        "--count",
+        "1",
+        "--duration",
+        "15s",
+    ]);
+    monitor.stdout(Stdio::piped());
+    let monitor = lab.spawn_in(&node_netns, monitor).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while monitor.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "monitor saw no drop event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
+    let event: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("one event")).unwrap();
+    assert_eq!(event["src"], "10.244.7.10", "{event}");
+    assert_eq!(event["dst"], "10.244.7.20");
+    assert_eq!(event["dst_port"], 443);
+    assert_eq!(event["direction"], "egress");
+    assert_eq!(event["policies"][0], "x/egress-lan");
+
+    let status = lab
+        .output_in(&node_netns, tool(&["status", "--output", "json"]))
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["interfaces"].as_array().unwrap().len(),
+        13,
+        "{status}"
+    );
+    assert!(
+        status["counters"]["drop_policy"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(status["identities"], 13, "{status}");
+    node.kill().unwrap();
+    lab.teardown().unwrap();
+}

@@ -665,18 +665,7 @@ impl NodeHook {
     }
 
     pub fn status(&self) -> Result<Status> {
-        let sums = self.maps.counters::<{ NODE_COUNTER_COUNT as usize }>()?;
-        let c = |i: u32| sums[i as usize];
-        let counters = Counters {
-            pass_flow: c(COUNTER_PASS_FLOW),
-            pass_policy: c(COUNTER_PASS_POLICY),
-            pass_unselected: c(COUNTER_PASS_UNSELECTED),
-            pass_non_ip: c(COUNTER_PASS_NON_IP),
-            drop_policy: c(COUNTER_DROP_POLICY),
-            drop_malformed: c(COUNTER_DROP_MALFORMED),
-            drop_fragment: c(COUNTER_DROP_FRAGMENT),
-            origin_recorded: c(NODE_COUNTER_ORIGIN),
-        };
+        let counters = node_counters(&self.maps)?;
         let drops_by_group = self.maps.group_drops(&self.group_policies);
         Ok(Status {
             attached: self.attached(),
@@ -753,5 +742,95 @@ impl NodeHook {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
+    }
+}
+
+/// `COUNTERS` summed over CPUs.
+fn node_counters(maps: &PolicyMaps) -> Result<Counters> {
+    let sums = maps.counters::<{ NODE_COUNTER_COUNT as usize }>()?;
+    let c = |i: u32| sums[i as usize];
+    Ok(Counters {
+        pass_flow: c(COUNTER_PASS_FLOW),
+        pass_policy: c(COUNTER_PASS_POLICY),
+        pass_unselected: c(COUNTER_PASS_UNSELECTED),
+        pass_non_ip: c(COUNTER_PASS_NON_IP),
+        drop_policy: c(COUNTER_DROP_POLICY),
+        drop_malformed: c(COUNTER_DROP_MALFORMED),
+        drop_fragment: c(COUNTER_DROP_FRAGMENT),
+        origin_recorded: c(NODE_COUNTER_ORIGIN),
+    })
+}
+
+/// Read-only view of a running node hook's pinned maps, for `status` and `monitor` in another
+/// process. Opening it changes nothing; the daemon keeps enforcing.
+pub struct PinnedNode {
+    maps: PolicyMaps,
+    identities: HashMap<MapData, IdentityKey, IdentityValue>,
+    peers: HashMap<MapData, PeerKey, PrefixValue>,
+    dir: PathBuf,
+}
+
+/// What a pinned node hook shows.
+#[derive(Clone, Debug)]
+pub struct PinnedStatus {
+    /// Interfaces with pinned links (from the pin names `tc_egress_<ifname>`).
+    pub interfaces: Vec<String>,
+    pub generation: u32,
+    pub revalidate: bool,
+    pub identities: usize,
+    pub endpoints: usize,
+    pub peers: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+    pub flows: usize,
+    pub counters: Counters,
+    pub drops_by_group: Vec<GroupDrops>,
+}
+
+impl PinnedNode {
+    /// Opens the maps pinned under `dir` by a node hook started with that pin directory.
+    pub fn open(dir: &Path) -> Result<PinnedNode> {
+        Ok(PinnedNode {
+            maps: PolicyMaps::open_pinned(dir)?,
+            identities: portcullis_bpf::open_pinned(dir, "IDENTITIES")?,
+            peers: portcullis_bpf::open_pinned(dir, "PEERS")?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Status; `policies` names the groups (the daemon publishes them beside the pins).
+    pub fn status(&self, policies: &BTreeMap<u32, Vec<String>>) -> Result<PinnedStatus> {
+        let config = self.maps.config()?;
+        let mut interfaces: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_prefix(PIN_EGRESS).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        interfaces.sort();
+        Ok(PinnedStatus {
+            interfaces,
+            generation: config.generation & 1,
+            revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
+            identities: self.identities.keys().count(),
+            endpoints: self.maps.endpoints.keys().count(),
+            peers: self.peers.keys().count(),
+            prefixes: self.maps.prefixes.keys().count(),
+            rule_sets: self.maps.rule_sets.keys().count(),
+            flows: self.maps.flows.keys().count(),
+            counters: node_counters(&self.maps)?,
+            drops_by_group: self.maps.group_drops(policies),
+        })
+    }
+
+    /// The drop-event ring buffer. Only one reader should consume it at a time.
+    pub fn drop_events(&self) -> Result<DropEvents> {
+        Ok(DropEvents::new(portcullis_bpf::open_pinned(
+            &self.dir,
+            "DROP_EVENTS",
+        )?))
     }
 }
