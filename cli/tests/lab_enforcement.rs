@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_lab::{Lab, LabChild, LabOptions, Verdict};
 use portcullis_policy::load::load_sources;
-use portcullis_policy::probe::parse_probes;
+use portcullis_policy::probe::{parse_probes, Probe};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -335,7 +335,7 @@ fn status_and_monitor_read_the_running_gateway() {
             .arg(&dirs.state_dir);
         cmd
     };
-    let mut monitor = tool(&[
+    let monitor = tool(&[
         "monitor",
         "--type",
         "drop",
@@ -346,19 +346,7 @@ fn status_and_monitor_read_the_running_gateway() {
         "--duration",
         "15s",
     ]);
-    monitor.stdout(Stdio::piped());
-    let monitor = lab.spawn_in(&gw_netns, monitor).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while monitor.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "monitor saw no drop event");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
-    let event: serde_json::Value =
-        serde_json::from_str(out.lines().next().expect("one event")).unwrap();
+    let event = first_drop_event(&mut lab, &gw_netns, monitor, &probes[0]);
     assert_eq!(event["src"], "10.244.7.10", "{event}");
     assert_eq!(event["dst"], "192.168.1.10");
     assert_eq!(event["dst_port"], 443);
@@ -462,7 +450,7 @@ fn node_status_and_monitor_read_the_running_node_hook() {
             .arg(&dirs.state_dir);
         cmd
     };
-    let mut monitor = tool(&[
+    let monitor = tool(&[
         "monitor",
         "--type",
         "drop",
@@ -473,19 +461,7 @@ fn node_status_and_monitor_read_the_running_node_hook() {
         "--duration",
         "15s",
     ]);
-    monitor.stdout(Stdio::piped());
-    let monitor = lab.spawn_in(&node_netns, monitor).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while monitor.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "monitor saw no drop event");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
-    let event: serde_json::Value =
-        serde_json::from_str(out.lines().next().expect("one event")).unwrap();
+    let event = first_drop_event(&mut lab, &node_netns, monitor, &probes[0]);
     assert_eq!(event["src"], "10.244.7.10", "{event}");
     assert_eq!(event["dst"], "10.244.7.20");
     assert_eq!(event["dst_port"], 443);
@@ -513,4 +489,26 @@ fn node_status_and_monitor_read_the_running_node_hook() {
     assert_eq!(status["identities"], 13, "{status}");
     node.kill().unwrap();
     lab.teardown().unwrap();
+}
+
+/// Starts `monitor` (a `portcullis monitor --type drop --count 1 ...` command) in `netns`, sends
+/// the denied `probe`, and returns the event it printed.
+fn first_drop_event(
+    lab: &mut Lab,
+    netns: &str,
+    mut monitor: Command,
+    probe: &Probe,
+) -> serde_json::Value {
+    monitor.stdout(Stdio::piped());
+    let monitor = lab.spawn_in(netns, monitor).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.probe(probe).unwrap().verdict, Verdict::Deny);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while monitor.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "monitor saw no drop event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
+    serde_json::from_str(out.lines().next().expect("one event")).unwrap()
 }
