@@ -55,7 +55,7 @@ pub struct PublishedState {
     pub groups: BTreeMap<u32, Vec<String>>,
     pub generation: u32,
     pub applied_unix_ms: u128,
-    /// Map entries written by the last apply.
+    /// Map entries of the generation in force.
     pub entries: usize,
     pub rejected: Vec<String>,
     pub last_error: Option<String>,
@@ -100,6 +100,38 @@ pub trait Enforcer {
     fn gc_flows(&mut self) -> Result<usize>;
     /// Publishes datapath counters through the `metrics` facade.
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>);
+}
+
+/// Group id (as in the maps, for generation `generation`) → policies, for the live groups of
+/// compiled tables (`policies` in id order; retired ids have none and are left out).
+pub fn group_names<'a>(
+    policies: impl Iterator<Item = &'a Vec<String>>,
+    generation: u32,
+    id: fn(usize, u32) -> u32,
+) -> BTreeMap<u32, Vec<String>> {
+    policies
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(i, p)| (id(i, generation), p.clone()))
+        .collect()
+}
+
+/// Records one apply's compile and write times and delta size through the `metrics` facade.
+pub fn record_apply(
+    daemon: &'static str,
+    compile: Duration,
+    write: Duration,
+    written: usize,
+    deleted: usize,
+) {
+    metrics::histogram!("portcullis_compile_seconds", "daemon" => daemon)
+        .record(compile.as_secs_f64());
+    metrics::histogram!("portcullis_apply_write_seconds", "daemon" => daemon)
+        .record(write.as_secs_f64());
+    metrics::counter!("portcullis_map_entries_written_total", "daemon" => daemon)
+        .increment(written as u64);
+    metrics::counter!("portcullis_map_entries_deleted_total", "daemon" => daemon)
+        .increment(deleted as u64);
 }
 
 /// Publishes per-group drop counters as `metric{group, policies}`.

@@ -5,15 +5,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use portcullis_gateway::{generation_id, AttachMode, ForwardMode, Gateway, GatewayOptions};
-use portcullis_policy::compile::compile_gateway;
+use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
 use tracing::info;
 
-use crate::daemon::{export_group_drops, serve, Applied, DaemonArgs, Enforcer};
+use crate::daemon::{
+    export_group_drops, group_names, record_apply, serve, Applied, DaemonArgs, Enforcer,
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/gateway";
@@ -52,38 +55,53 @@ pub struct GatewayArgs {
     unpin_on_exit: bool,
 }
 
-struct GatewayEnforcer(Gateway);
+struct GatewayEnforcer {
+    gateway: Gateway,
+    /// Long-lived, so unchanged groups are reused and ids stay stable (delta writes).
+    compiler: GatewayCompiler,
+}
 
 impl Enforcer for GatewayEnforcer {
     fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied> {
-        let tables = compile_gateway(snapshot).context("compiling the gateway tables")?;
-        let stats = self.0.apply(&tables)?;
+        let started = Instant::now();
+        let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
+        let compile = started.elapsed();
+        let stats = self.gateway.apply(&tables)?;
+        record_apply(
+            "gateway",
+            compile,
+            stats.write,
+            stats.written,
+            stats.deleted,
+        );
         info!(
             groups = stats.groups,
+            recompiled_groups = self.compiler.recompiled(),
             prefixes = stats.prefixes,
             endpoints = stats.endpoints,
+            written = stats.written,
             deleted = stats.deleted,
+            compile_ms = compile.as_secs_f64() * 1e3,
             write_ms = stats.write.as_secs_f64() * 1e3,
             "gateway tables written"
         );
         Ok(Applied {
             generation: stats.generation,
-            groups: tables
-                .groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| (generation_id(i, stats.generation), g.policies.clone()))
-                .collect(),
+            groups: group_names(
+                tables.groups.iter().map(|g| &g.policies),
+                stats.generation,
+                generation_id,
+            ),
             entries: stats.endpoints + stats.prefixes + stats.rule_sets,
         })
     }
 
     fn gc_flows(&mut self) -> Result<usize> {
-        Ok(self.0.gc_flows()?)
+        Ok(self.gateway.gc_flows()?)
     }
 
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
-        let Ok(status) = self.0.status() else {
+        let Ok(status) = self.gateway.status() else {
             return;
         };
         let c = &status.counters;
@@ -133,7 +151,10 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
     for leg in gateway.attached() {
         info!(iface = %leg.name, ifindex = leg.ifindex, role = leg.role, adopted = leg.adopted, "gateway leg");
     }
-    let mut enforcer = GatewayEnforcer(gateway);
+    let mut enforcer = GatewayEnforcer {
+        gateway,
+        compiler: GatewayCompiler::default(),
+    };
     let state_dir = args
         .daemon
         .state_dir
@@ -141,7 +162,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     if args.unpin_on_exit {
-        enforcer.0.unpin().context("removing pins")?;
+        enforcer.gateway.unpin().context("removing pins")?;
         // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
         let _ = std::fs::remove_dir(&args.pin_dir);
         info!("stopped; program detached and pins removed");

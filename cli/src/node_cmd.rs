@@ -7,14 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use portcullis_node::{NodeHook, NodeOptions};
-use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
+use portcullis_policy::compile::node::NodeCompiler;
 use portcullis_policy::model::Snapshot;
 use tracing::{info, warn};
 
-use crate::daemon::{export_group_drops, serve, Applied, DaemonArgs, Enforcer};
+use crate::daemon::{
+    export_group_drops, group_names, record_apply, serve, Applied, DaemonArgs, Enforcer,
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/node";
@@ -57,7 +60,9 @@ fn direct_route_device(ip: IpAddr) -> Option<String> {
 
 struct NodeEnforcer {
     hook: NodeHook,
-    identities: IdentityAllocator,
+    /// Long-lived: identities, groups and rule sets keep their ids (delta writes) and unchanged
+    /// groups are reused.
+    compiler: NodeCompiler,
     node: Option<String>,
 }
 
@@ -96,15 +101,20 @@ impl NodeEnforcer {
 
 impl Enforcer for NodeEnforcer {
     fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied> {
-        let tables =
-            compile_node(snapshot, &mut self.identities).context("compiling the node tables")?;
+        let started = Instant::now();
+        let tables = (self.compiler.compile(snapshot)).context("compiling the node tables")?;
+        let compile = started.elapsed();
         let stats = self.hook.apply(&tables)?;
+        record_apply("node", compile, stats.write, stats.written, stats.deleted);
         info!(
             identities = stats.identities,
             groups = stats.groups,
+            recompiled_groups = self.compiler.recompiled(),
             peers = stats.peers,
             prefixes = stats.prefixes,
+            written = stats.written,
             deleted = stats.deleted,
+            compile_ms = compile.as_secs_f64() * 1e3,
             write_ms = stats.write.as_secs_f64() * 1e3,
             "node tables written"
         );
@@ -112,17 +122,11 @@ impl Enforcer for NodeEnforcer {
         self.sync_attachments(snapshot);
         Ok(Applied {
             generation: stats.generation,
-            groups: tables
-                .groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    (
-                        portcullis_node::generation_id(i, stats.generation),
-                        g.policies.clone(),
-                    )
-                })
-                .collect(),
+            groups: group_names(
+                tables.groups.iter().map(|g| &g.policies),
+                stats.generation,
+                portcullis_node::generation_id,
+            ),
             entries: stats.identities
                 + stats.endpoints
                 + stats.peers
@@ -158,7 +162,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
     .context("loading the node programs")?;
     let mut enforcer = NodeEnforcer {
         hook,
-        identities: IdentityAllocator::default(),
+        compiler: NodeCompiler::default(),
         node: args.node.clone(),
     };
     let state_dir = args

@@ -3,10 +3,12 @@
 //! so a restart adopts the running state, collects expired flows, and reads counters and drop
 //! events.
 //!
-//! Update protocol ([`Gateway::apply`]): the new generation (parity `1 - active`) is written beside
-//! the active one; group and rule-set ids carry the parity in [`GENERATION_ID_BIT`], endpoint keys
-//! carry it in a field. Then one write of `CONFIG.generation` switches every CPU to it, and the old
-//! generation's entries are deleted. A packet sees either the whole old or the whole new policy.
+//! Update protocol ([`Gateway::apply`]): two generations live side by side; group and rule-set ids
+//! carry the parity in [`GENERATION_ID_BIT`], endpoint keys carry it in a field. The inactive one
+//! holds the tables of two applies ago and is brought to the new tables by a delta (the compiler's
+//! ids are stable, so only entries a change reaches are written or deleted); then one write of
+//! `CONFIG.generation` switches every CPU to it. A packet sees either the whole old or the whole
+//! new policy, and an update costs in proportion to what changed, not to the size of the tables.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,12 +19,13 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
+use ipnet::IpNet;
 pub use portcullis_bpf::{generation_id, key_addr, DropEvents, GroupDrops};
-use portcullis_bpf::{ifindex, map_err, open_pinned, remove_pin, PolicyMaps, Written};
+use portcullis_bpf::{ifindex, map_err, open_pinned, remove_pin, PolicyMaps, SharedTables};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::GatewayTables;
-use tracing::{debug, info};
+use tracing::info;
 
 /// The XDP object built by `build.rs` from `xdp/ebpf`.
 static PROGRAM_OBJECT: &[u8] =
@@ -130,14 +133,16 @@ pub struct AttachedInterface {
 pub struct ApplyStats {
     /// Parity of the generation now active.
     pub generation: u32,
+    /// Sizes of the tables now in force.
     pub endpoints: usize,
     pub groups: usize,
     pub prefixes: usize,
     pub rule_sets: usize,
-    /// Entries of the previous generation deleted after the switch.
+    /// Map entries written and deleted to bring the inactive generation to these tables.
+    pub written: usize,
     pub deleted: usize,
+    /// From the start of the apply to the switch.
     pub write: Duration,
-    pub delete: Duration,
 }
 
 /// `COUNTERS`, summed over CPUs.
@@ -201,9 +206,9 @@ pub struct Gateway {
     _pinned_links: Vec<PinnedLink>,
     maps: PolicyMaps,
     drop_events: Option<RingBuf<MapData>>,
-    /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
-    /// iterating once.
-    written: [Option<Written>; 2],
+    /// Per parity: the tables that generation holds; `None` when unknown (adopted pins, an
+    /// interrupted write), then its entries are found by iterating and rewritten once.
+    installed: [Option<GatewayTables>; 2],
     /// Group id → policies, for groups this process wrote.
     group_policies: BTreeMap<u32, Vec<String>>,
 }
@@ -319,10 +324,13 @@ impl Gateway {
             ebpf,
             attached,
             _pinned_links: pinned_links,
-            written: if adopting {
+            installed: if adopting {
                 [None, None]
             } else {
-                [Some(Written::default()), Some(Written::default())]
+                [
+                    Some(GatewayTables::default()),
+                    Some(GatewayTables::default()),
+                ]
             },
             group_policies: BTreeMap::new(),
             options,
@@ -386,58 +394,61 @@ impl Gateway {
 
         let active = self.generation()?;
         let next = 1 - active;
-        // Leftovers of an interrupted update in the inactive parity.
-        self.delete_generation(next)?;
-
-        let written = self.maps.write(
-            &tables.rule_sets,
-            tables.groups.iter().map(|g| g.prefixes.as_slice()),
-            &tables.endpoints,
+        // The inactive generation still holds the tables of two applies ago: write only the
+        // difference. Until the write completes its content is unknown.
+        let old = self.installed[next as usize].take();
+        let old_prefixes: Vec<&[(IpNet, u32)]> = (old.iter())
+            .flat_map(|t| t.groups.iter().map(|g| g.prefixes.as_slice()))
+            .collect();
+        let new_prefixes: Vec<&[(IpNet, u32)]> = tables
+            .groups
+            .iter()
+            .map(|g| g.prefixes.as_slice())
+            .collect();
+        let delta = self.maps.write_delta(
+            old.as_ref().map(|t| SharedTables {
+                rule_sets: &t.rule_sets,
+                group_prefixes: &old_prefixes,
+                endpoints: &t.endpoints,
+            }),
+            SharedTables {
+                rule_sets: &tables.rule_sets,
+                group_prefixes: &new_prefixes,
+                endpoints: &tables.endpoints,
+            },
             next,
         )?;
-        let group_policies: BTreeMap<u32, Vec<String>> = (tables.groups.iter().enumerate())
-            .map(|(gi, group)| (generation_id(gi, next), group.policies.clone()))
-            .collect();
-        let stats_counts = (
-            written.endpoints.len(),
-            written.prefixes.len(),
-            written.rule_sets.len(),
-        );
-        self.written[next as usize] = Some(written);
+        self.installed[next as usize] = Some(tables.clone());
 
         // The switch: one array write.
         self.maps.switch_generation(next)?;
         let write = start.elapsed();
-        info!(generation = next, "switched policy generation");
-
-        let delete_start = Instant::now();
-        let deleted = self.delete_generation(active)?;
+        info!(
+            generation = next,
+            written = delta.written,
+            deleted = delta.deleted,
+            "switched policy generation"
+        );
+        let group_policies = (tables.groups.iter().enumerate())
+            .filter(|(_, group)| !group.policies.is_empty())
+            .map(|(gi, group)| (generation_id(gi, next), group.policies.clone()));
         self.group_policies
-            .retain(|id, _| id & GENERATION_ID_BIT != active * GENERATION_ID_BIT);
+            .retain(|id, _| id & GENERATION_ID_BIT != next * GENERATION_ID_BIT);
         self.group_policies.extend(group_policies);
         Ok(ApplyStats {
             generation: next,
-            endpoints: stats_counts.0,
-            groups: tables.groups.len(),
-            prefixes: stats_counts.1,
-            rule_sets: stats_counts.2,
-            deleted,
+            endpoints: tables.endpoints.len(),
+            groups: tables
+                .groups
+                .iter()
+                .filter(|g| !g.policies.is_empty())
+                .count(),
+            prefixes: tables.prefix_count(),
+            rule_sets: tables.rule_sets.len(),
+            written: delta.written,
+            deleted: delta.deleted,
             write,
-            delete: delete_start.elapsed(),
         })
-    }
-
-    /// Deletes every entry of generation `parity`; returns how many.
-    fn delete_generation(&mut self, parity: u32) -> Result<usize> {
-        let written = match self.written[parity as usize].take() {
-            Some(w) => w,
-            // Adopted maps: find the entries of that parity once.
-            None => self.maps.written(parity),
-        };
-        let n = self.maps.delete(&written)?;
-        self.written[parity as usize] = Some(Written::default());
-        debug!(parity, deleted = n, "deleted generation");
-        Ok(n)
     }
 
     /// Deletes expired flows; returns how many.
@@ -445,21 +456,30 @@ impl Gateway {
         Ok(self.maps.gc_flows()?)
     }
 
+    /// Deletes every flow (live ones too: their next packets are judged as new connections).
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        Ok(self.maps.clear_flows()?)
+    }
+
     /// All flows currently in the table (expired ones included until GC).
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.maps.flows()
     }
 
+    /// Counts are of the generation in force (the inactive one is kept as the base of the next
+    /// delta).
     pub fn status(&self) -> Result<Status> {
+        let generation = self.generation()?;
+        let (endpoints, prefixes, rule_sets) = self.maps.entry_counts(generation);
         Ok(Status {
             attached: self.attached.clone(),
             mode: self.options.xdp_mode,
             forward: self.options.forward,
             revalidate: self.options.revalidate,
-            generation: self.generation()?,
-            endpoints: self.maps.endpoints.keys().count(),
-            prefixes: self.maps.prefixes.keys().count(),
-            rule_sets: self.maps.rule_sets.keys().count(),
+            generation,
+            endpoints,
+            prefixes,
+            rule_sets,
             flows: self.maps.flows.keys().count(),
             counters: counters(&self.maps)?,
             drops_by_group: self.maps.group_drops(&self.group_policies),
@@ -590,6 +610,7 @@ impl PinnedGateway {
     /// Status; `policies` names the groups (the daemon publishes them beside the pins).
     pub fn status(&self, policies: &BTreeMap<u32, Vec<String>>) -> Result<PinnedStatus> {
         let config = self.maps.config()?;
+        let (endpoints, prefixes, rule_sets) = self.maps.entry_counts(config.generation & 1);
         Ok(PinnedStatus {
             legs: self.roles.iter().filter_map(|r| r.ok()).collect(),
             links: ["link_cluster", "link_external"]
@@ -604,9 +625,9 @@ impl PinnedGateway {
                 ForwardMode::Kernel
             },
             revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
-            endpoints: self.maps.endpoints.keys().count(),
-            prefixes: self.maps.prefixes.keys().count(),
-            rule_sets: self.maps.rule_sets.keys().count(),
+            endpoints,
+            prefixes,
+            rule_sets,
             flows: self.maps.flows.keys().count(),
             counters: counters(&self.maps)?,
             drops_by_group: self.maps.group_drops(policies),

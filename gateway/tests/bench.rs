@@ -135,10 +135,10 @@ fn ns_per_packet() {
             let policy_allow = measure(&mut gw, TestProgram::Gateway, c, &icmp_ts, XDP_PASS);
             let policy_deny = measure(&mut gw, TestProgram::Gateway, c, &denied, XDP_DROP);
             println!(
-                "prefixes {n:>6} (apply: write {:?}, delete {:?}): xdp_pass {base:.0} | \
+                "prefixes {n:>6} (apply: {:?}, {} written, {} deleted): xdp_pass {base:.0} | \
                  established flow {flow:.0} | new, allowed by policy {policy_allow:.0} | \
                  new, denied {policy_deny:.0}",
-                stats.write, stats.delete
+                stats.write, stats.written, stats.deleted
             );
         }
     });

@@ -1,5 +1,5 @@
-//! Differential test: random policies compiled with `compile_gateway` and applied to the real XDP
-//! program, random packets (including malformed ones and later fragments) through
+//! Differential test: random policies compiled by one long-lived `GatewayCompiler` and applied as
+//! deltas to one real XDP program, random packets (including malformed ones and later fragments) through
 //! BPF_PROG_TEST_RUN, and every verdict compared with the policy evaluator plus a model of the
 //! flow table. 100k packets by default; `PORTCULLIS_DIFF_PACKETS=10000000` for the long run.
 
@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
-use portcullis_policy::compile::compile_gateway;
+use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::eval::{Flow, Side};
 use portcullis_policy::model::{
     ContainerPort, Direction, Namespace, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Rule,
@@ -91,6 +91,22 @@ fn random_rule(rng: &mut SmallRng) -> Rule {
         ports.push(PolicyPort { protocol, port });
     }
     Rule { peers, ports }
+}
+
+/// Half the time a fresh random snapshot, else `previous` with one policy redrawn under the same
+/// name, so groups of the other policies are reused and only part of the tables changes.
+fn next_snapshot(rng: &mut SmallRng, mut previous: Snapshot) -> Snapshot {
+    let fresh = random_snapshot(rng);
+    if previous.policies.is_empty() || fresh.policies.is_empty() || rng.random_bool(0.5) {
+        return fresh;
+    }
+    let i = rng.random_range(0..previous.policies.len());
+    let name = previous.policies[i].name.clone();
+    previous.policies[i] = Policy {
+        name,
+        ..fresh.policies[0].clone()
+    };
+    previous
 }
 
 fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
@@ -367,17 +383,24 @@ fn xdp_program_agrees_with_the_evaluator_on_random_policies_and_packets() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut checked = 0;
         let mut disagreements = Vec::new();
+        // One program for the whole run, fed by one long-lived compiler: every snapshot after
+        // the first goes in as a delta (stable ids, reused groups) through a generation switch.
+        let mut gw = Gateway::load(GatewayOptions {
+            cluster_iface: CLUSTER.into(),
+            external_iface: EXTERNAL.into(),
+            ..Default::default()
+        })
+        .expect("load gateway");
+        let mut compiler = GatewayCompiler::default();
+        let mut snapshot = random_snapshot(&mut rng);
         while checked < total {
-            // A fresh program (and so an empty flow table) per random snapshot.
-            let mut gw = Gateway::load(GatewayOptions {
-                cluster_iface: CLUSTER.into(),
-                external_iface: EXTERNAL.into(),
-                ..Default::default()
-            })
-            .expect("load gateway");
-            let snapshot = random_snapshot(&mut rng);
-            let tables = compile_gateway(&snapshot).expect("small rule sets fit");
+            if checked > 0 {
+                snapshot = next_snapshot(&mut rng, snapshot);
+            }
+            let tables = compiler.compile(&snapshot).expect("small rule sets fit");
             gw.apply(&tables).expect("apply");
+            // The model starts each snapshot with no flows.
+            gw.clear_flows().expect("clear flows");
             let selected = |d: Direction, ip: IpAddr| tables.endpoints.contains_key(&(d, ip));
             let mut flows = HashSet::new();
             for _ in 0..PACKETS_PER_SNAPSHOT.min(total - checked) {

@@ -627,7 +627,12 @@ fn packet_fixtures() {
         next.groups[0].prefixes = vec![(net("192.168.1.0/24"), 0)];
         let stats = gw.apply(&next).expect("apply 2");
         assert_eq!(stats.generation, 0);
-        assert_eq!(stats.deleted, 4 + 5 + 4);
+        // Generation 0 was empty: everything is written.
+        assert_eq!((stats.written, stats.deleted), (4 + 4 + 4, 0));
+        // Again into generation 1, which holds the first tables: the delta is the removed /28.
+        let stats = gw.apply(&next).expect("apply 3");
+        assert_eq!(stats.generation, 1);
+        assert_eq!((stats.written, stats.deleted), (0, 1));
         let after = vec![
             case(
                 "after switch: seed .10 now allowed",
@@ -806,10 +811,16 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
                 XDP_PASS,
             )],
         );
-        // First apply after adoption finds the old generation by iterating.
+        // After adoption the content of both generations is unknown: each is found by iterating,
+        // deleted and written in full once.
         let stats = gw.apply(&tables()).expect("apply after adoption");
         assert_eq!(stats.generation, 0);
-        assert_eq!(stats.deleted, 4 + 5 + 4);
+        assert_eq!((stats.written, stats.deleted), (4 + 5 + 4, 0));
+        let stats = gw.apply(&tables()).expect("second apply after adoption");
+        assert_eq!(stats.generation, 1);
+        assert_eq!((stats.written, stats.deleted), (4 + 5 + 4, 4 + 5 + 4));
+        let stats = gw.apply(&tables()).expect("third apply");
+        assert_eq!((stats.written, stats.deleted), (0, 0), "nothing changed");
         gw.unpin().expect("unpin");
     });
 }

@@ -8,13 +8,15 @@
 //! node's service translation; `portcullis_node_origin` on **ingress** (from the pod) records the
 //! flows the pod opens so their replies match a flow.
 //!
-//! Update protocol ([`NodeHook::apply`]): the new generation (parity `1 - active`) is written
-//! beside the active one — identity and endpoint keys carry the parity in a field, group and
-//! rule-set ids in [`GENERATION_ID_BIT`] — then one write of `CONFIG.generation` switches every
-//! CPU to it, and the old generation's entries are deleted. A packet sees either the whole old or
-//! the whole new policy. Every apply writes the full generation (no diff against the active one).
+//! Update protocol ([`NodeHook::apply`]): two generations live side by side — identity and
+//! endpoint keys carry the parity in a field, group and rule-set ids in [`GENERATION_ID_BIT`]. The
+//! inactive one holds the tables of two applies ago and is brought to the new tables by a delta
+//! (identities, groups and rule sets keep their ids across compiles, so only the entries a change
+//! reaches are written); then one write of `CONFIG.generation` switches every CPU to it. A packet
+//! sees either the whole old or the whole new policy.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,11 @@ use aya::programs::tc::{qdisc_add_clsact, SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::util::KernelVersion;
 use aya::Ebpf;
+use ipnet::IpNet;
 pub use portcullis_bpf::{generation_id, key_addr, DropEvents, GroupDrops};
-use portcullis_bpf::{ifindex, ignore_missing, map_err, remove_pin, PolicyMaps};
+use portcullis_bpf::{
+    ifindex, ignore_missing, map_err, remove_pin, Delta, PolicyMaps, SharedTables,
+};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
@@ -126,10 +131,11 @@ pub struct ApplyStats {
     pub peers: usize,
     pub prefixes: usize,
     pub rule_sets: usize,
-    /// Entries of the previous generation deleted after the switch.
+    /// Map entries written and deleted to bring the inactive generation to these tables.
+    pub written: usize,
     pub deleted: usize,
+    /// From the start of the apply to the switch.
     pub write: Duration,
-    pub delete: Duration,
 }
 
 /// `COUNTERS`, summed over CPUs.
@@ -182,15 +188,6 @@ pub struct TestRunOutcome {
     pub packet: Vec<u8>,
 }
 
-/// Entries one generation has in the maps.
-#[derive(Default)]
-struct Written {
-    /// In the maps the gateway has too.
-    shared: portcullis_bpf::Written,
-    identities: Vec<IdentityKey>,
-    peers: Vec<PeerKey>,
-}
-
 /// One attached link: held open by this process, pinned or not.
 enum HeldLink {
     /// A TCX link (kernel >= 6.6); with `pin` it is also pinned there.
@@ -216,9 +213,9 @@ pub struct NodeHook {
     identities: HashMap<MapData, IdentityKey, IdentityValue>,
     peers: HashMap<MapData, PeerKey, PrefixValue>,
     drop_events: Option<RingBuf<MapData>>,
-    /// Per parity: what is in the maps; `None` when unknown (adopted pins), then found by
-    /// iterating once.
-    written: [Option<Written>; 2],
+    /// Per parity: the tables that generation holds; `None` when unknown (adopted pins, an
+    /// interrupted write), then its entries are found by iterating and rewritten once.
+    installed: [Option<NodeTables>; 2],
     /// Group id → policies, for groups this process wrote.
     group_policies: BTreeMap<u32, Vec<String>>,
 }
@@ -282,10 +279,10 @@ impl NodeHook {
             ebpf,
             tcx,
             hooked: BTreeMap::new(),
-            written: if adopting {
+            installed: if adopting {
                 [None, None]
             } else {
-                [Some(Written::default()), Some(Written::default())]
+                [Some(NodeTables::default()), Some(NodeTables::default())]
             },
             group_policies: BTreeMap::new(),
             options,
@@ -530,119 +527,156 @@ impl NodeHook {
         Ok(())
     }
 
-    /// Installs `tables` as a new generation and switches to it (see the crate docs). On error
-    /// before the switch the active generation is untouched.
+    /// Brings the inactive generation to `tables` by a delta and switches to it (see the crate
+    /// docs). On error before the switch the active generation is untouched.
     pub fn apply(&mut self, tables: &NodeTables) -> Result<ApplyStats> {
         let start = Instant::now();
         Self::validate(tables)?;
         let active = self.generation()?;
         let next = 1 - active;
-        // Leftovers of an interrupted update in the inactive parity.
-        self.delete_generation(next)?;
-
-        let mut written = Written {
-            shared: self.maps.write(
-                &tables.rule_sets,
-                tables.groups.iter().map(|g| g.prefixes.as_slice()),
-                &tables.endpoints,
-                next,
-            )?,
-            ..Written::default()
-        };
-        let mut group_policies = BTreeMap::new();
-        for (gi, group) in tables.groups.iter().enumerate() {
-            let gid = generation_id(gi, next);
-            for (identity, rs) in &group.peers {
+        // The inactive generation holds the tables of two applies ago; until the write
+        // completes its content is unknown.
+        let old = self.installed[next as usize].take();
+        let mut delta = Delta::default();
+        if old.is_none() {
+            delta.deleted += self.delete_own_entries(next)?;
+        }
+        let empty = NodeTables::default();
+        let before = old.as_ref().unwrap_or(&empty);
+        let old_prefixes: Vec<&[(IpNet, u32)]> = before
+            .groups
+            .iter()
+            .map(|g| g.prefixes.as_slice())
+            .collect();
+        let new_prefixes: Vec<&[(IpNet, u32)]> = tables
+            .groups
+            .iter()
+            .map(|g| g.prefixes.as_slice())
+            .collect();
+        delta += self.maps.write_delta(
+            old.as_ref().map(|t| SharedTables {
+                rule_sets: &t.rule_sets,
+                group_prefixes: &old_prefixes,
+                endpoints: &t.endpoints,
+            }),
+            SharedTables {
+                rule_sets: &tables.rule_sets,
+                group_prefixes: &new_prefixes,
+                endpoints: &tables.endpoints,
+            },
+            next,
+        )?;
+        let no_peers = BTreeMap::new();
+        for gi in 0..tables.groups.len().max(before.groups.len()) {
+            let had = before.groups.get(gi).map_or(&no_peers, |g| &g.peers);
+            let has = tables.groups.get(gi).map_or(&no_peers, |g| &g.peers);
+            if had == has {
+                continue;
+            }
+            let group = generation_id(gi, next);
+            for (identity, rs) in has {
+                if had.get(identity) != Some(rs) {
+                    let key = PeerKey {
+                        group,
+                        identity: *identity,
+                    };
+                    let value = PrefixValue {
+                        rule_set: generation_id(*rs as usize, next),
+                    };
+                    self.peers.insert(key, value, 0).map_err(map_err("PEERS"))?;
+                    delta.written += 1;
+                }
+            }
+            for identity in had.keys().filter(|id| !has.contains_key(id)) {
                 let key = PeerKey {
-                    group: gid,
+                    group,
                     identity: *identity,
                 };
-                let value = PrefixValue {
-                    rule_set: generation_id(*rs as usize, next),
-                };
-                self.peers.insert(key, value, 0).map_err(map_err("PEERS"))?;
-                written.peers.push(key);
+                ignore_missing(self.peers.remove(&key), "PEERS")?;
+                delta.deleted += 1;
             }
-            group_policies.insert(gid, group.policies.clone());
         }
-        for (ip, identity) in &tables.identities {
-            let key = IdentityKey {
-                addr: key_addr(*ip),
-                generation: next as u8,
-                _pad: [0; 3],
-            };
-            self.identities
-                .insert(
-                    key,
-                    IdentityValue {
-                        identity: *identity,
-                    },
-                    0,
-                )
-                .map_err(map_err("IDENTITIES"))?;
-            written.identities.push(key);
-        }
-        let mut stats = ApplyStats {
-            generation: next,
-            identities: written.identities.len(),
-            endpoints: written.shared.endpoints.len(),
-            groups: tables.groups.len(),
-            peers: written.peers.len(),
-            prefixes: written.shared.prefixes.len(),
-            rule_sets: written.shared.rule_sets.len(),
-            ..Default::default()
+        let identity_key = |ip: &IpAddr| IdentityKey {
+            addr: key_addr(*ip),
+            generation: next as u8,
+            _pad: [0; 3],
         };
-        self.written[next as usize] = Some(written);
+        for (ip, identity) in &tables.identities {
+            if before.identities.get(ip) != Some(identity) {
+                let value = IdentityValue {
+                    identity: *identity,
+                };
+                (self.identities)
+                    .insert(identity_key(ip), value, 0)
+                    .map_err(map_err("IDENTITIES"))?;
+                delta.written += 1;
+            }
+        }
+        for ip in before.identities.keys() {
+            if !tables.identities.contains_key(ip) {
+                ignore_missing(self.identities.remove(&identity_key(ip)), "IDENTITIES")?;
+                delta.deleted += 1;
+            }
+        }
+        self.installed[next as usize] = Some(tables.clone());
 
         // The switch: one array write.
         self.maps.switch_generation(next)?;
-        stats.write = start.elapsed();
-        info!(generation = next, "switched node policy generation");
-
-        let delete_start = Instant::now();
-        stats.deleted = self.delete_generation(active)?;
+        let write = start.elapsed();
+        info!(
+            generation = next,
+            written = delta.written,
+            deleted = delta.deleted,
+            "switched node policy generation"
+        );
+        let group_policies = (tables.groups.iter().enumerate())
+            .filter(|(_, group)| !group.policies.is_empty())
+            .map(|(gi, group)| (generation_id(gi, next), group.policies.clone()));
         self.group_policies
-            .retain(|id, _| id & GENERATION_ID_BIT != active * GENERATION_ID_BIT);
+            .retain(|id, _| id & GENERATION_ID_BIT != next * GENERATION_ID_BIT);
         self.group_policies.extend(group_policies);
-        stats.delete = delete_start.elapsed();
-        Ok(stats)
+        Ok(ApplyStats {
+            generation: next,
+            identities: tables.identities.len(),
+            endpoints: tables.endpoints.len(),
+            groups: tables
+                .groups
+                .iter()
+                .filter(|g| !g.policies.is_empty())
+                .count(),
+            peers: tables.groups.iter().map(|g| g.peers.len()).sum(),
+            prefixes: tables.groups.iter().map(|g| g.prefixes.len()).sum(),
+            rule_sets: tables.rule_sets.len(),
+            written: delta.written,
+            deleted: delta.deleted,
+            write,
+        })
     }
 
-    /// Deletes every entry of generation `parity`; returns how many.
-    fn delete_generation(&mut self, parity: u32) -> Result<usize> {
-        let written = match self.written[parity as usize].take() {
-            Some(w) => w,
-            None => {
-                // Adopted maps: find the entries of that parity once.
-                let bit = parity * GENERATION_ID_BIT;
-                Written {
-                    identities: self
-                        .identities
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k.generation as u32 == parity)
-                        .collect(),
-                    peers: self
-                        .peers
-                        .keys()
-                        .filter_map(|k| k.ok())
-                        .filter(|k| k.group & GENERATION_ID_BIT == bit)
-                        .collect(),
-                    shared: self.maps.written(parity),
-                }
-            }
-        };
-        for k in &written.identities {
+    /// Deletes the identity and peer entries of generation `parity` (unknown content: found by
+    /// iterating); the shared maps are left to [`PolicyMaps::write_delta`]. Returns how many.
+    fn delete_own_entries(&mut self, parity: u32) -> Result<usize> {
+        let bit = parity * GENERATION_ID_BIT;
+        let identities: Vec<IdentityKey> = (self.identities.keys())
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from(k.generation) == parity)
+            .collect();
+        let peers: Vec<PeerKey> = (self.peers.keys())
+            .filter_map(|k| k.ok())
+            .filter(|k| k.group & GENERATION_ID_BIT == bit)
+            .collect();
+        for k in &identities {
             ignore_missing(self.identities.remove(k), "IDENTITIES")?;
         }
-        for k in &written.peers {
+        for k in &peers {
             ignore_missing(self.peers.remove(k), "PEERS")?;
         }
-        let n =
-            written.identities.len() + written.peers.len() + self.maps.delete(&written.shared)?;
-        self.written[parity as usize] = Some(Written::default());
-        debug!(parity, deleted = n, "deleted generation");
-        Ok(n)
+        debug!(
+            parity,
+            deleted = identities.len() + peers.len(),
+            "deleted unknown generation"
+        );
+        Ok(identities.len() + peers.len())
     }
 
     /// Deletes expired flows; returns how many.
@@ -652,11 +686,7 @@ impl NodeHook {
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
-        for k in &keys {
-            ignore_missing(self.maps.flows.remove(k), "FLOWS")?;
-        }
-        Ok(keys.len())
+        Ok(self.maps.clear_flows()?)
     }
 
     /// All flows currently in the table (expired ones included until GC).
@@ -666,16 +696,19 @@ impl NodeHook {
 
     pub fn status(&self) -> Result<Status> {
         let counters = node_counters(&self.maps)?;
+        let generation = self.generation()?;
+        let (identities, endpoints, peers, prefixes, rule_sets) =
+            entry_counts(&self.maps, &self.identities, &self.peers, generation);
         let drops_by_group = self.maps.group_drops(&self.group_policies);
         Ok(Status {
             attached: self.attached(),
             revalidate: self.options.revalidate,
-            generation: self.generation()?,
-            identities: self.identities.keys().count(),
-            endpoints: self.maps.endpoints.keys().count(),
-            peers: self.peers.keys().count(),
-            prefixes: self.maps.prefixes.keys().count(),
-            rule_sets: self.maps.rule_sets.keys().count(),
+            generation,
+            identities,
+            endpoints,
+            peers,
+            prefixes,
+            rule_sets,
             flows: self.maps.flows.keys().count(),
             counters,
             drops_by_group,
@@ -746,6 +779,26 @@ impl NodeHook {
 }
 
 /// `COUNTERS` summed over CPUs.
+/// Entries of generation `parity` per table: (identities, endpoints, peers, prefixes, rule sets).
+/// Status shows the generation in force; the inactive one is the base of the next delta.
+fn entry_counts(
+    maps: &PolicyMaps,
+    identities: &HashMap<MapData, IdentityKey, IdentityValue>,
+    peers: &HashMap<MapData, PeerKey, PrefixValue>,
+    parity: u32,
+) -> (usize, usize, usize, usize, usize) {
+    let (endpoints, prefixes, rule_sets) = maps.entry_counts(parity);
+    let identities = (identities.keys())
+        .filter_map(|k| k.ok())
+        .filter(|k| u32::from(k.generation) == parity)
+        .count();
+    let peers = (peers.keys())
+        .filter_map(|k| k.ok())
+        .filter(|k| k.group & GENERATION_ID_BIT == parity * GENERATION_ID_BIT)
+        .count();
+    (identities, endpoints, peers, prefixes, rule_sets)
+}
+
 fn node_counters(maps: &PolicyMaps) -> Result<Counters> {
     let sums = maps.counters::<{ NODE_COUNTER_COUNT as usize }>()?;
     let c = |i: u32| sums[i as usize];
@@ -801,6 +854,12 @@ impl PinnedNode {
     /// Status; `policies` names the groups (the daemon publishes them beside the pins).
     pub fn status(&self, policies: &BTreeMap<u32, Vec<String>>) -> Result<PinnedStatus> {
         let config = self.maps.config()?;
+        let (identities, endpoints, peers, prefixes, rule_sets) = entry_counts(
+            &self.maps,
+            &self.identities,
+            &self.peers,
+            config.generation & 1,
+        );
         let mut interfaces: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|entries| {
                 entries
@@ -815,11 +874,11 @@ impl PinnedNode {
             interfaces,
             generation: config.generation & 1,
             revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
-            identities: self.identities.keys().count(),
-            endpoints: self.maps.endpoints.keys().count(),
-            peers: self.peers.keys().count(),
-            prefixes: self.maps.prefixes.keys().count(),
-            rule_sets: self.maps.rule_sets.keys().count(),
+            identities,
+            endpoints,
+            peers,
+            prefixes,
+            rule_sets,
             flows: self.maps.flows.keys().count(),
             counters: node_counters(&self.maps)?,
             drops_by_group: self.maps.group_drops(policies),

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
-use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
+use portcullis_policy::compile::node::NodeCompiler;
 use portcullis_policy::model::Direction;
 use portcullis_policy::testing::{policy_strategy, six_pods};
 use proptest::prop_assert_eq;
@@ -41,6 +41,8 @@ fn deliver_program_agrees_with_node_tables() {
         return;
     }
     let hook = RefCell::new(NodeHook::load(NodeOptions::default()).expect("load"));
+    // One long-lived compiler: every snapshot after the first is applied as a delta.
+    let compiler = RefCell::new(NodeCompiler::default());
     let packets = RefCell::new(0u64);
     let verdicts = RefCell::new([0u64; 2]);
     let mut runner = TestRunner::new(Config {
@@ -52,7 +54,7 @@ fn deliver_program_agrees_with_node_tables() {
         &proptest::collection::vec(policy_strategy(), 0..6),
         |policies| {
             let snapshot = six_pods(policies);
-            let tables = compile_node(&snapshot, &mut IdentityAllocator::default())
+            let tables = (compiler.borrow_mut().compile(&snapshot))
                 .map_err(|e| TestCaseError::reject(e.to_string()))?;
             let mut hook = hook.borrow_mut();
             hook.apply(&tables).expect("apply");

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use portcullis_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, DROP_REASON_POLICY};
 use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
-use portcullis_policy::compile::node::{compile_node, IdentityAllocator, NodeTables};
+use portcullis_policy::compile::node::{compile_node, NodeTables};
 use portcullis_policy::model::{Protocol, Snapshot};
 
 const OK: i32 = TC_ACT_OK;
@@ -96,7 +96,7 @@ pub fn fixture_snapshot() -> Snapshot {
 }
 
 pub fn fixture_tables() -> NodeTables {
-    compile_node(&fixture_snapshot(), &mut IdentityAllocator::default()).expect("compile")
+    compile_node(&fixture_snapshot()).expect("compile")
 }
 
 struct Case {
@@ -442,7 +442,7 @@ fn generation_switch_and_cleanup() {
     let mut snap = fixture_snapshot();
     snap.policies.retain(|p| p.name != "api-in");
     // api-in gone: api unselected, client's egress still allows api.
-    let open = compile_node(&snap, &mut IdentityAllocator::default()).expect("compile");
+    let open = compile_node(&snap).expect("compile");
     let pkt = |sp| tcp_f("10.0.1.60", sp, "10.0.1.30", 9090, TCP_SYN);
     hook.apply(&allow).expect("apply 1");
     assert_eq!(
@@ -497,7 +497,7 @@ fn revalidate_cuts_flows_the_new_policy_forbids() {
             p.egress = Some(vec![rule(vec![app_peer("web")], vec![])]);
         }
     }
-    let after = compile_node(&snap, &mut IdentityAllocator::default()).expect("compile");
+    let after = compile_node(&snap).expect("compile");
     hook.apply(&before).expect("apply");
     let run = |hook: &mut NodeHook, p: Vec<u8>| {
         hook.test_run(TestProgram::Deliver, &p, 1).unwrap().action

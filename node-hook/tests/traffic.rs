@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
-use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
+use portcullis_policy::compile::node::{compile_node, NodeCompiler};
 use portcullis_policy::model::{Protocol, Snapshot};
 
 const A: &str = "10.77.1.1";
@@ -160,8 +160,8 @@ fn pod_to_pod_traffic_with_service_dnat_and_relabel() {
         hook.attach("vb").expect("attach vb");
         hook
     });
-    let mut ids = IdentityAllocator::default();
-    hook.apply(&compile_node(&cluster("a"), &mut ids).unwrap())
+    let mut compiler = NodeCompiler::default();
+    hook.apply(&compiler.compile(&cluster("a")).unwrap())
         .expect("apply");
 
     // Allowed and denied as b-in says; replies to a (which accepts nothing) pass through flows.
@@ -202,7 +202,7 @@ fn pod_to_pod_traffic_with_service_dnat_and_relabel() {
     let mut established = connect(&lab.a, B, 8080).expect("connect before relabel");
     assert!(echo_ok(&mut established, b"before"));
     let stats = hook
-        .apply(&compile_node(&cluster("z"), &mut ids).unwrap())
+        .apply(&compiler.compile(&cluster("z")).unwrap())
         .expect("apply relabel");
     eprintln!("relabel apply: {stats:?}");
     assert!(
@@ -263,7 +263,7 @@ fn pinned_links_are_adopted() {
         let mut hook = NodeHook::load(options.clone()).expect("load");
         hook.attach("va").expect("attach");
         hook.attach("vb").expect("attach");
-        hook.apply(&compile_node(&cluster("a"), &mut IdentityAllocator::default()).unwrap())
+        hook.apply(&compile_node(&cluster("a")).unwrap())
             .expect("apply");
     });
     // The loader is gone; the pinned links keep enforcing.
@@ -293,7 +293,7 @@ fn test_run_timings() {
         return;
     }
     let mut hook = NodeHook::load(NodeOptions::default()).expect("load");
-    hook.apply(&compile_node(&cluster("a"), &mut IdentityAllocator::default()).unwrap())
+    hook.apply(&compile_node(&cluster("a")).unwrap())
         .expect("apply");
     const REPEAT: u32 = 200_000;
     let syn = |sp| frame(A, B, 6, tcp(sp, 8080, TCP_SYN));

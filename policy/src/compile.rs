@@ -1,7 +1,7 @@
 //! Compiles a snapshot into the gateway's tables: pod address → policy group, and per group a set
 //! of peer prefixes whose longest match gives the exact union of port rules allowed there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -23,8 +23,11 @@ pub struct PortRule {
 pub struct GatewayTables {
     /// Every pod address selected by at least one policy of that direction → index into `groups`.
     pub endpoints: EndpointGroups,
+    /// Indexed by group id. Ids are stable across a [`GatewayCompiler`]'s compiles; an id without
+    /// a live group holds an empty one (no policies, no prefixes) until it is reused.
     pub groups: Vec<GatewayGroup>,
-    /// Deduplicated rule sets; a prefix value indexes this. An empty set denies.
+    /// Deduplicated rule sets, indexed by (stable) id; a prefix value indexes this. An empty set
+    /// denies; id 0 is always empty.
     pub rule_sets: Vec<Vec<PortRule>>,
 }
 
@@ -136,25 +139,6 @@ fn canonical(rules: impl IntoIterator<Item = PortRule>) -> Vec<PortRule> {
         }
     }
     out
-}
-
-/// Interns rule sets so identical sets share one id.
-#[derive(Default)]
-struct RuleSetInterner {
-    ids: HashMap<Vec<PortRule>, u32>,
-    sets: Vec<Vec<PortRule>>,
-}
-
-impl RuleSetInterner {
-    fn intern(&mut self, set: Vec<PortRule>) -> u32 {
-        if let Some(id) = self.ids.get(&set) {
-            return *id;
-        }
-        let id = self.sets.len() as u32;
-        self.sets.push(set.clone());
-        self.ids.insert(set, id);
-        id
-    }
 }
 
 /// Flattens the entries of one address family into prefixes whose longest match is exact.
@@ -313,20 +297,20 @@ fn group_entries(policies: &[&Policy], direction: Direction, pod: &Pod) -> Vec<E
 
 /// Pods with the same policies in a direction (and, where named ports are used, the same ports
 /// they resolve to) share a group, so tables grow with distinct policy combinations, not with pods.
-type GroupKey = (Direction, Vec<usize>, Vec<ContainerPort>);
+/// The key names the policies, so a group keeps its identity while their contents change.
+type GroupKey = (Direction, Vec<String>, Vec<ContainerPort>);
 
 /// Pod address and direction → group id.
 pub type EndpointGroups = BTreeMap<(Direction, IpAddr), u32>;
 
-/// Assigns every selected pod address a group; `build` makes a group from its policies and a
-/// representative pod. Returns the endpoint map and the groups in id order.
-fn assign_groups<G, E>(
+/// Assigns every selected pod address a group; `group_of` is called once per distinct group with
+/// its key, policies and a representative pod, and returns the group's id.
+fn assign_groups<E>(
     snapshot: &Snapshot,
-    mut build: impl FnMut(Direction, &[&Policy], &Pod) -> Result<G, E>,
-) -> Result<(EndpointGroups, Vec<G>), E> {
+    mut group_of: impl FnMut(&GroupKey, &[&Policy], &Pod) -> Result<u32, E>,
+) -> Result<EndpointGroups, E> {
     let mut endpoints = BTreeMap::new();
-    let mut groups = Vec::new();
-    let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
+    let mut group_ids: HashMap<(Direction, Vec<usize>, Vec<ContainerPort>), u32> = HashMap::new();
     // Which policies select a pod depends only on its namespace, labels and hostNetwork: match
     // each distinct combination once, not every pod against every policy.
     let mut selecting_of: HashMap<(Direction, &str, &Labels, bool), Vec<usize>> = HashMap::new();
@@ -369,13 +353,13 @@ fn assign_groups<G, E>(
             } else {
                 Vec::new()
             };
-            let key = (direction, selecting, signature);
-            let group = match group_ids.get(&key) {
+            let local_key = (direction, selecting, signature);
+            let group = match group_ids.get(&local_key) {
                 Some(g) => *g,
                 None => {
-                    let id = groups.len() as u32;
-                    groups.push(build(direction, &policies, pod)?);
-                    group_ids.insert(key, id);
+                    let key = (direction, policy_names(&policies), local_key.2.clone());
+                    let id = group_of(&key, &policies, pod)?;
+                    group_ids.insert(local_key, id);
                     id
                 }
             };
@@ -384,7 +368,14 @@ fn assign_groups<G, E>(
             }
         }
     }
-    Ok((endpoints, groups))
+    Ok(endpoints)
+}
+
+/// Lays out groups by id; ids without a live group (retired, waiting for reuse) hold `empty`.
+fn by_id<G: Clone>(mut groups: BTreeMap<u32, G>, len: u32, empty: G) -> Vec<G> {
+    (0..len)
+        .map(|id| groups.remove(&id).unwrap_or_else(|| empty.clone()))
+        .collect()
 }
 
 fn policy_names(policies: &[&Policy]) -> Vec<String> {
@@ -425,29 +416,105 @@ fn flatten(
     Ok(prefixes)
 }
 
-/// A fresh interner whose id 0 is the empty (deny) set, so a zero value never allows anything.
-fn new_interner() -> RuleSetInterner {
-    let mut interner = RuleSetInterner::default();
-    interner.intern(Vec::new());
-    interner
+/// Compiles the gateway's tables for traffic between pods and external addresses, once. A daemon
+/// that recompiles on every change uses a [`GatewayCompiler`] instead.
+pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileError> {
+    GatewayCompiler::default().compile(snapshot)
 }
 
-/// Compiles the gateway's tables: for traffic between pods and external addresses.
-pub fn compile_gateway(snapshot: &Snapshot) -> Result<GatewayTables, CompileError> {
-    let mut interner = new_interner();
-    let (endpoints, groups) = assign_groups(snapshot, |direction, policies, pod| {
-        let entries = group_entries(policies, direction, pod);
-        Ok(GatewayGroup {
-            direction,
-            policies: policy_names(policies),
-            prefixes: flatten(&entries, policies, direction, &mut interner)?,
+/// A compiled group and the policy contents it was compiled from.
+#[derive(Debug)]
+struct CachedGroup<G> {
+    policies: Vec<Policy>,
+    group: G,
+}
+
+impl<G> CachedGroup<G> {
+    fn compiled_from(&self, policies: &[&Policy]) -> bool {
+        self.policies.len() == policies.len()
+            && self.policies.iter().zip(policies).all(|(a, b)| a == *b)
+    }
+}
+
+/// Compiles snapshot after snapshot, incrementally: a group whose policies did not change is
+/// reused, not recompiled, and groups and rule sets keep their ids across compiles, so the next
+/// tables differ from the previous ones only where the policy change reaches (the loaders write
+/// just that difference). Pure: no I/O.
+#[derive(Debug, Default)]
+pub struct GatewayCompiler {
+    group_ids: StableIds<GroupKey>,
+    rule_sets: RuleSetInterner,
+    cache: HashMap<GroupKey, CachedGroup<GatewayGroup>>,
+    /// Groups compiled (not reused) by the last `compile`.
+    recompiled: usize,
+}
+
+impl GatewayCompiler {
+    /// The tables for `snapshot`. On error nothing already handed out changes meaning: ids stay
+    /// reserved for the groups of the last successful compile.
+    pub fn compile(&mut self, snapshot: &Snapshot) -> Result<GatewayTables, CompileError> {
+        let GatewayCompiler {
+            group_ids,
+            rule_sets,
+            cache,
+            recompiled,
+        } = self;
+        *recompiled = 0;
+        let mut groups = BTreeMap::new();
+        let endpoints = assign_groups(snapshot, |key, policies, pod| {
+            let id = group_ids.id(key);
+            let group = match cache.get(key).filter(|c| c.compiled_from(policies)) {
+                Some(cached) => cached.group.clone(),
+                None => {
+                    *recompiled += 1;
+                    let direction = key.0;
+                    let entries = group_entries(policies, direction, pod);
+                    let group = GatewayGroup {
+                        direction,
+                        policies: key.1.clone(),
+                        prefixes: flatten(&entries, policies, direction, rule_sets)?,
+                    };
+                    cache.insert(
+                        key.clone(),
+                        CachedGroup {
+                            policies: policies.iter().map(|p| (*p).clone()).collect(),
+                            group: group.clone(),
+                        },
+                    );
+                    group
+                }
+            };
+            groups.insert(id, group);
+            Ok(id)
+        })?;
+        let live: HashSet<u32> = groups.keys().copied().collect();
+        group_ids.retain(|_, id| live.contains(&id));
+        cache.retain(|key, _| group_ids.contains(key));
+        let used: HashSet<u32> = (groups.values())
+            .flat_map(|g| g.prefixes.iter().map(|(_, rs)| *rs))
+            .collect();
+        Ok(GatewayTables {
+            endpoints,
+            groups: by_id(groups, group_ids.len(), GatewayGroup::retired()),
+            rule_sets: rule_sets.retain_used(&used),
         })
-    })?;
-    Ok(GatewayTables {
-        endpoints,
-        groups,
-        rule_sets: interner.sets,
-    })
+    }
+
+    /// Groups the last [`compile`](Self::compile) had to compile (the rest were reused).
+    pub fn recompiled(&self) -> usize {
+        self.recompiled
+    }
+}
+
+impl GatewayGroup {
+    /// What an id without a live group holds: no policies, no prefixes, no endpoint points at it.
+    fn retired() -> GatewayGroup {
+        GatewayGroup {
+            direction: Direction::Ingress,
+            policies: Vec::new(),
+            prefixes: Vec::new(),
+        }
+    }
 }
 
 impl GatewayTables {
@@ -483,3 +550,6 @@ impl GatewayTables {
 }
 
 pub mod node;
+mod stable;
+
+use stable::{RuleSetInterner, StableIds};

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use portcullis_policy::compile::node::{compile_node, IdentityAllocator};
+use portcullis_policy::compile::node::{compile_node, NodeCompiler};
 use portcullis_policy::eval::{Flow, Side};
 use portcullis_policy::model::Direction;
 use portcullis_policy::testing::{policy_strategy, six_pods};
@@ -20,7 +20,7 @@ proptest! {
         v4 in any::<bool>(),
     ) {
         let snapshot = six_pods(policies);
-        let tables = compile_node(&snapshot, &mut IdentityAllocator::default()).expect("fits");
+        let tables = compile_node(&snapshot).expect("fits");
         for src in &snapshot.pods {
             for dst in &snapshot.pods {
                 let src_ip = *src.ips.iter().find(|ip| ip.is_ipv4() == v4).unwrap();
@@ -58,11 +58,11 @@ proptest! {
 
 #[test]
 fn identities_are_stable_across_recompiles() {
-    let mut allocator = IdentityAllocator::default();
-    let before = compile_node(&six_pods(Vec::new()), &mut allocator).unwrap();
+    let mut compiler = NodeCompiler::default();
+    let before = compiler.compile(&six_pods(Vec::new())).unwrap();
     let mut changed = six_pods(Vec::new());
     changed.pods[0].labels.insert("app".into(), "moved".into());
-    let after = compile_node(&changed, &mut allocator).unwrap();
+    let after = compiler.compile(&changed).unwrap();
     let differing: Vec<_> = before
         .identities
         .iter()

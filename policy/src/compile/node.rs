@@ -7,17 +7,20 @@
 //! identity entry of the subject's group matches, or the longest ipBlock prefix containing the
 //! peer's address matches: the union of selector rules and ipBlock rules, exactly as the evaluator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{
-    addr128, assign_groups, canonical, contains128, flatten, new_interner, policy_names,
-    port_rules, to128, CompileError, Entry, PortRule, MAX_PORT_RANGES,
+    addr128, assign_groups, by_id, canonical, contains128, flatten, policy_names, port_rules,
+    to128, CachedGroup, CompileError, Entry, GroupKey, PortRule, RuleSetInterner, StableIds,
+    MAX_PORT_RANGES,
 };
 use crate::eval::Side;
-use crate::model::{ContainerPort, Direction, Labels, Peer, Pod, Policy, Snapshot};
+use crate::model::{
+    ContainerPort, Direction, Labels, Namespace, Peer, Pod, Policy, PortMatch, Snapshot,
+};
 
 /// First identity number; lower ones are reserved for special peers (host, world).
 pub const FIRST_POD_IDENTITY: u32 = 256;
@@ -25,10 +28,10 @@ pub const FIRST_POD_IDENTITY: u32 = 256;
 /// What makes two pods indistinguishable to every selector and named port.
 type IdentityKey = (String, Labels, Vec<ContainerPort>);
 
-/// Hands out identity numbers that stay stable across recompiles, so a label change or pod churn
+/// Hands out identity numbers that stay stable across recompiles (never reused), so a label change or pod churn
 /// rewrites only the entries of the identities it touches.
 #[derive(Debug, Default)]
-pub struct IdentityAllocator {
+struct IdentityAllocator {
     ids: HashMap<IdentityKey, u32>,
     next: u32,
 }
@@ -61,8 +64,10 @@ pub struct NodeTables {
     pub identities: BTreeMap<IpAddr, u32>,
     /// Every pod address selected by at least one policy of that direction → index into `groups`.
     pub endpoints: super::EndpointGroups,
+    /// Indexed by group id, stable across a [`NodeCompiler`]'s compiles; an id without a live
+    /// group holds an empty one until it is reused.
     pub groups: Vec<NodeGroup>,
-    /// Deduplicated rule sets; id 0 is the empty set (deny).
+    /// Deduplicated rule sets indexed by (stable) id; id 0 is the empty set (deny).
     pub rule_sets: Vec<Vec<PortRule>>,
 }
 
@@ -76,53 +81,192 @@ pub struct NodeGroup {
     pub prefixes: Vec<(IpNet, u32)>,
 }
 
-/// Compiles the node tables; identities come from (and stay in) `allocator`.
-pub fn compile_node(
-    snapshot: &Snapshot,
-    allocator: &mut IdentityAllocator,
-) -> Result<NodeTables, CompileError> {
-    allocator.retain_present(snapshot);
-    // One representative pod per identity: selectors and named ports see nothing else.
-    let mut representatives: BTreeMap<u32, &Pod> = BTreeMap::new();
-    let mut identities = BTreeMap::new();
-    for pod in snapshot.pods.iter().filter(|p| !p.host_network) {
-        let id = allocator.id(pod);
-        representatives.entry(id).or_insert(pod);
-        for ip in &pod.ips {
-            identities.insert(*ip, id);
+/// Compiles the node tables once. A daemon that recompiles on every change uses a
+/// [`NodeCompiler`] instead.
+pub fn compile_node(snapshot: &Snapshot) -> Result<NodeTables, CompileError> {
+    NodeCompiler::default().compile(snapshot)
+}
+
+/// Compiles snapshot after snapshot, incrementally. Identities, groups and rule sets keep their
+/// ids across compiles (so the loader writes only the entries that changed), and a group whose
+/// policies did not change is not recompiled: only the peer entries of identities that appeared
+/// are computed and those of identities that went are dropped. A change of namespace labels
+/// (which namespace selectors see) recompiles every group. Pure: no I/O.
+#[derive(Debug, Default)]
+pub struct NodeCompiler {
+    identities: IdentityAllocator,
+    group_ids: StableIds<GroupKey>,
+    rule_sets: RuleSetInterner,
+    cache: HashMap<GroupKey, CachedGroup<NodeGroup>>,
+    /// Identities and namespaces the cached groups were computed against.
+    cached_identities: BTreeSet<u32>,
+    cached_namespaces: BTreeMap<String, Namespace>,
+    /// Groups compiled from scratch by the last `compile`.
+    recompiled: usize,
+}
+
+impl NodeCompiler {
+    pub fn compile(&mut self, snapshot: &Snapshot) -> Result<NodeTables, CompileError> {
+        let NodeCompiler {
+            identities: allocator,
+            group_ids,
+            rule_sets,
+            cache,
+            cached_identities,
+            cached_namespaces,
+            recompiled,
+        } = self;
+        *recompiled = 0;
+        allocator.retain_present(snapshot);
+        // One representative pod per identity: selectors and named ports see nothing else.
+        let mut representatives: BTreeMap<u32, &Pod> = BTreeMap::new();
+        let mut identities = BTreeMap::new();
+        for pod in snapshot.pods.iter().filter(|p| !p.host_network) {
+            let id = allocator.id(pod);
+            representatives.entry(id).or_insert(pod);
+            for ip in &pod.ips {
+                identities.insert(*ip, id);
+            }
+        }
+        if *cached_namespaces != snapshot.namespaces {
+            cache.clear();
+            cached_namespaces.clone_from(&snapshot.namespaces);
+        }
+        let appeared: Vec<u32> = (representatives.keys())
+            .filter(|id| !cached_identities.contains(id))
+            .copied()
+            .collect();
+        let gone: Vec<u32> = (cached_identities.iter())
+            .filter(|id| !representatives.contains_key(id))
+            .copied()
+            .collect();
+
+        let mut groups = BTreeMap::new();
+        let endpoints = assign_groups(snapshot, |key, policies, subject| {
+            let id = group_ids.id(key);
+            let direction = key.0;
+            let mut peer_rules = |peer: &Pod, peers: &mut BTreeMap<u32, u32>, identity: u32| {
+                let ports = identity_rules(snapshot, policies, direction, subject, peer);
+                if ports.len() > MAX_PORT_RANGES {
+                    return Err(CompileError::TooManyPortRanges {
+                        policies: policy_names(policies).join(", "),
+                        direction,
+                        count: ports.len(),
+                        max: MAX_PORT_RANGES,
+                    });
+                }
+                if ports.is_empty() {
+                    peers.remove(&identity);
+                } else {
+                    peers.insert(identity, rule_sets.intern(ports));
+                }
+                Ok(())
+            };
+            let group = match cache.get_mut(key).filter(|c| c.compiled_from(policies)) {
+                Some(cached) => {
+                    for identity in &gone {
+                        cached.group.peers.remove(identity);
+                    }
+                    for identity in &appeared {
+                        peer_rules(
+                            representatives[identity],
+                            &mut cached.group.peers,
+                            *identity,
+                        )?;
+                    }
+                    cached.group.clone()
+                }
+                None => {
+                    *recompiled += 1;
+                    let mut peers = BTreeMap::new();
+                    for (&identity, &peer) in &representatives {
+                        peer_rules(peer, &mut peers, identity)?;
+                    }
+                    let entries = ip_block_entries(snapshot, policies, direction, subject);
+                    let group = NodeGroup {
+                        direction,
+                        policies: key.1.clone(),
+                        peers,
+                        prefixes: flatten(&entries, policies, direction, rule_sets)?,
+                    };
+                    // Cached groups must be exactly the groups in use: their rule sets are
+                    // kept alive by appearing in the output.
+                    if depends_on_pod_addresses(policies, direction) {
+                        cache.remove(key);
+                    } else {
+                        cache.insert(
+                            key.clone(),
+                            CachedGroup {
+                                policies: policies.iter().map(|p| (*p).clone()).collect(),
+                                group: group.clone(),
+                            },
+                        );
+                    }
+                    group
+                }
+            };
+            groups.insert(id, group);
+            Ok(id)
+        });
+        let endpoints = match endpoints {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                // Cached groups may be half updated to this snapshot's identities: start over.
+                cache.clear();
+                cached_identities.clear();
+                return Err(e);
+            }
+        };
+        *cached_identities = representatives.keys().copied().collect();
+        let live: HashSet<u32> = groups.keys().copied().collect();
+        group_ids.retain(|_, id| live.contains(&id));
+        cache.retain(|key, _| group_ids.contains(key));
+        let used: HashSet<u32> = (groups.values())
+            .flat_map(|g| {
+                g.prefixes
+                    .iter()
+                    .map(|(_, rs)| *rs)
+                    .chain(g.peers.values().copied())
+            })
+            .collect();
+        Ok(NodeTables {
+            identities,
+            endpoints,
+            groups: by_id(groups, group_ids.len(), NodeGroup::retired()),
+            rule_sets: rule_sets.retain_used(&used),
+        })
+    }
+
+    /// Groups the last [`compile`](Self::compile) compiled from scratch (the rest were reused).
+    pub fn recompiled(&self) -> usize {
+        self.recompiled
+    }
+}
+
+impl NodeGroup {
+    /// What an id without a live group holds.
+    fn retired() -> NodeGroup {
+        NodeGroup {
+            direction: Direction::Ingress,
+            policies: Vec::new(),
+            peers: BTreeMap::new(),
+            prefixes: Vec::new(),
         }
     }
-    let mut interner = new_interner();
-    let (endpoints, groups) = assign_groups(snapshot, |direction, policies, subject| {
-        let mut peers = BTreeMap::new();
-        for (&id, &peer) in &representatives {
-            let ports = identity_rules(snapshot, policies, direction, subject, peer);
-            if ports.len() > MAX_PORT_RANGES {
-                return Err(CompileError::TooManyPortRanges {
-                    policies: policy_names(policies).join(", "),
-                    direction,
-                    count: ports.len(),
-                    max: MAX_PORT_RANGES,
-                });
-            }
-            if !ports.is_empty() {
-                peers.insert(id, interner.intern(ports));
-            }
-        }
-        let entries = ip_block_entries(snapshot, policies, direction, subject);
-        Ok(NodeGroup {
-            direction,
-            policies: policy_names(policies),
-            peers,
-            prefixes: flatten(&entries, policies, direction, &mut interner)?,
+}
+
+/// Egress rules with named ports and ipBlocks become host entries for the pods inside the
+/// block (see [`ip_block_entries`]): such a group changes with pod addresses, so it is not cached.
+fn depends_on_pod_addresses(policies: &[&Policy], direction: Direction) -> bool {
+    direction == Direction::Egress
+        && policies.iter().any(|p| {
+            p.rules(direction).unwrap_or_default().iter().any(|r| {
+                r.peers
+                    .iter()
+                    .any(|peer| matches!(peer, Peer::IpBlock { .. }))
+                    && (r.ports.iter()).any(|port| matches!(port.port, PortMatch::Named(_)))
+            })
         })
-    })?;
-    Ok(NodeTables {
-        identities,
-        endpoints,
-        groups,
-        rule_sets: interner.sets,
-    })
 }
 
 /// The destination pod of traffic between `subject` and `peer` in `direction`.

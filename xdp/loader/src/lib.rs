@@ -169,6 +169,80 @@ pub struct PolicyMaps {
     pub drops_by_group: PerCpuHashMap<MapData, u32, u64>,
 }
 
+/// The tables both programs have (rule sets, per-group peer prefixes, endpoints), indexed by the
+/// compiler's stable ids: what one generation holds.
+#[derive(Clone, Copy)]
+pub struct SharedTables<'a> {
+    pub rule_sets: &'a [Vec<PortRule>],
+    pub group_prefixes: &'a [&'a [(IpNet, u32)]],
+    pub endpoints: &'a EndpointGroups,
+}
+
+static NO_ENDPOINTS: EndpointGroups = BTreeMap::new();
+
+impl SharedTables<'_> {
+    /// A generation with nothing in it.
+    pub const EMPTY: SharedTables<'static> = SharedTables {
+        rule_sets: &[],
+        group_prefixes: &[],
+        endpoints: &NO_ENDPOINTS,
+    };
+}
+
+/// Entries one delta write changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Entries inserted or overwritten.
+    pub written: usize,
+    pub deleted: usize,
+}
+
+impl std::ops::AddAssign for Delta {
+    fn add_assign(&mut self, other: Delta) {
+        self.written += other.written;
+        self.deleted += other.deleted;
+    }
+}
+
+fn rule_set_value(rules: &[PortRule]) -> RuleSet {
+    let mut value = RuleSet {
+        count: rules.len() as u32,
+        ranges: [PortRange::default(); MAX_PORT_RANGES],
+    };
+    for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+        *slot = PortRange {
+            protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+            _pad: 0,
+            first: rule.first,
+            last: rule.last,
+        };
+    }
+    value
+}
+
+fn prefix_key(group: u32, net: &IpNet) -> Key<PrefixData> {
+    let bits = match net {
+        IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    Key::new(
+        PREFIX_GROUP_BITS + bits,
+        PrefixData {
+            group_be: group.to_be(),
+            addr: key_addr(net.network()),
+        },
+    )
+}
+
+fn endpoint_key((direction, ip): (Direction, IpAddr), parity: u32) -> EndpointKey {
+    EndpointKey {
+        addr: key_addr(ip),
+        direction: direction_code(direction),
+        generation: parity as u8,
+        _pad: [0; 2],
+    }
+}
+
 /// Entries one generation has in the [`PolicyMaps`].
 #[derive(Default)]
 pub struct Written {
@@ -225,74 +299,84 @@ impl PolicyMaps {
         self.set_config(config)
     }
 
-    /// Writes generation `parity`: `rule_sets`, the peer prefixes of each group (group `i` gets
-    /// id `generation_id(i, parity)`) and the endpoint → group entries. Returns what it wrote.
-    pub fn write<'a>(
+    /// Brings generation `parity` from `old` (what it holds now; `None` when unknown, e.g. adopted
+    /// pins: then every entry of that parity is found by iterating and deleted first) to `new`,
+    /// writing only entries that differ and deleting those `new` no longer has. Ids are the
+    /// compiler's stable ones, so a policy change touches few entries. Group `i` gets id
+    /// `generation_id(i, parity)`, rule set `j` gets `generation_id(j, parity)`.
+    pub fn write_delta(
         &mut self,
-        rule_sets: &[Vec<PortRule>],
-        group_prefixes: impl Iterator<Item = &'a [(IpNet, u32)]>,
-        endpoints: &EndpointGroups,
+        old: Option<SharedTables<'_>>,
+        new: SharedTables<'_>,
         parity: u32,
-    ) -> Result<Written> {
-        let mut written = Written::default();
-        for (i, rules) in rule_sets.iter().enumerate() {
-            let mut value = RuleSet {
-                count: rules.len() as u32,
-                ranges: [PortRange::default(); MAX_PORT_RANGES],
-            };
-            for (slot, rule) in value.ranges.iter_mut().zip(rules) {
-                *slot = PortRange {
-                    protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
-                    _pad: 0,
-                    first: rule.first,
-                    last: rule.last,
-                };
+    ) -> Result<Delta> {
+        let mut delta = Delta::default();
+        let old = match old {
+            Some(old) => old,
+            None => {
+                delta.deleted += self.delete(&self.written(parity))?;
+                SharedTables::EMPTY
             }
-            let id = generation_id(i, parity);
-            self.rule_sets
-                .insert(id, value, 0)
-                .map_err(map_err("RULE_SETS"))?;
-            written.rule_sets.push(id);
+        };
+        for (i, rules) in new.rule_sets.iter().enumerate() {
+            if old.rule_sets.get(i) != Some(rules) {
+                self.rule_sets
+                    .insert(generation_id(i, parity), rule_set_value(rules), 0)
+                    .map_err(map_err("RULE_SETS"))?;
+                delta.written += 1;
+            }
         }
-        for (gi, prefixes) in group_prefixes.enumerate() {
+        let groups = new.group_prefixes.len().max(old.group_prefixes.len());
+        for gi in 0..groups {
+            let before = old.group_prefixes.get(gi).copied().unwrap_or_default();
+            let after = new.group_prefixes.get(gi).copied().unwrap_or_default();
+            if before == after {
+                continue;
+            }
             let group = generation_id(gi, parity);
-            for (net, rs) in prefixes {
-                let bits = match net {
-                    IpNet::V4(n) => 96 + n.prefix_len() as u32,
-                    IpNet::V6(n) => n.prefix_len() as u32,
-                };
-                let key = Key::new(
-                    PREFIX_GROUP_BITS + bits,
-                    PrefixData {
-                        group_be: group.to_be(),
-                        addr: key_addr(net.network()),
-                    },
-                );
-                let value = PrefixValue {
-                    rule_set: generation_id(*rs as usize, parity),
-                };
-                self.prefixes
-                    .insert(&key, value, 0)
-                    .map_err(map_err("PREFIXES"))?;
-                written.prefixes.push(key);
+            let had: std::collections::HashMap<IpNet, u32> = before.iter().copied().collect();
+            for (net, rs) in after {
+                if had.get(net) != Some(rs) {
+                    let value = PrefixValue {
+                        rule_set: generation_id(*rs as usize, parity),
+                    };
+                    self.prefixes
+                        .insert(&prefix_key(group, net), value, 0)
+                        .map_err(map_err("PREFIXES"))?;
+                    delta.written += 1;
+                }
+            }
+            let has: std::collections::HashSet<IpNet> = after.iter().map(|(n, _)| *n).collect();
+            for (net, _) in before.iter().filter(|(n, _)| !has.contains(n)) {
+                ignore_missing(self.prefixes.remove(&prefix_key(group, net)), "PREFIXES")?;
+                delta.deleted += 1;
             }
         }
-        for ((direction, ip), gi) in endpoints {
-            let key = EndpointKey {
-                addr: key_addr(*ip),
-                direction: direction_code(*direction),
-                generation: parity as u8,
-                _pad: [0; 2],
-            };
-            let value = EndpointValue {
-                group: generation_id(*gi as usize, parity),
-            };
-            self.endpoints
-                .insert(key, value, 0)
-                .map_err(map_err("ENDPOINTS"))?;
-            written.endpoints.push(key);
+        for (endpoint, gi) in new.endpoints {
+            if old.endpoints.get(endpoint) != Some(gi) {
+                let value = EndpointValue {
+                    group: generation_id(*gi as usize, parity),
+                };
+                self.endpoints
+                    .insert(endpoint_key(*endpoint, parity), value, 0)
+                    .map_err(map_err("ENDPOINTS"))?;
+                delta.written += 1;
+            }
         }
-        Ok(written)
+        for endpoint in old.endpoints.keys() {
+            if !new.endpoints.contains_key(endpoint) {
+                let key = endpoint_key(*endpoint, parity);
+                ignore_missing(self.endpoints.remove(&key), "ENDPOINTS")?;
+                delta.deleted += 1;
+            }
+        }
+        // Rule sets last: nothing of this generation refers to them any more.
+        for i in new.rule_sets.len()..old.rule_sets.len() {
+            let id = generation_id(i, parity);
+            ignore_missing(self.rule_sets.remove(&id), "RULE_SETS")?;
+            delta.deleted += 1;
+        }
+        Ok(delta)
     }
 
     /// The entries of generation `parity`, found by iterating (adopted maps).
@@ -320,6 +404,12 @@ impl PolicyMaps {
         }
     }
 
+    /// How many entries generation `parity` has in each table: (endpoints, prefixes, rule sets).
+    pub fn entry_counts(&self, parity: u32) -> (usize, usize, usize) {
+        let w = self.written(parity);
+        (w.endpoints.len(), w.prefixes.len(), w.rule_sets.len())
+    }
+
     /// Deletes the `written` entries; returns how many.
     pub fn delete(&mut self, written: &Written) -> Result<usize> {
         for k in &written.endpoints {
@@ -332,6 +422,15 @@ impl PolicyMaps {
             ignore_missing(self.rule_sets.remove(k), "RULE_SETS")?;
         }
         Ok(written.endpoints.len() + written.prefixes.len() + written.rule_sets.len())
+    }
+
+    /// Deletes every flow (live ones too: their next packets are judged as new connections).
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            ignore_missing(self.flows.remove(k), "FLOWS")?;
+        }
+        Ok(keys.len())
     }
 
     /// Deletes the expired flows; returns how many.
