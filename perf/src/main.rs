@@ -1,15 +1,17 @@
 //! `portcullis-perf`: the benchmark harness behind `perf/run` (see perf/README.md).
 //!
 //! Topology: generator netns → gateway netns (cluster leg, external leg) → sink netns, made and
-//! torn down by [`lab::Lab`]. Traffic: 64-byte IPv4/UDP frames produced by `perf_gen` run through
+//! torn down by [`lab::Lab`]. Traffic: 64- or 1500-byte IPv4/UDP frames produced by `perf_gen` run through
 //! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (redirected out of the generator's veth),
 //! random pod sources and destinations drawn from the policies' allowed ranges (mostly) or the
 //! whole external range. Counted by `perf_sink` (XDP) on the sink. The gateway's cluster leg runs
 //! threaded NAPI pinned to CPU 1, the generator and the sink's NAPI thread share CPU 0, so the
 //! gateway's work is one core and its CPU time is that kthread's.
+mod change;
 mod lab;
 mod report;
 mod rules;
+mod sender;
 
 use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
 use clap::Parser;
@@ -40,6 +42,7 @@ static PERF_OBJECT: &[u8] =
 struct Target {
     src: u32,
     dst: u32,
+    dst_random: u32,
     sport: u16,
     dport: u16,
 }
@@ -53,14 +56,37 @@ struct GenConfig {
     mask: u32,
     flags: u32,
     index: u32,
+    gap_ns: u32,
+    pad: u32,
 }
 // SAFETY: plain old data, same layout as the kernel side.
 unsafe impl aya::Pod for GenConfig {}
 
+/// What the sink saw of one watched tuple (same layout as the kernel side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Watch {
+    first_ns: u64,
+    last_ns: u64,
+    frames: u64,
+    next_seq: u64,
+    lost: u64,
+    gap_first_ns: u64,
+    gap_last_ns: u64,
+}
+// SAFETY: plain old data, same layout as the kernel side.
+unsafe impl aya::Pod for Watch {}
+
+const SINK_RECORD: u32 = 1;
+const SINK_WATCH: u32 = 2;
+/// The part of a network-order destination a `WATCH` key keeps (its first two bytes).
+const WATCH_DST_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
+
 const GEN_RANDOM_SPORT: u32 = 1;
 const GEN_PROBE: u32 = 2;
 
-pub const ALL_CONTENDERS: [&str; 8] = [
+pub const ALL_CONTENDERS: [&str; 9] = [
+    "bare-drop",
     "bare-pass",
     "bare-redirect",
     "portcullis-xdp",
@@ -104,6 +130,28 @@ struct Args {
     /// log2 of the number of precomputed packet tuples the generator draws from.
     #[arg(long)]
     targets_log2: Option<u32>,
+    /// Frame sizes in bytes (Ethernet header included, no FCS), 60..=1514 (default: full 64,1500;
+    /// quick 64).
+    #[arg(long, value_delimiter = ',')]
+    frame_sizes: Option<Vec<usize>>,
+    /// Frames per live-frames batch of the generator (1..=256).
+    #[arg(long, default_value_t = 256)]
+    gen_batch: u32,
+    /// Frames per generator test-run call; 0 sizes each call to the time left (at most 1 s),
+    /// which keeps the two `synchronize_rcu` waits of every call out of the way.
+    #[arg(long, default_value_t = 0)]
+    gen_repeat: u32,
+    /// ipBlock counts at which policy-change latency and established-flow survival are measured
+    /// (default: full 10k,100k; quick 10k); each must also be in --sizes.
+    #[arg(long, value_delimiter = ',')]
+    change_sizes: Option<Vec<usize>>,
+    /// Policy changes timed for the change-latency figures (0: skip).
+    #[arg(long)]
+    latency_changes: Option<usize>,
+    /// Policy changes applied during the survival test, per load phase (0: skip); at the first
+    /// of --change-sizes.
+    #[arg(long)]
+    survival_changes: Option<usize>,
 }
 
 struct Plan {
@@ -112,6 +160,10 @@ struct Plan {
     repeats: usize,
     contenders: Vec<String>,
     targets_log2: u32,
+    frame_sizes: Vec<usize>,
+    change_sizes: Vec<usize>,
+    latency_changes: usize,
+    survival_changes: usize,
 }
 
 fn main() -> Result<()> {
@@ -134,10 +186,46 @@ fn main() -> Result<()> {
             .contenders
             .clone()
             .unwrap_or_else(|| ALL_CONTENDERS.iter().map(|s| s.to_string()).collect()),
-        targets_log2: args
-            .targets_log2
-            .unwrap_or(if args.quick { 16 } else { 18 }),
+        targets_log2: args.targets_log2.unwrap_or(14),
+        frame_sizes: args.frame_sizes.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![64]
+            } else {
+                vec![64, 1500]
+            }
+        }),
+        change_sizes: args.change_sizes.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![10_000]
+            } else {
+                vec![10_000, 100_000]
+            }
+        }),
+        latency_changes: args.latency_changes.unwrap_or(100),
+        survival_changes: args
+            .survival_changes
+            .unwrap_or(if args.quick { 200 } else { 1000 }),
     };
+    for &f in &plan.frame_sizes {
+        if !(MIN_FRAME..=MAX_FRAME).contains(&f) {
+            bail!("frame size {f} out of range {MIN_FRAME}..={MAX_FRAME}");
+        }
+    }
+    if !(1..=256).contains(&args.gen_batch) {
+        bail!("--gen-batch {} out of range 1..=256", args.gen_batch);
+    }
+    if plan.sizes.is_empty() || plan.sizes.contains(&0) {
+        bail!("--sizes needs at least one ipBlock count, each above 0");
+    }
+    if !(plan.duration > 0.0 && plan.duration.is_finite()) || plan.repeats == 0 {
+        bail!("--duration must be above 0 and --repeats at least 1");
+    }
+    if let Some(c) = plan.change_sizes.iter().find(|c| !plan.sizes.contains(c)) {
+        bail!("--change-sizes {c} is not one of --sizes");
+    }
+    if !(8..=20).contains(&plan.targets_log2) {
+        bail!("--targets-log2 {} out of range 8..=20", plan.targets_log2);
+    }
     for c in &plan.contenders {
         if !ALL_CONTENDERS.contains(&c.as_str()) {
             bail!(
@@ -171,7 +259,12 @@ fn plan_json(plan: &Plan, args: &Args) -> serde_json::Value {
         "targets": 1u64 << plan.targets_log2,
         "probes": args.probes,
         "linear_max": args.linear_max,
-        "frame_bytes": FRAME_LEN,
+        "frame_sizes": plan.frame_sizes,
+        "gen_batch": args.gen_batch,
+        "gen_repeat": args.gen_repeat,
+        "change_sizes": plan.change_sizes,
+        "latency_changes": plan.latency_changes,
+        "survival_changes": plan.survival_changes,
         "policies": POLICIES,
         "pods": PODS,
         "seed": SEED,
@@ -181,7 +274,12 @@ fn plan_json(plan: &Plan, args: &Args) -> serde_json::Value {
 const POLICIES: usize = 10;
 const PODS: usize = 1000;
 const SEED: u64 = 6;
+/// Frame size of the probes and micro figures (and the plots' and ratios' default).
 const FRAME_LEN: usize = 64;
+/// The Ethernet minimum without FCS.
+const MIN_FRAME: usize = 60;
+/// An MTU-sized (1500-byte IP packet) frame.
+const MAX_FRAME: usize = 1514;
 
 /// The synthetic cluster of `ip_blocks` ipBlocks, with its service ports switched to UDP (the
 /// generator sends UDP; synth's rules are TCP).
@@ -211,7 +309,14 @@ struct Harness<'a> {
     cluster_ifindex: u32,
     external_ifindex: u32,
     sink_ifindex: u32,
+    /// The generator's frame (its size is the current frame size).
     template: Vec<u8>,
+    gen_batch: u32,
+    gen_repeat: u32,
+    /// Maps taken out of `ebpf`, so they can be read while the generator runs on another thread.
+    gen_sent: PerCpuArray<MapData, u64>,
+    sink_count: PerCpuArray<MapData, u64>,
+    watch: HashMap<MapData, [u32; 3], Watch>,
 }
 
 fn check(stop: &AtomicBool) -> Result<()> {
@@ -239,7 +344,13 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
         ))
     })?;
     let sink_ifindex = in_ns(&lab.sink_ns, || lab::ifindex(&lab.sink_dev))?;
-    let template = template_frame(lab.gen_mac, lab.cluster_mac);
+    let take = |ebpf: &mut Ebpf, name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("no map {name} in the perf object"))
+    };
+    let gen_sent = PerCpuArray::try_from(take(&mut ebpf, "GEN_SENT")?)?;
+    let sink_count = PerCpuArray::try_from(take(&mut ebpf, "SINK_COUNT")?)?;
+    let watch = HashMap::try_from(take(&mut ebpf, "WATCH")?)?;
     let mut h = Harness {
         lab,
         ebpf,
@@ -248,8 +359,14 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
         cluster_ifindex,
         external_ifindex,
         sink_ifindex,
-        template,
+        template: Vec::new(),
+        gen_batch: args.gen_batch,
+        gen_repeat: args.gen_repeat,
+        gen_sent,
+        sink_count,
+        watch,
     };
+    h.set_frame(FRAME_LEN)?;
     // The sink: counter program, threaded NAPI on CPU 0 (with the generator).
     {
         let sink_ns = h.lab.sink_ns.clone();
@@ -270,11 +387,6 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
         u32::from_ne_bytes(h.lab.external_mac[2..6].try_into().unwrap()),
     ];
     Array::<_, [u32; 4]>::try_from(h.ebpf.map_mut("FWD_CFG").unwrap())?.set(0, fwd, 0)?;
-    let mut hdr = [0u32; 11];
-    for (i, w) in hdr.iter_mut().enumerate() {
-        *w = u32::from_ne_bytes(h.template[i * 4..i * 4 + 4].try_into().unwrap());
-    }
-    Array::<_, [u32; 11]>::try_from(h.ebpf.map_mut("GEN_HDR").unwrap())?.set(0, hdr, 0)?;
     report.machine_extra("iptables", sh("iptables -V").unwrap_or_default().trim());
     report.machine_extra("nft", sh("nft -v").unwrap_or_default().trim());
     report.machine_extra("ipset", sh("ipset -v").unwrap_or_default().trim());
@@ -294,6 +406,7 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
             contender: contender.into(),
             ip_blocks: size,
             prefixes,
+            frame_bytes: 0,
             metric: metric.into(),
             value,
             unit: unit.into(),
@@ -339,6 +452,19 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
             }
         }
         bare_done = true;
+        if plan.change_sizes.contains(&size)
+            && (plan.latency_changes > 0 || plan.survival_changes > 0)
+        {
+            check(stop)?;
+            if let Err(e) = h.changes(
+                size, prefixes, &snap, &tables, &flat, &targets, plan, report,
+            ) {
+                println!("   policy changes: FAILED: {e:#}");
+                report.note(format!("policy changes at {size} ipBlocks failed: {e:#}"));
+                h.reset_gateway_ns();
+                check(stop)?;
+            }
+        }
     }
     Ok(())
 }
@@ -354,18 +480,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Ethernet/IPv4/UDP frame of `FRAME_LEN` bytes; the generator fills addresses and ports.
-fn template_frame(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
-    udp_frame(
-        src_mac,
-        dst_mac,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        0,
-        0,
-    )
-}
-
+/// An Ethernet/IPv4/UDP frame of `len` bytes (no UDP checksum).
 fn udp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -373,12 +488,13 @@ fn udp_frame(
     dst: Ipv4Addr,
     sport: u16,
     dport: u16,
+    len: usize,
 ) -> Vec<u8> {
-    let mut f = Vec::with_capacity(FRAME_LEN);
+    let mut f = Vec::with_capacity(len);
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (FRAME_LEN - 14) as u16;
+    let ip_len = (len - 14) as u16;
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&ip_len.to_be_bytes());
     ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
@@ -396,7 +512,7 @@ fn udp_frame(
     f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&(ip_len - 20).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
-    f.resize(FRAME_LEN, 0);
+    f.resize(len, 0);
     f
 }
 
@@ -471,6 +587,33 @@ impl<'a> Sampler<'a> {
         }
     }
 
+    /// The host bits of the largest aligned block around `dst` inside one flattened range of
+    /// `pod`'s group: every address of it has `dst`'s verdict (0 for unselected pods).
+    fn same_verdict_bits(&self, pod: Ipv4Addr, dst: Ipv4Addr) -> u32 {
+        let Some(g) = self
+            .tables
+            .endpoints
+            .get(&(Direction::Egress, IpAddr::V4(pod)))
+        else {
+            return 0;
+        };
+        let f = &self.flat.groups[g].1;
+        let a = u32::from(dst);
+        let i = f.ranges.partition_point(|r| r.1 < a);
+        let Some(&(lo, hi, _)) = f.ranges.get(i).filter(|r| r.0 <= a) else {
+            return 0;
+        };
+        let mut host: u32 = 0;
+        while host != u32::MAX {
+            let wider = (host << 1) | 1;
+            if (a & !wider) < lo || (a | wider) > hi {
+                break;
+            }
+            host = wider;
+        }
+        host
+    }
+
     /// The flattened table's verdict (equal to `GatewayTables::allows`, which the probes use;
     /// this one is a binary search, for the many generator tuples).
     fn allows(&self, pod: Ipv4Addr, dst: Ipv4Addr, port: u16) -> bool {
@@ -505,9 +648,11 @@ fn make_targets(
         .map(|i| {
             let (src, dst, port) = s.sample(rng, 0.9);
             allowed += s.allows(src, dst, port) as usize;
+            let host = s.same_verdict_bits(src, dst);
             Target {
                 src: u32::from_ne_bytes(src.octets()),
-                dst: u32::from_ne_bytes(dst.octets()),
+                dst: u32::from_ne_bytes((u32::from(dst) & !host).to_be_bytes()),
+                dst_random: u32::from_ne_bytes(host.to_be_bytes()),
                 sport: (20_000 + (i % 40_000) as u16).to_be(),
                 dport: port.to_be(),
             }
@@ -550,6 +695,91 @@ struct Sample {
     cpu: Option<f64>,
 }
 
+/// The generator from the harness's fields (borrowing only `ebpf`, so the taken maps can be read
+/// while it runs on another thread).
+fn generator_of<'e>(
+    ebpf: &'e mut Ebpf,
+    lab: &Lab,
+    template: &[u8],
+    ifindex: u32,
+    batch: u32,
+    repeat: u32,
+) -> Result<Generator<'e>> {
+    let prog: &mut Xdp = ebpf.program_mut("perf_gen").unwrap().try_into()?;
+    Ok(Generator {
+        prog,
+        ns: lab.gen_ns.clone(),
+        template: template.to_vec(),
+        ifindex,
+        batch,
+        repeat,
+    })
+}
+
+/// `perf_gen` run through `BPF_PROG_TEST_RUN` with live frames, in the generator namespace.
+struct Generator<'p> {
+    prog: &'p mut Xdp,
+    ns: String,
+    template: Vec<u8>,
+    ifindex: u32,
+    /// Frames per live-frames batch.
+    batch: u32,
+    /// Frames per call (0: sized to the time left).
+    repeat: u32,
+}
+
+impl Generator<'_> {
+    /// Runs for `secs` (one call of `repeat` frames when `secs` is 0) on CPU 0, or until `stop`.
+    ///
+    /// Every test-run call waits for two RCU grace periods (the kernel swaps the XDP dispatcher
+    /// in and out around the run: about 10 ms each on this VM, measured with `perf`), so with a
+    /// fixed 64k-frame call a third of the generator's time was spent asleep. Calls are sized
+    /// from the rate of the previous one to last until the deadline (at most 1 s, so a stop
+    /// request is seen in time).
+    fn run(&mut self, secs: f64, stop: &AtomicBool) -> Result<()> {
+        let prog = &mut *self.prog;
+        let (template, ifindex, batch, fixed) =
+            (&self.template, self.ifindex, self.batch, self.repeat);
+        in_ns(&self.ns, || {
+            lab::pin_current_thread(0);
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let mut repeat = if fixed > 0 { fixed } else { 1 << 16 };
+            loop {
+                let t = Instant::now();
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(template),
+                    ctx_in: Some(&ctx),
+                    repeat,
+                    attrs: TestRunAttrs::new().xdp_live_frames(batch),
+                    ..Default::default()
+                });
+                match r {
+                    Ok(_) => {}
+                    Err(e) if stop.load(Ordering::Relaxed) => {
+                        return Err(anyhow!("interrupted ({e})"))
+                    }
+                    Err(e) => return Err(anyhow!("live-frames test run: {e}")),
+                }
+                let now = Instant::now();
+                if secs <= 0.0 || stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let left = deadline.saturating_duration_since(now).as_secs_f64();
+                if left < 0.005 {
+                    return Ok(());
+                }
+                if fixed == 0 {
+                    let rate = repeat as f64 / (now - t).as_secs_f64().max(1e-6);
+                    repeat = (rate * left.min(1.0)).clamp(4096.0, u32::MAX as f64) as u32;
+                }
+            }
+        })
+    }
+}
+
 impl Harness<'_> {
     fn load_targets(&mut self, targets: &[Target]) -> Result<()> {
         let mut map = Array::<_, Target>::try_from(self.ebpf.map_mut("TARGETS").unwrap())?;
@@ -564,59 +794,75 @@ impl Harness<'_> {
         Ok(())
     }
 
-    fn sink_count(&self) -> Result<u64> {
-        let m = PerCpuArray::<_, u64>::try_from(self.ebpf.map("SINK_COUNT").unwrap())?;
-        Ok(m.get(&0, 0)?.iter().sum())
+    /// A generator setting over the first `mask + 1` targets, new flows or not, paced or not.
+    fn flood_config(&self, mask: u32, new_flows: bool, gap_ns: u32) -> GenConfig {
+        GenConfig {
+            ifindex: self.gen_ifindex,
+            mask,
+            flags: if new_flows { GEN_RANDOM_SPORT } else { 0 },
+            index: 0,
+            gap_ns,
+            pad: 0,
+        }
     }
 
-    /// Runs the generator for `secs` on CPU 0; returns frames generated.
-    fn generate(&mut self, secs: f64) -> Result<u64> {
-        let ns = self.lab.gen_ns.clone();
-        let template = self.template.clone();
-        let ifindex = self.gen_ifindex;
+    /// Switches the generator to `len`-byte frames: the template and the header it rewrites.
+    fn set_frame(&mut self, len: usize) -> Result<()> {
+        self.template = udp_frame(
+            self.lab.gen_mac,
+            self.lab.cluster_mac,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            0,
+            len,
+        );
+        let mut hdr = [0u32; 11];
+        for (i, w) in hdr.iter_mut().enumerate() {
+            *w = u32::from_ne_bytes(self.template[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        Array::<_, [u32; 11]>::try_from(self.ebpf.map_mut("GEN_HDR").unwrap())?.set(0, hdr, 0)?;
+        Ok(())
+    }
+
+    fn sink_count(&self) -> Result<u64> {
+        Ok(self.sink_count.get(&0, 0)?.iter().sum())
+    }
+
+    fn gen_sent(&self) -> Result<u64> {
+        Ok(self.gen_sent.get(&0, 0)?.iter().sum())
+    }
+
+    fn generator(&mut self) -> Result<Generator<'_>> {
+        generator_of(
+            &mut self.ebpf,
+            &self.lab,
+            &self.template,
+            self.gen_ifindex,
+            self.gen_batch,
+            self.gen_repeat,
+        )
+    }
+
+    /// Runs the generator for `secs` on CPU 0.
+    fn generate(&mut self, secs: f64) -> Result<()> {
         let stop = self.stop;
-        let prog: &mut Xdp = self.ebpf.program_mut("perf_gen").unwrap().try_into()?;
-        in_ns(&ns, || {
-            lab::pin_current_thread(0);
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let mut sent = 0u64;
-            let repeat = if secs <= 0.0 { 1 } else { 1 << 16 };
-            loop {
-                let r = prog.test_run(TestRunOptions {
-                    data_in: Some(&template),
-                    ctx_in: Some(&ctx),
-                    repeat,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..Default::default()
-                });
-                match r {
-                    Ok(_) => sent += repeat as u64,
-                    Err(e) if stop.load(Ordering::Relaxed) => {
-                        return Err(anyhow!("interrupted ({e})"))
-                    }
-                    Err(e) => return Err(anyhow!("live-frames test run: {e}")),
-                }
-                if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
-                    return Ok(sent);
-                }
-            }
-        })
+        self.generator()?.run(secs, stop)
     }
 
     fn measure(&mut self, secs: f64, napi: Option<i32>) -> Result<Sample> {
         let c0 = self.sink_count()?;
+        let s0 = self.gen_sent()?;
         let cpu0 = napi.and_then(lab::thread_cpu_ns);
         let t = Instant::now();
-        let sent = self.generate(secs)?;
+        self.generate(secs)?;
         let elapsed = t.elapsed().as_secs_f64();
         let cpu1 = napi.and_then(lab::thread_cpu_ns);
         std::thread::sleep(Duration::from_millis(30));
         let c1 = self.sink_count()?;
+        let s1 = self.gen_sent()?;
         Ok(Sample {
-            offered: sent as f64 / elapsed,
+            offered: (s1 - s0) as f64 / elapsed,
             forwarded: (c1 - c0) as f64 / elapsed,
             cpu: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some((b - a) as f64 / (elapsed * 1e9)),
@@ -625,7 +871,8 @@ impl Harness<'_> {
         })
     }
 
-    /// Sends every probe once (fixed source port) and reports which reached the sink.
+    /// Sends every probe once (fixed source port, 64-byte frames, in runs of 64 frames so the
+    /// veth rings never overflow) and reports which reached the sink.
     fn probe(&mut self, probes: &[Probe], targets: &[Target]) -> Result<Vec<bool>> {
         let n = probes.len().min(targets.len());
         let probe_targets: Vec<Target> = probes[..n]
@@ -634,6 +881,7 @@ impl Harness<'_> {
             .map(|(i, (s, d, p, _))| Target {
                 src: u32::from_ne_bytes(s.octets()),
                 dst: u32::from_ne_bytes(d.octets()),
+                dst_random: 0,
                 sport: (61_000 + i as u16).to_be(),
                 dport: p.to_be(),
             })
@@ -647,19 +895,31 @@ impl Harness<'_> {
                 let _ = seen.remove(&k);
             }
         }
-        Array::<_, u32>::try_from(self.ebpf.map_mut("SINK_CFG").unwrap())?.set(0, 1, 0)?;
-        for i in 0..n {
+        let frame = self.template.len();
+        self.set_frame(FRAME_LEN)?;
+        self.set_sink_flags(SINK_RECORD)?;
+        const RUN: usize = 64;
+        for first in (0..n).step_by(RUN) {
+            let count = RUN.min(n - first);
+            Array::<_, u32>::try_from(self.ebpf.map_mut("GEN_SEQ").unwrap())?.set(0, 0, 0)?;
             self.set_gen(GenConfig {
                 ifindex: self.gen_ifindex,
                 mask: 0,
                 flags: GEN_PROBE,
-                index: i as u32,
+                index: first as u32,
+                gap_ns: 0,
+                pad: 0,
             })?;
-            self.generate(0.0)?;
-            std::thread::sleep(Duration::from_micros(300));
+            let stop = self.stop;
+            let mut g = self.generator()?;
+            g.repeat = count as u32;
+            g.batch = count as u32;
+            g.run(0.0, stop)?;
+            std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(300));
-        Array::<_, u32>::try_from(self.ebpf.map_mut("SINK_CFG").unwrap())?.set(0, 0, 0)?;
+        self.set_sink_flags(0)?;
+        self.set_frame(frame)?;
         let seen = HashMap::<_, [u32; 3], u64>::try_from(self.ebpf.map("SEEN").unwrap())?;
         let arrived = probe_targets
             .iter()
@@ -667,6 +927,11 @@ impl Harness<'_> {
             .collect();
         self.load_targets(&targets[..n])?;
         Ok(arrived)
+    }
+
+    fn set_sink_flags(&mut self, flags: u32) -> Result<()> {
+        Array::<_, u32>::try_from(self.ebpf.map_mut("SINK_CFG").unwrap())?.set(0, flags, 0)?;
+        Ok(())
     }
 
     fn attach(
@@ -728,6 +993,7 @@ impl Harness<'_> {
             contender: name.into(),
             ip_blocks: rules_size,
             prefixes: rules_prefixes,
+            frame_bytes: 0,
             metric: metric.into(),
             value,
             unit: unit.into(),
@@ -797,6 +1063,7 @@ impl Harness<'_> {
                 let links = vec![self.attach("perf_fwd", c)?, self.attach("perf_pass", e)?];
                 Setup::Programs(links)
             }
+            "bare-drop" => Setup::Programs(vec![self.attach("perf_sink", c)?]),
             _ => {
                 let forward = if name == "portcullis-kernel" {
                     ForwardMode::Kernel
@@ -874,61 +1141,100 @@ impl Harness<'_> {
             } else {
                 (targets.len() - 1) as u32
             };
-            self.set_gen(GenConfig {
-                ifindex: self.gen_ifindex,
-                mask,
-                flags: if established { 0 } else { GEN_RANDOM_SPORT },
-                index: 0,
-            })?;
-            // Warm-up (fills the flow table for the established case).
-            self.measure(if established { 1.0 } else { 0.3 }, napi)?;
-            let mut samples = Vec::new();
-            for _ in 0..plan.repeats {
-                check(self.stop)?;
-                samples.push(self.measure(plan.duration, napi)?);
-            }
-            let fwd: Vec<f64> = samples.iter().map(|s| s.forwarded).collect();
-            let off: Vec<f64> = samples.iter().map(|s| s.offered).collect();
-            let mut f = fig("forwarded_pps", report::median(&fwd), "packets/s");
-            f.samples = fwd.clone();
-            report.push(f);
-            report.push(fig("offered_pps", report::median(&off), "packets/s"));
-            let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
-            if !cpu.is_empty() {
-                let mut f = fig("gateway_cpu", report::median(&cpu), "cores");
-                f.samples = cpu.clone();
-                report.push(f);
-                // Forwarded packets per second of gateway CPU: the efficiency figure, less
-                // sensitive than the rate to a generator starved by a shared machine.
-                let per_core: Vec<f64> = samples
-                    .iter()
-                    .filter_map(|s| s.cpu.filter(|c| *c > 0.0).map(|c| s.forwarded / c))
-                    .collect();
-                let mut f = fig(
-                    "forwarded_per_core",
-                    report::median(&per_core),
-                    "packets/cpu-s",
-                );
-                f.samples = per_core;
-                report.push(f);
-            }
-            println!(
-                "   {name}: forwarded {:.3} Mpps (samples {:?}), offered {:.1} Mpps, gateway CPU {}",
-                report::median(&fwd) / 1e6,
-                fwd.iter().map(|v| (v / 1e4).round() / 100.0).collect::<Vec<_>>(),
-                report::median(&off) / 1e6,
-                if cpu.is_empty() {
-                    "n/a".to_string()
-                } else {
-                    format!("{:.2} cores", report::median(&cpu))
+            let cfg = self.flood_config(mask, !established, 0);
+            self.set_gen(cfg)?;
+            for &frame in &plan.frame_sizes {
+                self.set_frame(frame)?;
+                // Warm-up (fills the flow table for the established case).
+                self.measure(if established { 1.0 } else { 0.3 }, napi)?;
+                let mut samples = Vec::new();
+                for _ in 0..plan.repeats {
+                    check(self.stop)?;
+                    samples.push(self.measure(plan.duration, napi)?);
                 }
-            );
+                self.push_throughput(name, rules_size, rules_prefixes, frame, &samples, report);
+            }
+            self.set_frame(FRAME_LEN)?;
             Ok(())
         })();
         report.push(fig("setup_time", setup_ms, "ms"));
         self.detach(setup)?;
         self.reset_gateway_ns();
         result
+    }
+
+    /// The throughput figures of one contender, size and frame size from its samples.
+    fn push_throughput(
+        &self,
+        name: &str,
+        ip_blocks: usize,
+        prefixes: usize,
+        frame: usize,
+        samples: &[Sample],
+        report: &mut Report,
+    ) {
+        let fig = |metric: &str, value: f64, unit: &str, samples: Vec<f64>| Figure {
+            contender: name.into(),
+            ip_blocks,
+            prefixes,
+            frame_bytes: frame,
+            metric: metric.into(),
+            value,
+            unit: unit.into(),
+            samples,
+        };
+        let fwd: Vec<f64> = samples.iter().map(|s| s.forwarded).collect();
+        let off: Vec<f64> = samples.iter().map(|s| s.offered).collect();
+        report.push(fig(
+            "forwarded_pps",
+            report::median(&fwd),
+            "packets/s",
+            fwd.clone(),
+        ));
+        report.push(fig(
+            "forwarded_bps",
+            report::median(&fwd) * frame as f64 * 8.0,
+            "bits/s",
+            Vec::new(),
+        ));
+        report.push(fig(
+            "offered_pps",
+            report::median(&off),
+            "packets/s",
+            off.clone(),
+        ));
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
+        if !cpu.is_empty() {
+            report.push(fig(
+                "gateway_cpu",
+                report::median(&cpu),
+                "cores",
+                cpu.clone(),
+            ));
+            // Forwarded packets per second of gateway CPU: the efficiency figure, less
+            // sensitive than the rate to a generator starved by a shared machine.
+            let per_core: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| s.cpu.filter(|c| *c > 0.0).map(|c| s.forwarded / c))
+                .collect();
+            report.push(fig(
+                "forwarded_per_core",
+                report::median(&per_core),
+                "packets/cpu-s",
+                per_core,
+            ));
+        }
+        println!(
+            "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps, gateway CPU {}",
+            report::median(&fwd) / 1e6,
+            fwd.iter().map(|v| (v / 1e4).round() / 100.0).collect::<Vec<_>>(),
+            report::median(&off) / 1e6,
+            if cpu.is_empty() {
+                "n/a".to_string()
+            } else {
+                format!("{:.2} cores", report::median(&cpu))
+            }
+        );
     }
 
     /// BPF_PROG_TEST_RUN ns/packet: bare `xdp_pass` vs the gateway on an established flow, a
@@ -954,8 +1260,8 @@ impl Harness<'_> {
         let c = self.cluster_ifindex;
         let gw_ns = self.lab.gw_ns.clone();
         let results = in_ns(&gw_ns, || -> Result<Vec<(&'static str, f64)>> {
-            let pkt_a = udp_frame(gm, cm, a.0, a.1, 40_000, a.2);
-            let pkt_d = udp_frame(gm, cm, d.0, d.1, 40_000, d.2);
+            let pkt_a = udp_frame(gm, cm, a.0, a.1, 40_000, a.2, FRAME_LEN);
+            let pkt_d = udp_frame(gm, cm, d.0, d.1, 40_000, d.2, FRAME_LEN);
             let ns = |o: portcullis_gateway::TestRunOutcome| o.duration.as_nanos() as f64;
             let mut out = Vec::new();
             let mut runs: StdHashMap<&str, Vec<f64>> = StdHashMap::new();
@@ -975,7 +1281,7 @@ impl Harness<'_> {
                 let (mut sum_new, mut sum_bare) = (0.0, 0.0);
                 const K: u16 = 2000;
                 for i in 0..K {
-                    let p = udp_frame(gm, cm, a.0, a.1, 1024 + round * K + i, a.2);
+                    let p = udp_frame(gm, cm, a.0, a.1, 1024 + round * K + i, a.2, FRAME_LEN);
                     sum_new += ns(gw.test_run(TestProgram::Gateway, c, &p, 1)?);
                     sum_bare += ns(gw.test_run(TestProgram::Pass, c, &p, 1)?);
                 }
@@ -1008,6 +1314,7 @@ impl Harness<'_> {
                 },
                 ip_blocks: size,
                 prefixes,
+                frame_bytes: FRAME_LEN,
                 metric: format!("test_run_{k}"),
                 value: v,
                 unit: "ns/packet".into(),

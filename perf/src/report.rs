@@ -15,6 +15,8 @@ pub struct Figure {
     pub ip_blocks: usize,
     /// Prefixes after compilation (excepts become carve-out prefixes).
     pub prefixes: usize,
+    /// Frame size of a traffic or test-run figure (0: not about packets).
+    pub frame_bytes: usize,
     pub metric: String,
     pub value: f64,
     pub unit: String,

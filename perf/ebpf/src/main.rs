@@ -2,10 +2,11 @@
 //!
 //! - `perf_gen`: run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on a template
 //!   Ethernet/IPv4/UDP frame; rewrites source, destination and ports from a random entry of
-//!   `TARGETS` (or the entry `GEN_CFG.index` in probe mode), fixes the IPv4 checksum and redirects
-//!   the frame out of `GEN_CFG.ifindex`.
-//! - `perf_sink`: counts every frame (per CPU) and drops it; with `SINK_CFG` record flag set it also
-//!   records (source, destination, destination port) of IPv4/UDP frames in `SEEN`.
+//!   `TARGETS` (or the entries from `GEN_CFG.index` on, one per frame, in probe mode), fixes the
+//!   IPv4 checksum and redirects the frame out of `GEN_CFG.ifindex`.
+//! - `perf_sink`: counts every frame (per CPU) and drops it; with `SINK_CFG` flags set it also
+//!   records (source, destination, destination port) of IPv4/UDP frames in `SEEN` and updates the
+//!   `WATCH` entry of watched tuples (first/last seen time, frames, sequence gaps).
 //! - `perf_pass`: bare `XDP_PASS` (the "no filter" contender: kernel forwarding only).
 //! - `perf_fwd`: bare XDP redirect to `FWD_CFG.ifindex` with MACs rewritten (the XDP ceiling).
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -16,7 +17,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, HashMap, PerCpuArray},
-    helpers::generated::{bpf_get_prandom_u32, bpf_redirect},
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -27,10 +28,13 @@ use aya_ebpf::{
 pub struct Target {
     pub src: u32,
     pub dst: u32,
+    /// Destination bits drawn at random per frame in new-flow mode (a block of addresses with
+    /// the same verdict), so a small table (cache-resident) still spreads destinations widely.
+    pub dst_random: u32,
     pub sport: u16,
     pub dport: u16,
 }
-const _: () = assert!(core::mem::size_of::<Target>() == 12);
+const _: () = assert!(core::mem::size_of::<Target>() == 16);
 
 /// Generator settings (host byte order). Written by the harness before each run.
 #[repr(C)]
@@ -41,11 +45,15 @@ pub struct GenConfig {
     /// `TARGETS` index mask (entries used: mask + 1, a power of two).
     pub mask: u32,
     /// Bit 0: random source port per packet (new flows); else the target's `sport`.
-    /// Bit 1: probe mode: always use entry `index`.
+    /// Bit 1: probe mode: entry `index + n` for the n-th frame (n from `GEN_SEQ`).
     pub flags: u32,
     pub index: u32,
+    /// Pacing: at most one frame per `gap_ns` nanoseconds (0: as fast as possible); frames over
+    /// the rate are dropped inside the generator and never sent.
+    pub gap_ns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 24);
 
 pub const GEN_RANDOM_SPORT: u32 = 1;
 pub const GEN_PROBE: u32 = 2;
@@ -60,6 +68,19 @@ static GEN_CFG: Array<GenConfig, 1> = Array::new();
 #[btf_map]
 static GEN_HDR: Array<[u32; 11], 1> = Array::new();
 
+/// Index 0: frames generated so far in probe mode (entry `index + n` for the n-th frame). Reset
+/// by the harness before each probe run.
+#[btf_map]
+static GEN_SEQ: Array<u32, 1> = Array::new();
+
+/// Index 0: earliest time (bpf_ktime_get_ns) of the next paced frame. Written by `perf_gen`.
+#[btf_map]
+static GEN_PACE: Array<u64, 1> = Array::new();
+
+/// Index 0: frames the generator redirected (sent), per CPU. Read by the harness.
+#[btf_map]
+static GEN_SENT: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// Packet tuples the generator draws from. Written by the harness.
 #[btf_map]
 static TARGETS: Array<Target, 1048576> = Array::new();
@@ -68,9 +89,41 @@ static TARGETS: Array<Target, 1048576> = Array::new();
 #[btf_map]
 static SINK_COUNT: PerCpuArray<u64, 1> = PerCpuArray::new();
 
-/// Index 0: 1 = record tuples in `SEEN`. Written by the harness.
+/// Index 0: bit 0 (`SINK_RECORD`) = record tuples in `SEEN`, bit 1 (`SINK_WATCH`) = update
+/// `WATCH` entries. Written by the harness.
 #[btf_map]
 static SINK_CFG: Array<u32, 1> = Array::new();
+
+pub const WATCH_MAGIC: u32 = 0x5043_4c53;
+pub const SINK_RECORD: u32 = 1;
+pub const SINK_WATCH: u32 = 2;
+
+/// What the sink saw of one watched tuple (times from `bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+/// Frames of watched tuples carry a sequence number (u32, big-endian) right after the UDP header
+/// and then `WATCH_MAGIC` (big-endian); other frames (the generator's) are never counted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Watch {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub frames: u64,
+    /// Sequence number expected next.
+    pub next_seq: u64,
+    /// Frames missing between received sequence numbers.
+    pub lost: u64,
+    /// First and last time a gap in the sequence was seen (0: never).
+    pub gap_first_ns: u64,
+    pub gap_last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Watch>() == 56);
+
+/// The part of the (network-order) destination a `WATCH` key keeps: its first two bytes.
+pub const WATCH_DST_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
+
+/// (src, dst & `WATCH_DST_MASK`, dport as u32, all network order) → what the sink saw. Entries are inserted (zeroed)
+/// by the harness; the sink only updates existing ones.
+#[btf_map]
+static WATCH: HashMap<[u32; 3], Watch, 1024> = HashMap::new();
 
 /// (src, dst, dport as u32, all network order) → frames seen. Written by `perf_sink` when
 /// recording; read and cleared by the harness (the verdict-agreement probes).
@@ -97,24 +150,58 @@ fn try_gen(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let cfg = GEN_CFG.get(0)?;
+    if cfg.gap_ns != 0 {
+        let next = GEN_PACE.get_ptr_mut(0)?;
+        // SAFETY: helper without preconditions; value pointer of a successful lookup, one
+        // generator thread at a time.
+        unsafe {
+            let now = bpf_ktime_get_ns();
+            if now < *next {
+                return Some(xdp_action::XDP_DROP);
+            }
+            let gap = cfg.gap_ns as u64;
+            // Catch up at most 64 frames after a stall; never burst more.
+            *next = if *next + 64 * gap < now {
+                now
+            } else {
+                *next + gap
+            };
+        }
+    }
     let idx = if cfg.flags & GEN_PROBE != 0 {
-        cfg.index
+        let seq = GEN_SEQ.get_ptr_mut(0)?;
+        // SAFETY: value pointer of a successful lookup; one generator thread at a time.
+        unsafe {
+            let n = *seq;
+            *seq = n + 1;
+            cfg.index + n
+        }
     } else {
         // SAFETY: helper without preconditions.
         (unsafe { bpf_get_prandom_u32() }) & cfg.mask
     };
     let t = TARGETS.get(idx)?;
-    let sport = if cfg.flags & GEN_RANDOM_SPORT != 0 {
+    let (sport, dst) = if cfg.flags & GEN_RANDOM_SPORT != 0 {
         // SAFETY: helper without preconditions.
-        ((unsafe { bpf_get_prandom_u32() }) as u16 | 1024).to_be()
+        let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        ((r1 as u16 | 1024).to_be(), t.dst | (r2 & t.dst_random))
     } else {
-        t.sport
+        (t.sport, t.dst)
     };
     let hdr = GEN_HDR.get(0)?;
     if start + 44 > ctx.data_end() {
         return None;
     }
     let ip = (start + ETH_LEN) as *mut u8;
+    // The IPv4 checksum, incrementally: the template's (addresses zero) plus the two addresses.
+    // Ones'-complement sums are byte-order independent, so native 16-bit halves are fine.
+    let mut sum = (!(hdr[6] as u16)) as u32
+        + (t.src & 0xffff)
+        + (t.src >> 16)
+        + (dst & 0xffff)
+        + (dst >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
     // SAFETY: bounds checked above; unaligned writes into the frame.
     unsafe {
         let words = start as *mut u32;
@@ -124,22 +211,17 @@ fn try_gen(ctx: &XdpContext) -> Option<u32> {
             w += 1;
         }
         core::ptr::write_unaligned(ip.add(12) as *mut u32, t.src);
-        core::ptr::write_unaligned(ip.add(16) as *mut u32, t.dst);
-        core::ptr::write_unaligned(ip.add(10) as *mut u16, 0);
+        core::ptr::write_unaligned(ip.add(16) as *mut u32, dst);
+        core::ptr::write_unaligned(ip.add(10) as *mut u16, !(sum as u16));
         let udp = ip.add(IP_LEN);
         core::ptr::write_unaligned(udp as *mut u16, sport);
         core::ptr::write_unaligned(udp.add(2) as *mut u16, t.dport);
         // UDP checksum 0: none (allowed for IPv4).
         core::ptr::write_unaligned(udp.add(6) as *mut u16, 0);
-        let mut sum: u32 = 0;
-        let mut i = 0;
-        while i < IP_LEN {
-            sum += u16::from_be_bytes([*ip.add(i), *ip.add(i + 1)]) as u32;
-            i += 2;
-        }
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        core::ptr::write_unaligned(ip.add(10) as *mut u16, (!(sum as u16)).to_be());
+    }
+    if let Some(c) = GEN_SENT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
     }
     // SAFETY: helper; an unknown ifindex makes the redirect fail (frame dropped).
     Some(unsafe { bpf_redirect(cfg.ifindex, 0) } as u32)
@@ -151,16 +233,17 @@ pub fn perf_sink(ctx: XdpContext) -> u32 {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
     }
-    if SINK_CFG.get(0).copied() == Some(1) {
-        record(&ctx);
+    let flags = SINK_CFG.get(0).copied().unwrap_or(0);
+    if flags != 0 {
+        record(&ctx, flags);
     }
     xdp_action::XDP_DROP
 }
 
 #[inline(always)]
-fn record(ctx: &XdpContext) {
+fn record(ctx: &XdpContext, flags: u32) {
     let start = ctx.data();
-    if start + ETH_LEN + IP_LEN + UDP_LEN > ctx.data_end() {
+    if start + ETH_LEN + IP_LEN + UDP_LEN + 8 > ctx.data_end() {
         return;
     }
     let p = start as *const u8;
@@ -178,11 +261,48 @@ fn record(ctx: &XdpContext) {
             core::ptr::read_unaligned(p.add(ETH_LEN + IP_LEN + 2) as *const u16) as u32,
         ]
     };
-    match SEEN.get_ptr_mut(&key) {
-        // SAFETY: value pointer from a successful lookup.
-        Some(v) => unsafe { *v += 1 },
-        None => {
-            let _ = SEEN.insert(&key, &1, 0);
+    if flags & SINK_RECORD != 0 {
+        match SEEN.get_ptr_mut(&key) {
+            // SAFETY: value pointer from a successful lookup.
+            Some(v) => unsafe { *v += 1 },
+            None => {
+                let _ = SEEN.insert(&key, &1, 0);
+            }
+        }
+    }
+    if flags & SINK_WATCH != 0 {
+        // Watched tuples are matched on the destination's /16 (the probe varies the rest).
+        let key = [key[0], key[1] & WATCH_DST_MASK, key[2]];
+        // SAFETY: bounds checked above.
+        let magic = unsafe {
+            core::ptr::read_unaligned(p.add(ETH_LEN + IP_LEN + UDP_LEN + 4) as *const u32)
+        };
+        if magic != WATCH_MAGIC.to_be() {
+            return;
+        }
+        if let Some(w) = WATCH.get_ptr_mut(&key) {
+            // SAFETY: helper without preconditions; bounds of the sequence number checked above;
+            // `w` is a value pointer of a successful lookup (one sink CPU).
+            unsafe {
+                let now = bpf_ktime_get_ns();
+                let seq = u32::from_be(core::ptr::read_unaligned(
+                    p.add(ETH_LEN + IP_LEN + UDP_LEN) as *const u32,
+                )) as u64;
+                let w = &mut *w;
+                if w.frames == 0 {
+                    w.first_ns = now;
+                }
+                w.last_ns = now;
+                w.frames += 1;
+                if seq > w.next_seq {
+                    w.lost += seq - w.next_seq;
+                    if w.gap_first_ns == 0 {
+                        w.gap_first_ns = now;
+                    }
+                    w.gap_last_ns = now;
+                }
+                w.next_seq = seq + 1;
+            }
         }
     }
 }
