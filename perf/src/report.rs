@@ -31,6 +31,17 @@ pub struct Report {
     figures: Vec<Figure>,
     notes: Vec<String>,
     started: u64,
+    load_before: Vec<f64>,
+}
+
+/// The 1, 5 and 15 minute load averages (the machine may be shared with compilers).
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -119,6 +130,7 @@ impl Report {
             figures: Vec::new(),
             notes: Vec::new(),
             started: now(),
+            load_before: loadavg(),
         }
     }
 
@@ -141,6 +153,7 @@ impl Report {
             "finished_unix": now(),
             "command": self.command,
             "machine": self.machine,
+            "load": {"before": self.load_before, "after": loadavg()},
             "config": self.config,
             "figures": self.figures,
             "ratios": self.ratios(),
@@ -155,10 +168,20 @@ impl Report {
         let path = dir.join(format!("{base}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&self.json())?)?;
         let tp = self.series("forwarded_pps", 1e-6);
+        let frames: BTreeSet<usize> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric == "forwarded_pps")
+            .map(|f| f.frame_bytes)
+            .collect();
+        let frames: Vec<String> = frames.iter().map(|f| format!("{f} B")).collect();
         std::fs::write(
             dir.join(format!("{base}-throughput.svg")),
             svg_plot(
-                "Forwarded packets/s at the sink (64 B UDP, one gateway core)",
+                &format!(
+                    "Forwarded packets/s at the sink ({} UDP, one gateway core)",
+                    frames.join(", ")
+                ),
                 "Mpps",
                 &tp,
             ),
@@ -178,7 +201,8 @@ impl Report {
         Ok(path)
     }
 
-    /// contender → [(ip_blocks, value * scale)]; rule-less contenders are drawn flat across.
+    /// contender (with its frame size unless 64 B) → [(ip_blocks, value * scale)]; rule-less
+    /// contenders are drawn flat across.
     fn series(&self, metric: &str, scale: f64) -> BTreeMap<String, Vec<(f64, f64)>> {
         let sizes: BTreeSet<usize> = self
             .figures
@@ -188,7 +212,12 @@ impl Report {
             .collect();
         let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for f in self.figures.iter().filter(|f| f.metric == metric) {
-            let e = out.entry(f.contender.clone()).or_default();
+            let name = if f.frame_bytes == crate::FRAME_LEN {
+                f.contender.clone()
+            } else {
+                format!("{} ({} B)", f.contender, f.frame_bytes)
+            };
+            let e = out.entry(name).or_default();
             if f.ip_blocks == 0 {
                 for s in &sizes {
                     e.push((*s as f64, f.value * scale));
@@ -200,15 +229,27 @@ impl Report {
         out
     }
 
-    fn value(&self, contender: &str, size: usize, metric: &str) -> Option<f64> {
+    fn value(&self, contender: &str, size: usize, frame: usize, metric: &str) -> Option<f64> {
         self.figures
             .iter()
             .find(|f| {
                 f.contender == contender
                     && f.metric == metric
+                    && f.frame_bytes == frame
                     && (f.ip_blocks == size || f.ip_blocks == 0)
             })
             .map(|f| f.value)
+    }
+
+    /// Frame sizes of the throughput figures.
+    fn frames(&self) -> Vec<usize> {
+        let s: BTreeSet<usize> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric == "forwarded_pps")
+            .map(|f| f.frame_bytes)
+            .collect();
+        s.into_iter().collect()
     }
 
     fn sizes(&self) -> Vec<usize> {
@@ -224,8 +265,12 @@ impl Report {
     /// Forwarded-throughput ratios of Portcullis (XDP forwarding, new flows) to the others.
     pub fn ratios(&self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        for size in self.sizes() {
-            let Some(p) = self.value("portcullis-xdp", size, "forwarded_pps") else {
+        for (frame, size) in self
+            .frames()
+            .into_iter()
+            .flat_map(|f| self.sizes().into_iter().map(move |s| (f, s)))
+        {
+            let Some(p) = self.value("portcullis-xdp", size, frame, "forwarded_pps") else {
                 continue;
             };
             for other in [
@@ -235,9 +280,10 @@ impl Report {
                 "iptables-ipset",
                 "iptables-linear",
             ] {
-                if let Some(o) = self.value(other, size, "forwarded_pps") {
+                if let Some(o) = self.value(other, size, frame, "forwarded_pps") {
                     out.push(serde_json::json!({
                         "ip_blocks": size,
+                        "frame_bytes": frame,
                         "ratio": format!("portcullis-xdp/{other}"),
                         "value": p / o,
                     }));
@@ -258,34 +304,51 @@ impl Report {
             })
             .map(|c| c.to_string())
             .collect();
-        println!("\nforwarded Mpps (median) [gateway CPU, cores]");
-        let mut head = format!("{:>10}", "ipBlocks");
-        for c in &contenders {
-            let _ = write!(head, " | {c:>26}");
-        }
-        println!("{head}");
-        for s in &sizes {
-            let mut line = format!("{s:>10}");
+        for frame in self.frames() {
+            println!("\nforwarded Mpps (median), {frame} B frames [gateway CPU, cores]");
+            let mut head = format!("{:>10}", "ipBlocks");
             for c in &contenders {
-                let cell = match self.value(c, *s, "forwarded_pps") {
-                    Some(v) => match self.value(c, *s, "gateway_cpu") {
-                        Some(cpu) => format!("{:.3} [{cpu:.2}]", v / 1e6),
-                        None => format!("{:.3}", v / 1e6),
-                    },
-                    None => "-".into(),
-                };
-                let _ = write!(line, " | {cell:>26}");
+                let _ = write!(head, " | {c:>26}");
             }
-            println!("{line}");
+            println!("{head}");
+            for s in &sizes {
+                let mut line = format!("{s:>10}");
+                for c in &contenders {
+                    let cell = match self.value(c, *s, frame, "forwarded_pps") {
+                        Some(v) => match self.value(c, *s, frame, "gateway_cpu") {
+                            Some(cpu) => format!("{:.3} [{cpu:.2}]", v / 1e6),
+                            None => format!("{:.3}", v / 1e6),
+                        },
+                        None => "-".into(),
+                    };
+                    let _ = write!(line, " | {cell:>26}");
+                }
+                println!("{line}");
+            }
         }
         println!("\nratios (forwarded pps, portcullis-xdp / other):");
         for r in self.ratios() {
             println!(
-                "  {:>8} ipBlocks  {:<32} {:.2}",
+                "  {:>8} ipBlocks {:>5} B  {:<32} {:.2}",
                 r["ip_blocks"],
+                r["frame_bytes"],
                 r["ratio"].as_str().unwrap_or(""),
                 r["value"].as_f64().unwrap_or(f64::NAN)
             );
+        }
+        let changes: Vec<&Figure> = self
+            .figures
+            .iter()
+            .filter(|f| f.metric.starts_with("change_") || f.metric.starts_with("survival_"))
+            .collect();
+        if !changes.is_empty() {
+            println!("\npolicy changes (portcullis-xdp):");
+            for f in changes {
+                println!(
+                    "  {:>8} ipBlocks  {:<40} {:.3} {}",
+                    f.ip_blocks, f.metric, f.value, f.unit
+                );
+            }
         }
         let micro: Vec<&Figure> = self
             .figures
@@ -315,6 +378,11 @@ impl Report {
                 );
             }
         }
+        println!(
+            "\nload average (1, 5, 15 min) before {:?}, after {:?}",
+            self.load_before,
+            loadavg()
+        );
         for n in &self.notes {
             println!("note: {n}");
         }

@@ -1,5 +1,6 @@
-//! CI smoke test: the harness starts on a tiny configuration (10 ipBlocks, 1 s per contender, two
-//! contenders, a few probes) and writes a well-formed result JSON and plots. Asserts shape, never
+//! CI smoke test: the harness starts on a tiny configuration (10 ipBlocks, 1 s per contender and
+//! frame size, two contenders, a few probes, 4 policy changes for latency and 4 per survival phase)
+//! and writes a well-formed result JSON and plots. Asserts shape, never
 //! speed. Needs root (network namespaces, XDP); skipped otherwise.
 use std::process::Command;
 
@@ -25,6 +26,14 @@ fn tiny_run_writes_wellformed_results() {
             "20",
             "--targets-log2",
             "10",
+            "--frame-sizes",
+            "64,1500",
+            "--change-sizes",
+            "10",
+            "--latency-changes",
+            "4",
+            "--survival-changes",
+            "4",
             "--out",
         ])
         .arg(out.path())
@@ -48,7 +57,9 @@ fn tiny_run_writes_wellformed_results() {
         .expect("a result JSON");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
-    for key in ["schema", "machine", "config", "figures", "ratios", "notes"] {
+    for key in [
+        "schema", "machine", "load", "config", "figures", "ratios", "notes",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     for key in ["cpu_model", "cores", "kernel"] {
@@ -70,6 +81,25 @@ fn tiny_run_writes_wellformed_results() {
     assert!(has("portcullis-xdp", "verdict_agreement"));
     assert!(has("portcullis", "compile_time"));
     assert!(has("portcullis", "test_run_established_flow"));
+    assert!(v["load"]["before"].is_array() && v["load"]["after"].is_array());
+    let frames = |c: &str| {
+        figures
+            .iter()
+            .filter(|f| f["contender"] == c && f["metric"] == "forwarded_pps")
+            .map(|f| f["frame_bytes"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(frames("portcullis-xdp"), [64, 1500]);
+    for m in [
+        "change_latency_p50",
+        "change_latency_p99",
+        "change_compile_time_p50",
+        "change_apply_time_p50",
+        "survival_paced_lost",
+        "survival_saturating_lost",
+    ] {
+        assert!(has("portcullis-xdp", m), "missing {m}");
+    }
     let svgs = std::fs::read_dir(out.path())
         .unwrap()
         .flatten()
