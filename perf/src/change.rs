@@ -440,7 +440,12 @@ impl Harness<'_> {
                 std::thread::sleep(Duration::from_millis(300));
                 let flood = sc.spawn(|| gen.run(24.0 * 3600.0, &stop_flood));
                 std::thread::sleep(Duration::from_millis(300));
-                let changed = (|| -> Result<_> {
+                // The changes run on the generator's core at the generator's priority: on the
+                // gateway's core the real-time NAPI thread would starve them.
+                let gw = &mut *gw;
+                let keys = &keys;
+                let changes = sc.spawn(move || -> Result<_> {
+                    lab::pin_current_thread(0);
                     let lost_before: u64 = keys
                         .iter()
                         .map(|k| watch.get(k, 0).map(|w| w.lost))
@@ -478,7 +483,11 @@ impl Harness<'_> {
                         (s1 - s0) as f64 / secs,
                         (c1 - c0) as f64 / secs,
                     ))
-                })();
+                });
+                let changed = changes
+                    .join()
+                    .map_err(|_| anyhow!("policy changes panicked"))
+                    .and_then(|r| r);
                 stop_flood.store(true, Ordering::Relaxed);
                 let flood = flood
                     .join()

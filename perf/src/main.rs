@@ -172,7 +172,7 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (network namespaces, XDP, nftables): use perf/run");
     }
-    let plan = Plan {
+    let mut plan = Plan {
         sizes: args.sizes.clone().unwrap_or_else(|| {
             if args.quick {
                 vec![10, 10_000, 100_000]
@@ -194,13 +194,7 @@ fn main() -> Result<()> {
                 vec![64, 1500]
             }
         }),
-        change_sizes: args.change_sizes.clone().unwrap_or_else(|| {
-            if args.quick {
-                vec![10_000]
-            } else {
-                vec![10_000, 100_000]
-            }
-        }),
+        change_sizes: Vec::new(),
         latency_changes: args.latency_changes.unwrap_or(100),
         survival_changes: args
             .survival_changes
@@ -220,9 +214,23 @@ fn main() -> Result<()> {
     if !(plan.duration > 0.0 && plan.duration.is_finite()) || plan.repeats == 0 {
         bail!("--duration must be above 0 and --repeats at least 1");
     }
-    if let Some(c) = plan.change_sizes.iter().find(|c| !plan.sizes.contains(c)) {
-        bail!("--change-sizes {c} is not one of --sizes");
-    }
+    plan.change_sizes = match &args.change_sizes {
+        Some(c) => {
+            if let Some(c) = c.iter().find(|c| !plan.sizes.contains(c)) {
+                bail!("--change-sizes {c} is not one of --sizes");
+            }
+            c.clone()
+        }
+        // The defaults that this run measures anyway.
+        None => (if args.quick {
+            vec![10_000]
+        } else {
+            vec![10_000, 100_000]
+        })
+        .into_iter()
+        .filter(|c| plan.sizes.contains(c))
+        .collect(),
+    };
     if !(8..=20).contains(&plan.targets_log2) {
         bail!("--targets-log2 {} out of range 8..=20", plan.targets_log2);
     }
@@ -693,6 +701,10 @@ struct Sample {
     offered: f64,
     forwarded: f64,
     cpu: Option<f64>,
+    /// Frames/s the generator's veth could not hand to the gateway (its ring full).
+    lost_before: f64,
+    /// Frames/s the gateway's external leg could not hand to the sink.
+    lost_after: f64,
 }
 
 /// The generator from the harness's fields (borrowing only `ebpf`, so the taken maps can be read
@@ -850,7 +862,26 @@ impl Harness<'_> {
         self.generator()?.run(secs, stop)
     }
 
+    /// Frames a veth failed to pass to its peer so far: its `tx dropped` (the kernel adds the
+    /// XDP frames its peer's full ring refused, `xdp_xmit_errors` in `ethtool -S`, to the skbs
+    /// dropped on transmit).
+    fn veth_drops(ns: &str, dev: &str) -> Result<u64> {
+        let link: serde_json::Value =
+            serde_json::from_str(&sh(&format!("ip -n {ns} -s -j link show dev {dev}"))?)?;
+        link[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .with_context(|| format!("no tx dropped counter for {dev}"))
+    }
+
+    fn drops(&self) -> Result<(u64, u64)> {
+        Ok((
+            Self::veth_drops(&self.lab.gen_ns, &self.lab.gen_dev)?,
+            Self::veth_drops(&self.lab.gw_ns, &self.lab.external_dev)?,
+        ))
+    }
+
     fn measure(&mut self, secs: f64, napi: Option<i32>) -> Result<Sample> {
+        let d0 = self.drops()?;
         let c0 = self.sink_count()?;
         let s0 = self.gen_sent()?;
         let cpu0 = napi.and_then(lab::thread_cpu_ns);
@@ -861,9 +892,12 @@ impl Harness<'_> {
         std::thread::sleep(Duration::from_millis(30));
         let c1 = self.sink_count()?;
         let s1 = self.gen_sent()?;
+        let d1 = self.drops()?;
         Ok(Sample {
             offered: (s1 - s0) as f64 / elapsed,
             forwarded: (c1 - c0) as f64 / elapsed,
+            lost_before: d1.0.saturating_sub(d0.0) as f64 / elapsed,
+            lost_after: d1.1.saturating_sub(d0.1) as f64 / elapsed,
             cpu: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some((b - a) as f64 / (elapsed * 1e9)),
                 _ => None,
@@ -1203,6 +1237,20 @@ impl Harness<'_> {
             "packets/s",
             off.clone(),
         ));
+        let before: Vec<f64> = samples.iter().map(|s| s.lost_before).collect();
+        let after: Vec<f64> = samples.iter().map(|s| s.lost_after).collect();
+        report.push(fig(
+            "lost_before_gateway_pps",
+            report::median(&before),
+            "packets/s",
+            Vec::new(),
+        ));
+        report.push(fig(
+            "lost_after_gateway_pps",
+            report::median(&after),
+            "packets/s",
+            Vec::new(),
+        ));
         let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
         if !cpu.is_empty() {
             report.push(fig(
@@ -1225,10 +1273,12 @@ impl Harness<'_> {
             ));
         }
         println!(
-            "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps, gateway CPU {}",
+            "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps (lost before the gateway {:.2}, after it {:.2}), gateway CPU {}",
             report::median(&fwd) / 1e6,
             fwd.iter().map(|v| (v / 1e4).round() / 100.0).collect::<Vec<_>>(),
             report::median(&off) / 1e6,
+            report::median(&before) / 1e6,
+            report::median(&after) / 1e6,
             if cpu.is_empty() {
                 "n/a".to_string()
             } else {
