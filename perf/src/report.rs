@@ -262,7 +262,8 @@ impl Report {
         s.into_iter().collect()
     }
 
-    /// Forwarded-throughput ratios of Portcullis (XDP forwarding, new flows) to the others.
+    /// Forwarded-throughput ratios of Portcullis (XDP forwarding; new flows, and established
+    /// flows) to the others, per frame size and ipBlock count.
     pub fn ratios(&self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         for (frame, size) in self
@@ -270,23 +271,25 @@ impl Report {
             .into_iter()
             .flat_map(|f| self.sizes().into_iter().map(move |s| (f, s)))
         {
-            let Some(p) = self.value("portcullis-xdp", size, frame, "forwarded_pps") else {
-                continue;
-            };
-            for other in [
-                "bare-pass",
-                "bare-redirect",
-                "nftables",
-                "iptables-ipset",
-                "iptables-linear",
-            ] {
-                if let Some(o) = self.value(other, size, frame, "forwarded_pps") {
-                    out.push(serde_json::json!({
-                        "ip_blocks": size,
-                        "frame_bytes": frame,
-                        "ratio": format!("portcullis-xdp/{other}"),
-                        "value": p / o,
-                    }));
+            for ours in ["portcullis-xdp", "portcullis-xdp-established"] {
+                let Some(p) = self.value(ours, size, frame, "forwarded_pps") else {
+                    continue;
+                };
+                for other in [
+                    "bare-pass",
+                    "bare-redirect",
+                    "nftables",
+                    "iptables-ipset",
+                    "iptables-linear",
+                ] {
+                    if let Some(o) = self.value(other, size, frame, "forwarded_pps") {
+                        out.push(serde_json::json!({
+                            "ip_blocks": size,
+                            "frame_bytes": frame,
+                            "ratio": format!("{ours}/{other}"),
+                            "value": p / o,
+                        }));
+                    }
                 }
             }
         }
@@ -326,7 +329,7 @@ impl Report {
                 println!("{line}");
             }
         }
-        println!("\nratios (forwarded pps, portcullis-xdp / other):");
+        println!("\nratios (forwarded pps, portcullis / other):");
         for r in self.ratios() {
             println!(
                 "  {:>8} ipBlocks {:>5} B  {:<32} {:.2}",
