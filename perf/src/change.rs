@@ -293,16 +293,29 @@ impl Harness<'_> {
                             std::thread::sleep(Duration::from_micros(200));
                         }
                     } else {
-                        // Frames already past the gateway need a moment to reach the sink.
-                        std::thread::sleep(Duration::from_millis(20));
-                        let w = self.watch.get(&key, 0)?;
-                        std::thread::sleep(Duration::from_millis(20));
-                        let later = self.watch.get(&key, 0)?;
-                        if later.frames != w.frames {
-                            bail!("change {i}: the probe still passes 20 ms after denying it");
+                        // Enforced once the probe has been silent for 30 ms (≫ its interval);
+                        // the last frame that passed gives the latency.
+                        let deadline = Instant::now() + Duration::from_secs(2);
+                        let mut last = self.watch.get(&key, 0)?;
+                        let mut quiet = Instant::now();
+                        loop {
+                            std::thread::sleep(Duration::from_millis(5));
+                            let w = self.watch.get(&key, 0)?;
+                            if w.frames != last.frames {
+                                last = w;
+                                quiet = Instant::now();
+                            } else if quiet.elapsed() >= Duration::from_millis(30) {
+                                break;
+                            }
+                            if Instant::now() > deadline {
+                                bail!(
+                                    "change {i}: the probe still passes 2 s after the apply that denies it returned ({} frames since the change started)",
+                                    w.frames
+                                );
+                            }
                         }
-                        if w.frames > 0 {
-                            w.last_ns.saturating_sub(t0)
+                        if last.frames > 0 {
+                            last.last_ns.saturating_sub(t0)
                         } else {
                             0
                         }

@@ -107,14 +107,18 @@ impl Sender {
                 if s.fresh_sport {
                     if sport_next == u16::MAX {
                         // Source ports used up: the next destination of the stream's /16 (the
-                        // sink watches the /16), so no frame ever repeats a flow.
+                        // sink watches the /16), so no frame repeats a flow for 2^16 rounds of
+                        // 64k ports (the first round's destination is `s.dst` itself).
                         sport_next = 1024;
                         dst_next = (dst_next + 1) & 0xffff;
                         frames[i] = crate::udp_frame(
                             self.src_mac,
                             self.dst_mac,
                             s.src,
-                            Ipv4Addr::from(u32::from(s.dst) & 0xffff_0000 | dst_next),
+                            Ipv4Addr::from(
+                                u32::from(s.dst) & 0xffff_0000
+                                    | (u32::from(s.dst).wrapping_add(dst_next) & 0xffff),
+                            ),
                             s.sport,
                             s.dport,
                             self.frame_len,
