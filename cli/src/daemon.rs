@@ -279,8 +279,11 @@ pub fn serve<E: Enforcer>(
     let mut last_gc = Instant::now();
     let mut last_metrics = Instant::now();
     let mut applied_snapshot: Option<Arc<Snapshot>> = None;
+    // The value the source holds now has not been looked at (it may have published before we
+    // subscribed).
+    let mut pending = true;
     while !stop.load(Ordering::Relaxed) {
-        if published.has_changed().unwrap_or(false) {
+        if std::mem::take(&mut pending) {
             let state = published.borrow_and_update().clone();
             let unchanged = applied_snapshot
                 .as_ref()
@@ -301,7 +304,17 @@ pub fn serve<E: Enforcer>(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Wake as soon as the source publishes; otherwise look at the stop flag, GC and
+        // metrics every 200 ms.
+        let tick = Duration::from_millis(200);
+        let woke =
+            runtime.block_on(async { tokio::time::timeout(tick, published.changed()).await });
+        match woke {
+            Ok(Ok(())) => pending = true,
+            // The source has stopped publishing: keep enforcing what we have.
+            Ok(Err(_)) => std::thread::sleep(tick),
+            Err(_) => {}
+        }
         if last_gc.elapsed() >= Duration::from_secs(10) {
             last_gc = Instant::now();
             match reloader.enforcer.gc_flows() {

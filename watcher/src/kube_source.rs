@@ -6,8 +6,8 @@
 //! event (an event may have been lost) cause a relist; any other failure (connection refused or
 //! reset, a stream that stalls past the server-side timeout) a reconnect after an exponential
 //! backoff with jitter. A relist replaces that kind's whole store, so deletions missed while
-//! disconnected are reconciled. An aggregator coalesces changes over a short window and publishes
-//! once all three kinds have been listed.
+//! disconnected are reconciled. An aggregator publishes once all three kinds have been listed, then
+//! at most once per short window: an isolated change at once, a burst coalesced.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -37,7 +37,8 @@ use crate::{
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
-    /// Changes are collected this long after the first one before a publish.
+    /// At most one publish per window this long: a change after a quiet window is published at
+    /// once, changes within a window of the last publish are collected until it ends.
     pub coalesce: Duration,
     /// First reconnect delay; doubles per failure up to `backoff_max`. The delay actually slept
     /// is uniformly random in [d/2, d].
@@ -632,13 +633,20 @@ async fn aggregate(
 ) {
     let mut stores = Stores::default();
     let mut published_stale = false;
+    let mut last_publish: Option<Instant> = None;
     loop {
         let Some(msg) = rx.recv().await else {
             return;
         };
         let first = Instant::now();
         let mut changed = stores.apply(msg);
-        let deadline = first + coalesce;
+        // Leading edge: a change after a quiet window goes out at once (with whatever is already
+        // queued); changes arriving within a window of the last publish wait for its end, so a
+        // burst still coalesces into at most one publish per window.
+        let deadline = match last_publish {
+            Some(at) if first < at + coalesce => at + coalesce,
+            _ => first,
+        };
         loop {
             match recv_until(&mut rx, deadline).await {
                 Some(Some(msg)) => changed |= stores.apply(msg),
@@ -656,6 +664,7 @@ async fn aggregate(
             continue;
         }
         published_stale = stale;
+        last_publish = Some(Instant::now());
         if current.source_ready && !changed {
             // Only the connection state changed: same snapshot.
             let errors = current.errors.clone();
