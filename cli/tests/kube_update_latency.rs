@@ -3,11 +3,12 @@
 //!
 //! A real kube-apiserver (scripts/kube-test-cluster) holds 10k pods (with addresses) and 1k egress
 //! policies of 20 ipBlocks each; the real `portcullis gateway --kubeconfig` daemon enforces them on
-//! two veths; server and daemon run in a throw-away network namespace. 100 times, one policy's
-//! ipBlock is changed through the API; the time from the API call to the daemon having switched to
-//! the generation with the change in its maps (its published state) is recorded, with the daemon's
-//! own breakdown (watch event to generation in force, compile, delta write) from its log, and its
-//! memory.
+//! two veths and `portcullis node --kubeconfig` holds the node tables beside it; server and daemons
+//! run in a throw-away network namespace. 100 times one policy's ipBlock is changed through the
+//! API, then 50 times one pod is relabelled; for each, the time from the API call to each daemon
+//! having switched to the generation with the change in its maps (its published state) is
+//! recorded, with the daemons' own breakdown (watch event to generation in force, compile, delta
+//! write, entries written, groups recompiled) from their logs, and their memory.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const POLICIES: usize = 1_000;
 const APPS: usize = 100;
 const BLOCKS: usize = 20;
 const CHANGES: usize = 100;
+const RELABELS: usize = 50;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -65,22 +67,102 @@ impl Drop for Cluster {
     }
 }
 
-/// The daemon, stopped (SIGTERM, then its `--unpin-on-exit` cleans the pins) on drop.
-struct Daemon(Child);
+/// A daemon run with `--unpin-on-exit`, stopped (SIGTERM) on drop; its log is collected.
+struct Daemon {
+    child: Child,
+    state_dir: PathBuf,
+    log: std::sync::mpsc::Receiver<String>,
+}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    fn start(args: &[&str], kubeconfig: &Path, state_dir: &Path, pin_name: &str) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--unpin-on-exit")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--pin-dir")
+            .arg(format!("/sys/fs/bpf/{pin_name}"))
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("PORTCULLIS_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a daemon");
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            state_dir: state_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// `(applied_unix_ms, generation)` of its published state.
+    fn published(&self) -> (u64, u64) {
+        let text = std::fs::read_to_string(self.state_dir.join("state.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        (
+            v["applied_unix_ms"].as_u64().unwrap_or(0),
+            v["generation"].as_u64().unwrap_or(0),
+        )
+    }
+
+    fn wait_applied(&self, limit: Duration) {
+        let t = Instant::now();
+        while self.published().0 == 0 {
+            assert!(
+                t.elapsed() < limit,
+                "the daemon never applied the initial state"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        (status.lines())
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    }
+
+    /// Stops it and returns its log.
+    fn stop(mut self) -> Vec<String> {
+        self.terminate();
+        std::thread::sleep(Duration::from_millis(100));
+        self.log.try_iter().collect()
+    }
+
+    fn terminate(&mut self) {
         // SAFETY: plain kill(2) on our child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
+            if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
     }
 }
 
@@ -112,22 +194,17 @@ fn unix_ms() -> f64 {
         * 1e3
 }
 
-fn published(state_dir: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(state_dir.join("state.json")).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    (
-        v["applied_unix_ms"].as_u64().unwrap_or(0),
-        v["generation"].as_u64().unwrap_or(0),
-    )
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    (status.lines())
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
+fn show(name: &str, v: &[f64]) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if let Some(max) = v.last() {
+        println!(
+            "{name}: p50 {:.1} p99 {:.1} max {max:.1} (n={})",
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            v.len()
+        );
+    }
 }
 
 /// The value of `key=` in a log line (tracing's format, colour codes removed).
@@ -227,122 +304,103 @@ fn policy_change_to_enforced_latency_at_10k_pods_1k_policies() {
         sh("ip link add cl type veth peer name clp && ip link add ex type veth peer name exp && \
             for i in cl clp ex exp; do ip link set $i up; done");
         let work = tempfile::tempdir().unwrap();
-        let state_dir = work.path().join("state");
-        let pins = PathBuf::from(format!("/sys/fs/bpf/{ns_name}"));
         let t = Instant::now();
-        let mut child = Command::new(BIN)
-            .args([
-                "gateway",
-                "--cluster-iface",
-                "cl",
-                "--external-iface",
-                "ex",
-                "--unpin-on-exit",
-            ])
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig())
-            .arg("--pin-dir")
-            .arg(&pins)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .env("PORTCULLIS_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the gateway daemon");
-        let log = BufReader::new(child.stderr.take().unwrap());
-        let mut daemon = Daemon(child);
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in log.lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        while published(&state_dir).0 == 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(300),
-                "the daemon never applied the initial state"
-            );
-            if let Ok(Some(status)) = daemon.0.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                let log: Vec<String> = lines_rx.try_iter().collect();
-                panic!("the daemon exited: {status}\n{}", log.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        println!(
-            "daemon: first full list, compile and apply in {:?}",
-            t.elapsed()
+        let gateway = Daemon::start(
+            &["gateway", "--cluster-iface", "cl", "--external-iface", "ex"],
+            &cluster.kubeconfig(),
+            &work.path().join("gateway"),
+            &format!("{ns_name}-gw"),
         );
-        let pid = daemon.0.id();
-        let rss_ready = rss_mib(pid);
+        // No pod is scheduled on this node: the node hook compiles and writes the tables every
+        // node holds (identities of all pods, every group) without attaching anywhere.
+        let node = Daemon::start(
+            &["node", "--node", "bench-node"],
+            &cluster.kubeconfig(),
+            &work.path().join("node"),
+            &format!("{ns_name}-node"),
+        );
+        for daemon in [&gateway, &node] {
+            daemon.wait_applied(Duration::from_secs(300));
+        }
+        println!("both daemons: first full list, compile and apply in {:?}", t.elapsed());
+        let rss_ready = [gateway.rss_mib(), node.rss_mib()];
 
         let policies: Api<net::NetworkPolicy> = Api::namespaced(client.clone(), "bench");
-        let mut latencies = Vec::new();
-        for k in 0..CHANGES {
-            let i = k * 37 % POLICIES;
-            let before = published(&state_dir);
+        let pods: Api<core::Pod> = Api::namespaced(client.clone(), "bench");
+        let mut latencies = [Vec::new(), Vec::new()];
+        for k in 0..CHANGES + RELABELS {
+            let before = [gateway.published(), node.published()];
             let start = unix_ms();
-            runtime
-                .block_on(policies.patch(
-                    &format!("egress-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"spec": {"egress": egress(i, k + 1)}})),
-                ))
-                .expect("patch");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let applied = loop {
-                let now = published(&state_dir);
-                if now.1 != before.1 && now.0 != before.0 {
-                    break now.0;
-                }
-                assert!(Instant::now() < deadline, "change {k} never applied");
-                std::thread::sleep(Duration::from_millis(1));
+            let change = if k < CHANGES {
+                // One policy's first ipBlock moves.
+                let i = k * 37 % POLICIES;
+                let patch = serde_json::json!({"spec": {"egress": egress(i, k + 1)}});
+                runtime
+                    .block_on(policies.patch(&format!("egress-{i}"), &PatchParams::default(), &Patch::Merge(patch)))
+                    .map(|_| ())
+            } else {
+                // One pod moves to another app (never its own: pod j starts in app j % APPS): other
+                // policies select it, its identity changes.
+                let j = k * 101 % PODS;
+                let patch = serde_json::json!({"metadata": {"labels": {"app": format!("app-{}", (j + 1 + k % (APPS - 1)) % APPS)}}});
+                runtime
+                    .block_on(pods.patch(&format!("pod-{j}"), &PatchParams::default(), &Patch::Merge(patch)))
+                    .map(|_| ())
             };
-            latencies.push(applied as f64 - start);
+            change.expect("patch");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for (d, daemon) in [&gateway, &node].into_iter().enumerate() {
+                let applied = loop {
+                    let now = daemon.published();
+                    if now.1 != before[d].1 && now.0 != before[d].0 {
+                        break now.0;
+                    }
+                    assert!(Instant::now() < deadline, "change {k} never applied by daemon {d}");
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                latencies[d].push(applied as f64 - start);
+            }
             std::thread::sleep(Duration::from_millis(150));
         }
-        let rss_after = rss_mib(pid);
-        drop(daemon);
+        let rss_after = [gateway.rss_mib(), node.rss_mib()];
+        let logs = [gateway.stop(), node.stop()];
 
-        let (mut total, mut compile, mut write, mut written) = (vec![], vec![], vec![], vec![]);
-        for line in lines_rx.try_iter() {
-            if line.contains("policy generation in force") {
-                total.extend(field(&line, "total_ms"));
-            } else if line.contains("gateway tables written") {
-                compile.extend(field(&line, "compile_ms"));
-                write.extend(field(&line, "write_ms"));
-                written.extend(field(&line, "written"));
+        for (d, name) in ["gateway", "node"].into_iter().enumerate() {
+            let (mut total, mut compile, mut write, mut written, mut recompiled) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for line in &logs[d] {
+                if line.contains("policy generation in force") {
+                    total.extend(field(line, "total_ms"));
+                } else if line.contains("tables written") {
+                    compile.extend(field(line, "compile_ms"));
+                    write.extend(field(line, "write_ms"));
+                    written.extend(field(line, "written"));
+                    recompiled.extend(field(line, "recompiled_groups"));
+                }
             }
+            println!("-- {name} daemon, {CHANGES} policy changes then {RELABELS} pod relabels");
+            let api = &latencies[d];
+            show("API call -> generation in force, policy change (ms)", &api[..CHANGES]);
+            show("API call -> generation in force, pod relabel (ms)", &api[CHANGES..]);
+            // The first apply of each log is the initial full one; then one apply per change, in
+            // order. The delta of an apply spans two changes: the inactive generation holds the
+            // tables of two applies ago.
+            for (what, v) in [
+                ("watch event -> generation in force (ms)", &mut total),
+                ("compile (ms)", &mut compile),
+                ("delta write + switch (ms)", &mut write),
+                ("map entries written per apply", &mut written),
+                ("groups recompiled per apply", &mut recompiled),
+            ] {
+                v.drain(..1.min(v.len()));
+                let split = CHANGES.min(v.len());
+                show(&format!("{what}, policy changes"), &v[..split]);
+                show(&format!("{what}, pod relabels"), &v[split..]);
+            }
+            println!(
+                "RSS: {} MiB when ready, {} MiB after the changes",
+                rss_ready[d], rss_after[d]
+            );
         }
-        // The first entries are the initial full apply.
-        for v in [&mut total, &mut compile, &mut write, &mut written] {
-            if !v.is_empty() {
-                v.remove(0);
-            }
-            v.sort_by(f64::total_cmp);
-        }
-        latencies.sort_by(f64::total_cmp);
-        let show = |name: &str, v: &[f64]| {
-            if !v.is_empty() {
-                println!(
-                    "{name}: p50 {:.1} p99 {:.1} max {:.1} (n={})",
-                    percentile(v, 0.5),
-                    percentile(v, 0.99),
-                    v[v.len() - 1],
-                    v.len()
-                );
-            }
-        };
-        show("API call -> generation in force (ms)", &latencies);
-        show(
-            "daemon: watch event -> generation in force (ms)",
-            &total,
-        );
-        show("daemon: compile (ms)", &compile);
-        show("daemon: delta write + switch (ms)", &write);
-        show("daemon: map entries written per change", &written);
-        println!("daemon RSS: {rss_ready} MiB when ready, {rss_after} MiB after {CHANGES} changes");
     });
 }

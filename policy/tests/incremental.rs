@@ -156,4 +156,14 @@ fn only_groups_of_a_changed_policy_are_recompiled() {
     );
     node.compile(&snapshot).expect("fits");
     assert_eq!(node.recompiled(), 1);
+
+    // A pod moving to another app's existing group recompiles nothing: only its endpoints move.
+    let app = snapshot.pods[0].labels["app"].clone();
+    let other = snapshot.pods.iter().find(|p| p.labels["app"] != app).unwrap().labels.clone();
+    snapshot.pods[0].labels = other;
+    let relabelled = gateway.compile(&snapshot).expect("fits");
+    assert_eq!(gateway.recompiled(), 0);
+    assert_eq!(relabelled.groups, changed.groups);
+    node.compile(&snapshot).expect("fits");
+    assert_eq!(node.recompiled(), 0);
 }
