@@ -159,7 +159,13 @@ fn only_groups_of_a_changed_policy_are_recompiled() {
 
     // A pod moving to another app's existing group recompiles nothing: only its endpoints move.
     let app = snapshot.pods[0].labels["app"].clone();
-    let other = snapshot.pods.iter().find(|p| p.labels["app"] != app).unwrap().labels.clone();
+    let other = snapshot
+        .pods
+        .iter()
+        .find(|p| p.labels["app"] != app)
+        .unwrap()
+        .labels
+        .clone();
     snapshot.pods[0].labels = other;
     let relabelled = gateway.compile(&snapshot).expect("fits");
     assert_eq!(gateway.recompiled(), 0);

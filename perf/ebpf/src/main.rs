@@ -195,11 +195,8 @@ fn try_gen(ctx: &XdpContext) -> Option<u32> {
     let ip = (start + ETH_LEN) as *mut u8;
     // The IPv4 checksum, incrementally: the template's (addresses zero) plus the two addresses.
     // Ones'-complement sums are byte-order independent, so native 16-bit halves are fine.
-    let mut sum = (!(hdr[6] as u16)) as u32
-        + (t.src & 0xffff)
-        + (t.src >> 16)
-        + (dst & 0xffff)
-        + (dst >> 16);
+    let mut sum =
+        (!(hdr[6] as u16)) as u32 + (t.src & 0xffff) + (t.src >> 16) + (dst & 0xffff) + (dst >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     // SAFETY: bounds checked above; unaligned writes into the frame.
@@ -286,7 +283,7 @@ fn record(ctx: &XdpContext, flags: u32) {
             unsafe {
                 let now = bpf_ktime_get_ns();
                 let seq = u32::from_be(core::ptr::read_unaligned(
-                    p.add(ETH_LEN + IP_LEN + UDP_LEN) as *const u32,
+                    p.add(ETH_LEN + IP_LEN + UDP_LEN) as *const u32
                 )) as u64;
                 let w = &mut *w;
                 if w.frames == 0 {
