@@ -177,7 +177,9 @@ impl Harness<'_> {
             compiler: GatewayCompiler::default(),
         };
         gw.change(snap)?;
-        let napi = self.lab.thread_napi(&gw_ns, &self.lab.cluster_dev, 1)?;
+        let napi = self
+            .lab
+            .thread_napi(&gw_ns, &self.lab.cluster_dev, self.lab.cpus.gateway)?;
         let fig = |metric: &str, value: f64, unit: &str, samples: Vec<f64>| Figure {
             contender: "portcullis-xdp".into(),
             ip_blocks: size,
@@ -265,6 +267,7 @@ impl Harness<'_> {
             fresh_sport: true,
         };
         let stop_sender = AtomicBool::new(false);
+        let cpu = self.lab.cpus.generator;
         let (ns, ifindex, gm, cm) = (
             self.lab.gen_ns.clone(),
             self.gen_ifindex,
@@ -274,7 +277,7 @@ impl Harness<'_> {
         std::thread::scope(|sc| {
             let sender = sc.spawn(|| {
                 in_ns(&ns, || {
-                    lab::pin_current_thread(0);
+                    lab::pin_current_thread(cpu);
                     Sender::open(ifindex, gm, cm, FRAME_LEN)?.run(
                         &[stream],
                         PROBE_INTERVAL,
@@ -440,6 +443,7 @@ impl Harness<'_> {
             self.set_gen(cfg)?;
             let stop_sender = AtomicBool::new(false);
             let stop_flood = AtomicBool::new(false);
+            let cpu = self.lab.cpus.generator;
             let (ns, ifindex, gm, cm) = (
                 self.lab.gen_ns.clone(),
                 self.gen_ifindex,
@@ -460,7 +464,7 @@ impl Harness<'_> {
             let phase_result = std::thread::scope(|sc| -> Result<_> {
                 let sender = sc.spawn(|| {
                     in_ns(&ns, || {
-                        lab::pin_current_thread(0);
+                        lab::pin_current_thread(cpu);
                         Sender::open(ifindex, gm, cm, FRAME_LEN)?.run(
                             streams,
                             ESTABLISHED_INTERVAL,
@@ -477,7 +481,7 @@ impl Harness<'_> {
                 let gw = &mut *gw;
                 let keys = &keys;
                 let changes = sc.spawn(move || -> Result<_> {
-                    lab::pin_current_thread(0);
+                    lab::pin_current_thread(cpu);
                     let lost_before: u64 = keys
                         .iter()
                         .map(|k| watch.get(k, 0).map(|w| w.lost))

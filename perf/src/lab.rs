@@ -78,6 +78,54 @@ pub struct Lab {
     pub cluster_mac: [u8; 6],
     pub external_mac: [u8; 6],
     pub sink_mac: [u8; 6],
+    pub cpus: Cpus,
+}
+
+/// Which CPU runs what while measuring. The gateway's cluster-leg NAPI thread always has a core
+/// of its own; the generator (and the harness's senders and policy changes) and the sink's NAPI
+/// thread share one on a 2-core machine, which limits the rule-less contenders (see README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cpus {
+    pub generator: usize,
+    pub gateway: usize,
+    pub sink: usize,
+}
+
+impl Cpus {
+    /// Generator 0, gateway 1, and the sink on CPU 2 where there is one (else with the
+    /// generator).
+    pub fn for_machine(cpus: usize) -> Cpus {
+        Cpus {
+            generator: 0,
+            gateway: 1,
+            sink: if cpus >= 3 { 2 } else { 0 },
+        }
+    }
+
+    /// `GENERATOR,GATEWAY,SINK`, each below `cpus`; the gateway's must differ from the others.
+    pub fn parse(s: &str, cpus: usize) -> Result<Cpus> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!("--cpus {s}: expected three CPU numbers GENERATOR,GATEWAY,SINK")
+            })?;
+        let [generator, gateway, sink] = v[..] else {
+            bail!("--cpus {s}: expected three CPU numbers GENERATOR,GATEWAY,SINK");
+        };
+        if let Some(c) = v.iter().find(|&&c| c >= cpus) {
+            bail!("--cpus {s}: CPU {c} does not exist (this machine has {cpus})");
+        }
+        if gateway == generator || gateway == sink {
+            bail!("--cpus {s}: the gateway needs a CPU of its own");
+        }
+        Ok(Cpus {
+            generator,
+            gateway,
+            sink,
+        })
+    }
 }
 
 /// The sink's address on the gateway's external link (a documentation range; the routes point
@@ -89,7 +137,7 @@ impl Lab {
         format!("pcperf-{}", std::process::id())
     }
 
-    pub fn new() -> Result<Lab> {
+    pub fn new(cpus: Cpus) -> Result<Lab> {
         let p = Self::prefix();
         let id = std::process::id() % 100_000;
         let mut lab = Lab {
@@ -104,6 +152,7 @@ impl Lab {
             cluster_mac: [0; 6],
             external_mac: [0; 6],
             sink_mac: [0; 6],
+            cpus,
         };
         // From here on, Drop deletes whatever was created.
         for ns in [&lab.gen_ns, &lab.gw_ns, &lab.sink_ns] {
@@ -210,5 +259,31 @@ pub fn pin_current_thread(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cpus;
+
+    #[test]
+    fn cpu_layout_defaults_and_parsing() {
+        assert_eq!(Cpus::for_machine(2).sink, 0);
+        assert_eq!(Cpus::for_machine(4).sink, 2);
+        let c = Cpus::parse("3, 1,2", 4).unwrap();
+        assert_eq!((c.generator, c.gateway, c.sink), (3, 1, 2));
+        // The generator and the sink may share; the gateway may not.
+        assert!(Cpus::parse("0,1,0", 2).is_ok());
+        for (bad, why) in [
+            ("0,1", "three CPU numbers"),
+            ("0,1,2,3", "three CPU numbers"),
+            ("0,x,2", "three CPU numbers"),
+            ("0,1,2", "CPU 2 does not exist"),
+            ("1,1,0", "a CPU of its own"),
+            ("0,1,1", "a CPU of its own"),
+        ] {
+            let e = Cpus::parse(bad, 2).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (redirected out of the generator's veth),
 //! random pod sources and destinations drawn from the policies' allowed ranges (mostly) or the
 //! whole external range. Counted by `perf_sink` (XDP) on the sink. The gateway's cluster leg runs
-//! threaded NAPI pinned to CPU 1, the generator and the sink's NAPI thread share CPU 0, so the
-//! gateway's work is one core and its CPU time is that kthread's.
+//! threaded NAPI pinned to a CPU of its own (`--cpus`; default CPU 1), so the gateway's work is one
+//! core and its CPU time is that kthread's; the generator runs on CPU 0 and the sink's NAPI thread
+//! on CPU 2, or on CPU 0 too when the machine has two.
 mod change;
 mod lab;
 mod report;
@@ -25,7 +26,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
 use clap::Parser;
-use lab::{in_ns, sh, Lab};
+use lab::{in_ns, sh, Cpus, Lab};
 use portcullis_gateway::{ForwardMode, Gateway, GatewayOptions, TestProgram};
 use portcullis_policy::compile::{compile_gateway, GatewayTables};
 use portcullis_policy::model::{Direction, Protocol, Snapshot};
@@ -152,6 +153,10 @@ struct Args {
     /// of --change-sizes.
     #[arg(long)]
     survival_changes: Option<usize>,
+    /// CPUs of the generator, the gateway and the sink, `G,W,S` (default: 0,1,2 with three or
+    /// more CPUs, else 0,1,0: the sink shares the generator's).
+    #[arg(long)]
+    cpus: Option<String>,
 }
 
 struct Plan {
@@ -164,6 +169,7 @@ struct Plan {
     change_sizes: Vec<usize>,
     latency_changes: usize,
     survival_changes: usize,
+    cpus: Cpus,
 }
 
 fn main() -> Result<()> {
@@ -171,6 +177,10 @@ fn main() -> Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (network namespaces, XDP, nftables): use perf/run");
+    }
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if online < 2 {
+        bail!("needs at least 2 CPUs (one for the gateway alone), found {online}");
     }
     let mut plan = Plan {
         sizes: args.sizes.clone().unwrap_or_else(|| {
@@ -199,6 +209,10 @@ fn main() -> Result<()> {
         survival_changes: args
             .survival_changes
             .unwrap_or(if args.quick { 200 } else { 1000 }),
+        cpus: match &args.cpus {
+            Some(s) => Cpus::parse(s, online)?,
+            None => Cpus::for_machine(online),
+        },
     };
     for &f in &plan.frame_sizes {
         if !(MIN_FRAME..=MAX_FRAME).contains(&f) {
@@ -273,6 +287,11 @@ fn plan_json(plan: &Plan, args: &Args) -> serde_json::Value {
         "change_sizes": plan.change_sizes,
         "latency_changes": plan.latency_changes,
         "survival_changes": plan.survival_changes,
+        "cpus": {
+            "generator": plan.cpus.generator,
+            "gateway": plan.cpus.gateway,
+            "sink": plan.cpus.sink,
+        },
         "policies": POLICIES,
         "pods": PODS,
         "seed": SEED,
@@ -335,7 +354,7 @@ fn check(stop: &AtomicBool) -> Result<()> {
 }
 
 fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Result<()> {
-    let lab = Lab::new()?;
+    let lab = Lab::new(plan.cpus)?;
     let mut ebpf = Ebpf::load(PERF_OBJECT).context("loading the perf programs")?;
     for name in ["perf_gen", "perf_sink", "perf_pass", "perf_fwd"] {
         let p: &mut Xdp = ebpf
@@ -375,13 +394,14 @@ fn run(args: &Args, plan: &Plan, stop: &AtomicBool, report: &mut Report) -> Resu
         watch,
     };
     h.set_frame(FRAME_LEN)?;
-    // The sink: counter program, threaded NAPI on CPU 0 (with the generator).
+    // The sink: counter program, threaded NAPI on its CPU (the generator's on two cores).
     {
         let sink_ns = h.lab.sink_ns.clone();
         let idx = h.sink_ifindex;
         let p: &mut Xdp = h.ebpf.program_mut("perf_sink").unwrap().try_into()?;
         in_ns(&sink_ns, || p.attach_to_if_index(idx, XdpMode::Driver))?;
-        h.lab.thread_napi(&sink_ns, &h.lab.sink_dev, 0)?;
+        h.lab
+            .thread_napi(&sink_ns, &h.lab.sink_dev, h.lab.cpus.sink)?;
     }
     let fwd = [
         h.external_ifindex,
@@ -721,6 +741,7 @@ fn generator_of<'e>(
     Ok(Generator {
         prog,
         ns: lab.gen_ns.clone(),
+        cpu: lab.cpus.generator,
         template: template.to_vec(),
         ifindex,
         batch,
@@ -732,6 +753,7 @@ fn generator_of<'e>(
 struct Generator<'p> {
     prog: &'p mut Xdp,
     ns: String,
+    cpu: usize,
     template: Vec<u8>,
     ifindex: u32,
     /// Frames per live-frames batch.
@@ -741,7 +763,7 @@ struct Generator<'p> {
 }
 
 impl Generator<'_> {
-    /// Runs for `secs` (one call of `repeat` frames when `secs` is 0) on CPU 0, or until `stop`.
+    /// Runs for `secs` (one call of `repeat` frames when `secs` is 0) on its CPU, or until `stop`.
     ///
     /// Every test-run call waits for two RCU grace periods (the kernel swaps the XDP dispatcher
     /// in and out around the run: about 10 ms each on this VM, measured with `perf`), so with a
@@ -750,10 +772,15 @@ impl Generator<'_> {
     /// request is seen in time).
     fn run(&mut self, secs: f64, stop: &AtomicBool) -> Result<()> {
         let prog = &mut *self.prog;
-        let (template, ifindex, batch, fixed) =
-            (&self.template, self.ifindex, self.batch, self.repeat);
+        let (template, ifindex, batch, fixed, cpu) = (
+            &self.template,
+            self.ifindex,
+            self.batch,
+            self.repeat,
+            self.cpu,
+        );
         in_ns(&self.ns, || {
-            lab::pin_current_thread(0);
+            lab::pin_current_thread(cpu);
             let mut ctx = [0u8; 24];
             ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
@@ -856,7 +883,7 @@ impl Harness<'_> {
         )
     }
 
-    /// Runs the generator for `secs` on CPU 0.
+    /// Runs the generator for `secs` on its CPU.
     fn generate(&mut self, secs: f64) -> Result<()> {
         let stop = self.stop;
         self.generator()?.run(secs, stop)
@@ -1151,7 +1178,9 @@ impl Harness<'_> {
             }
         };
         let setup_ms = t.elapsed().as_secs_f64() * 1e3;
-        let napi = self.lab.thread_napi(&gw_ns, &self.lab.cluster_dev, 1)?;
+        let napi = self
+            .lab
+            .thread_napi(&gw_ns, &self.lab.cluster_dev, self.lab.cpus.gateway)?;
         let result = (|| -> Result<()> {
             // Verdict agreement with the reference (bare contenders enforce nothing: skipped).
             if !name.starts_with("bare-") && !probes.is_empty() {

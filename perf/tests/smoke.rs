@@ -34,6 +34,9 @@ fn tiny_run_writes_wellformed_results() {
             "4",
             "--survival-changes",
             "4",
+            // Every machine of this project has at least two CPUs: the gateway's alone.
+            "--cpus",
+            "0,1,0",
             "--out",
         ])
         .arg(out.path())
@@ -62,6 +65,10 @@ fn tiny_run_writes_wellformed_results() {
     ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
+    assert_eq!(
+        v["config"]["cpus"],
+        serde_json::json!({"generator": 0, "gateway": 1, "sink": 0})
+    );
     for key in ["cpu_model", "cores", "kernel"] {
         assert!(v["machine"][key].is_string(), "machine.{key}");
     }
