@@ -86,7 +86,7 @@ const WATCH_DST_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
 const GEN_RANDOM_SPORT: u32 = 1;
 const GEN_PROBE: u32 = 2;
 
-pub const ALL_CONTENDERS: [&str; 9] = [
+pub const ALL_CONTENDERS: [&str; 10] = [
     "bare-drop",
     "bare-pass",
     "bare-redirect",
@@ -94,6 +94,7 @@ pub const ALL_CONTENDERS: [&str; 9] = [
     "portcullis-xdp-established",
     "portcullis-kernel",
     "nftables",
+    "nftables-ct",
     "iptables-ipset",
     "iptables-linear",
 ];
@@ -1064,7 +1065,7 @@ impl Harness<'_> {
         let (c, e) = (self.cluster_ifindex, self.external_ifindex);
         let t = Instant::now();
         let setup = match name {
-            "bare-pass" | "nftables" | "iptables-ipset" | "iptables-linear" => {
+            "bare-pass" | "nftables" | "nftables-ct" | "iptables-ipset" | "iptables-linear" => {
                 let links = vec![self.attach("perf_pass", c)?, self.attach("perf_pass", e)?];
                 let iface = self.lab.cluster_dev.clone();
                 let iface = iface.as_str();
@@ -1072,8 +1073,9 @@ impl Harness<'_> {
                 let t = Instant::now();
                 let loaded = (|| -> Result<()> {
                     match name {
-                        "nftables" => {
-                            let (script, elements) = rules::nftables(tables, flat, iface);
+                        "nftables" | "nftables-ct" => {
+                            let stateful = name == "nftables-ct";
+                            let (script, elements) = rules::nftables(tables, flat, iface, stateful);
                             let path = write_tmp("nft", &script)?;
                             sh(&format!("ip netns exec {gw_ns} nft -f {}", path.display()))?;
                             report.push(fig("rule_elements", elements as f64, "intervals"));
@@ -1280,6 +1282,32 @@ impl Harness<'_> {
             "packets/s",
             Vec::new(),
         ));
+        // What reached the gateway and went neither to the sink nor into a full ring after it:
+        // the gateway's drops (policy, or anything else it refused), from the same counters.
+        let dropped: Vec<f64> = samples
+            .iter()
+            .map(|s| (s.offered - s.lost_before - s.forwarded - s.lost_after).max(0.0))
+            .collect();
+        let dropped_fraction: Vec<f64> = samples
+            .iter()
+            .zip(&dropped)
+            .filter(|(s, _)| s.offered - s.lost_before > 0.0)
+            .map(|(s, d)| d / (s.offered - s.lost_before))
+            .collect();
+        report.push(fig(
+            "dropped_pps",
+            report::median(&dropped),
+            "packets/s",
+            dropped.clone(),
+        ));
+        if !dropped_fraction.is_empty() {
+            report.push(fig(
+                "dropped_fraction",
+                report::median(&dropped_fraction),
+                "fraction",
+                dropped_fraction.clone(),
+            ));
+        }
         let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
         if !cpu.is_empty() {
             report.push(fig(
@@ -1302,12 +1330,14 @@ impl Harness<'_> {
             ));
         }
         println!(
-            "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps (lost before the gateway {:.2}, after it {:.2}), gateway CPU {}",
+            "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps (lost before the gateway {:.2}, after it {:.2}), dropped by the gateway {:.2} Mpps ({:.1}% of what it received), gateway CPU {}",
             report::median(&fwd) / 1e6,
             fwd.iter().map(|v| (v / 1e4).round() / 100.0).collect::<Vec<_>>(),
             report::median(&off) / 1e6,
             report::median(&before) / 1e6,
             report::median(&after) / 1e6,
+            report::median(&dropped) / 1e6,
+            report::median(&dropped_fraction) * 100.0,
             if cpu.is_empty() {
                 "n/a".to_string()
             } else {
@@ -1357,19 +1387,29 @@ impl Harness<'_> {
                     .push(ns(gw.test_run(TestProgram::Gateway, c, &pkt_d, REPEAT)?));
                 // A new flow per run: repeat 1 with a fresh source port each time (so the
                 // kernel's per-call timer overhead is included; `bare_xdp_pass_repeat1` shows it).
-                let (mut sum_new, mut sum_bare) = (0.0, 0.0);
+                // The established and denied packets are measured the same way in between, so
+                // the three repeat-1 figures differ only in the path taken, not in how warm the
+                // caches are: their difference is what creating a flow costs.
+                let mut sums = [0.0f64; 4];
                 const K: u16 = 2000;
                 for i in 0..K {
                     let p = udp_frame(gm, cm, a.0, a.1, 1024 + round * K + i, a.2, FRAME_LEN);
-                    sum_new += ns(gw.test_run(TestProgram::Gateway, c, &p, 1)?);
-                    sum_bare += ns(gw.test_run(TestProgram::Pass, c, &p, 1)?);
+                    sums[0] += ns(gw.test_run(TestProgram::Gateway, c, &p, 1)?);
+                    sums[1] += ns(gw.test_run(TestProgram::Pass, c, &p, 1)?);
+                    sums[2] += ns(gw.test_run(TestProgram::Gateway, c, &pkt_a, 1)?);
+                    sums[3] += ns(gw.test_run(TestProgram::Gateway, c, &pkt_d, 1)?);
                 }
-                runs.entry("new_flow_allowed")
-                    .or_default()
-                    .push(sum_new / K as f64);
-                runs.entry("bare_xdp_pass_repeat1")
-                    .or_default()
-                    .push(sum_bare / K as f64);
+                for (k, sum) in [
+                    "new_flow_allowed",
+                    "bare_xdp_pass_repeat1",
+                    "established_flow_repeat1",
+                    "new_flow_denied_repeat1",
+                ]
+                .into_iter()
+                .zip(sums)
+                {
+                    runs.entry(k).or_default().push(sum / K as f64);
+                }
             }
             for k in [
                 "bare_xdp_pass",
@@ -1377,6 +1417,8 @@ impl Harness<'_> {
                 "new_flow_allowed",
                 "new_flow_denied",
                 "bare_xdp_pass_repeat1",
+                "established_flow_repeat1",
+                "new_flow_denied_repeat1",
             ] {
                 out.push((k, report::median(&runs[k])));
             }

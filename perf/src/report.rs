@@ -279,6 +279,7 @@ impl Report {
                     "bare-pass",
                     "bare-redirect",
                     "nftables",
+                    "nftables-ct",
                     "iptables-ipset",
                     "iptables-linear",
                 ] {

@@ -146,9 +146,17 @@ pub fn flatten_all(tables: &GatewayTables) -> Flattened {
     }
 }
 
-/// `nft -f` script (table `ip pcperf`, forward hook, packets entering `iface`).
+/// `nft -f` script (table `ip pcperf`, forward hook, packets entering `iface`). `stateful` puts
+/// conntrack in front, as a stateful firewall is usually written: packets of a connection that
+/// conntrack already has in state established or related are accepted before the rules, so only
+/// new connections pay for them (and every packet pays conntrack's lookup, new ones its insert).
 /// Returns (script, interval elements).
-pub fn nftables(tables: &GatewayTables, flat: &Flattened, iface: &str) -> (String, usize) {
+pub fn nftables(
+    tables: &GatewayTables,
+    flat: &Flattened,
+    iface: &str,
+    stateful: bool,
+) -> (String, usize) {
     let mut s = String::from("table ip pcperf {\n");
     let mut elements = 0;
     let mut chains = String::new();
@@ -199,7 +207,12 @@ pub fn nftables(tables: &GatewayTables, flat: &Flattened, iface: &str) -> (Strin
     s.push_str(&chains);
     let _ = writeln!(
         s,
-        "  chain forward_filter {{ type filter hook forward priority 0; policy accept;\n    iifname \"{iface}\" ip saddr vmap @pods\n  }}\n}}"
+        "  chain forward_filter {{ type filter hook forward priority 0; policy accept;\n    {}iifname \"{iface}\" ip saddr vmap @pods\n  }}\n}}",
+        if stateful {
+            "ct state established,related accept\n    "
+        } else {
+            ""
+        }
     );
     (s, elements)
 }

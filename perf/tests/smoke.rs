@@ -85,6 +85,8 @@ fn tiny_run_writes_wellformed_results() {
     };
     assert!(has("bare-pass", "forwarded_pps"));
     assert!(has("portcullis-xdp", "forwarded_pps"));
+    assert!(has("portcullis-xdp", "dropped_pps"));
+    assert!(has("portcullis", "test_run_established_flow_repeat1"));
     assert!(has("portcullis-xdp", "verdict_agreement"));
     assert!(has("portcullis", "compile_time"));
     assert!(has("portcullis", "test_run_established_flow"));
