@@ -154,7 +154,8 @@ struct Reloader<'a, E> {
     enforcer: &'a mut E,
     state: PublishedState,
     state_dir: PathBuf,
-    last_good: Snapshot,
+    /// Shared with the source's published value when that had no rejected object.
+    last_good: Arc<Snapshot>,
     name: &'static str,
 }
 
@@ -162,16 +163,23 @@ impl<E: Enforcer> Reloader<'_, E> {
     /// Applies what the source published, keeping the last good state.
     fn reload(&mut self, published: &State) -> Result<()> {
         let started = published.changed_at;
-        let loaded = Loaded {
-            snapshot: (*published.snapshot).clone(),
-            errors: published.errors.clone(),
-        };
-        for e in &loaded.errors {
+        for e in &published.errors {
             warn!(error = %e, "rejected; its last good version (if any) stays");
         }
-        let rejected: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
-        let result = loaded
+        let rejected: Vec<String> = published.errors.iter().map(|e| e.to_string()).collect();
+        // Without rejected objects the published snapshot is used as it is: no copy of every pod
+        // and policy on the way to the compiler.
+        let merged = if published.errors.is_empty() {
+            Ok(Arc::clone(&published.snapshot))
+        } else {
+            Loaded {
+                snapshot: (*published.snapshot).clone(),
+                errors: published.errors.clone(),
+            }
             .with_last_good(&self.last_good)
+            .map(Arc::new)
+        };
+        let result = merged
             .map_err(anyhow::Error::from)
             .and_then(|snapshot| {
                 let applied = self.enforcer.apply(&snapshot)?;
@@ -249,7 +257,7 @@ pub fn serve<E: Enforcer>(
             ..PublishedState::default()
         },
         state_dir,
-        last_good: Snapshot::default(),
+        last_good: Arc::default(),
         name,
     };
     // The source runs on a small Tokio runtime; this thread applies what it publishes.
