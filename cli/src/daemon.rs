@@ -179,12 +179,10 @@ impl<E: Enforcer> Reloader<'_, E> {
             .with_last_good(&self.last_good)
             .map(Arc::new)
         };
-        let result = merged
-            .map_err(anyhow::Error::from)
-            .and_then(|snapshot| {
-                let applied = self.enforcer.apply(&snapshot)?;
-                Ok((snapshot, applied))
-            });
+        let result = merged.map_err(anyhow::Error::from).and_then(|snapshot| {
+            let applied = self.enforcer.apply(&snapshot)?;
+            Ok((snapshot, applied))
+        });
         self.state.stale = published.stale;
         let outcome = match result {
             Ok((snapshot, applied)) => {
