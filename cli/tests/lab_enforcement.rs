@@ -24,10 +24,10 @@ fn repo() -> PathBuf {
 /// (between pods) both enforcing.
 #[test]
 fn conformance_on_the_kernel_datapath() {
-    let runner = repo().join("../shared/conformance/run");
+    let runner = portcullis_testkit::shared_dir().join("conformance/run");
     assert!(
         runner.exists(),
-        "the conformance runner must be beside the repository: {}",
+        "the conformance runner must be beside the repository or in $PORTCULLIS_SHARED: {}",
         runner.display()
     );
     let out = Command::new(&runner)

@@ -4,7 +4,6 @@
 //! BPF_PROG_TEST_RUN on the leg it would enter.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::compile_gateway;
@@ -26,8 +25,7 @@ fn seed_ipblock_case_compiled_and_enforced() {
     if not_root() {
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/cases/005-seed-egress-ipblock-except");
+    let dir = shared_dir().join("conformance/cases/005-seed-egress-ipblock-except");
     if !dir.exists() {
         eprintln!("skipped: {} not present", dir.display());
         return;

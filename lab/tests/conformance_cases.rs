@@ -11,14 +11,14 @@ use portcullis_policy::load::load_sources;
 use portcullis_policy::probe::parse_probes;
 
 fn cases_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cases");
+    let dir = portcullis_testkit::shared_dir().join("conformance/cases");
     dir.is_dir().then_some(dir)
 }
 
 #[test]
 fn conformance_cases_all_allow_without_enforcement() {
     let Some(dir) = cases_dir() else {
-        eprintln!("no ../shared/conformance/cases beside the repository: nothing to check");
+        eprintln!("no shared/conformance/cases (beside the repository or in $PORTCULLIS_SHARED): nothing to check");
         return;
     };
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -86,7 +86,7 @@ fn conformance_cases_all_allow_without_enforcement() {
 #[test]
 fn deny_heavy_case_stays_fast() {
     let Some(dir) = cases_dir() else {
-        eprintln!("no ../shared/conformance/cases beside the repository: nothing to check");
+        eprintln!("no shared/conformance/cases (beside the repository or in $PORTCULLIS_SHARED): nothing to check");
         return;
     };
     let case = dir.join("032-ingress-protocol-only-tcp");

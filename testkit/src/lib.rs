@@ -3,8 +3,17 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The project's read-only `shared/` directory (conformance cases and their runner):
+/// `$PORTCULLIS_SHARED` when set (scripts/test sets it), else the one beside this checkout.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("PORTCULLIS_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
 
 /// A uniquely named network namespace, deleted on drop (also when the test panics).
 pub struct NetNs {
