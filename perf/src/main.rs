@@ -1238,50 +1238,22 @@ impl Harness<'_> {
         samples: &[Sample],
         report: &mut Report,
     ) {
-        let fig = |metric: &str, value: f64, unit: &str, samples: Vec<f64>| Figure {
+        // Every figure is the median of its per-repeat values, which the JSON keeps beside it.
+        let median_of = |metric: &str, unit: &str, values: &[f64]| Figure {
             contender: name.into(),
             ip_blocks,
             prefixes,
             frame_bytes: frame,
             metric: metric.into(),
-            value,
+            value: report::median(values),
             unit: unit.into(),
-            samples,
+            samples: values.to_vec(),
         };
         let fwd: Vec<f64> = samples.iter().map(|s| s.forwarded).collect();
         let off: Vec<f64> = samples.iter().map(|s| s.offered).collect();
-        report.push(fig(
-            "forwarded_pps",
-            report::median(&fwd),
-            "packets/s",
-            fwd.clone(),
-        ));
-        report.push(fig(
-            "forwarded_bps",
-            report::median(&fwd) * frame as f64 * 8.0,
-            "bits/s",
-            Vec::new(),
-        ));
-        report.push(fig(
-            "offered_pps",
-            report::median(&off),
-            "packets/s",
-            off.clone(),
-        ));
         let before: Vec<f64> = samples.iter().map(|s| s.lost_before).collect();
         let after: Vec<f64> = samples.iter().map(|s| s.lost_after).collect();
-        report.push(fig(
-            "lost_before_gateway_pps",
-            report::median(&before),
-            "packets/s",
-            Vec::new(),
-        ));
-        report.push(fig(
-            "lost_after_gateway_pps",
-            report::median(&after),
-            "packets/s",
-            Vec::new(),
-        ));
+        let bps: Vec<f64> = fwd.iter().map(|f| f * frame as f64 * 8.0).collect();
         // What reached the gateway and went neither to the sink nor into a full ring after it:
         // the gateway's drops (policy, or anything else it refused), from the same counters.
         let dropped: Vec<f64> = samples
@@ -1294,40 +1266,28 @@ impl Harness<'_> {
             .filter(|(s, _)| s.offered - s.lost_before > 0.0)
             .map(|(s, d)| d / (s.offered - s.lost_before))
             .collect();
-        report.push(fig(
-            "dropped_pps",
-            report::median(&dropped),
-            "packets/s",
-            dropped.clone(),
-        ));
-        if !dropped_fraction.is_empty() {
-            report.push(fig(
-                "dropped_fraction",
-                report::median(&dropped_fraction),
-                "fraction",
-                dropped_fraction.clone(),
-            ));
-        }
         let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
-        if !cpu.is_empty() {
-            report.push(fig(
-                "gateway_cpu",
-                report::median(&cpu),
-                "cores",
-                cpu.clone(),
-            ));
-            // Forwarded packets per second of gateway CPU: the efficiency figure, less
-            // sensitive than the rate to a generator starved by a shared machine.
-            let per_core: Vec<f64> = samples
-                .iter()
-                .filter_map(|s| s.cpu.filter(|c| *c > 0.0).map(|c| s.forwarded / c))
-                .collect();
-            report.push(fig(
-                "forwarded_per_core",
-                report::median(&per_core),
-                "packets/cpu-s",
-                per_core,
-            ));
+        // Forwarded packets per second of gateway CPU: the efficiency figure, less sensitive
+        // than the rate to a generator starved by a shared machine.
+        let per_core: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.cpu.filter(|c| *c > 0.0).map(|c| s.forwarded / c))
+            .collect();
+        for (metric, unit, values) in [
+            ("forwarded_pps", "packets/s", &fwd),
+            ("forwarded_bps", "bits/s", &bps),
+            ("offered_pps", "packets/s", &off),
+            ("lost_before_gateway_pps", "packets/s", &before),
+            ("lost_after_gateway_pps", "packets/s", &after),
+            ("dropped_pps", "packets/s", &dropped),
+            ("dropped_fraction", "fraction", &dropped_fraction),
+            ("gateway_cpu", "cores", &cpu),
+            ("forwarded_per_core", "packets/cpu-s", &per_core),
+        ] {
+            // No value (no CPU figure for this contender, nothing received): no figure.
+            if !values.is_empty() {
+                report.push(median_of(metric, unit, values));
+            }
         }
         println!(
             "   {name} {frame} B: forwarded {:.3} Mpps (samples {:?}), offered {:.2} Mpps (lost before the gateway {:.2}, after it {:.2}), dropped by the gateway {:.2} Mpps ({:.1}% of what it received), gateway CPU {}",
