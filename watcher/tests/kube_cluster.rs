@@ -411,7 +411,7 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
 
     let pp = PostParams::default();
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rbac.yaml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/deploy/base/rbac.yaml"),
     )
     .unwrap();
     let mut created = Vec::new();
@@ -451,7 +451,7 @@ async fn shipped_cluster_role_is_enough_and_read_only() {
                     .await
                     .unwrap();
             }
-            other => panic!("unexpected kind {other} in configs/rbac.yaml"),
+            other => panic!("unexpected kind {other} in configs/deploy/base/rbac.yaml"),
         }
         created.push(kind);
     }
