@@ -62,6 +62,9 @@ pub struct PublishedState {
     /// The source cannot be read right now (API server unreachable, a file unreadable): the
     /// generation in force is the last good one.
     pub stale: bool,
+    /// Node daemon: every local pod and whether its interface is enforced.
+    #[serde(default)]
+    pub pods: Vec<crate::node::LocalPod>,
 }
 
 impl PublishedState {
@@ -100,6 +103,19 @@ pub trait Enforcer {
     fn gc_flows(&mut self) -> Result<usize>;
     /// Publishes datapath counters through the `metrics` facade.
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>);
+    /// Work besides applying snapshots (requests, retries), run on every turn of the loop and
+    /// whenever [`Enforcer::wakeup`] is notified; true when [`Enforcer::pods`] changed.
+    fn poll(&mut self) -> bool {
+        false
+    }
+    /// Notified when [`Enforcer::poll`] has work to do now.
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// Local pods and their enforcement (node daemon), published for `status`.
+    fn pods(&self) -> Vec<crate::node::LocalPod> {
+        Vec::new()
+    }
 }
 
 /// Group id (as in the maps, for generation `generation`) → policies, for the live groups of
@@ -199,6 +215,7 @@ impl<E: Enforcer> Reloader<'_, E> {
                     "policy generation in force (latency from the first change seen)"
                 );
                 self.state.groups = applied.groups;
+                self.state.pods = self.enforcer.pods();
                 self.state.generation = applied.generation;
                 self.state.entries = applied.entries;
                 self.state.rejected = rejected;
@@ -282,6 +299,7 @@ pub fn serve<E: Enforcer>(
     };
     // Nothing is enforced from a partial view: wait for the source's first complete read.
     let mut first = true;
+    let wake = reloader.enforcer.wakeup();
     let mut last_gc = Instant::now();
     let mut last_metrics = Instant::now();
     let mut applied_snapshot: Option<Arc<Snapshot>> = None;
@@ -310,16 +328,32 @@ pub fn serve<E: Enforcer>(
                 }
             }
         }
-        // Wake as soon as the source publishes; otherwise look at the stop flag, GC and
-        // metrics every 200 ms.
+        // Wake as soon as the source publishes or the enforcer has work; otherwise look at the
+        // stop flag, GC and metrics every 200 ms.
         let tick = Duration::from_millis(200);
-        let woke =
-            runtime.block_on(async { tokio::time::timeout(tick, published.changed()).await });
+        let woke = runtime.block_on(async {
+            tokio::time::timeout(tick, async {
+                match &wake {
+                    Some(wake) => tokio::select! {
+                        changed = published.changed() => Some(changed),
+                        () = wake.notified() => None,
+                    },
+                    None => Some(published.changed().await),
+                }
+            })
+            .await
+        });
         match woke {
-            Ok(Ok(())) => pending = true,
+            Ok(Some(Ok(()))) => pending = true,
             // The source has stopped publishing: keep enforcing what we have.
-            Ok(Err(_)) => std::thread::sleep(tick),
-            Err(_) => {}
+            Ok(Some(Err(_))) => std::thread::sleep(tick),
+            Ok(None) | Err(_) => {}
+        }
+        if !first && reloader.enforcer.poll() {
+            reloader.state.pods = reloader.enforcer.pods();
+            if let Err(e) = reloader.state.write(&reloader.state_dir) {
+                warn!(error = format!("{e:#}"), "could not publish state");
+            }
         }
         if last_gc.elapsed() >= Duration::from_secs(10) {
             last_gc = Instant::now();

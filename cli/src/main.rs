@@ -5,7 +5,7 @@ mod daemon;
 mod explain_cmd;
 mod gateway_cmd;
 mod lab_cmd;
-mod node_cmd;
+mod node;
 mod status_cmd;
 
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ enum Command {
     /// Run the edge gateway: XDP enforcement of ipBlock rules for traffic crossing the cluster edge.
     Gateway(gateway_cmd::GatewayArgs),
     /// Run the node hook: pod-to-pod enforcement by tc programs on each local pod's interface.
-    Node(node_cmd::NodeArgs),
+    Node(node::NodeArgs),
     /// Is enforcement in place: legs, generation, table sizes, flows, counters, drops by policy.
     Status(status_cmd::StatusArgs),
     /// Live events from the datapath (`--type drop`).
@@ -95,6 +95,12 @@ impl SourceArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed as the chained CNI plugin, this binary is run by the container runtime under
+    // that name, with the request in its environment and on standard input.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(node::CNI_PLUGIN_NAME.as_ref()) {
+        return node::cni_plugin_main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
@@ -109,7 +115,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
-        Command::Node(args) => node_cmd::run(args),
+        Command::Node(args) => node::run(args),
         Command::Status(args) => status_cmd::status(args),
         Command::Monitor(args) => status_cmd::monitor(args),
         Command::Lab(command) => lab_cmd::run(command),

@@ -9,14 +9,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use portcullis_common::{DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED};
+use portcullis_common::{
+    DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED, DROP_REASON_UNKNOWN_POD,
+};
 use portcullis_gateway::{ForwardMode, PinnedGateway};
 use portcullis_node::PinnedNode;
 use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::gateway_cmd::{DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
-use crate::node_cmd;
+use crate::node;
 use crate::OutputFormat;
 
 /// Which daemon's pins to read.
@@ -36,7 +38,7 @@ pub struct PinArgs {
 impl PinArgs {
     fn dirs(&self) -> (PathBuf, PathBuf) {
         let (pins, state) = if self.node {
-            (node_cmd::DEFAULT_PIN_DIR, node_cmd::DEFAULT_STATE_DIR)
+            (node::DEFAULT_PIN_DIR, node::DEFAULT_STATE_DIR)
         } else {
             (DEFAULT_PIN_DIR, DEFAULT_STATE_DIR)
         };
@@ -60,6 +62,21 @@ pub struct StatusArgs {
     pins: PinArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
+    /// Only check readiness (for probes): exit 0 when the daemon is running with a policy
+    /// generation in force, 1 otherwise.
+    #[arg(long)]
+    ready: bool,
+}
+
+/// Whether the daemon that published `state` runs and has put a generation in force.
+fn ready(state: &PublishedState) -> Result<(), String> {
+    if state.pid == 0 || !std::path::Path::new(&format!("/proc/{}", state.pid)).exists() {
+        return Err("the daemon is not running".into());
+    }
+    if state.applied_unix_ms == 0 {
+        return Err("no policy generation in force yet".into());
+    }
+    Ok(())
 }
 
 fn interface_name(ifindex: u32) -> String {
@@ -86,6 +103,18 @@ fn role_name(role: u32) -> &'static str {
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let (pin_dir, state_dir) = args.pins.dirs();
     let published = PublishedState::read(&state_dir).unwrap_or_default();
+    if args.ready {
+        return Ok(match ready(&published) {
+            Ok(()) => {
+                println!("ready: generation {} in force", published.generation);
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("not ready: {why}");
+                ExitCode::FAILURE
+            }
+        });
+    }
     if args.pins.node {
         return node_status(&pin_dir, &published, args.output);
     }
@@ -199,8 +228,10 @@ fn node_status(
         "counters": {
             "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
             "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
-            "drop_fragment": c.drop_fragment, "origin_recorded": c.origin_recorded,
+            "drop_fragment": c.drop_fragment, "drop_unknown_pod": c.drop_unknown_pod,
+            "origin_recorded": c.origin_recorded,
         },
+        "pods": published.pods,
         "drops_by_group": s.drops_by_group.iter().map(|g| json!({"group": g.group, "policies": g.policies, "packets": g.packets})).collect::<Vec<_>>(),
     });
     match output {
@@ -221,8 +252,8 @@ fn node_status(
                 c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.origin_recorded
             );
             println!(
-                "  dropped: policy {} malformed {} fragment {}",
-                c.drop_policy, c.drop_malformed, c.drop_fragment
+                "  dropped: policy {} malformed {} fragment {} unknown pod address {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod
             );
             for g in &s.drops_by_group {
                 println!(
@@ -235,9 +266,36 @@ fn node_status(
             if let Some(e) = &published.last_error {
                 println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
             }
+            print_local_pods(&published.pods);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // A selected pod left unenforced is an error, not a quiet success.
+    Ok(
+        if published.pods.iter().any(|p| p.selected && !p.attached) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+fn print_local_pods(pods: &[crate::node::LocalPod]) {
+    println!("  local pods: {}", pods.len());
+    for p in pods {
+        let ips: Vec<String> = p.ips.iter().map(|ip| ip.to_string()).collect();
+        let state = match (&p.interface, p.attached) {
+            (Some(iface), true) => format!("enforced on {iface}"),
+            _ if p.selected => format!(
+                "ERROR: selected by policy but NOT enforced: {}",
+                p.error.as_deref().unwrap_or("no interface")
+            ),
+            _ => format!(
+                "not enforced: {}",
+                p.error.as_deref().unwrap_or("no interface")
+            ),
+        };
+        println!("    {} ({}): {state}", p.pod, ips.join(", "));
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -332,6 +390,7 @@ fn print_event(event: &DropEvent, policies: Option<&Vec<String>>, output: Output
     let reason = match event.reason {
         DROP_REASON_MALFORMED => "malformed",
         DROP_REASON_FRAGMENT => "fragment",
+        DROP_REASON_UNKNOWN_POD => "unknown-pod-address",
         _ => "policy",
     };
     let src = event_addr(event.src);

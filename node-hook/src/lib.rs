@@ -150,6 +150,8 @@ pub struct Counters {
     pub drop_fragment: u64,
     /// Flows recorded by the origin program (connections opened by local pods).
     pub origin_recorded: u64,
+    /// Dropped because the pod-side address is no pod in force (a pod not enforced yet, spoofing).
+    pub drop_unknown_pod: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -811,6 +813,7 @@ fn node_counters(maps: &PolicyMaps) -> Result<Counters> {
         drop_malformed: c(COUNTER_DROP_MALFORMED),
         drop_fragment: c(COUNTER_DROP_FRAGMENT),
         origin_recorded: c(NODE_COUNTER_ORIGIN),
+        drop_unknown_pod: c(NODE_COUNTER_DROP_UNKNOWN_POD),
     })
 }
 

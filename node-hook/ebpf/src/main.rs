@@ -305,7 +305,11 @@ fn drop_packet(
     group: u32,
     direction: u8,
 ) -> i32 {
-    count(drop_counter(reason));
+    count(if reason == DROP_REASON_UNKNOWN_POD {
+        NODE_COUNTER_DROP_UNKNOWN_POD
+    } else {
+        drop_counter(reason)
+    });
     report_drop(
         &DROPS_BY_GROUP,
         &DROP_EVENT_WINDOW,
@@ -317,6 +321,19 @@ fn drop_packet(
         direction,
     );
     ACT_SHOT
+}
+
+/// Fail closed on a pod interface: `addr`, the pod's side of the packet, is a unicast address no
+/// pod of generation `g` has — its pod is not in force yet (the interface is attached before the
+/// pod's identity and policy are known), or the address is spoofed.
+#[inline(always)]
+fn unknown_pod(addr: &[u8; 16], g: u32) -> bool {
+    let key = IdentityKey {
+        addr: *addr,
+        generation: g as u8,
+        _pad: [0; 3],
+    };
+    is_pod_unicast(addr) && IDENTITIES.get_ptr(&key).is_none()
 }
 
 #[inline(always)]
@@ -362,6 +379,9 @@ fn try_deliver(ctx: &TcContext) -> i32 {
                 count(COUNTER_PASS_FLOW);
                 return ACT_OK;
             }
+        }
+        if unknown_pod(&pkt.dst, g) {
+            return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_INGRESS);
         }
         query.port = 0;
         return match policy(query) {
@@ -410,6 +430,9 @@ fn try_deliver(ctx: &TcContext) -> i32 {
         }
     }
 
+    if unknown_pod(&pkt.dst, g) {
+        return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_INGRESS);
+    }
     let group = match policy(query) {
         Verdict::Deny(group, direction) => {
             return drop_packet(ctx, Some(&*pkt), DROP_REASON_POLICY, group, direction)
@@ -469,8 +492,9 @@ fn revalidate(query: &mut Query, key: &FlowKey, f: &mut FlowValue) -> Option<(u3
 }
 
 /// Packets leaving a pod: refresh the flow they belong to, or record an origin flow for a new
-/// connection. Never drops (the decision is taken where the packet is delivered, or at the
-/// gateway for non-pod destinations).
+/// connection. Policy is decided where the packet is delivered (or at the gateway for non-pod
+/// destinations); this program drops only what a pod sends from an address no pod of the
+/// generation in force has (a pod not in force yet, or spoofing).
 #[inline(always)]
 fn try_origin(ctx: &TcContext) -> i32 {
     let scratch = match SCRATCH.get_ptr_mut(0) {
@@ -479,7 +503,14 @@ fn try_origin(ctx: &TcContext) -> i32 {
         None => return ACT_OK,
     };
     let Scratch { pkt, key, .. } = scratch;
-    if parse(ctx, pkt) != 0 || pkt.kind != Kind::Flow {
+    if parse(ctx, pkt) != 0 {
+        return ACT_OK;
+    }
+    let (g, _) = config();
+    if pkt.kind != Kind::Flow {
+        if unknown_pod(&pkt.src, g) {
+            return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_EGRESS);
+        }
         return ACT_OK;
     }
     // SAFETY: helper without preconditions.
@@ -498,10 +529,12 @@ fn try_origin(ctx: &TcContext) -> i32 {
             return ACT_OK;
         }
     }
+    if unknown_pod(&pkt.src, g) {
+        return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_EGRESS);
+    }
     if is_tcp && !syn_only {
         return ACT_OK;
     }
-    let (g, _) = config();
     let value = new_flow(now, 0, is_tcp, src_is_lo, FLOW_NODE_ORIGIN, g);
     let _ = FLOWS.insert(&*key, &value, 0);
     count(NODE_COUNTER_ORIGIN);

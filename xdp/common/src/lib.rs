@@ -199,6 +199,11 @@ pub const COUNTER_COUNT: u32 = 9;
 pub const DROP_REASON_POLICY: u8 = 1;
 pub const DROP_REASON_MALFORMED: u8 = 2;
 pub const DROP_REASON_FRAGMENT: u8 = 3;
+/// Node hook: the address on the pod's side of a pod interface (the source of what the pod sends,
+/// the destination of what it is sent) is no pod of the generation in force — a pod whose
+/// identity and policy are not in force yet (fail closed from its first packet), or a spoofed
+/// address.
+pub const DROP_REASON_UNKNOWN_POD: u8 = 4;
 
 /// Drop events the program reports per second and per CPU; further drops in the same second are
 /// only counted (`COUNTERS`, `DROPS_BY_GROUP`).
@@ -273,8 +278,27 @@ pub const FLOW_NODE_CHECKED: u8 = 3;
 
 /// Node `COUNTERS` index (after the shared ones): flows recorded at a pod's veth as it sent them.
 pub const NODE_COUNTER_ORIGIN: u32 = COUNTER_COUNT;
+/// Node `COUNTERS` index: packets dropped with [`DROP_REASON_UNKNOWN_POD`].
+pub const NODE_COUNTER_DROP_UNKNOWN_POD: u32 = COUNTER_COUNT + 1;
 /// Size of the node program's `COUNTERS` array.
-pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 1;
+pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 2;
+
+/// Whether `addr` (16 bytes, IPv4 mapped) can be a pod's own unicast address: not unspecified,
+/// multicast, broadcast or link-local. Only such addresses must belong to a known pod on a pod
+/// interface; the others (neighbour discovery, DHCP, mDNS) never carry policy-relevant traffic
+/// and are left to the kernel as on an interface without the hook.
+#[inline(always)]
+pub fn is_pod_unicast(addr: &[u8; 16]) -> bool {
+    let v4_mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    if v4_mapped {
+        let a = [addr[12], addr[13], addr[14], addr[15]];
+        return a != [0, 0, 0, 0]
+            && a != [255, 255, 255, 255]
+            && a[0] & 0xf0 != 0xe0
+            && !(a[0] == 169 && a[1] == 254);
+    }
+    addr.iter().any(|b| *b != 0) && addr[0] != 0xff && !(addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -293,4 +317,39 @@ mod pod {
     unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for IdentityValue {}
     unsafe impl aya::Pod for PeerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::is_pod_unicast;
+    use std::net::IpAddr;
+
+    fn mapped(ip: &str) -> [u8; 16] {
+        match ip.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        }
+    }
+
+    #[test]
+    fn pod_unicast_addresses() {
+        for ip in ["10.88.0.5", "192.0.2.1", "fd00::5", "2001:db8::1", "::ffff:0:1"] {
+            assert!(is_pod_unicast(&mapped(ip)), "{ip}");
+        }
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.251",
+            "239.1.2.3",
+            "169.254.1.1",
+            "::",
+            "ff02::1",
+            "ff02::1:ff00:5",
+            "fe80::1",
+            "febf::1",
+        ] {
+            assert!(!is_pod_unicast(&mapped(ip)), "{ip}");
+        }
+    }
 }

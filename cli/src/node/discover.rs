@@ -1,0 +1,290 @@
+//! Finds the host side of each local pod's interface, whatever the CNI layout:
+//! - a routed veth: the route to the pod names it (ptp, Calico, Cilium, kindnet);
+//! - a veth enslaved to a bridge: the route names the bridge (the bridge plugin, flannel,
+//!   kubenet), so the pod's network namespace is found (named netns files and every process's
+//!   `/proc/PID/ns/net`) and the veth whose peer is the pod interface holding the address taken.
+//!
+//! Other layouts have no per-pod host interface to attach to (macvlan/ipvlan pods talk past the
+//! host's stack; OVS ports are not veths of this namespace): such a pod is reported as not
+//! enforced, never silently skipped.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// One interface of a network namespace, as `ip -j -d link/addr show` reports it.
+#[derive(Debug, Deserialize)]
+struct IpLink {
+    ifindex: u32,
+    ifname: String,
+    /// For a veth: its peer's index (in the peer's namespace).
+    link_index: Option<u32>,
+    linkinfo: Option<LinkInfo>,
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkInfo {
+    info_kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AddrInfo {
+    local: Option<IpAddr>,
+}
+
+impl IpLink {
+    fn kind(&self) -> Option<&str> {
+        self.linkinfo.as_ref()?.info_kind.as_deref()
+    }
+}
+
+fn ip_json(netns: Option<&PathBuf>, args: &[&str]) -> Result<Vec<IpLink>> {
+    let mut cmd = match netns {
+        Some(path) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", path.display())).arg("ip");
+            c
+        }
+        None => Command::new("ip"),
+    };
+    let out = cmd
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip -j {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the output of ip -j")
+}
+
+/// The interface this network namespace routes `ip` to directly (no next hop), if any.
+fn direct_route_device(ip: IpAddr) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Route {
+        dev: Option<String>,
+        gateway: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let out = Command::new("ip")
+        .args(["-j", "route", "get", &ip.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let routes: Vec<Route> = serde_json::from_slice(&out.stdout).ok()?;
+    let route = routes.into_iter().next()?;
+    if route.gateway.is_some() || route.kind.as_deref() == Some("local") {
+        return None;
+    }
+    route.dev
+}
+
+/// Where a pod address was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FoundBy {
+    /// The route to the pod names its veth.
+    Route,
+    /// The veth whose peer holds the address in the pod's network namespace.
+    Netns,
+    /// The CNI plugin named it when the pod was set up.
+    Cni,
+}
+
+/// A network namespace seen in a scan: the (interface index, peer index) of every address in it.
+type NetnsAddrs = HashMap<IpAddr, (u32, Option<u32>)>;
+
+#[derive(Default)]
+pub struct Discovery {
+    /// Pod address → host interface, while that interface exists.
+    cache: HashMap<IpAddr, (String, FoundBy)>,
+    /// Netns (device, inode) → its addresses; only namespaces that had addresses are kept (one
+    /// still being set up is looked at again).
+    scanned: HashMap<(u64, u64), NetnsAddrs>,
+}
+
+impl Discovery {
+    /// For each pod (addresses `ips`): its host-side interface in this network namespace, or why
+    /// there is none. Pods without a direct route here are looked for in other namespaces only
+    /// with `scan_unrouted` (they are known to be local).
+    pub fn find_all<'a, K>(
+        &mut self,
+        pods: impl Iterator<Item = (K, &'a [IpAddr])>,
+        scan_unrouted: bool,
+    ) -> Result<Vec<(K, Result<(String, FoundBy)>)>> {
+        let links = ip_json(None, &["-d", "link", "show"])?;
+        Ok(pods
+            .map(|(k, ips)| {
+                let found = self.find_with(ips, &links, scan_unrouted);
+                (k, found)
+            })
+            .collect())
+    }
+
+    /// Remembers an interface the CNI plugin named for these addresses.
+    pub fn remember(&mut self, ips: &[IpAddr], ifname: &str) {
+        for ip in ips {
+            self.cache.insert(*ip, (ifname.to_owned(), FoundBy::Cni));
+        }
+    }
+
+    fn find_with(
+        &mut self,
+        ips: &[IpAddr],
+        links: &[IpLink],
+        scan_unrouted: bool,
+    ) -> Result<(String, FoundBy)> {
+        let veth = |name: &str| {
+            links
+                .iter()
+                .any(|l| l.ifname == name && l.kind() == Some("veth"))
+        };
+        for ip in ips {
+            if let Some((name, by)) = self.cache.get(ip) {
+                if veth(name) {
+                    return Ok((name.clone(), *by));
+                }
+                self.cache.remove(ip);
+            }
+        }
+        let mut routed_to = None;
+        for ip in ips {
+            if let Some(dev) = direct_route_device(*ip) {
+                if veth(&dev) {
+                    self.cache.insert(*ip, (dev.clone(), FoundBy::Route));
+                    return Ok((dev, FoundBy::Route));
+                }
+                routed_to = Some(dev);
+            }
+        }
+        if routed_to.is_none() && !scan_unrouted {
+            bail!("not routed directly to an interface of this node");
+        }
+        if let Some(found) = self.find_in_namespaces(ips, links)? {
+            return Ok(found);
+        }
+        match routed_to {
+            Some(dev) => bail!(
+                "routed to {dev}, and no veth of this node has the pod's interface as its peer \
+                 (macvlan/ipvlan/OVS layouts have no per-pod host interface)"
+            ),
+            None => bail!("no direct route to the pod and no veth peer holds its address"),
+        }
+    }
+
+    /// Looks for the addresses in every other network namespace of the machine; returns the veth
+    /// of this namespace whose peer holds one of them.
+    fn find_in_namespaces(
+        &mut self,
+        ips: &[IpAddr],
+        links: &[IpLink],
+    ) -> Result<Option<(String, FoundBy)>> {
+        let here = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+        let here = (here.dev(), here.ino());
+        let mut seen = std::collections::HashSet::new();
+        for path in netns_candidates() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if id == here || !seen.insert(id) {
+                continue;
+            }
+            if !self.scanned.contains_key(&id) {
+                let Ok(pod_links) = ip_json(Some(&path), &["addr", "show"]) else {
+                    continue;
+                };
+                let addrs: NetnsAddrs = pod_links
+                    .iter()
+                    .flat_map(|l| {
+                        l.addr_info
+                            .iter()
+                            .filter_map(|a| a.local)
+                            .filter(|a| !a.is_loopback())
+                            .map(|a| (a, (l.ifindex, l.link_index)))
+                    })
+                    .collect();
+                if addrs.is_empty() {
+                    continue;
+                }
+                self.scanned.insert(id, addrs);
+            }
+            let addrs = &self.scanned[&id];
+            for ip in ips {
+                let Some((pod_ifindex, Some(peer))) = addrs.get(ip) else {
+                    continue;
+                };
+                let host = links.iter().find(|l| {
+                    l.ifindex == *peer
+                        && l.kind() == Some("veth")
+                        && l.link_index == Some(*pod_ifindex)
+                });
+                if let Some(host) = host {
+                    for ip in ips {
+                        self.cache
+                            .insert(*ip, (host.ifname.clone(), FoundBy::Netns));
+                    }
+                    return Ok(Some((host.ifname.clone(), FoundBy::Netns)));
+                }
+            }
+        }
+        // Namespaces that are gone are forgotten (their inode may be reused).
+        self.scanned.retain(|id, _| seen.contains(id));
+        Ok(None)
+    }
+}
+
+/// Whether this network namespace has an interface `name`.
+pub fn exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// Those of `names` that are veths of this network namespace.
+pub fn veths(names: &[String]) -> Result<Vec<String>> {
+    let links = ip_json(None, &["-d", "link", "show"])?;
+    Ok(names
+        .iter()
+        .filter(|n| {
+            links
+                .iter()
+                .any(|l| &l.ifname == *n && l.kind() == Some("veth"))
+        })
+        .cloned()
+        .collect())
+}
+
+/// Every network namespace file worth looking in: named namespaces (containerd, CRI-O and
+/// `ip netns` keep them in /run/netns) and the namespace of every process (a pod's sandbox
+/// process holds it; the daemon needs the host's PID namespace to see them).
+fn netns_candidates() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        paths.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        paths.extend(
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    paths
+}

@@ -1,0 +1,473 @@
+//! `portcullis node`: the node daemon. Enforces pod-to-pod policy with tc programs on the host-side
+//! veth of every local pod (routed or enslaved to a bridge: [`discover`]), attaching as pods
+//! appear and detaching when they go, and — with the chained CNI plugin ([`cni`]) — from a pod's
+//! first packet. Local pods are those with `spec.nodeName` = `--node`; without `--node`, every pod
+//! this node routes straight to an interface.
+
+mod cni;
+mod discover;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use portcullis_node::{NodeHook, NodeOptions};
+use portcullis_policy::compile::node::{NodeCompiler, NodeTables};
+use portcullis_policy::model::{Direction, Snapshot};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+pub use cni::plugin_main as cni_plugin_main;
+pub use cni::PLUGIN_NAME as CNI_PLUGIN_NAME;
+use discover::{Discovery, FoundBy};
+
+use crate::daemon::{
+    export_group_drops, group_names, record_apply, serve, Applied, DaemonArgs, Enforcer,
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
+pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/node";
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Only pods with this `spec.nodeName` are local (default: every pod routed directly here).
+    #[arg(long)]
+    node: Option<String>,
+    /// Re-check established flows against every new policy generation (cut what it forbids).
+    #[arg(long)]
+    revalidate: bool,
+    /// bpffs directory for pinned maps and links (adopted on restart).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Detach the programs and remove the pins on exit (default: keep enforcing).
+    #[arg(long)]
+    unpin_on_exit: bool,
+    /// Unix socket the chained CNI plugin asks to enforce new pods on.
+    #[arg(long, default_value = cni::DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
+    /// Install the `portcullis-cni` plugin into `--cni-bin-dir` and chain it into the first
+    /// conflist of `--cni-conf-dir` (retried until that conflist exists), so that new pods are
+    /// enforced from their first packet.
+    #[arg(long, requires_all = ["cni_bin_dir", "cni_conf_dir"])]
+    install_cni: bool,
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+}
+
+/// A pod of this node and how it is enforced, as `status --node` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalPod {
+    /// `namespace/name`.
+    pub pod: String,
+    pub ips: Vec<IpAddr>,
+    /// Selected by at least one policy (ingress or egress).
+    pub selected: bool,
+    /// Host-side interface the programs are attached to.
+    pub interface: Option<String>,
+    pub found_by: Option<FoundBy>,
+    pub attached: bool,
+    /// Why the pod is not enforced.
+    pub error: Option<String>,
+}
+
+/// An interface the CNI plugin registered: attached before its pod is known, kept while it
+/// exists (until the plugin's DEL).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CniInterface {
+    container_id: String,
+    pod: Option<String>,
+    ips: Vec<IpAddr>,
+}
+
+/// A local pod of the generation in force.
+struct Candidate {
+    key: String,
+    ips: Vec<IpAddr>,
+    selected: bool,
+}
+
+/// How often local pods whose interface was not found are looked for again.
+const RESYNC: Duration = Duration::from_secs(1);
+
+struct NodeEnforcer {
+    hook: NodeHook,
+    /// Long-lived: identities, groups and rule sets keep their ids (delta writes) and unchanged
+    /// groups are reused.
+    compiler: NodeCompiler,
+    node: Option<String>,
+    discovery: Discovery,
+    candidates: Vec<Candidate>,
+    pods: Vec<LocalPod>,
+    /// ifname → registration; persisted in `cni_file` so a restarted daemon keeps them.
+    cni: BTreeMap<String, CniInterface>,
+    cni_file: PathBuf,
+    requests: Option<mpsc::Receiver<cni::Pending>>,
+    wake: Arc<tokio::sync::Notify>,
+    /// `(bin dir, conf dir, socket)` while the plugin still has to be chained.
+    install: Option<(PathBuf, PathBuf, PathBuf)>,
+    last_sync: Instant,
+}
+
+impl NodeEnforcer {
+    /// The pods of `snapshot` this node enforces: scheduled here (`--node`), or without `--node`
+    /// every pod this namespace routes straight to an interface.
+    fn local_candidates(&self, snapshot: &Snapshot, tables: &NodeTables) -> Vec<Candidate> {
+        snapshot
+            .pods
+            .iter()
+            .filter(|pod| !pod.host_network && !pod.ips.is_empty())
+            .filter(|pod| match &self.node {
+                Some(n) => pod.node.as_ref() == Some(n),
+                None => true,
+            })
+            .map(|pod| Candidate {
+                key: pod.key(),
+                ips: pod.ips.clone(),
+                selected: pod.ips.iter().any(|ip| {
+                    [Direction::Ingress, Direction::Egress]
+                        .iter()
+                        .any(|d| tables.endpoints.contains_key(&(*d, *ip)))
+                }),
+            })
+            .collect()
+    }
+
+    /// Attaches to the interfaces of local pods and of CNI registrations, and detaches from those
+    /// neither uses any more. Returns whether the published pod list changed.
+    fn sync_attachments(&mut self) -> bool {
+        self.last_sync = Instant::now();
+        let found = match self.discovery.find_all(
+            self.candidates
+                .iter()
+                .map(|c| (c.key.as_str(), c.ips.as_slice())),
+            self.node.is_some(),
+        ) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "cannot list this node's interfaces");
+                return false;
+            }
+        };
+        let mut pods: Vec<LocalPod> = Vec::with_capacity(found.len());
+        let mut wanted = BTreeSet::new();
+        for (c, (_, result)) in self.candidates.iter().zip(found) {
+            let mut pod = LocalPod {
+                pod: c.key.clone(),
+                ips: c.ips.clone(),
+                selected: c.selected,
+                ..LocalPod::default()
+            };
+            match result {
+                Ok((iface, by)) => {
+                    wanted.insert(iface.clone());
+                    pod.interface = Some(iface);
+                    pod.found_by = Some(by);
+                }
+                // Without `--node` a pod routed elsewhere is simply not ours.
+                Err(_) if self.node.is_none() => continue,
+                Err(e) => pod.error = Some(format!("{e:#}")),
+            }
+            pods.push(pod);
+        }
+        self.cni
+            .retain(|ifname, _| discover::exists(ifname));
+        wanted.extend(self.cni.keys().cloned());
+        let attached: BTreeSet<String> =
+            self.hook.attached().into_iter().map(|a| a.name).collect();
+        let mut failed = BTreeMap::new();
+        for dev in wanted.difference(&attached) {
+            match self.hook.attach(dev) {
+                Ok(a) => info!(iface = %a.name, adopted = a.adopted, "attached to pod interface"),
+                Err(e) => {
+                    warn!(iface = %dev, error = %e, "could not attach to pod interface");
+                    failed.insert(dev.clone(), e.to_string());
+                }
+            }
+        }
+        for dev in attached.difference(&wanted) {
+            match self.hook.detach(dev) {
+                Ok(()) => info!(iface = %dev, "detached from an interface no pod uses"),
+                Err(e) => warn!(iface = %dev, error = %e, "could not detach"),
+            }
+        }
+        for pod in &mut pods {
+            if let Some(iface) = &pod.interface {
+                match failed.get(iface) {
+                    Some(e) => pod.error = Some(format!("attaching to {iface}: {e}")),
+                    None => pod.attached = true,
+                }
+            }
+        }
+        self.report_unenforced(&pods);
+        let changed = pods != self.pods;
+        self.pods = pods;
+        if changed {
+            self.save_cni();
+        }
+        changed
+    }
+
+    /// Logs every pod that became unenforced and exports the counts.
+    fn report_unenforced(&self, pods: &[LocalPod]) {
+        let before: BTreeSet<&str> = self
+            .pods
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| p.pod.as_str())
+            .collect();
+        for pod in pods.iter().filter(|p| !p.attached) {
+            if !before.contains(pod.pod.as_str()) {
+                let error = pod.error.as_deref().unwrap_or("no interface");
+                if pod.selected {
+                    error!(pod = %pod.pod, error, "a pod selected by policy is NOT enforced");
+                } else {
+                    warn!(pod = %pod.pod, error, "a local pod is not enforced");
+                }
+            }
+        }
+        let unenforced = |selected: bool| {
+            pods.iter()
+                .filter(|p| !p.attached && (p.selected || !selected))
+                .count() as f64
+        };
+        metrics::gauge!("portcullis_node_local_pods").set(pods.len() as f64);
+        metrics::gauge!("portcullis_node_unenforced_pods").set(unenforced(false));
+        metrics::gauge!("portcullis_node_unenforced_selected_pods").set(unenforced(true));
+    }
+
+    fn save_cni(&self) {
+        let write = || -> Result<()> {
+            if let Some(dir) = self.cni_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = self.cni_file.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.cni)?)?;
+            std::fs::rename(&tmp, &self.cni_file)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            warn!(file = %self.cni_file.display(), error = format!("{e:#}"), "could not save CNI registrations");
+        }
+    }
+
+    /// Answers one request of the CNI plugin.
+    fn handle(&mut self, request: &cni::Request) -> Result<Option<String>> {
+        match request.command {
+            cni::CniCommand::Add => {
+                let veths = discover::veths(&request.interfaces)?;
+                let Some(ifname) = veths.first() else {
+                    anyhow::bail!(
+                        "none of the pod's host-side interfaces {:?} is a veth: only veth layouts \
+                         (routed or bridged) can be enforced, macvlan/ipvlan/OVS cannot",
+                        request.interfaces
+                    );
+                };
+                self.hook
+                    .attach(ifname)
+                    .with_context(|| format!("attaching to {ifname}"))?;
+                self.discovery.remember(&request.ips, ifname);
+                self.cni.insert(
+                    ifname.clone(),
+                    CniInterface {
+                        container_id: request.container_id.clone(),
+                        pod: request.pod.clone(),
+                        ips: request.ips.clone(),
+                    },
+                );
+                self.save_cni();
+                info!(
+                    iface = %ifname,
+                    pod = request.pod.as_deref().unwrap_or("?"),
+                    ips = ?request.ips,
+                    "CNI ADD: attached, failing closed until the pod is in force"
+                );
+                Ok(Some(ifname.clone()))
+            }
+            cni::CniCommand::Check => self
+                .cni
+                .iter()
+                .find(|(_, r)| r.container_id == request.container_id)
+                .map(|(ifname, _)| Some(ifname.clone()))
+                .context("this container's interface is not registered"),
+            cni::CniCommand::Del => {
+                let gone: Vec<String> = self
+                    .cni
+                    .iter()
+                    .filter(|(_, r)| r.container_id == request.container_id)
+                    .map(|(ifname, _)| ifname.clone())
+                    .collect();
+                for ifname in gone {
+                    self.cni.remove(&ifname);
+                    info!(iface = %ifname, "CNI DEL: registration removed");
+                }
+                self.save_cni();
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Enforcer for NodeEnforcer {
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied> {
+        let started = Instant::now();
+        let tables = (self.compiler.compile(snapshot)).context("compiling the node tables")?;
+        let compile = started.elapsed();
+        let stats = self.hook.apply(&tables)?;
+        record_apply("node", compile, stats.write, stats.written, stats.deleted);
+        info!(
+            identities = stats.identities,
+            groups = stats.groups,
+            recompiled_groups = self.compiler.recompiled(),
+            peers = stats.peers,
+            prefixes = stats.prefixes,
+            written = stats.written,
+            deleted = stats.deleted,
+            compile_ms = compile.as_secs_f64() * 1e3,
+            write_ms = stats.write.as_secs_f64() * 1e3,
+            "node tables written"
+        );
+        // Tables first: a newly attached pod is never seen by a program without its policies.
+        self.candidates = self.local_candidates(snapshot, &tables);
+        self.sync_attachments();
+        Ok(Applied {
+            generation: stats.generation,
+            groups: group_names(
+                tables.groups.iter().map(|g| &g.policies),
+                stats.generation,
+                portcullis_node::generation_id,
+            ),
+            entries: stats.identities
+                + stats.endpoints
+                + stats.peers
+                + stats.prefixes
+                + stats.rule_sets,
+        })
+    }
+
+    fn gc_flows(&mut self) -> Result<usize> {
+        Ok(self.hook.gc_flows()?)
+    }
+
+    fn poll(&mut self) -> bool {
+        let mut changed = false;
+        if let Some((bin, conf, socket)) = &self.install {
+            match cni::install(bin, conf, socket) {
+                Ok(Some(_)) => self.install = None,
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = format!("{e:#}"), "cannot chain the CNI plugin; retrying");
+                }
+            }
+        }
+        while let Some(pending) = self.requests.as_ref().and_then(|r| r.try_recv().ok()) {
+            let reply = match self.handle(&pending.request) {
+                Ok(interface) => cni::Reply {
+                    interface,
+                    error: None,
+                },
+                Err(e) => {
+                    warn!(error = format!("{e:#}"), request = ?pending.request, "CNI request refused");
+                    cni::Reply {
+                        interface: None,
+                        error: Some(format!("{e:#}")),
+                    }
+                }
+            };
+            let _ = pending.reply.send(reply);
+            changed = true;
+        }
+        // Pods whose interface was not found yet (or not attachable) are looked for again.
+        if self.last_sync.elapsed() >= RESYNC && self.pods.iter().any(|p| !p.attached) {
+            changed |= self.sync_attachments();
+        }
+        changed
+    }
+
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.wake))
+    }
+
+    fn pods(&self) -> Vec<LocalPod> {
+        self.pods.clone()
+    }
+
+    fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
+        let Ok(status) = self.hook.status() else {
+            return;
+        };
+        metrics::gauge!("portcullis_node_flows").set(status.flows as f64);
+        metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
+        metrics::gauge!("portcullis_node_identities").set(status.identities as f64);
+        export_group_drops(
+            "portcullis_node_policy_drops_total",
+            &status.drops_by_group,
+            groups,
+        );
+    }
+}
+
+pub fn run(args: NodeArgs) -> Result<ExitCode> {
+    let hook = NodeHook::load(NodeOptions {
+        pin_dir: Some(args.pin_dir.clone()),
+        revalidate: args.revalidate,
+    })
+    .context("loading the node programs")?;
+    let state_dir = args
+        .daemon
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let cni_file = state_dir.join("cni-interfaces.json");
+    // Registrations of an earlier run: their interfaces stay wanted while they exist.
+    let registered: BTreeMap<String, CniInterface> = std::fs::read(&cni_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut discovery = Discovery::default();
+    for (ifname, r) in &registered {
+        discovery.remember(&r.ips, ifname);
+    }
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (tx, rx) = mpsc::channel();
+    cni::serve(&args.cni_socket, tx, Arc::clone(&wake))?;
+    let install = if args.install_cni {
+        let (Some(bin), Some(conf)) = (args.cni_bin_dir.clone(), args.cni_conf_dir.clone()) else {
+            anyhow::bail!("--install-cni needs --cni-bin-dir and --cni-conf-dir");
+        };
+        Some((bin, conf, args.cni_socket.clone()))
+    } else {
+        None
+    };
+    let mut enforcer = NodeEnforcer {
+        hook,
+        compiler: NodeCompiler::default(),
+        node: args.node.clone(),
+        discovery,
+        candidates: Vec::new(),
+        pods: Vec::new(),
+        cni: registered,
+        cni_file,
+        requests: Some(rx),
+        wake,
+        install,
+        last_sync: Instant::now(),
+    };
+    serve(&mut enforcer, &args.daemon, "node", state_dir)?;
+    if args.unpin_on_exit {
+        enforcer.hook.unpin().context("removing pins")?;
+        // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir(&args.pin_dir);
+        info!("stopped; programs detached and pins removed");
+    } else {
+        info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned programs keep enforcing");
+    }
+    Ok(ExitCode::SUCCESS)
+}
