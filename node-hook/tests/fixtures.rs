@@ -116,11 +116,15 @@ fn deliver(desc: &'static str, packet: Vec<u8>, expect: i32) -> Case {
 }
 
 fn origin(desc: &'static str, packet: Vec<u8>) -> Case {
+    origin_expect(desc, packet, OK)
+}
+
+fn origin_expect(desc: &'static str, packet: Vec<u8>, expect: i32) -> Case {
     Case {
         desc,
         program: TestProgram::Origin,
         packet,
-        expect: OK,
+        expect,
     }
 }
 
@@ -314,6 +318,44 @@ fn packet_fixtures() {
             udp_f(free, 7000, client, 40016),
             OK,
         ),
+        deliver(
+            "fail closed: free -> 10.0.1.99 (no pod has it) TCP SYN",
+            tcp_f(free, 40030, "10.0.1.99", 80, TCP_SYN),
+            SHOT,
+        ),
+        deliver(
+            "not a pod address: free -> 255.255.255.255 UDP 67 (broadcast)",
+            udp_f(free, 68, "255.255.255.255", 67),
+            OK,
+        ),
+        deliver(
+            "not a pod address: fe80::1 -> ff02::1 ICMPv6 router advertisement",
+            frame("fe80::1", "ff02::1", 58, icmp(134, 0, &[])),
+            OK,
+        ),
+        origin_expect(
+            "fail closed: 10.0.1.99 (no pod has it) -> web SYN 8080",
+            tcp_f("10.0.1.99", 40031, web, 8080, TCP_SYN),
+            SHOT,
+        ),
+        origin_expect(
+            "fail closed: 10.0.1.99 -> web UDP 53",
+            udp_f("10.0.1.99", 40032, web, 53),
+            SHOT,
+        ),
+        origin_expect(
+            "fail closed: spoofed fd00::99 -> web6 ICMPv6 echo",
+            frame("fd00::99", web6, 58, icmp(128, 7, &[])),
+            SHOT,
+        ),
+        origin(
+            "not a pod address: fe80::40 -> ff02::2 ICMPv6 router solicitation",
+            frame("fe80::40", "ff02::2", 58, icmp(133, 0, &[])),
+        ),
+        origin(
+            "not a pod address: 0.0.0.0 -> 255.255.255.255 UDP 67 (DHCP discover)",
+            udp_f("0.0.0.0", 68, "255.255.255.255", 67),
+        ),
         origin(
             "origin: tester -> external UDP 53 recorded",
             udp_f(tester, 40023, ext, 53),
@@ -403,7 +445,9 @@ fn packet_fixtures() {
     let status = hook.status().expect("status");
     eprintln!("{status:#?}");
     assert!(status.counters.drop_policy >= 15);
-    assert_eq!(status.counters.origin_recorded, 3);
+    // Three connections opened by pods, and the DHCP discover (not a pod address: untouched).
+    assert_eq!(status.counters.origin_recorded, 4);
+    assert_eq!(status.counters.drop_unknown_pod, 4);
     assert!(status.counters.pass_non_ip >= 2);
     let web_in = status
         .drops_by_group
