@@ -1,8 +1,11 @@
 use std::process::ExitCode;
 
-use anyhow::Result;
-use portcullis_policy::audit::{audit, Severity};
+use std::path::PathBuf;
 
+use anyhow::Result;
+use portcullis_policy::audit::{audit, Finding, Severity};
+
+use crate::daemon::PublishedState;
 use crate::explain_cmd::print_table;
 use crate::{load_reporting, OutputFormat, SourceArgs};
 
@@ -15,6 +18,49 @@ pub struct AuditArgs {
     fail_on: Severity,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
+    /// State directories of running node daemons whose local pods are checked too (a pod the
+    /// daemon cannot enforce is a finding); default: this machine's node daemon, if one runs.
+    #[arg(long)]
+    node_state: Vec<PathBuf>,
+}
+
+/// A finding for every pod a node daemon reports it cannot enforce (high when a policy selects
+/// it: its policy is silently not in force).
+fn unenforced_pods(state_dirs: &[PathBuf]) -> Vec<Finding> {
+    let default = [PathBuf::from(crate::node::DEFAULT_STATE_DIR)];
+    let dirs = if state_dirs.is_empty() {
+        &default[..]
+    } else {
+        state_dirs
+    };
+    dirs.iter()
+        .filter_map(|d| Some((d, PublishedState::read(d)?)))
+        .flat_map(|(dir, state)| {
+            state
+                .pods
+                .into_iter()
+                .filter(|p| !p.attached)
+                .map(move |p| Finding {
+                    severity: if p.selected {
+                        Severity::High
+                    } else {
+                        Severity::Low
+                    },
+                    check: "pod-not-enforced",
+                    object: p.pod.clone(),
+                    message: format!(
+                        "the node daemon ({}) cannot enforce this pod{}: {}",
+                        dir.display(),
+                        if p.selected {
+                            ", so the policies selecting it are not in force"
+                        } else {
+                            ""
+                        },
+                        p.error.as_deref().unwrap_or("no interface")
+                    ),
+                })
+        })
+        .collect()
 }
 
 fn parse_severity(text: &str) -> Result<Severity, String> {
@@ -23,7 +69,8 @@ fn parse_severity(text: &str) -> Result<Severity, String> {
 
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
     let (snapshot, rejected) = load_reporting(&args.source)?;
-    let findings = audit(&snapshot);
+    let mut findings = audit(&snapshot);
+    findings.extend(unenforced_pods(&args.node_state));
     match args.output {
         OutputFormat::Json => {
             for f in &findings {

@@ -267,6 +267,20 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     let ghost = pod_state(&v, "demo/ghost").expect("ghost listed");
     assert!(ghost["attached"] == false && ghost["selected"] == true, "{v:#}");
     assert!(!status(&dirs).1, "status must fail while a selected pod is not enforced");
+    let audit = Command::new(BIN)
+        .args(["audit", "--output", "json", "--manifests"])
+        .arg(&dirs.manifests)
+        .arg("--node-state")
+        .arg(&dirs.state_dir)
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.lines().any(|l| l.contains("pod-not-enforced")
+            && l.contains("demo/ghost")
+            && l.contains("high")),
+        "{audit}"
+    );
 
     // Same bridge: b's deny-all ingress holds, c stays reachable.
     assert!(!connects(&a, addr("10.77.0.11"), short), "a -> b must be denied");
