@@ -29,7 +29,8 @@ use tracing::{info, warn};
 
 /// Name of the plugin binary and of its `type` in the conflist.
 pub const PLUGIN_NAME: &str = "portcullis-cni";
-/// Where the node daemon listens for the plugin unless told otherwise.
+/// Where the plugin finds the node daemon when its configuration does not say (the default state
+/// directory's socket).
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/node/cni.sock";
 /// How long the plugin waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -198,7 +199,7 @@ fn chain_into(text: &str, socket: &Path) -> Result<Option<String>> {
 /// The plugin's side, run by the container runtime (`CNI_COMMAND` etc. in the environment, the
 /// network configuration on standard input). Prints the result or a CNI error on stdout.
 pub fn plugin_main() -> ExitCode {
-    let version = std::env::var("CNI_COMMAND").unwrap_or_default();
+    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     let mut input = String::new();
     let _ = std::io::stdin().read_to_string(&mut input);
     let conf: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
@@ -207,7 +208,7 @@ pub fn plugin_main() -> ExitCode {
         .and_then(Value::as_str)
         .unwrap_or("1.0.0")
         .to_owned();
-    match plugin(&version, &conf) {
+    match plugin(&command, &conf) {
         Ok(Some(out)) => {
             println!("{out}");
             ExitCode::SUCCESS

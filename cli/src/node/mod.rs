@@ -48,9 +48,10 @@ pub struct NodeArgs {
     /// Detach the programs and remove the pins on exit (default: keep enforcing).
     #[arg(long)]
     unpin_on_exit: bool,
-    /// Unix socket the chained CNI plugin asks to enforce new pods on.
-    #[arg(long, default_value = cni::DEFAULT_SOCKET)]
-    cni_socket: PathBuf,
+    /// Unix socket the chained CNI plugin asks to enforce new pods on (default: `cni.sock` in the
+    /// state directory, /run/portcullis/node/cni.sock for the default one).
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
     /// Install the `portcullis-cni` plugin into `--cni-bin-dir` and chain it into the first
     /// conflist of `--cni-conf-dir` (retried until that conflist exists), so that new pods are
     /// enforced from their first packet.
@@ -437,12 +438,16 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
     }
     let wake = Arc::new(tokio::sync::Notify::new());
     let (tx, rx) = mpsc::channel();
-    cni::serve(&args.cni_socket, tx, Arc::clone(&wake))?;
+    let cni_socket = args
+        .cni_socket
+        .clone()
+        .unwrap_or_else(|| state_dir.join("cni.sock"));
+    cni::serve(&cni_socket, tx, Arc::clone(&wake))?;
     let install = if args.install_cni {
         let (Some(bin), Some(conf)) = (args.cni_bin_dir.clone(), args.cni_conf_dir.clone()) else {
             anyhow::bail!("--install-cni needs --cni-bin-dir and --cni-conf-dir");
         };
-        Some((bin, conf, args.cni_socket.clone()))
+        Some((bin, conf, cni_socket.clone()))
     } else {
         None
     };
