@@ -263,6 +263,7 @@ impl NodeEnforcer {
     fn handle(&mut self, request: &cni::Request) -> Result<Option<String>> {
         match request.command {
             cni::CniCommand::Add => {
+                let started = Instant::now();
                 let veths = discover::veths(&request.interfaces)?;
                 let Some(ifname) = veths.first() else {
                     anyhow::bail!(
@@ -284,10 +285,13 @@ impl NodeEnforcer {
                     },
                 );
                 self.save_cni();
+                let took = started.elapsed();
+                metrics::histogram!("portcullis_cni_add_seconds").record(took.as_secs_f64());
                 info!(
                     iface = %ifname,
                     pod = request.pod.as_deref().unwrap_or("?"),
                     ips = ?request.ips,
+                    attach_ms = took.as_secs_f64() * 1e3,
                     "CNI ADD: attached, failing closed until the pod is in force"
                 );
                 Ok(Some(ifname.clone()))
