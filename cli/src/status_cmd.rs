@@ -229,6 +229,7 @@ fn node_status(
             "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
             "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
             "drop_fragment": c.drop_fragment, "drop_unknown_pod": c.drop_unknown_pod,
+            "pass_host": c.pass_host,
             "origin_recorded": c.origin_recorded,
         },
         "pods": published.pods,
@@ -248,8 +249,8 @@ fn node_status(
                 s.identities, s.endpoints, s.peers, s.prefixes, s.rule_sets, s.flows
             );
             println!(
-                "  passed: flow {} policy {} unselected {} non-ip {}   origin flows recorded: {}",
-                c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.origin_recorded
+                "  passed: flow {} policy {} unselected {} non-ip {} from the node {}   origin flows recorded: {}",
+                c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.pass_host, c.origin_recorded
             );
             println!(
                 "  dropped: policy {} malformed {} fragment {} unknown pod address {}",

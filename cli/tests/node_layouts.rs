@@ -3,7 +3,8 @@
 //! found through its network namespace and enforced, including between two pods of the same
 //! bridge; a pod selected by policy that cannot be enforced makes `status --node` fail; and a pod
 //! set up through the chained CNI plugin is under policy from its first packet, before the daemon
-//! has seen it in the cluster state.
+//! has seen it in the cluster state. The node itself reaches its pods whatever their policies
+//! (Kubernetes: a pod cannot block its node).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -285,6 +286,11 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     // Same bridge: b's deny-all ingress holds, c stays reachable.
     assert!(!connects(&a, addr("10.77.0.11"), short), "a -> b must be denied");
     assert!(connects(&a, addr("10.77.0.12"), short), "a -> c must connect");
+    // The node itself always reaches its pods (kubelet probes), whatever their policies.
+    assert!(
+        connects(&node, addr("10.77.0.11"), short),
+        "node -> b must connect despite b's deny-all ingress"
+    );
 
     // A new pod d: the bridge plugin wired it, the chained plugin returns only once d's veth
     // fails closed. The daemon has not seen d in the cluster state yet.

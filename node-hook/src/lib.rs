@@ -47,8 +47,9 @@ const PROGRAM_ORIGIN: &str = "portcullis_node_origin";
 const PROGRAM_PASS: &str = "tc_pass";
 
 /// Every map of the programs; with a pin directory each is pinned there under its own name.
-const MAP_NAMES: [&str; 11] = [
+const MAP_NAMES: [&str; 12] = [
     "CONFIG",
+    "HOST_ADDRS",
     "IDENTITIES",
     "ENDPOINTS",
     "PEERS",
@@ -94,6 +95,8 @@ pub enum Error {
         max: usize,
         policies: String,
     },
+    #[error("the node has {0} addresses, more than the {max} the node hook holds", max = NODE_MAX_HOST_ADDRS)]
+    TooManyHostAddrs(usize),
     #[error("table refers to {what} {index}, which does not exist")]
     BadIndex { what: &'static str, index: u32 },
 }
@@ -152,6 +155,8 @@ pub struct Counters {
     pub origin_recorded: u64,
     /// Dropped because the pod-side address is no pod in force (a pod not enforced yet, spoofing).
     pub drop_unknown_pod: u64,
+    /// From the node's own addresses to a local pod (always allowed).
+    pub pass_host: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -214,6 +219,7 @@ pub struct NodeHook {
     maps: PolicyMaps,
     identities: HashMap<MapData, IdentityKey, IdentityValue>,
     peers: HashMap<MapData, PeerKey, PrefixValue>,
+    host_addrs: HashMap<MapData, [u8; 16], u8>,
     drop_events: Option<RingBuf<MapData>>,
     /// Per parity: the tables that generation holds; `None` when unknown (adopted pins, an
     /// interrupted write), then its entries are found by iterating and rewritten once.
@@ -276,6 +282,7 @@ impl NodeHook {
         let mut hook = NodeHook {
             maps,
             identities: take(&mut ebpf, "IDENTITIES")?,
+            host_addrs: take(&mut ebpf, "HOST_ADDRS")?,
             peers: take(&mut ebpf, "PEERS")?,
             drop_events: Some(take(&mut ebpf, "DROP_EVENTS")?),
             ebpf,
@@ -682,6 +689,25 @@ impl NodeHook {
     }
 
     /// Deletes expired flows; returns how many.
+    /// Makes `addrs` (the node's own addresses) the set whose packets to local pods always pass;
+    /// returns whether it changed.
+    pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<bool> {
+        let wanted: std::collections::BTreeSet<[u8; 16]> =
+            addrs.iter().map(|ip| key_addr(*ip)).collect();
+        if wanted.len() > NODE_MAX_HOST_ADDRS as usize {
+            return Err(Error::TooManyHostAddrs(wanted.len()));
+        }
+        let present: std::collections::BTreeSet<[u8; 16]> =
+            self.host_addrs.keys().filter_map(|k| k.ok()).collect();
+        for gone in present.difference(&wanted) {
+            ignore_missing(self.host_addrs.remove(gone), "HOST_ADDRS")?;
+        }
+        for new in wanted.difference(&present) {
+            self.host_addrs.insert(new, 1, 0).map_err(map_err("HOST_ADDRS"))?;
+        }
+        Ok(present != wanted)
+    }
+
     pub fn gc_flows(&mut self) -> Result<usize> {
         Ok(self.maps.gc_flows()?)
     }
@@ -814,6 +840,7 @@ fn node_counters(maps: &PolicyMaps) -> Result<Counters> {
         drop_fragment: c(COUNTER_DROP_FRAGMENT),
         origin_recorded: c(NODE_COUNTER_ORIGIN),
         drop_unknown_pod: c(NODE_COUNTER_DROP_UNKNOWN_POD),
+        pass_host: c(NODE_COUNTER_PASS_HOST),
     })
 }
 

@@ -166,6 +166,10 @@ fn packet_fixtures() {
     let tables = fixture_tables();
     let stats = hook.apply(&tables).expect("apply");
     eprintln!("{stats:?}");
+    let node_addr = "10.0.9.1";
+    assert!(hook
+        .set_host_addrs(&[node_addr.parse().unwrap()])
+        .expect("host addresses"));
     let (web, api, db, client, free, tester) = (
         "10.0.1.10",
         "10.0.1.30",
@@ -319,6 +323,11 @@ fn packet_fixtures() {
             OK,
         ),
         deliver(
+            "from the node itself: 10.0.9.1 -> web TCP 9090 (web-in allows only http)",
+            tcp_f(node_addr, 40033, web, 9090, TCP_SYN),
+            OK,
+        ),
+        deliver(
             "fail closed: free -> 10.0.1.99 (no pod has it) TCP SYN",
             tcp_f(free, 40030, "10.0.1.99", 80, TCP_SYN),
             SHOT,
@@ -448,6 +457,7 @@ fn packet_fixtures() {
     // Three connections opened by pods, and the DHCP discover (not a pod address: untouched).
     assert_eq!(status.counters.origin_recorded, 4);
     assert_eq!(status.counters.drop_unknown_pod, 4);
+    assert_eq!(status.counters.pass_host, 1);
     assert!(status.counters.pass_non_ip >= 2);
     let web_in = status
         .drops_by_group

@@ -248,6 +248,20 @@ impl Discovery {
     }
 }
 
+/// The unicast addresses of this network namespace's own interfaces (loopback and link-local
+/// left out): the node's addresses when the daemon runs on the host network.
+pub fn host_addresses() -> Result<Vec<IpAddr>> {
+    let links = ip_json(None, &["addr", "show"])?;
+    Ok(links
+        .iter()
+        .flat_map(|l| l.addr_info.iter().filter_map(|a| a.local))
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+        })
+        .collect())
+}
+
 /// Whether this network namespace has an interface `name`.
 pub fn exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {

@@ -97,6 +97,8 @@ struct Candidate {
 
 /// How often local pods whose interface was not found are looked for again.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often the node's own addresses are read again.
+const HOST_RESYNC: Duration = Duration::from_secs(5);
 
 struct NodeEnforcer {
     hook: NodeHook,
@@ -115,6 +117,7 @@ struct NodeEnforcer {
     /// `(bin dir, conf dir, socket)` while the plugin still has to be chained.
     install: Option<(PathBuf, PathBuf, PathBuf)>,
     last_sync: Instant,
+    last_host_sync: Instant,
 }
 
 impl NodeEnforcer {
@@ -145,6 +148,7 @@ impl NodeEnforcer {
     /// neither uses any more. Returns whether the published pod list changed.
     fn sync_attachments(&mut self) -> bool {
         self.last_sync = Instant::now();
+        self.sync_host_addrs();
         let found = match self.discovery.find_all(
             self.candidates
                 .iter()
@@ -214,6 +218,18 @@ impl NodeEnforcer {
             self.save_cni();
         }
         changed
+    }
+
+    /// Keeps the node's own addresses (always allowed to reach local pods) current.
+    fn sync_host_addrs(&mut self) {
+        self.last_host_sync = Instant::now();
+        let result = discover::host_addresses()
+            .and_then(|addrs| Ok((self.hook.set_host_addrs(&addrs)?, addrs)));
+        match result {
+            Ok((true, addrs)) => info!(?addrs, "node addresses (always allowed to local pods)"),
+            Ok((false, _)) => {}
+            Err(e) => warn!(error = format!("{e:#}"), "cannot update the node's addresses"),
+        }
     }
 
     /// Logs every pod that became unenforced and exports the counts.
@@ -389,6 +405,9 @@ impl Enforcer for NodeEnforcer {
             let _ = pending.reply.send(reply);
             changed = true;
         }
+        if self.last_host_sync.elapsed() >= HOST_RESYNC {
+            self.sync_host_addrs();
+        }
         // Pods whose interface was not found yet (or not attachable) are looked for again.
         if self.last_sync.elapsed() >= RESYNC && self.pods.iter().any(|p| !p.attached) {
             changed |= self.sync_attachments();
@@ -468,6 +487,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         wake,
         install,
         last_sync: Instant::now(),
+        last_host_sync: Instant::now(),
     };
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
     if args.unpin_on_exit {

@@ -71,6 +71,12 @@ static PREFIXES: LpmTrie<PrefixData, PrefixValue, 262144> = LpmTrie::new();
 #[btf_map]
 static RULE_SETS: HashMap<u32, RuleSet, 65536, NO_PREALLOC> = HashMap::new();
 
+/// Addresses of this node's own interfaces (value unused). Kubernetes lets a node always reach its
+/// pods (kubelet probes): a packet from one of them to a local pod passes without policy. Written
+/// by the daemon from the node's interfaces.
+#[btf_map]
+static HOST_ADDRS: HashMap<[u8; 16], u8, { NODE_MAX_HOST_ADDRS as usize }> = HashMap::new();
+
 /// Normalised connection → state. Written by both programs (create, refresh, revalidation
 /// delete) and by the loader's flow GC (delete expired).
 #[btf_map]
@@ -432,6 +438,14 @@ fn try_deliver(ctx: &TcContext) -> i32 {
 
     if unknown_pod(&pkt.dst, g) {
         return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_INGRESS);
+    }
+    if HOST_ADDRS.get_ptr(&pkt.src).is_some() {
+        count(NODE_COUNTER_PASS_HOST);
+        if pkt.kind == Kind::Flow && (!is_tcp || syn_only) {
+            let value = new_flow(now, 0, is_tcp, src_is_lo, FLOW_NODE_CHECKED, g);
+            let _ = FLOWS.insert(&*key, &value, 0);
+        }
+        return ACT_OK;
     }
     let group = match policy(query) {
         Verdict::Deny(group, direction) => {

@@ -280,8 +280,12 @@ pub const FLOW_NODE_CHECKED: u8 = 3;
 pub const NODE_COUNTER_ORIGIN: u32 = COUNTER_COUNT;
 /// Node `COUNTERS` index: packets dropped with [`DROP_REASON_UNKNOWN_POD`].
 pub const NODE_COUNTER_DROP_UNKNOWN_POD: u32 = COUNTER_COUNT + 1;
+/// Node `COUNTERS` index: packets from the node itself to a local pod (always allowed).
+pub const NODE_COUNTER_PASS_HOST: u32 = COUNTER_COUNT + 2;
 /// Size of the node program's `COUNTERS` array.
-pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 2;
+pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 3;
+/// Capacity of the node program's `HOST_ADDRS` map (addresses of the node's own interfaces).
+pub const NODE_MAX_HOST_ADDRS: u32 = 1024;
 
 /// Whether `addr` (16 bytes, IPv4 mapped) can be a pod's own unicast address: not unspecified,
 /// multicast, broadcast or link-local. Only such addresses must belong to a known pod on a pod
