@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use portcullis_common::{
-    DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED, DROP_REASON_UNKNOWN_POD,
+    DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED,
+    DROP_REASON_UNKNOWN_POD,
 };
 use portcullis_gateway::{ForwardMode, PinnedGateway};
 use portcullis_node::PinnedNode;

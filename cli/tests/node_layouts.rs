@@ -134,7 +134,11 @@ fn status(dirs: &Dirs) -> (serde_json::Value, bool) {
 }
 
 /// Waits until `status --node` satisfies `ok` (10 s at most).
-fn wait_status(dirs: &Dirs, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_status(
+    dirs: &Dirs,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let started = Instant::now();
     loop {
         let (v, _) = status(dirs);
@@ -159,7 +163,14 @@ fn attached(v: &serde_json::Value, pod: &str) -> bool {
 
 /// Runs the chained plugin as a container runtime would, after the bridge plugin created the
 /// pod's veth (`host_if`) and gave it `ip`.
-fn cni(dirs: &Dirs, command: &str, container: &str, pod: &NetNs, host_if: &str, ip: &str) -> Output {
+fn cni(
+    dirs: &Dirs,
+    command: &str,
+    container: &str,
+    pod: &NetNs,
+    host_if: &str,
+    ip: &str,
+) -> Output {
     let plugin = dirs.plugin_dir.join("portcullis-cni");
     if !plugin.exists() {
         std::os::unix::fs::symlink(BIN, &plugin).unwrap();
@@ -184,7 +195,10 @@ fn cni(dirs: &Dirs, command: &str, container: &str, pod: &NetNs, host_if: &str, 
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", format!("/var/run/netns/{}", pod.name))
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=demo;K8S_POD_NAME={container}"))
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=demo;K8S_POD_NAME={container}"),
+        )
         .env("CNI_PATH", &dirs.plugin_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -258,7 +272,9 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     let _daemon = Daemon(cmd.spawn().unwrap());
 
     let v = wait_status(&dirs, "a, b and c attached", |v| {
-        ["demo/a", "demo/b", "demo/c"].iter().all(|p| attached(v, p))
+        ["demo/a", "demo/b", "demo/c"]
+            .iter()
+            .all(|p| attached(v, p))
     });
     for (pod, iface) in [("demo/a", "pcla"), ("demo/b", "pclb"), ("demo/c", "pclc")] {
         let p = pod_state(&v, pod).unwrap();
@@ -266,8 +282,14 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
         assert_eq!(p["found_by"], "netns", "{v:#}");
     }
     let ghost = pod_state(&v, "demo/ghost").expect("ghost listed");
-    assert!(ghost["attached"] == false && ghost["selected"] == true, "{v:#}");
-    assert!(!status(&dirs).1, "status must fail while a selected pod is not enforced");
+    assert!(
+        ghost["attached"] == false && ghost["selected"] == true,
+        "{v:#}"
+    );
+    assert!(
+        !status(&dirs).1,
+        "status must fail while a selected pod is not enforced"
+    );
     let audit = Command::new(BIN)
         .args(["audit", "--output", "json", "--manifests"])
         .arg(&dirs.manifests)
@@ -284,8 +306,14 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     );
 
     // Same bridge: b's deny-all ingress holds, c stays reachable.
-    assert!(!connects(&a, addr("10.77.0.11"), short), "a -> b must be denied");
-    assert!(connects(&a, addr("10.77.0.12"), short), "a -> c must connect");
+    assert!(
+        !connects(&a, addr("10.77.0.11"), short),
+        "a -> b must be denied"
+    );
+    assert!(
+        connects(&a, addr("10.77.0.12"), short),
+        "a -> c must connect"
+    );
     // The node itself always reaches its pods (kubelet probes), whatever their policies.
     assert!(
         connects(&node, addr("10.77.0.11"), short),
@@ -303,7 +331,10 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(result["ips"][0]["address"], "10.77.0.13/24", "prevResult passed on");
+    assert_eq!(
+        result["ips"][0]["address"], "10.77.0.13/24",
+        "prevResult passed on"
+    );
     // Its first packet: not through, although nothing denies d yet.
     assert!(
         !connects(&d, addr("10.77.0.12"), short),
@@ -319,7 +350,10 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     docs.push(deny_all("d-deny-egress", "d", "Egress"));
     write_manifests(&dirs.manifests, &docs);
     wait_status(&dirs, "d attached", |v| attached(v, "demo/d"));
-    assert!(!connects(&d, addr("10.77.0.12"), short), "d's egress is denied");
+    assert!(
+        !connects(&d, addr("10.77.0.12"), short),
+        "d's egress is denied"
+    );
 
     // The policy goes: d connects; how long after the change is the cost a new pod pays.
     docs.pop();
@@ -336,8 +370,12 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     eprintln!("allowed pod: first connection {first:?} after the change was written");
 
     // CHECK and DEL as the runtime sends them; DEL forgets the registration.
-    assert!(cni(&dirs, "CHECK", "d", &d, "pcld", "10.77.0.13").status.success());
-    assert!(cni(&dirs, "DEL", "d", &d, "pcld", "10.77.0.13").status.success());
+    assert!(cni(&dirs, "CHECK", "d", &d, "pcld", "10.77.0.13")
+        .status
+        .success());
+    assert!(cni(&dirs, "DEL", "d", &d, "pcld", "10.77.0.13")
+        .status
+        .success());
     let registered = std::fs::read_to_string(dirs.state_dir.join("cni-interfaces.json")).unwrap();
     assert!(!registered.contains("pcld"), "{registered}");
 
@@ -348,5 +386,8 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     let out = cni(&dirs, "ADD", "e", &e, "pcle", "10.77.0.14");
     assert!(!out.status.success());
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(err["msg"].as_str().unwrap().contains("node daemon"), "{err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("node daemon"),
+        "{err}"
+    );
 }

@@ -703,7 +703,9 @@ impl NodeHook {
             ignore_missing(self.host_addrs.remove(gone), "HOST_ADDRS")?;
         }
         for new in wanted.difference(&present) {
-            self.host_addrs.insert(new, 1, 0).map_err(map_err("HOST_ADDRS"))?;
+            self.host_addrs
+                .insert(new, 1, 0)
+                .map_err(map_err("HOST_ADDRS"))?;
         }
         Ok(present != wanted)
     }

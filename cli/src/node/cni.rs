@@ -343,7 +343,9 @@ mod tests {
         assert_eq!(plugins.len(), 3);
         assert_eq!(plugins[2]["type"], PLUGIN_NAME);
         assert_eq!(chain_into(&once, sock).unwrap(), None);
-        let moved = chain_into(&once, Path::new("/run/y.sock")).unwrap().unwrap();
+        let moved = chain_into(&once, Path::new("/run/y.sock"))
+            .unwrap()
+            .unwrap();
         assert!(moved.contains("/run/y.sock") && !moved.contains("/run/x.sock"));
         assert!(chain_into("{\"plugins\": 3}", sock).is_err());
     }

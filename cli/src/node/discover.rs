@@ -296,7 +296,12 @@ fn netns_candidates() -> Vec<PathBuf> {
     if let Ok(dir) = std::fs::read_dir("/proc") {
         paths.extend(
             dir.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .map(|e| e.path().join("ns/net")),
         );
     }

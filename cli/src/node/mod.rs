@@ -157,7 +157,10 @@ impl NodeEnforcer {
         ) {
             Ok(found) => found,
             Err(e) => {
-                warn!(error = format!("{e:#}"), "cannot list this node's interfaces");
+                warn!(
+                    error = format!("{e:#}"),
+                    "cannot list this node's interfaces"
+                );
                 return false;
             }
         };
@@ -182,11 +185,9 @@ impl NodeEnforcer {
             }
             pods.push(pod);
         }
-        self.cni
-            .retain(|ifname, _| discover::exists(ifname));
+        self.cni.retain(|ifname, _| discover::exists(ifname));
         wanted.extend(self.cni.keys().cloned());
-        let attached: BTreeSet<String> =
-            self.hook.attached().into_iter().map(|a| a.name).collect();
+        let attached: BTreeSet<String> = self.hook.attached().into_iter().map(|a| a.name).collect();
         let mut failed = BTreeMap::new();
         for dev in wanted.difference(&attached) {
             match self.hook.attach(dev) {
@@ -228,7 +229,10 @@ impl NodeEnforcer {
         match result {
             Ok((true, addrs)) => info!(?addrs, "node addresses (always allowed to local pods)"),
             Ok((false, _)) => {}
-            Err(e) => warn!(error = format!("{e:#}"), "cannot update the node's addresses"),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "cannot update the node's addresses"
+            ),
         }
     }
 
@@ -384,7 +388,10 @@ impl Enforcer for NodeEnforcer {
                 Ok(Some(_)) => self.install = None,
                 Ok(None) => {}
                 Err(e) => {
-                    error!(error = format!("{e:#}"), "cannot chain the CNI plugin; retrying");
+                    error!(
+                        error = format!("{e:#}"),
+                        "cannot chain the CNI plugin; retrying"
+                    );
                 }
             }
         }

@@ -387,7 +387,13 @@ fn try_deliver(ctx: &TcContext) -> i32 {
             }
         }
         if unknown_pod(&pkt.dst, g) {
-            return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_INGRESS);
+            return drop_packet(
+                ctx,
+                Some(&*pkt),
+                DROP_REASON_UNKNOWN_POD,
+                0,
+                DIRECTION_INGRESS,
+            );
         }
         query.port = 0;
         return match policy(query) {
@@ -437,7 +443,13 @@ fn try_deliver(ctx: &TcContext) -> i32 {
     }
 
     if unknown_pod(&pkt.dst, g) {
-        return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_INGRESS);
+        return drop_packet(
+            ctx,
+            Some(&*pkt),
+            DROP_REASON_UNKNOWN_POD,
+            0,
+            DIRECTION_INGRESS,
+        );
     }
     if HOST_ADDRS.get_ptr(&pkt.src).is_some() {
         count(NODE_COUNTER_PASS_HOST);
@@ -523,7 +535,13 @@ fn try_origin(ctx: &TcContext) -> i32 {
     let (g, _) = config();
     if pkt.kind != Kind::Flow {
         if unknown_pod(&pkt.src, g) {
-            return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_EGRESS);
+            return drop_packet(
+                ctx,
+                Some(&*pkt),
+                DROP_REASON_UNKNOWN_POD,
+                0,
+                DIRECTION_EGRESS,
+            );
         }
         return ACT_OK;
     }
@@ -544,7 +562,13 @@ fn try_origin(ctx: &TcContext) -> i32 {
         }
     }
     if unknown_pod(&pkt.src, g) {
-        return drop_packet(ctx, Some(&*pkt), DROP_REASON_UNKNOWN_POD, 0, DIRECTION_EGRESS);
+        return drop_packet(
+            ctx,
+            Some(&*pkt),
+            DROP_REASON_UNKNOWN_POD,
+            0,
+            DIRECTION_EGRESS,
+        );
     }
     if is_tcp && !syn_only {
         return ACT_OK;

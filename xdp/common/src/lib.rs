@@ -338,7 +338,13 @@ mod tests {
 
     #[test]
     fn pod_unicast_addresses() {
-        for ip in ["10.88.0.5", "192.0.2.1", "fd00::5", "2001:db8::1", "::ffff:0:1"] {
+        for ip in [
+            "10.88.0.5",
+            "192.0.2.1",
+            "fd00::5",
+            "2001:db8::1",
+            "::ffff:0:1",
+        ] {
             assert!(is_pod_unicast(&mapped(ip)), "{ip}");
         }
         for ip in [
