@@ -105,6 +105,9 @@ pub enum FoundBy {
     Cni,
 }
 
+/// Where a pod's interface is, or why it was not found.
+pub type Found = Result<(String, FoundBy)>;
+
 /// A network namespace seen in a scan: the (interface index, peer index) of every address in it.
 type NetnsAddrs = HashMap<IpAddr, (u32, Option<u32>)>;
 
@@ -125,7 +128,7 @@ impl Discovery {
         &mut self,
         pods: impl Iterator<Item = (K, &'a [IpAddr])>,
         scan_unrouted: bool,
-    ) -> Result<Vec<(K, Result<(String, FoundBy)>)>> {
+    ) -> Result<Vec<(K, Found)>> {
         let links = ip_json(None, &["-d", "link", "show"])?;
         Ok(pods
             .map(|(k, ips)| {
@@ -204,7 +207,7 @@ impl Discovery {
             if id == here || !seen.insert(id) {
                 continue;
             }
-            if !self.scanned.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.scanned.entry(id) {
                 let Ok(pod_links) = ip_json(Some(&path), &["addr", "show"]) else {
                     continue;
                 };
@@ -221,7 +224,7 @@ impl Discovery {
                 if addrs.is_empty() {
                     continue;
                 }
-                self.scanned.insert(id, addrs);
+                entry.insert(addrs);
             }
             let addrs = &self.scanned[&id];
             for ip in ips {
