@@ -343,6 +343,11 @@ fn unknown_pod(addr: &[u8; 16], g: u32) -> bool {
 }
 
 #[inline(always)]
+fn drop_unknown_pod(ctx: &TcContext, pkt: &Packet, direction: u8) -> i32 {
+    drop_packet(ctx, Some(pkt), DROP_REASON_UNKNOWN_POD, 0, direction)
+}
+
+#[inline(always)]
 fn config() -> (u32, u32) {
     match CONFIG.get(0) {
         Some(c) => (c.generation & 1, c.flags),
@@ -387,13 +392,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
             }
         }
         if unknown_pod(&pkt.dst, g) {
-            return drop_packet(
-                ctx,
-                Some(&*pkt),
-                DROP_REASON_UNKNOWN_POD,
-                0,
-                DIRECTION_INGRESS,
-            );
+            return drop_unknown_pod(ctx, pkt, DIRECTION_INGRESS);
         }
         query.port = 0;
         return match policy(query) {
@@ -443,13 +442,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
     }
 
     if unknown_pod(&pkt.dst, g) {
-        return drop_packet(
-            ctx,
-            Some(&*pkt),
-            DROP_REASON_UNKNOWN_POD,
-            0,
-            DIRECTION_INGRESS,
-        );
+        return drop_unknown_pod(ctx, pkt, DIRECTION_INGRESS);
     }
     if HOST_ADDRS.get_ptr(&pkt.src).is_some() {
         count(NODE_COUNTER_PASS_HOST);
@@ -535,13 +528,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
     let (g, _) = config();
     if pkt.kind != Kind::Flow {
         if unknown_pod(&pkt.src, g) {
-            return drop_packet(
-                ctx,
-                Some(&*pkt),
-                DROP_REASON_UNKNOWN_POD,
-                0,
-                DIRECTION_EGRESS,
-            );
+            return drop_unknown_pod(ctx, pkt, DIRECTION_EGRESS);
         }
         return ACT_OK;
     }
@@ -562,13 +549,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
         }
     }
     if unknown_pod(&pkt.src, g) {
-        return drop_packet(
-            ctx,
-            Some(&*pkt),
-            DROP_REASON_UNKNOWN_POD,
-            0,
-            DIRECTION_EGRESS,
-        );
+        return drop_unknown_pod(ctx, pkt, DIRECTION_EGRESS);
     }
     if is_tcp && !syn_only {
         return ACT_OK;
