@@ -375,7 +375,12 @@ fn convert_pod(namespace: String, name: String, pod: core::Pod) -> Result<Pod, F
     let status = pod.status.unwrap_or_default();
     let mut ips: Vec<IpAddr> = Vec::new();
     let listed = status.pod_ips.unwrap_or_default();
-    let texts: Vec<(String, String)> = if listed.is_empty() {
+    // A pod that has terminated keeps its addresses in its status, but its sandbox released them
+    // and a new pod may hold them now: it has none (as Calico and Cilium treat it).
+    let terminated = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let texts: Vec<(String, String)> = if terminated {
+        Vec::new()
+    } else if listed.is_empty() {
         status
             .pod_ip
             .map(|ip| vec![("status.podIP".to_string(), ip)])
@@ -930,5 +935,20 @@ status:
             loaded.snapshot.namespaces["x"].labels[NAMESPACE_NAME_LABEL],
             "x"
         );
+    }
+
+    #[test]
+    fn terminated_pods_have_no_addresses() {
+        let pod = |phase: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x}}\n\
+                 status: {{phase: {phase}, podIP: 10.0.0.1, podIPs: [{{ip: 10.0.0.1}}]}}\n"
+            )
+        };
+        for (phase, ips) in [("Running", 1), ("Pending", 1), ("Succeeded", 0), ("Failed", 0)] {
+            let loaded = load(&pod(phase));
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            assert_eq!(loaded.snapshot.pods[0].ips.len(), ips, "{phase}");
+        }
     }
 }
