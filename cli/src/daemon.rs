@@ -98,7 +98,7 @@ pub struct Applied {
 /// The datapath side of a daemon.
 pub trait Enforcer {
     /// Compiles `snapshot` and makes it the enforced generation; on error the previous one stays.
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied>;
+    fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied>;
     /// Deletes expired flows; returns how many.
     fn gc_flows(&mut self) -> Result<usize>;
     /// Publishes datapath counters through the `metrics` facade.
@@ -106,6 +106,11 @@ pub trait Enforcer {
     /// Work besides applying snapshots (requests, retries), run on every turn of the loop and
     /// whenever [`Enforcer::wakeup`] is notified; true when [`Enforcer::pods`] changed.
     fn poll(&mut self) -> bool {
+        false
+    }
+    /// True (once) when the enforcer wants the current snapshot applied again although it did not
+    /// change (what it adds to the snapshot did).
+    fn take_reapply(&mut self) -> bool {
         false
     }
     /// Notified when [`Enforcer::poll`] has work to do now.
@@ -354,6 +359,10 @@ pub fn serve<E: Enforcer>(
             if let Err(e) = reloader.state.write(&reloader.state_dir) {
                 warn!(error = format!("{e:#}"), "could not publish state");
             }
+        }
+        if !first && reloader.enforcer.take_reapply() {
+            pending = true;
+            applied_snapshot = None;
         }
         if last_gc.elapsed() >= Duration::from_secs(10) {
             last_gc = Instant::now();

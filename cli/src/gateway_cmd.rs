@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -62,7 +63,7 @@ struct GatewayEnforcer {
 }
 
 impl Enforcer for GatewayEnforcer {
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied> {
+    fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
         let compile = started.elapsed();

@@ -379,6 +379,34 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     let registered = std::fs::read_to_string(dirs.state_dir.join("cni-interfaces.json")).unwrap();
     assert!(!registered.contains("pcld"), "{registered}");
 
+    // A pod the API shows without an address yet (kubelet reports it only after the containers
+    // started): the address the CNI plugin reports puts it in force at once.
+    docs.push(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: f, namespace: demo, labels: {app: f}}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: x}]}\nstatus: {phase: Pending}\n"
+            .to_owned(),
+    );
+    let before = status(&dirs).0["generation"].clone();
+    write_manifests(&dirs.manifests, &docs);
+    wait_status(&dirs, "the pending pod's generation", |v| {
+        v["generation"] != before
+    });
+    let f = bridged_pod(&node, "brf", "pclf", "10.77.0.15");
+    let added = Instant::now();
+    assert!(cni(&dirs, "ADD", "f", &f, "pclf", "10.77.0.15")
+        .status
+        .success());
+    let mut in_force = None;
+    while added.elapsed() < Duration::from_secs(5) {
+        if connects(&f, addr("10.77.0.12"), Duration::from_millis(200)) {
+            in_force = Some(added.elapsed());
+            break;
+        }
+    }
+    let in_force = in_force.expect("a pending pod set up through the plugin must connect");
+    eprintln!("pending pod: first connection {in_force:?} after CNI ADD");
+    assert!(in_force < Duration::from_secs(2), "{in_force:?}");
+
     // A plugin whose daemon is gone fails the ADD (the runtime retries; no pod starts
     // unenforced).
     drop(_daemon);

@@ -118,6 +118,10 @@ struct NodeEnforcer {
     install: Option<(PathBuf, PathBuf, PathBuf)>,
     last_sync: Instant,
     last_host_sync: Instant,
+    /// The snapshot last applied (before the CNI addresses are added).
+    snapshot: Option<Arc<Snapshot>>,
+    /// A CNI ADD reported the address of a pod the API shows without one: apply again.
+    reapply: bool,
 }
 
 impl NodeEnforcer {
@@ -221,6 +225,38 @@ impl NodeEnforcer {
         changed
     }
 
+    /// `snapshot` with the addresses the CNI plugin reported for local pods the API shows without
+    /// one yet (kubelet reports a pod's address only after its containers started): such a pod is
+    /// in force as soon as its sandbox is, instead of being dropped until the API catches up.
+    fn with_cni_addresses(&self, snapshot: &Arc<Snapshot>) -> Arc<Snapshot> {
+        let pending = |pod: &portcullis_policy::model::Pod| {
+            pod.ips.is_empty()
+                && !pod.host_network
+                && self
+                    .node
+                    .as_ref()
+                    .is_none_or(|n| pod.node.as_ref() == Some(n))
+        };
+        let reported: BTreeMap<&str, &Vec<IpAddr>> = self
+            .cni
+            .values()
+            .filter_map(|r| Some((r.pod.as_deref()?, &r.ips)))
+            .collect();
+        let needed = |pod: &portcullis_policy::model::Pod| {
+            pending(pod) && reported.contains_key(pod.key().as_str())
+        };
+        if !snapshot.pods.iter().any(needed) {
+            return Arc::clone(snapshot);
+        }
+        let mut with = (**snapshot).clone();
+        for pod in with.pods.iter_mut() {
+            if let Some(ips) = reported.get(pod.key().as_str()).filter(|_| pending(pod)) {
+                pod.ips = (*ips).clone();
+            }
+        }
+        Arc::new(with)
+    }
+
     /// Keeps the node's own addresses (always allowed to reach local pods) current.
     fn sync_host_addrs(&mut self) {
         self.last_host_sync = Instant::now();
@@ -296,6 +332,12 @@ impl NodeEnforcer {
                     .attach(ifname)
                     .with_context(|| format!("attaching to {ifname}"))?;
                 self.discovery.remember(&request.ips, ifname);
+                // A pod the API shows without an address yet is put in force with this one now.
+                self.reapply |= self.snapshot.as_ref().is_some_and(|s| {
+                    s.pods.iter().any(|p| {
+                        p.ips.is_empty() && request.pod.as_deref() == Some(p.key().as_str())
+                    })
+                });
                 self.cni.insert(
                     ifname.clone(),
                     CniInterface {
@@ -341,8 +383,10 @@ impl NodeEnforcer {
 }
 
 impl Enforcer for NodeEnforcer {
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<Applied> {
+    fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
+        self.snapshot = Some(Arc::clone(snapshot));
+        let snapshot = &*self.with_cni_addresses(snapshot);
         let tables = (self.compiler.compile(snapshot)).context("compiling the node tables")?;
         let compile = started.elapsed();
         let stats = self.hook.apply(&tables)?;
@@ -422,6 +466,10 @@ impl Enforcer for NodeEnforcer {
         changed
     }
 
+    fn take_reapply(&mut self) -> bool {
+        std::mem::take(&mut self.reapply)
+    }
+
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.wake))
     }
@@ -495,6 +543,8 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         install,
         last_sync: Instant::now(),
         last_host_sync: Instant::now(),
+        snapshot: None,
+        reapply: false,
     };
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
     if args.unpin_on_exit {
