@@ -945,7 +945,12 @@ status:
                  status: {{phase: {phase}, podIP: 10.0.0.1, podIPs: [{{ip: 10.0.0.1}}]}}\n"
             )
         };
-        for (phase, ips) in [("Running", 1), ("Pending", 1), ("Succeeded", 0), ("Failed", 0)] {
+        for (phase, ips) in [
+            ("Running", 1),
+            ("Pending", 1),
+            ("Succeeded", 0),
+            ("Failed", 0),
+        ] {
             let loaded = load(&pod(phase));
             assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
             assert_eq!(loaded.snapshot.pods[0].ips.len(), ips, "{phase}");
