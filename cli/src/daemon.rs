@@ -252,6 +252,24 @@ impl<E: Enforcer> Reloader<'_, E> {
 
 /// Runs the daemon loop until SIGTERM or SIGINT. A first input that cannot be used at all is an
 /// error (pins of an earlier run keep enforcing); later bad input only holds back that update.
+/// The end of a daemon: with `unpin` (`--unpin-on-exit`) its programs are detached and its pins
+/// removed; without, the pinned programs keep enforcing after it exits.
+pub fn stop<E: std::error::Error + Send + Sync + 'static>(
+    unpin: Option<impl FnOnce() -> Result<(), E>>,
+    pin_dir: &Path,
+) -> Result<()> {
+    match unpin {
+        Some(unpin) => {
+            unpin().context("removing pins")?;
+            // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
+            let _ = std::fs::remove_dir(pin_dir);
+            info!("stopped; programs detached and pins removed");
+        }
+        None => info!(pin_dir = %pin_dir.display(), "stopped; the pinned programs keep enforcing"),
+    }
+    Ok(())
+}
+
 pub fn serve<E: Enforcer>(
     enforcer: &mut E,
     args: &DaemonArgs,

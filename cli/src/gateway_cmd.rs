@@ -9,26 +9,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
 use portcullis_gateway::{generation_id, AttachMode, ForwardMode, Gateway, GatewayOptions};
 use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
 use tracing::info;
 
 use crate::daemon::{
-    export_group_drops, group_names, record_apply, serve, Applied, DaemonArgs, Enforcer,
+    export_group_drops, group_names, record_apply, serve, stop, Applied, DaemonArgs, Enforcer,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/gateway";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Forward {
-    /// Route allowed packets in XDP (bpf_fib_lookup + redirect).
-    Xdp,
-    /// Pass allowed packets to the kernel stack.
-    Kernel,
-}
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
@@ -40,8 +31,10 @@ pub struct GatewayArgs {
     /// Interface facing the outside (ingress to pods is checked on packets entering here).
     #[arg(long)]
     external_iface: String,
-    #[arg(long, value_enum, default_value_t = Forward::Xdp)]
-    forward: Forward,
+    /// What happens to allowed packets: routed in XDP (bpf_fib_lookup + redirect), or passed to
+    /// the kernel stack.
+    #[arg(long, value_enum, default_value_t = ForwardMode::Xdp)]
+    forward: ForwardMode,
     /// Attach in generic (skb) mode; only for drivers without native XDP.
     #[arg(long)]
     generic_xdp: bool,
@@ -76,10 +69,10 @@ impl Enforcer for GatewayEnforcer {
             stats.deleted,
         );
         info!(
-            groups = stats.groups,
+            groups = stats.tables.groups,
             recompiled_groups = self.compiler.recompiled(),
-            prefixes = stats.prefixes,
-            endpoints = stats.endpoints,
+            prefixes = stats.tables.prefixes,
+            endpoints = stats.tables.endpoints,
             written = stats.written,
             deleted = stats.deleted,
             compile_ms = compile.as_secs_f64() * 1e3,
@@ -93,7 +86,7 @@ impl Enforcer for GatewayEnforcer {
                 stats.generation,
                 generation_id,
             ),
-            entries: stats.endpoints + stats.prefixes + stats.rule_sets,
+            entries: stats.tables.entries(),
         })
     }
 
@@ -105,7 +98,7 @@ impl Enforcer for GatewayEnforcer {
         let Ok(status) = self.gateway.status() else {
             return;
         };
-        let c = &status.counters;
+        let c = &status.tables.counters;
         for (verdict, value) in [
             ("pass_flow", c.pass_flow),
             ("pass_policy", c.pass_policy),
@@ -122,11 +115,11 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.forward_xdp);
         metrics::counter!("portcullis_gateway_forwarded_total", "path" => "stack")
             .absolute(c.pass_stack);
-        metrics::gauge!("portcullis_gateway_flows").set(status.flows as f64);
-        metrics::gauge!("portcullis_gateway_prefixes").set(status.prefixes as f64);
+        metrics::gauge!("portcullis_gateway_flows").set(status.tables.flows as f64);
+        metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",
-            &status.drops_by_group,
+            &status.tables.drops_by_group,
             groups,
         );
     }
@@ -141,10 +134,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         } else {
             AttachMode::Native
         },
-        forward: match args.forward {
-            Forward::Xdp => ForwardMode::Xdp,
-            Forward::Kernel => ForwardMode::Kernel,
-        },
+        forward: args.forward,
         pin_dir: Some(args.pin_dir.clone()),
         revalidate: args.revalidate,
     })
@@ -162,13 +152,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
-    if args.unpin_on_exit {
-        enforcer.gateway.unpin().context("removing pins")?;
-        // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
-        let _ = std::fs::remove_dir(&args.pin_dir);
-        info!("stopped; program detached and pins removed");
-    } else {
-        info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned program keeps enforcing");
-    }
+    let unpin = args.unpin_on_exit.then(|| move || enforcer.gateway.unpin());
+    stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)
 }

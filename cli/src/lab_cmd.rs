@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use portcullis_gateway::ForwardMode;
 use portcullis_lab::{Lab, LabChild, LabOptions, Observation, Verdict};
 use portcullis_policy::model::Snapshot;
 use portcullis_policy::probe::{parse_probes, Probe};
@@ -15,7 +16,6 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::explain_cmd::print_table;
-use crate::gateway_cmd::Forward;
 use crate::{load_reporting, ManifestArgs, OutputFormat, SourceArgs};
 
 #[derive(clap::Subcommand)]
@@ -52,8 +52,8 @@ pub struct LabDemoArgs {
 #[derive(clap::Args, Clone)]
 pub struct LabFlags {
     /// How the gateway forwards allowed packets.
-    #[arg(long, value_enum, default_value_t = Forward::Xdp)]
-    forward: Forward,
+    #[arg(long, value_enum, default_value_t = ForwardMode::Xdp)]
+    forward: ForwardMode,
     /// Per-attempt timeout of a probe in milliseconds (a deny costs two of them).
     #[arg(long, default_value_t = 700)]
     timeout_ms: u64,
@@ -140,13 +140,7 @@ impl EnforcingLab {
             "--external-iface",
             &legs.external_iface,
         ])
-        .args([
-            "--forward",
-            match flags.forward {
-                Forward::Xdp => "xdp",
-                Forward::Kernel => "kernel",
-            },
-        ]);
+        .args(["--forward", &flags.forward.to_string()]);
         let mut daemons = vec![(
             lab.spawn_in(&legs.netns, cmd)
                 .context("starting the gateway")?,
@@ -373,7 +367,7 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
         ]);
     }
     println!(
-        "lab: {} pods on {} nodes, gateway forwarding in {:?} mode, ready in {} ms; {} probes of real traffic",
+        "lab: {} pods on {} nodes, gateway forwarding in {} mode, ready in {} ms; {} probes of real traffic",
         snapshot.pods.iter().filter(|p| !p.ips.is_empty()).count(),
         args.lab.nodes.max(1),
         args.lab.forward,

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,8 +13,9 @@ use portcullis_common::{
     DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED,
     DROP_REASON_UNKNOWN_POD,
 };
-use portcullis_gateway::{ForwardMode, PinnedGateway};
+use portcullis_gateway::{PinnedGateway, TableStatus};
 use portcullis_node::PinnedNode;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::daemon::PublishedState;
@@ -101,6 +102,54 @@ fn role_name(role: u32) -> &'static str {
     }
 }
 
+/// What `status` shows of a daemon: its pins, what it published beside them, and its program's
+/// status (`program`, flattened).
+#[derive(Serialize)]
+struct StatusView<'a, P: Serialize> {
+    pin_dir: &'a Path,
+    daemon_pid: u32,
+    /// The source cannot be read right now: the generation in force is the last good one.
+    stale: bool,
+    rejected_objects: &'a [String],
+    last_error: &'a Option<String>,
+    #[serde(flatten)]
+    program: P,
+}
+
+impl<'a, P: Serialize> StatusView<'a, P> {
+    fn new(pin_dir: &'a Path, published: &'a PublishedState, program: P) -> Self {
+        StatusView {
+            pin_dir,
+            daemon_pid: published.pid,
+            stale: published.stale,
+            rejected_objects: &published.rejected,
+            last_error: &published.last_error,
+            program,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Leg {
+    iface: String,
+    ifindex: u32,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct GatewayView {
+    legs: Vec<Leg>,
+    #[serde(flatten)]
+    status: portcullis_gateway::PinnedStatus,
+}
+
+#[derive(Serialize)]
+struct NodeView<'a> {
+    pods: &'a [node::LocalPod],
+    #[serde(flatten)]
+    status: portcullis_node::PinnedStatus,
+}
+
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let (pin_dir, state_dir) = args.pins.dirs();
     let published = PublishedState::read(&state_dir).unwrap_or_default();
@@ -120,56 +169,36 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         return node_status(&pin_dir, &published, args.output);
     }
     let pinned = PinnedGateway::open(&pin_dir).with_context(|| not_running("gateway", &pin_dir))?;
-    let s = pinned.status(&published.groups)?;
-    let legs: Vec<_> = s
-        .legs
-        .iter()
-        .map(|(ifindex, role)| json!({"iface": interface_name(*ifindex), "ifindex": ifindex, "role": role_name(*role)}))
+    let status = pinned.status(&published.groups)?;
+    let legs = (status.legs.iter())
+        .map(|(ifindex, role)| Leg {
+            iface: interface_name(*ifindex),
+            ifindex: *ifindex,
+            role: role_name(*role),
+        })
         .collect();
-    let c = &s.counters;
-    let value = json!({
-        "pin_dir": pin_dir,
-        "daemon_pid": published.pid,
-        "legs": legs,
-        "links_pinned": s.links,
-        "forward": match s.forward { ForwardMode::Xdp => "xdp", ForwardMode::Kernel => "kernel" },
-        "revalidate": s.revalidate,
-        "generation": s.generation,
-        "endpoints": s.endpoints,
-        "prefixes": s.prefixes,
-        "rule_sets": s.rule_sets,
-        "flows": s.flows,
-        "rejected_objects": published.rejected,
-        "last_error": published.last_error,
-        "counters": {
-            "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
-            "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
-            "drop_fragment": c.drop_fragment, "forward_xdp": c.forward_xdp, "pass_stack": c.pass_stack,
-        },
-        "drops_by_group": s.drops_by_group.iter().map(|g| json!({"group": g.group, "policies": g.policies, "packets": g.packets})).collect::<Vec<_>>(),
-    });
+    let view = StatusView::new(&pin_dir, &published, GatewayView { legs, status });
     match args.output {
-        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Json => println!("{}", serde_json::to_string(&view)?),
         OutputFormat::Table => {
+            let GatewayView { legs, status: s } = &view.program;
+            let c = &s.tables.counters;
             println!("gateway pinned at {}", pin_dir.display());
-            for leg in &legs {
+            for leg in legs {
                 println!(
                     "  leg {:<10} {} (ifindex {})",
-                    leg["role"].as_str().unwrap_or(""),
-                    leg["iface"].as_str().unwrap_or(""),
-                    leg["ifindex"]
+                    leg.role, leg.iface, leg.ifindex
                 );
             }
-            println!("  links pinned: {}", s.links.join(", "));
             println!(
-                "  forward: {}   revalidate: {}   generation: {}",
-                value["forward"].as_str().unwrap_or(""),
-                s.revalidate,
-                s.generation
+                "  links pinned: {}   forward: {}",
+                s.links.join(", "),
+                s.forward
             );
+            print_tables(&s.tables, &published);
             println!(
                 "  endpoints: {}   prefixes: {}   rule sets: {}   flows: {}",
-                s.endpoints, s.prefixes, s.rule_sets, s.flows
+                s.tables.endpoints, s.tables.prefixes, s.tables.rule_sets, s.tables.flows
             );
             println!(
                 "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} stack {}",
@@ -184,70 +213,64 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 "  dropped: policy {} malformed {} fragment {}",
                 c.drop_policy, c.drop_malformed, c.drop_fragment
             );
-            for g in &s.drops_by_group {
-                println!(
-                    "  drops by group {:#x} ({}): {}",
-                    g.group,
-                    g.policies.join(", "),
-                    g.packets
-                );
-            }
-            if let Some(e) = &published.last_error {
-                println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
-            }
-            for r in &published.rejected {
-                println!("  rejected: {r}");
-            }
+            print_drops_and_errors(&s.tables, &published);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The lines both daemons' tables start with.
+fn print_tables(t: &TableStatus, published: &PublishedState) {
+    println!(
+        "  generation: {}   revalidate: {}   stale source: {}",
+        t.generation, t.revalidate, published.stale
+    );
+}
+
+/// The lines both daemons' tables end with.
+fn print_drops_and_errors(t: &TableStatus, published: &PublishedState) {
+    for g in &t.drops_by_group {
+        println!(
+            "  drops by group {:#x} ({}): {}",
+            g.group,
+            g.policies.join(", "),
+            g.packets
+        );
+    }
+    if let Some(e) = &published.last_error {
+        println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
+    }
+    for r in &published.rejected {
+        println!("  rejected: {r}");
+    }
+}
+
 fn node_status(
-    pin_dir: &std::path::Path,
+    pin_dir: &Path,
     published: &PublishedState,
     output: OutputFormat,
 ) -> Result<ExitCode> {
     let pinned = PinnedNode::open(pin_dir).with_context(|| not_running("node", pin_dir))?;
-    let s = pinned.status(&published.groups)?;
-    let c = &s.counters;
-    let value = json!({
-        "pin_dir": pin_dir,
-        "daemon_pid": published.pid,
-        "interfaces": s.interfaces,
-        "revalidate": s.revalidate,
-        "generation": s.generation,
-        "identities": s.identities,
-        "endpoints": s.endpoints,
-        "peers": s.peers,
-        "prefixes": s.prefixes,
-        "rule_sets": s.rule_sets,
-        "flows": s.flows,
-        "stale": published.stale,
-        "rejected_objects": published.rejected,
-        "last_error": published.last_error,
-        "counters": {
-            "pass_flow": c.pass_flow, "pass_policy": c.pass_policy, "pass_unselected": c.pass_unselected,
-            "pass_non_ip": c.pass_non_ip, "drop_policy": c.drop_policy, "drop_malformed": c.drop_malformed,
-            "drop_fragment": c.drop_fragment, "drop_unknown_pod": c.drop_unknown_pod,
-            "pass_host": c.pass_host,
-            "origin_recorded": c.origin_recorded,
+    let status = pinned.status(&published.groups)?;
+    let view = StatusView::new(
+        pin_dir,
+        published,
+        NodeView {
+            pods: &published.pods,
+            status,
         },
-        "pods": published.pods,
-        "drops_by_group": s.drops_by_group.iter().map(|g| json!({"group": g.group, "policies": g.policies, "packets": g.packets})).collect::<Vec<_>>(),
-    });
+    );
     match output {
-        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Json => println!("{}", serde_json::to_string(&view)?),
         OutputFormat::Table => {
+            let s = &view.program.status;
+            let (t, c) = (&s.tables, &s.tables.counters);
             println!("node hook pinned at {}", pin_dir.display());
             println!("  pod interfaces: {}", s.interfaces.join(", "));
-            println!(
-                "  generation: {}   revalidate: {}   stale source: {}",
-                s.generation, s.revalidate, published.stale
-            );
+            print_tables(t, published);
             println!(
                 "  identities: {}   endpoints: {}   peer entries: {}   prefixes: {}   rule sets: {}   flows: {}",
-                s.identities, s.endpoints, s.peers, s.prefixes, s.rule_sets, s.flows
+                s.own.identities, t.endpoints, s.own.peers, t.prefixes, t.rule_sets, t.flows
             );
             println!(
                 "  passed: flow {} policy {} unselected {} non-ip {} from the node {}   origin flows recorded: {}",
@@ -257,17 +280,7 @@ fn node_status(
                 "  dropped: policy {} malformed {} fragment {} unknown pod address {}",
                 c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod
             );
-            for g in &s.drops_by_group {
-                println!(
-                    "  drops by group {:#x} ({}): {}",
-                    g.group,
-                    g.policies.join(", "),
-                    g.packets
-                );
-            }
-            if let Some(e) = &published.last_error {
-                println!("  LAST UPDATE FAILED (previous generation enforced): {e}");
-            }
+            print_drops_and_errors(t, published);
             print_local_pods(&published.pods);
         }
     }

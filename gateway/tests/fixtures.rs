@@ -163,8 +163,8 @@ fn packet_fixtures() {
         let mut gw = load();
         let stats = gw.apply(&tables()).expect("apply");
         assert_eq!(stats.generation, 1);
-        assert_eq!(stats.endpoints, 4);
-        assert_eq!(stats.prefixes, 5);
+        assert_eq!(stats.tables.endpoints, 4);
+        assert_eq!(stats.tables.prefixes, 5);
         let mut events = gw.take_drop_events().expect("drop events");
 
         let arp = {
@@ -603,12 +603,13 @@ fn packet_fixtures() {
 
         let status = gw.status().expect("status");
         eprintln!("{status:#?}");
-        assert_eq!(status.generation, 1);
-        assert!(status.counters.drop_fragment >= 2);
-        assert!(status.counters.drop_malformed >= 3);
-        assert!(status.counters.pass_flow >= 3);
-        assert!(status.flows >= 1);
+        assert_eq!(status.tables.generation, 1);
+        assert!(status.tables.counters.drop_fragment >= 2);
+        assert!(status.tables.counters.drop_malformed >= 3);
+        assert!(status.tables.counters.pass_flow >= 3);
+        assert!(status.tables.flows >= 1);
         let seed = status
+            .tables
             .drops_by_group
             .iter()
             .find(|g| g.policies == ["default/db-egress"])
@@ -665,9 +666,9 @@ fn packet_fixtures() {
         ];
         run_cases(&mut gw, &after);
         let status = gw.status().expect("status");
-        assert_eq!(status.endpoints, 4);
-        assert_eq!(status.prefixes, 4);
-        assert_eq!(status.rule_sets, 4);
+        assert_eq!(status.tables.endpoints, 4);
+        assert_eq!(status.tables.prefixes, 4);
+        assert_eq!(status.tables.rule_sets, 4);
     });
 }
 
@@ -743,7 +744,11 @@ fn too_many_port_ranges_is_rejected_and_nothing_applied() {
         }
         let status = gw.status().unwrap();
         assert_eq!(
-            (status.generation, status.endpoints, status.prefixes),
+            (
+                status.tables.generation,
+                status.tables.endpoints,
+                status.tables.prefixes
+            ),
             (0, 0, 0)
         );
     });
@@ -790,8 +795,8 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
         let mut gw = Gateway::load(options).expect("reload");
         assert!(gw.attached().iter().all(|a| a.adopted));
         let status = gw.status().unwrap();
-        assert_eq!(status.generation, 1, "generation kept");
-        assert_eq!(status.flows, 1, "flow kept");
+        assert_eq!(status.tables.generation, 1, "generation kept");
+        assert_eq!(status.tables.flows, 1, "flow kept");
         run_cases(
             &mut gw,
             &[case(

@@ -93,9 +93,13 @@ fn ping_through_xdp_attached_veth_passes_and_drops_as_tables_say() {
 
     let status = gw.status().expect("status");
     eprintln!("{status:#?}");
-    assert!(status.counters.drop_policy >= 2);
-    assert!(status.counters.pass_non_ip >= 1, "ARP was not passed");
+    assert!(status.tables.counters.drop_policy >= 2);
+    assert!(
+        status.tables.counters.pass_non_ip >= 1,
+        "ARP was not passed"
+    );
     assert!(status
+        .tables
         .drops_by_group
         .iter()
         .any(|g| g.policies == ["test/pod-egress"] && g.packets >= 1));
@@ -164,9 +168,9 @@ fn xdp_forwarding_between_legs() {
     eprintln!("{status:#?}");
     assert!(ok, "ping through the XDP-forwarding gateway failed");
     assert!(
-        status.counters.forward_xdp >= 4,
+        status.tables.counters.forward_xdp >= 4,
         "expected most packets forwarded in XDP: {:?}",
-        status.counters
+        status.tables.counters
     );
 }
 

@@ -453,13 +453,14 @@ fn packet_fixtures() {
 
     let status = hook.status().expect("status");
     eprintln!("{status:#?}");
-    assert!(status.counters.drop_policy >= 15);
+    assert!(status.tables.counters.drop_policy >= 15);
     // Three connections opened by pods, and the DHCP discover (not a pod address: untouched).
-    assert_eq!(status.counters.origin_recorded, 4);
-    assert_eq!(status.counters.drop_unknown_pod, 4);
-    assert_eq!(status.counters.pass_host, 1);
-    assert!(status.counters.pass_non_ip >= 2);
+    assert_eq!(status.tables.counters.origin_recorded, 4);
+    assert_eq!(status.tables.counters.drop_unknown_pod, 4);
+    assert_eq!(status.tables.counters.pass_host, 1);
+    assert!(status.tables.counters.pass_non_ip >= 2);
     let web_in = status
+        .tables
         .drops_by_group
         .iter()
         .find(|g| g.policies == ["prod/web-in"])
@@ -527,10 +528,10 @@ fn generation_switch_and_cleanup() {
         SHOT
     );
     let st = hook.status().unwrap();
-    assert_eq!(st.identities, allow.identities.len());
-    assert_eq!(st.endpoints, allow.endpoints.len());
+    assert_eq!(st.own.identities, allow.identities.len());
+    assert_eq!(st.tables.endpoints, allow.endpoints.len());
     assert_eq!(
-        st.peers,
+        st.own.peers,
         allow.groups.iter().map(|g| g.peers.len()).sum::<usize>()
     );
 }

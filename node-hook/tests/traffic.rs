@@ -223,10 +223,10 @@ fn pod_to_pod_traffic_with_service_dnat_and_relabel() {
     let status = hook.status().expect("status");
     eprintln!("{status:#?}");
     assert_eq!(status.attached.len(), 2);
-    assert!(status.counters.drop_policy >= 4);
-    assert!(status.counters.origin_recorded >= 3);
-    assert!(status.counters.pass_flow > 0);
-    assert!(status.counters.pass_non_ip > 0, "ARP not seen");
+    assert!(status.tables.counters.drop_policy >= 4);
+    assert!(status.tables.counters.origin_recorded >= 3);
+    assert!(status.tables.counters.pass_flow > 0);
+    assert!(status.tables.counters.pass_non_ip > 0, "ARP not seen");
 
     lab.node.run(|| {
         hook.detach("va").expect("detach");

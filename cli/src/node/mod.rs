@@ -26,7 +26,7 @@ pub use cni::PLUGIN_NAME as CNI_PLUGIN_NAME;
 use discover::{Discovery, FoundBy};
 
 use crate::daemon::{
-    export_group_drops, group_names, record_apply, serve, Applied, DaemonArgs, Enforcer,
+    export_group_drops, group_names, record_apply, serve, stop, Applied, DaemonArgs, Enforcer,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
@@ -392,11 +392,11 @@ impl Enforcer for NodeEnforcer {
         let stats = self.hook.apply(&tables)?;
         record_apply("node", compile, stats.write, stats.written, stats.deleted);
         info!(
-            identities = stats.identities,
-            groups = stats.groups,
+            identities = stats.tables.identities,
+            groups = stats.tables.groups,
             recompiled_groups = self.compiler.recompiled(),
-            peers = stats.peers,
-            prefixes = stats.prefixes,
+            peers = stats.tables.peers,
+            prefixes = stats.tables.prefixes,
             written = stats.written,
             deleted = stats.deleted,
             compile_ms = compile.as_secs_f64() * 1e3,
@@ -413,11 +413,7 @@ impl Enforcer for NodeEnforcer {
                 stats.generation,
                 portcullis_node::generation_id,
             ),
-            entries: stats.identities
-                + stats.endpoints
-                + stats.peers
-                + stats.prefixes
-                + stats.rule_sets,
+            entries: stats.tables.entries(),
         })
     }
 
@@ -482,12 +478,12 @@ impl Enforcer for NodeEnforcer {
         let Ok(status) = self.hook.status() else {
             return;
         };
-        metrics::gauge!("portcullis_node_flows").set(status.flows as f64);
+        metrics::gauge!("portcullis_node_flows").set(status.tables.flows as f64);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
-        metrics::gauge!("portcullis_node_identities").set(status.identities as f64);
+        metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(
             "portcullis_node_policy_drops_total",
-            &status.drops_by_group,
+            &status.tables.drops_by_group,
             groups,
         );
     }
@@ -547,13 +543,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         reapply: false,
     };
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
-    if args.unpin_on_exit {
-        enforcer.hook.unpin().context("removing pins")?;
-        // The directory goes too when nothing else is pinned there (fails harmlessly otherwise).
-        let _ = std::fs::remove_dir(&args.pin_dir);
-        info!("stopped; programs detached and pins removed");
-    } else {
-        info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned programs keep enforcing");
-    }
+    let unpin = args.unpin_on_exit.then(|| move || enforcer.hook.unpin());
+    stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)
 }

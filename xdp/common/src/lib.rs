@@ -139,6 +139,19 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+/// Bits of [`FlowValue::checked`] and of a policy query: which policies judge a packet or admitted
+/// a flow. The gateway checks one side (its leg says which), the node hook both.
+/// The egress policy of the packet's source (of a flow: its initiator).
+pub const CHECK_EGRESS_OF_SRC: u8 = 1 << 0;
+/// The ingress policy of the packet's destination (of a flow: its responder).
+pub const CHECK_INGRESS_OF_DST: u8 = 1 << 1;
+
+/// TCP header flags the flow tracking reads.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// TCP connection states tracked from flags, each with its own timeout.
 pub const TCP_STATE_SYN_SENT: u8 = 1;
 pub const TCP_STATE_ESTABLISHED: u8 = 2;
@@ -158,8 +171,9 @@ pub struct FlowValue {
     pub state: u8,
     /// 1 when the `lo` endpoint opened the flow.
     pub initiator_is_lo: u8,
-    /// Direction of the check that allowed it.
-    pub direction: u8,
+    /// `CHECK_*` bits: the policies that admitted the flow (0: a node origin flow, recorded where
+    /// the initiating pod sent it and not checked by this node's policy).
+    pub checked: u8,
     /// Generation parity that allowed it (for `--revalidate`).
     pub generation: u8,
 }
@@ -183,7 +197,8 @@ pub const fn flow_timeout_ns(state: u8) -> u64 {
     }
 }
 
-/// Indexes of the `COUNTERS` per-CPU array.
+/// Indexes of the `COUNTERS` per-CPU array (one index space for both programs; each counts what
+/// applies to it).
 pub const COUNTER_PASS_FLOW: u32 = 0;
 pub const COUNTER_PASS_POLICY: u32 = 1;
 pub const COUNTER_PASS_UNSELECTED: u32 = 2;
@@ -191,9 +206,18 @@ pub const COUNTER_PASS_NON_IP: u32 = 3;
 pub const COUNTER_DROP_POLICY: u32 = 4;
 pub const COUNTER_DROP_MALFORMED: u32 = 5;
 pub const COUNTER_DROP_FRAGMENT: u32 = 6;
+/// Gateway: allowed packets forwarded in XDP.
 pub const COUNTER_FORWARD_XDP: u32 = 7;
+/// Gateway: allowed packets handed to the kernel's stack.
 pub const COUNTER_PASS_STACK: u32 = 8;
-pub const COUNTER_COUNT: u32 = 9;
+/// Node: flows recorded at a pod's veth as it sent them (origin flows).
+pub const COUNTER_ORIGIN: u32 = 9;
+/// Node: packets dropped with [`DROP_REASON_UNKNOWN_POD`].
+pub const COUNTER_DROP_UNKNOWN_POD: u32 = 10;
+/// Node: packets from the node itself to a local pod (always allowed).
+pub const COUNTER_PASS_HOST: u32 = 11;
+/// Size of the `COUNTERS` array.
+pub const COUNTER_COUNT: u32 = 12;
 
 /// Why a packet was dropped, in [`DropEvent::reason`].
 pub const DROP_REASON_POLICY: u8 = 1;
@@ -256,8 +280,7 @@ pub struct IdentityValue {
 }
 const _: () = assert!(core::mem::size_of::<IdentityValue>() == 4);
 
-/// `PEERS` key (hash): (policy group, peer identity). The value is a [`PrefixValue`] naming the
-/// rule set that selector rules of that group allow towards / from that identity.
+/// `PEERS` key (hash): (policy group, peer identity). The value is a [`PeerValue`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -268,24 +291,27 @@ pub struct PeerKey {
 }
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 8);
 
-/// Node-only values of [`FlowValue::direction`]: the flow was recorded where the initiating pod
-/// sent it (its veth's tc ingress) and has not been checked by this node's policy; only packets
-/// from the responder (replies) may pass on it.
-pub const FLOW_NODE_ORIGIN: u8 = 2;
-/// Node-only value of [`FlowValue::direction`]: both the initiator's egress and the responder's
-/// ingress policy allowed the flow where it was delivered.
-pub const FLOW_NODE_CHECKED: u8 = 3;
+/// `PEERS` value: the rule set that selector rules of the key's group allow towards / from that
+/// identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerValue {
+    /// Key into `RULE_SETS` (host byte order).
+    pub rule_set: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerValue>() == 4);
 
-/// Node `COUNTERS` index (after the shared ones): flows recorded at a pod's veth as it sent them.
-pub const NODE_COUNTER_ORIGIN: u32 = COUNTER_COUNT;
-/// Node `COUNTERS` index: packets dropped with [`DROP_REASON_UNKNOWN_POD`].
-pub const NODE_COUNTER_DROP_UNKNOWN_POD: u32 = COUNTER_COUNT + 1;
-/// Node `COUNTERS` index: packets from the node itself to a local pod (always allowed).
-pub const NODE_COUNTER_PASS_HOST: u32 = COUNTER_COUNT + 2;
-/// Size of the node program's `COUNTERS` array.
-pub const NODE_COUNTER_COUNT: u32 = COUNTER_COUNT + 3;
-/// Capacity of the node program's `HOST_ADDRS` map (addresses of the node's own interfaces).
-pub const NODE_MAX_HOST_ADDRS: u32 = 1024;
+/// The one IPv4-mapped rule of every key: an IPv4 address is stored as `::ffff:a.b.c.d`, so one
+/// 16-byte key type serves both families.
+#[inline(always)]
+pub const fn ipv4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Bits an IPv4 prefix length gains in the mapped form (`::ffff:0:0/96`).
+pub const IPV4_MAPPED_PREFIX_BITS: u8 = 96;
 
 /// Whether `addr` (16 bytes, IPv4 mapped) can be a pod's own unicast address: not unspecified,
 /// multicast, broadcast or link-local. Only such addresses must belong to a known pod on a pod
@@ -304,6 +330,10 @@ pub fn is_pod_unicast(addr: &[u8; 16]) -> bool {
     addr.iter().any(|b| *b != 0) && addr[0] != 0xff && !(addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
 }
 
+pub mod actions;
+pub mod maps;
+pub use maps::*;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -321,6 +351,7 @@ mod pod {
     unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for IdentityValue {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for PeerValue {}
 }
 
 #[cfg(test)]

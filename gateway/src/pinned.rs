@@ -1,0 +1,61 @@
+//! Read-only view of a running gateway's pinned maps, for `status` and `monitor` in another
+//! process. Opening it changes nothing; the daemon keeps enforcing.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use portcullis_bpf::object::open_pinned;
+use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus};
+use portcullis_common::{MAP_DROP_EVENTS, MAP_IFACE_ROLES};
+use serde::Serialize;
+
+use crate::{ForwardMode, LINK_PINS};
+
+pub struct PinnedGateway {
+    maps: PolicyMaps,
+    roles: HashMap<MapData, u32, u32>,
+    dir: PathBuf,
+}
+
+/// What a pinned gateway shows: its maps plus the links present in the pin directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct PinnedStatus {
+    /// (ifindex, role) of the legs the program is configured for.
+    #[serde(skip)]
+    pub legs: Vec<(u32, u32)>,
+    /// Pinned links present (`link_cluster`, `link_external`).
+    #[serde(rename = "links_pinned")]
+    pub links: Vec<String>,
+    pub forward: ForwardMode,
+    #[serde(flatten)]
+    pub tables: TableStatus,
+}
+
+impl PinnedGateway {
+    /// Opens the maps pinned under `dir` by a gateway started with that pin directory.
+    pub fn open(dir: &Path) -> Result<PinnedGateway> {
+        Ok(PinnedGateway {
+            maps: PolicyMaps::open_pinned(dir)?,
+            roles: open_pinned(dir, MAP_IFACE_ROLES)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Status; `policies` names the groups (the daemon publishes them beside the pins).
+    pub fn status(&self, policies: &GroupPolicies) -> Result<PinnedStatus> {
+        Ok(PinnedStatus {
+            legs: self.roles.iter().filter_map(|r| r.ok()).collect(),
+            links: (LINK_PINS.into_iter())
+                .filter(|l| self.dir.join(l).exists())
+                .map(str::to_string)
+                .collect(),
+            forward: ForwardMode::from_config_flags(self.maps.config()?.flags),
+            tables: self.maps.status(policies)?,
+        })
+    }
+
+    /// The drop-event ring buffer. Only one reader should consume it at a time.
+    pub fn drop_events(&self) -> Result<DropEvents> {
+        Ok(DropEvents::new(open_pinned(&self.dir, MAP_DROP_EVENTS)?))
+    }
+}

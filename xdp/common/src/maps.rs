@@ -1,0 +1,81 @@
+//! Every map of the two programs: its name (the kernel object's symbol, the pin file, the key the
+//! loaders take it by), its capacity, what it holds and who writes it. The kernel crates declare
+//! them from these sizes (`portcullis_ebpf_common::maps`), the loaders open them by these names.
+//!
+//! Shared by the gateway (XDP) and the node hook (tc):
+//! - `CONFIG`: index 0 holds the active generation parity and the `CONFIG_FLAG_*` bits. Written by
+//!   the loader; the generation switch is its single write.
+//! - `ENDPOINTS`: (pod address, direction, generation) → policy group of every selected pod.
+//!   Written by the loader per generation.
+//! - `PREFIXES`: (group, peer prefix) → rule set of the group's ipBlock rules (longest match).
+//!   Written by the loader per generation; group ids carry the generation bit.
+//! - `RULE_SETS`: rule-set id → allowed (protocol, port range) list. Written by the loader per
+//!   generation.
+//! - `FLOWS`: normalised connection → state (LRU). Written by the programs (create, refresh,
+//!   revalidation delete) and by the loader's flow GC (delete expired).
+//! - `COUNTERS`: `COUNTER_*` → packets, per CPU. Written by the programs, summed by the loader.
+//! - `DROPS_BY_GROUP`: group → packets dropped by its policy, per CPU. Written by the programs.
+//! - `DROP_EVENTS`: drop reports (ring buffer), at most `DROP_EVENTS_PER_SECOND` per CPU. Written
+//!   by the programs, read by the loader.
+//! - `DROP_EVENT_WINDOW`: per CPU `[window start ns, events sent]` of that rate limit. Programs only.
+//! - `SCRATCH`: per CPU, the packet being processed (too large for the 512-byte BPF stack).
+//!   Programs only; never pinned.
+//!
+//! Gateway only:
+//! - `IFACE_ROLES`: interface index → `ROLE_*` of that leg. Written by the loader at attach.
+//!
+//! Node hook only:
+//! - `IDENTITIES`: (pod address, generation) → identity of every pod of the cluster. Written by
+//!   the loader per generation.
+//! - `PEERS`: (group, peer identity) → rule set of the group's selector rules. Written by the
+//!   loader per generation.
+//! - `HOST_ADDRS`: addresses of the node's own interfaces (value unused). Written by the daemon.
+
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+pub const MAP_PREFIXES: &str = "PREFIXES";
+pub const MAP_RULE_SETS: &str = "RULE_SETS";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_DROPS_BY_GROUP: &str = "DROPS_BY_GROUP";
+pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
+pub const MAP_DROP_EVENT_WINDOW: &str = "DROP_EVENT_WINDOW";
+pub const MAP_IFACE_ROLES: &str = "IFACE_ROLES";
+pub const MAP_IDENTITIES: &str = "IDENTITIES";
+pub const MAP_PEERS: &str = "PEERS";
+pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";
+
+/// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
+pub const SHARED_PINNED_MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_ENDPOINTS,
+    MAP_PREFIXES,
+    MAP_RULE_SETS,
+    MAP_FLOWS,
+    MAP_COUNTERS,
+    MAP_DROPS_BY_GROUP,
+    MAP_DROP_EVENTS,
+    MAP_DROP_EVENT_WINDOW,
+];
+
+/// `ENDPOINTS` capacity: selected pod addresses × directions, both generations.
+pub const MAX_ENDPOINTS: u32 = 262_144;
+/// `PREFIXES` capacity: two generations of 1M ipBlocks (~1.6M prefixes each). An LPM trie
+/// allocates per entry, so the size costs nothing unused.
+pub const MAX_PREFIXES: u32 = 4_194_304;
+/// `RULE_SETS` capacity, both generations.
+pub const MAX_RULE_SETS: u32 = 65_536;
+/// `FLOWS` capacity (LRU: the least recently used flow is evicted when full).
+pub const MAX_FLOWS: u32 = 262_144;
+/// `DROPS_BY_GROUP` capacity.
+pub const MAX_GROUP_DROPS: u32 = 65_536;
+/// `DROP_EVENTS` ring size in bytes.
+pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+/// `IFACE_ROLES` capacity: gateway legs.
+pub const MAX_INTERFACES: u32 = 64;
+/// `IDENTITIES` capacity: pod addresses of the cluster, both generations.
+pub const MAX_IDENTITIES: u32 = 262_144;
+/// `PEERS` capacity: (group, identity) pairs, both generations.
+pub const MAX_PEERS: u32 = 1_048_576;
+/// `HOST_ADDRS` capacity: addresses of the node's own interfaces.
+pub const MAX_HOST_ADDRS: u32 = 1024;

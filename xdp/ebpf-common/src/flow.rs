@@ -1,0 +1,246 @@
+//! The one flow pipeline of both programs ([`classify`]): parse result, flow-table hit (with
+//! revalidation against a new generation), ICMP errors related to a known flow, the program's
+//! admission rule, the policy check, flow creation, counters and drop reports. The programs add
+//! only what is theirs: which sides a packet is judged on, the admission rule and what an allowed
+//! packet becomes (XDP forward or pass; tc OK).
+//!
+//! TCP: only a SYN without ACK creates a flow. A TCP segment of a connection the flow table does
+//! not know is dropped when a judged side is selected, even if the policy would allow a new
+//! connection (the peers must reconnect); when no side is selected it passes untracked.
+//!
+//! TCP reopen rule: a SYN (without ACK) on a flow in `TCP_STATE_CLOSING` from the flow's
+//! initiator reopens it in the same direction (port reuse after a close: the policies that admitted
+//! the flow judged exactly that connection) and the entry goes back to `TCP_STATE_SYN_SENT`. The
+//! same SYN from the former responder opens a connection the other way round: the entry vouches
+//! for nothing, the packet is judged as a new flow and its verdict replaces the entry. Reusing the
+//! entry there would let the peer of a closed egress connection connect back to the pod on the
+//! same ports without the pod's ingress policy being consulted.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use portcullis_common::*;
+
+use crate::maps::{config, count, Maps, Work};
+use crate::parse::{flow_key, Kind, Packet, PARSE_FRAGMENT, PARSE_PASS};
+use crate::policy::{check, Query, Verdict};
+use crate::report::report_drop;
+
+/// What the pipeline decided for one packet (counted and, for drops, reported already).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed: the program delivers or forwards it.
+    Allowed,
+    /// Not an IP packet we judge (non-IP, neighbour discovery): the program passes it untouched.
+    NotIp,
+    Dropped,
+}
+
+/// A program's rule for a packet no flow vouches for, before the policy check.
+#[derive(Clone, Copy)]
+pub enum Admit {
+    /// Judge it by policy.
+    Check,
+    /// From a source the program always lets through (the node's own addresses): allowed and
+    /// tracked without a policy check, counted as `COUNTER_PASS_HOST`.
+    Trusted,
+    /// Dropped with this `DROP_REASON_*`, reported in this `DIRECTION_*`.
+    Drop(u8, u8),
+}
+
+/// Whether a flow entry vouches for a packet of its connection: not expired, and not a SYN from
+/// the former responder of a closing TCP connection (see the module's reopen rule).
+#[inline(always)]
+pub fn flow_live(f: &FlowValue, now: u64, syn_only: bool, from_initiator: bool) -> bool {
+    now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
+        && !(f.state == TCP_STATE_CLOSING && syn_only && !from_initiator)
+}
+
+/// TCP state tracking and refresh of a live flow hit by a packet.
+#[inline(always)]
+pub fn touch(f: &mut FlowValue, pkt: &Packet, now: u64) {
+    if pkt.proto == PROTO_TCP {
+        let fl = pkt.tcp_flags;
+        if fl & (TCP_RST | TCP_FIN) != 0 {
+            f.state = TCP_STATE_CLOSING;
+        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
+            f.state = TCP_STATE_ESTABLISHED;
+        } else if f.state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            f.state = TCP_STATE_SYN_SENT;
+        }
+    }
+    f.last_seen_ns = now;
+}
+
+/// The entry of a new flow opened by this packet (a TCP one starts in `TCP_STATE_SYN_SENT`).
+#[inline(always)]
+pub fn new_flow(
+    now: u64,
+    group: u32,
+    pkt: &Packet,
+    src_is_lo: bool,
+    checked: u8,
+    g: u32,
+) -> FlowValue {
+    FlowValue {
+        last_seen_ns: now,
+        group,
+        state: if pkt.proto == PROTO_TCP {
+            TCP_STATE_SYN_SENT
+        } else {
+            FLOW_STATE_ACTIVE
+        },
+        initiator_is_lo: src_is_lo as u8,
+        checked,
+        generation: g as u8,
+    }
+}
+
+/// Whether this packet may open a flow: a tracked kind, and for TCP a SYN without ACK.
+#[inline(always)]
+pub fn opens_flow(pkt: &Packet) -> bool {
+    pkt.kind == Kind::Flow && (pkt.proto != PROTO_TCP || syn_only(pkt))
+}
+
+#[inline(always)]
+pub fn syn_only(pkt: &Packet) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn dropped<M: Maps>(ifindex: u32, pkt: Option<&Packet>, reason: u8, v: Verdict) -> Outcome {
+    report_drop::<M>(ifindex, pkt, reason, v.group(), v.direction());
+    Outcome::Dropped
+}
+
+/// Judges the packet in `w.pkt` (`parsed`: the `parse` return code), seen on `ifindex`, on the
+/// policies `sides` (`CHECK_*`). Reads the configuration into `w.query.g` and `w.flags`.
+#[inline(always)]
+pub fn classify<M: Maps>(
+    w: &mut Work,
+    parsed: u32,
+    sides: u8,
+    ifindex: u32,
+    admit: impl Fn(&Packet, u32) -> Admit,
+) -> Outcome {
+    let Work {
+        pkt,
+        key,
+        query,
+        flags,
+    } = w;
+    match parsed {
+        0 => {}
+        PARSE_PASS => {
+            count::<M>(COUNTER_PASS_NON_IP);
+            return Outcome::NotIp;
+        }
+        PARSE_FRAGMENT => {
+            return dropped::<M>(ifindex, None, DROP_REASON_FRAGMENT, Verdict::UNSELECTED)
+        }
+        _ => return dropped::<M>(ifindex, None, DROP_REASON_MALFORMED, Verdict::UNSELECTED),
+    }
+    let (g, config_flags) = config::<M>();
+    *flags = config_flags;
+    query.src = pkt.src;
+    query.dst = pkt.dst;
+    query.g = g;
+    query.port = u16::from_be(pkt.dport);
+    query.proto = pkt.proto;
+    query.sides = sides;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if pkt.kind == Kind::IcmpError {
+        if let Some(f) = M::flows().get_ptr(&pkt.related) {
+            // SAFETY: value pointer from a successful lookup; read only.
+            if now.wrapping_sub(unsafe { (*f).last_seen_ns })
+                <= flow_timeout_ns(unsafe { (*f).state })
+            {
+                count::<M>(COUNTER_PASS_FLOW);
+                return Outcome::Allowed;
+            }
+        }
+        query.port = 0;
+    }
+
+    let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
+    if pkt.kind == Kind::Flow {
+        if let Some(f) = M::flows().get_ptr_mut(&*key) {
+            // SAFETY: value pointer from a successful lookup; concurrent updates of the same
+            // flow from two CPUs may interleave, which only affects last_seen/state freshness.
+            let f = unsafe { &mut *f };
+            let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
+            // A flow no policy of this program checked (a node origin flow) vouches only for the
+            // responder's packets; the initiator's are judged below, and the verdict replaces it.
+            if flow_live(f, now, syn_only(pkt), from_initiator)
+                && !(f.checked == 0 && from_initiator)
+            {
+                if *flags & CONFIG_FLAG_REVALIDATE != 0
+                    && f.checked != 0
+                    && f.generation as u32 != g
+                {
+                    let v = revalidate::<M>(query, key, f);
+                    if v.is_deny() {
+                        let _ = M::flows().remove(&*key);
+                        return dropped::<M>(ifindex, Some(&*pkt), DROP_REASON_POLICY, v);
+                    }
+                }
+                touch(f, pkt, now);
+                count::<M>(COUNTER_PASS_FLOW);
+                return Outcome::Allowed;
+            }
+        }
+    }
+
+    let group = match admit(pkt, g) {
+        Admit::Drop(reason, direction) => {
+            report_drop::<M>(ifindex, Some(&*pkt), reason, 0, direction);
+            return Outcome::Dropped;
+        }
+        Admit::Trusted => {
+            count::<M>(COUNTER_PASS_HOST);
+            0
+        }
+        Admit::Check => {
+            let v = check::<M>(query);
+            if v.is_deny() {
+                return dropped::<M>(ifindex, Some(&*pkt), DROP_REASON_POLICY, v);
+            }
+            if v.is_unselected() {
+                count::<M>(COUNTER_PASS_UNSELECTED);
+            } else {
+                if pkt.kind == Kind::Flow && pkt.proto == PROTO_TCP && !syn_only(pkt) {
+                    return dropped::<M>(ifindex, Some(&*pkt), DROP_REASON_POLICY, v);
+                }
+                count::<M>(COUNTER_PASS_POLICY);
+            }
+            v.group()
+        }
+    };
+    if opens_flow(pkt) {
+        let value = new_flow(now, group, pkt, src_is_lo, sides, g);
+        let _ = M::flows().insert(&*key, &value, 0);
+    }
+    Outcome::Allowed
+}
+
+/// Re-checks a flow against generation `query.g` on the sides that admitted it, from the
+/// initiator's point of view. A flow still allowed is marked current with its new group.
+#[inline(always)]
+fn revalidate<M: Maps>(query: &mut Query, key: &FlowKey, f: &mut FlowValue) -> Verdict {
+    let (init, resp, resp_port) = if f.initiator_is_lo != 0 {
+        (&key.addr_lo, &key.addr_hi, key.port_hi)
+    } else {
+        (&key.addr_hi, &key.addr_lo, key.port_lo)
+    };
+    query.src = *init;
+    query.dst = *resp;
+    query.port = u16::from_be(resp_port);
+    query.proto = key.protocol;
+    query.sides = f.checked;
+    let v = check::<M>(query);
+    if !v.is_deny() {
+        f.group = v.group();
+        f.generation = query.g as u8;
+    }
+    v
+}

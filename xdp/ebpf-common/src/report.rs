@@ -1,0 +1,76 @@
+//! Dropping a packet: its counter, its group's drop count and the rate-limited drop report.
+
+use portcullis_common::*;
+
+use crate::maps::{count, Maps};
+use crate::parse::Packet;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The `COUNTER_*` of a `DROP_REASON_*`.
+#[inline(always)]
+fn drop_counter(reason: u8) -> u32 {
+    match reason {
+        DROP_REASON_POLICY => COUNTER_DROP_POLICY,
+        DROP_REASON_FRAGMENT => COUNTER_DROP_FRAGMENT,
+        DROP_REASON_UNKNOWN_POD => COUNTER_DROP_UNKNOWN_POD,
+        _ => COUNTER_DROP_MALFORMED,
+    }
+}
+
+/// Counts a drop, charges it to `group` (0: none) and, within `DROP_EVENTS_PER_SECOND` per CPU,
+/// reports it with the packet's addresses (`pkt`, when parsed). `ifindex` is the interface the
+/// packet was seen on. The caller then drops the packet.
+#[inline(never)]
+pub fn report_drop<M: Maps>(
+    ifindex: u32,
+    pkt: Option<&Packet>,
+    reason: u8,
+    group: u32,
+    direction: u8,
+) {
+    count::<M>(drop_counter(reason));
+    if group != 0 {
+        match M::drops_by_group().get_ptr_mut(group) {
+            // SAFETY: per-CPU slot.
+            Some(c) => unsafe { *c += 1 },
+            None => {
+                let _ = M::drops_by_group().insert(group, 1u64, 0);
+            }
+        }
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let Some(w) = M::drop_event_window().get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot.
+    let w = unsafe { &mut *w };
+    if now.wrapping_sub(w[0]) >= NS_PER_SEC {
+        w[0] = now;
+        w[1] = 0;
+    }
+    if w[1] >= DROP_EVENTS_PER_SECOND {
+        return;
+    }
+    w[1] += 1;
+    if let Some(mut e) = M::drop_events().reserve(0) {
+        let mut ev = DropEvent {
+            timestamp_ns: now,
+            ifindex,
+            group,
+            direction,
+            reason,
+            ..DropEvent::default()
+        };
+        if let Some(p) = pkt {
+            ev.src = p.src;
+            ev.dst = p.dst;
+            ev.src_port = u16::from_be(p.sport);
+            ev.dst_port = u16::from_be(p.dport);
+            ev.protocol = p.proto;
+        }
+        e.write(ev);
+        e.submit(0);
+    }
+}

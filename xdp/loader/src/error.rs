@@ -1,0 +1,77 @@
+//! The one error type of both loaders: interfaces, the object, maps, pins, links and tables that
+//! cannot be held.
+
+use std::path::PathBuf;
+
+use aya::maps::MapError;
+use tracing::warn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0:?} not found")]
+    UnknownInterface(String),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// `object` names the program object ("XDP", "node-hook").
+    #[error("map {name} missing from the {object} object")]
+    MissingMap {
+        name: &'static str,
+        object: &'static str,
+    },
+    #[error("program {name} missing from the {object} object")]
+    MissingProgram {
+        name: &'static str,
+        object: &'static str,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error(
+        "rule set {rule_set} has {ranges} port ranges, more than the {max} one entry can hold; \
+         it is used by the group of policies [{policies}]"
+    )]
+    TooManyPortRanges {
+        rule_set: usize,
+        ranges: usize,
+        max: usize,
+        policies: String,
+    },
+    #[error("table refers to {what} {index}, which does not exist")]
+    BadIndex { what: &'static str, index: u32 },
+    #[error("the node has {count} addresses, more than the {max} the node hook holds")]
+    TooManyHostAddrs { count: usize, max: u32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// A map delete whose entry is already gone (deleted by the program or a concurrent GC) is fine.
+pub fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            warn!(map = name, "entry vanished during delete");
+            Ok(())
+        }
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}

@@ -1,0 +1,33 @@
+//! Reading the programs' drop events.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use aya::maps::{MapData, RingBuf};
+use portcullis_common::DropEvent;
+
+/// Reader of the program's drop events.
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl DropEvents {
+    pub fn new(ring: RingBuf<MapData>) -> DropEvents {
+        DropEvents { ring }
+    }
+
+    /// The next available event, without blocking. Poll [`AsFd::as_fd`] for readability to wait.
+    pub fn next_event(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<DropEvent>() {
+            return None;
+        }
+        // SAFETY: the program writes whole DropEvent records; read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
+    }
+}
+
+impl AsFd for DropEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}

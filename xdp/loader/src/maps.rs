@@ -1,0 +1,316 @@
+//! [`PolicyMaps`]: the maps both programs have, with the generation writes, deletes and switch,
+//! flow GC, counter sums and the status they give.
+
+use std::path::Path;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::Ebpf;
+use ipnet::IpNet;
+use portcullis_common::*;
+use tracing::debug;
+
+use crate::error::{ignore_missing, map_err, Result};
+use crate::object::{open_pinned, take};
+use crate::status::{Counters, GroupDrops, TableStatus};
+use crate::tables::{
+    endpoint_key, generation_id, prefix_key, rule_set_value, GroupPolicies, PolicyTables,
+};
+
+/// The maps both programs have, under the same names with the same types.
+pub struct PolicyMaps {
+    pub config: Array<MapData, Config>,
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    pub prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    pub rule_sets: HashMap<MapData, u32, RuleSet>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+}
+
+/// Entries one delta write changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Entries inserted or overwritten.
+    pub written: usize,
+    pub deleted: usize,
+}
+
+impl std::ops::AddAssign for Delta {
+    fn add_assign(&mut self, other: Delta) {
+        self.written += other.written;
+        self.deleted += other.deleted;
+    }
+}
+
+/// Entries one generation has in the [`PolicyMaps`].
+#[derive(Default)]
+pub struct Written {
+    pub endpoints: Vec<EndpointKey>,
+    pub prefixes: Vec<Key<PrefixData>>,
+    pub rule_sets: Vec<u32>,
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl PolicyMaps {
+    /// Takes the maps out of the loaded `object` ("XDP", "node-hook": for error messages).
+    pub fn take(ebpf: &mut Ebpf, object: &'static str) -> Result<PolicyMaps> {
+        Ok(PolicyMaps {
+            config: take(ebpf, object, MAP_CONFIG)?,
+            endpoints: take(ebpf, object, MAP_ENDPOINTS)?,
+            prefixes: take(ebpf, object, MAP_PREFIXES)?,
+            rule_sets: take(ebpf, object, MAP_RULE_SETS)?,
+            flows: take(ebpf, object, MAP_FLOWS)?,
+            counters: take(ebpf, object, MAP_COUNTERS)?,
+            drops_by_group: take(ebpf, object, MAP_DROPS_BY_GROUP)?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir` by a running loader.
+    pub fn open_pinned(dir: &Path) -> Result<PolicyMaps> {
+        Ok(PolicyMaps {
+            config: open_pinned(dir, MAP_CONFIG)?,
+            endpoints: open_pinned(dir, MAP_ENDPOINTS)?,
+            prefixes: open_pinned(dir, MAP_PREFIXES)?,
+            rule_sets: open_pinned(dir, MAP_RULE_SETS)?,
+            flows: open_pinned(dir, MAP_FLOWS)?,
+            counters: open_pinned(dir, MAP_COUNTERS)?,
+            drops_by_group: open_pinned(dir, MAP_DROPS_BY_GROUP)?,
+        })
+    }
+
+    /// `CONFIG` index 0.
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Keeps the generation in force and sets the `CONFIG_FLAG_*` bits to `flags`.
+    pub fn set_flags(&mut self, flags: u32) -> Result<Config> {
+        let config = Config {
+            generation: self.config()?.generation & 1,
+            flags,
+        };
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))?;
+        Ok(config)
+    }
+
+    /// Active generation parity.
+    pub fn generation(&self) -> Result<u32> {
+        Ok(self.config()?.generation & 1)
+    }
+
+    /// The switch to generation `next`: one array write.
+    pub fn switch_generation(&mut self, next: u32) -> Result<()> {
+        let mut config = self.config()?;
+        config.generation = next;
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Brings generation `parity` from `old` (what it holds now; `None` when unknown, e.g. adopted
+    /// pins: then every entry of that parity is found by iterating and deleted first) to `new`,
+    /// writing only entries that differ and deleting those `new` no longer has. Ids are the
+    /// compiler's stable ones, so a policy change touches few entries. Group `i` gets id
+    /// `generation_id(i, parity)`, rule set `j` gets `generation_id(j, parity)`.
+    pub fn write_delta<T: PolicyTables>(
+        &mut self,
+        old: Option<&T>,
+        new: &T,
+        parity: u32,
+    ) -> Result<Delta> {
+        let mut delta = Delta::default();
+        let empty = T::default();
+        let old = match old {
+            Some(old) => old,
+            None => {
+                delta.deleted += self.delete(&self.written(parity))?;
+                &empty
+            }
+        };
+        for (i, rules) in new.rule_sets().iter().enumerate() {
+            if old.rule_sets().get(i) != Some(rules) {
+                self.rule_sets
+                    .insert(generation_id(i, parity), rule_set_value(rules), 0)
+                    .map_err(map_err(MAP_RULE_SETS))?;
+                delta.written += 1;
+            }
+        }
+        for gi in 0..new.group_count().max(old.group_count()) {
+            delta += self.write_group_prefixes(
+                old.group_prefixes(gi),
+                new.group_prefixes(gi),
+                generation_id(gi, parity),
+                parity,
+            )?;
+        }
+        for (endpoint, gi) in new.endpoints() {
+            if old.endpoints().get(endpoint) != Some(gi) {
+                let value = EndpointValue {
+                    group: generation_id(*gi as usize, parity),
+                };
+                self.endpoints
+                    .insert(endpoint_key(*endpoint, parity), value, 0)
+                    .map_err(map_err(MAP_ENDPOINTS))?;
+                delta.written += 1;
+            }
+        }
+        for endpoint in old.endpoints().keys() {
+            if !new.endpoints().contains_key(endpoint) {
+                let key = endpoint_key(*endpoint, parity);
+                ignore_missing(self.endpoints.remove(&key), MAP_ENDPOINTS)?;
+                delta.deleted += 1;
+            }
+        }
+        // Rule sets last: nothing of this generation refers to them any more.
+        for i in new.rule_sets().len()..old.rule_sets().len() {
+            let id = generation_id(i, parity);
+            ignore_missing(self.rule_sets.remove(&id), MAP_RULE_SETS)?;
+            delta.deleted += 1;
+        }
+        Ok(delta)
+    }
+
+    fn write_group_prefixes(
+        &mut self,
+        before: &[(IpNet, u32)],
+        after: &[(IpNet, u32)],
+        group: u32,
+        parity: u32,
+    ) -> Result<Delta> {
+        let mut delta = Delta::default();
+        if before == after {
+            return Ok(delta);
+        }
+        let had: std::collections::HashMap<IpNet, u32> = before.iter().copied().collect();
+        for (net, rs) in after {
+            if had.get(net) != Some(rs) {
+                let value = PrefixValue {
+                    rule_set: generation_id(*rs as usize, parity),
+                };
+                self.prefixes
+                    .insert(&prefix_key(group, net), value, 0)
+                    .map_err(map_err(MAP_PREFIXES))?;
+                delta.written += 1;
+            }
+        }
+        let has: std::collections::HashSet<IpNet> = after.iter().map(|(n, _)| *n).collect();
+        for (net, _) in before.iter().filter(|(n, _)| !has.contains(n)) {
+            ignore_missing(self.prefixes.remove(&prefix_key(group, net)), MAP_PREFIXES)?;
+            delta.deleted += 1;
+        }
+        Ok(delta)
+    }
+
+    /// The entries of generation `parity`, found by iterating (adopted maps).
+    pub fn written(&self, parity: u32) -> Written {
+        let bit = parity * GENERATION_ID_BIT;
+        Written {
+            endpoints: (self.endpoints.keys())
+                .filter_map(|k| k.ok())
+                .filter(|k| k.generation as u32 == parity)
+                .collect(),
+            prefixes: (self.prefixes.keys())
+                .filter_map(|k| k.ok())
+                .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+                .collect(),
+            rule_sets: (self.rule_sets.keys())
+                .filter_map(|k| k.ok())
+                .filter(|k| k & GENERATION_ID_BIT == bit)
+                .collect(),
+        }
+    }
+
+    /// Deletes the `written` entries; returns how many.
+    pub fn delete(&mut self, written: &Written) -> Result<usize> {
+        for k in &written.endpoints {
+            ignore_missing(self.endpoints.remove(k), MAP_ENDPOINTS)?;
+        }
+        for k in &written.prefixes {
+            ignore_missing(self.prefixes.remove(k), MAP_PREFIXES)?;
+        }
+        for k in &written.rule_sets {
+            ignore_missing(self.rule_sets.remove(k), MAP_RULE_SETS)?;
+        }
+        Ok(written.endpoints.len() + written.prefixes.len() + written.rule_sets.len())
+    }
+
+    /// Deletes every flow (live ones too: their next packets are judged as new connections).
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            ignore_missing(self.flows.remove(k), MAP_FLOWS)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Deletes the expired flows; returns how many.
+    pub fn gc_flows(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let expired: Vec<FlowKey> = (self.flows.iter())
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            ignore_missing(self.flows.remove(k), MAP_FLOWS)?;
+        }
+        debug!(deleted = expired.len(), "flow GC");
+        Ok(expired.len())
+    }
+
+    /// All flows currently in the table (expired ones included until GC).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// `COUNTERS`, each summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut sums = [0u64; COUNTER_COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = (self.counters)
+                .get(&(i as u32), 0)
+                .map_err(map_err(MAP_COUNTERS))?;
+            *sum = values.iter().sum();
+        }
+        Ok(Counters::from_sums(&sums))
+    }
+
+    /// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
+    pub fn group_drops(&self, policies: &GroupPolicies) -> Vec<GroupDrops> {
+        (self.drops_by_group.iter())
+            .filter_map(|r| r.ok())
+            .map(|(group, values)| GroupDrops {
+                group,
+                policies: policies.get(&group).cloned().unwrap_or_default(),
+                packets: values.iter().sum(),
+            })
+            .collect()
+    }
+
+    /// What these maps hold in the generation in force (the inactive one is the base of the next
+    /// delta); `policies` names the groups.
+    pub fn status(&self, policies: &GroupPolicies) -> Result<TableStatus> {
+        let config = self.config()?;
+        let generation = config.generation & 1;
+        let written = self.written(generation);
+        Ok(TableStatus {
+            generation,
+            revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
+            endpoints: written.endpoints.len(),
+            prefixes: written.prefixes.len(),
+            rule_sets: written.rule_sets.len(),
+            flows: self.flows.keys().count(),
+            counters: self.counters()?,
+            drops_by_group: self.group_drops(policies),
+        })
+    }
+}

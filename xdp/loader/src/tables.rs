@@ -1,0 +1,225 @@
+//! The compiled tables as the loaders write them: what both kinds have ([`PolicyTables`]), their
+//! validation against what the maps can hold, and the map keys and values they become.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use aya::maps::lpm_trie::Key;
+use ipnet::IpNet;
+use portcullis_common::*;
+use portcullis_policy::compile::node::NodeTables;
+use portcullis_policy::compile::{EndpointGroups, GatewayTables, PortRule};
+use portcullis_policy::model::Direction;
+
+use crate::error::{Error, Result};
+
+/// Entry counts of one set of tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Node only: pod addresses with an identity.
+    pub identities: usize,
+    pub endpoints: usize,
+    /// Groups with at least one policy.
+    pub groups: usize,
+    /// Node only: (group, peer identity) entries.
+    pub peers: usize,
+    pub prefixes: usize,
+    pub rule_sets: usize,
+}
+
+impl TableSizes {
+    /// Map entries in all: what one generation occupies.
+    pub fn entries(&self) -> usize {
+        self.identities + self.endpoints + self.peers + self.prefixes + self.rule_sets
+    }
+}
+
+/// The compiled tables of either program, as the shared loader core sees them: rule sets, groups
+/// (their policies, prefixes and the rule sets they refer to) and endpoints, all indexed by the
+/// compiler's stable ids.
+pub trait PolicyTables: Clone + Default {
+    fn rule_sets(&self) -> &[Vec<PortRule>];
+    fn endpoints(&self) -> &EndpointGroups;
+    fn group_count(&self) -> usize;
+    fn group_policies(&self, group: usize) -> &[String];
+    fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)];
+    /// Every rule-set index group `group` refers to.
+    fn group_rule_sets(&self, group: usize) -> Vec<u32>;
+    fn sizes(&self) -> TableSizes;
+}
+
+fn live_groups<'a>(policies: impl Iterator<Item = &'a Vec<String>>) -> usize {
+    policies.filter(|p| !p.is_empty()).count()
+}
+
+impl PolicyTables for GatewayTables {
+    fn rule_sets(&self) -> &[Vec<PortRule>] {
+        &self.rule_sets
+    }
+    fn endpoints(&self) -> &EndpointGroups {
+        &self.endpoints
+    }
+    fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+    fn group_policies(&self, group: usize) -> &[String] {
+        &self.groups[group].policies
+    }
+    fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)] {
+        self.groups
+            .get(group)
+            .map_or(&[], |g| g.prefixes.as_slice())
+    }
+    fn group_rule_sets(&self, group: usize) -> Vec<u32> {
+        self.groups[group]
+            .prefixes
+            .iter()
+            .map(|(_, rs)| *rs)
+            .collect()
+    }
+    fn sizes(&self) -> TableSizes {
+        TableSizes {
+            endpoints: self.endpoints.len(),
+            groups: live_groups(self.groups.iter().map(|g| &g.policies)),
+            prefixes: self.prefix_count(),
+            rule_sets: self.rule_sets.len(),
+            ..TableSizes::default()
+        }
+    }
+}
+
+impl PolicyTables for NodeTables {
+    fn rule_sets(&self) -> &[Vec<PortRule>] {
+        &self.rule_sets
+    }
+    fn endpoints(&self) -> &EndpointGroups {
+        &self.endpoints
+    }
+    fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+    fn group_policies(&self, group: usize) -> &[String] {
+        &self.groups[group].policies
+    }
+    fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)] {
+        self.groups
+            .get(group)
+            .map_or(&[], |g| g.prefixes.as_slice())
+    }
+    fn group_rule_sets(&self, group: usize) -> Vec<u32> {
+        let g = &self.groups[group];
+        g.prefixes
+            .iter()
+            .map(|(_, rs)| *rs)
+            .chain(g.peers.values().copied())
+            .collect()
+    }
+    fn sizes(&self) -> TableSizes {
+        TableSizes {
+            identities: self.identities.len(),
+            endpoints: self.endpoints.len(),
+            groups: live_groups(self.groups.iter().map(|g| &g.policies)),
+            peers: self.groups.iter().map(|g| g.peers.len()).sum(),
+            prefixes: self.groups.iter().map(|g| g.prefixes.len()).sum(),
+            rule_sets: self.rule_sets.len(),
+        }
+    }
+}
+
+/// Checks that the maps can hold `tables` and that every index in them exists: nothing is
+/// written for tables that would be rejected half way.
+pub fn validate<T: PolicyTables>(tables: &T) -> Result<()> {
+    for (i, rules) in tables.rule_sets().iter().enumerate() {
+        if rules.len() > MAX_PORT_RANGES {
+            let mut policies: Vec<&str> = (0..tables.group_count())
+                .filter(|&g| tables.group_rule_sets(g).contains(&(i as u32)))
+                .flat_map(|g| tables.group_policies(g).iter().map(String::as_str))
+                .collect();
+            policies.sort_unstable();
+            policies.dedup();
+            return Err(Error::TooManyPortRanges {
+                rule_set: i,
+                ranges: rules.len(),
+                max: MAX_PORT_RANGES,
+                policies: policies.join(", "),
+            });
+        }
+    }
+    for g in 0..tables.group_count() {
+        for rs in tables.group_rule_sets(g) {
+            if rs as usize >= tables.rule_sets().len() {
+                return Err(Error::BadIndex {
+                    what: "rule set",
+                    index: rs,
+                });
+            }
+        }
+    }
+    for gi in tables.endpoints().values() {
+        if *gi as usize >= tables.group_count() {
+            return Err(Error::BadIndex {
+                what: "group",
+                index: *gi,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
+pub fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Group or rule-set id of index `index` in generation `parity`.
+pub fn generation_id(index: usize, parity: u32) -> u32 {
+    (index as u32 + 1) | (parity * GENERATION_ID_BIT)
+}
+
+pub(crate) fn rule_set_value(rules: &[PortRule]) -> RuleSet {
+    let mut value = RuleSet {
+        count: rules.len() as u32,
+        ranges: [PortRange::default(); MAX_PORT_RANGES],
+    };
+    for (slot, rule) in value.ranges.iter_mut().zip(rules) {
+        *slot = PortRange {
+            protocol: rule.protocol.map_or(PROTO_ANY, |p| p.number()),
+            _pad: 0,
+            first: rule.first,
+            last: rule.last,
+        };
+    }
+    value
+}
+
+pub(crate) fn prefix_key(group: u32, net: &IpNet) -> Key<PrefixData> {
+    let bits = match net {
+        IpNet::V4(n) => u32::from(IPV4_MAPPED_PREFIX_BITS + n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    Key::new(
+        PREFIX_GROUP_BITS + bits,
+        PrefixData {
+            group_be: group.to_be(),
+            addr: key_addr(net.network()),
+        },
+    )
+}
+
+pub(crate) fn endpoint_key((direction, ip): (Direction, IpAddr), parity: u32) -> EndpointKey {
+    EndpointKey {
+        addr: key_addr(ip),
+        direction: match direction {
+            Direction::Ingress => DIRECTION_INGRESS,
+            Direction::Egress => DIRECTION_EGRESS,
+        },
+        generation: parity as u8,
+        _pad: [0; 2],
+    }
+}
+
+/// Group id → the policies of that group, for groups of the generations this process wrote.
+pub type GroupPolicies = BTreeMap<u32, Vec<String>>;
