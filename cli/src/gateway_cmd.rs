@@ -152,7 +152,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
-    let unpin = args.unpin_on_exit.then(|| move || enforcer.gateway.unpin());
+    let unpin = args.unpin_on_exit.then_some(move || enforcer.gateway.unpin());
     stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)
 }

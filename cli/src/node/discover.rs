@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use super::routes::DirectRoutes;
 
 /// One interface of a network namespace, as `ip -j -d link/addr show` reports it.
 #[derive(Debug, Deserialize)]
@@ -45,7 +48,11 @@ impl IpLink {
     }
 }
 
-fn ip_json(netns: Option<&PathBuf>, args: &[&str]) -> Result<Vec<IpLink>> {
+/// Runs `ip -j ARGS` (in `netns` when given) and parses its JSON.
+pub(super) fn ip_json<T: DeserializeOwned>(
+    netns: Option<&PathBuf>,
+    args: &[&str],
+) -> Result<Vec<T>> {
     let mut cmd = match netns {
         Some(path) => {
             let mut c = Command::new("nsenter");
@@ -67,30 +74,6 @@ fn ip_json(netns: Option<&PathBuf>, args: &[&str]) -> Result<Vec<IpLink>> {
         );
     }
     serde_json::from_slice(&out.stdout).context("parsing the output of ip -j")
-}
-
-/// The interface this network namespace routes `ip` to directly (no next hop), if any.
-fn direct_route_device(ip: IpAddr) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Route {
-        dev: Option<String>,
-        gateway: Option<String>,
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
-    let out = Command::new("ip")
-        .args(["-j", "route", "get", &ip.to_string()])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let routes: Vec<Route> = serde_json::from_slice(&out.stdout).ok()?;
-    let route = routes.into_iter().next()?;
-    if route.gateway.is_some() || route.kind.as_deref() == Some("local") {
-        return None;
-    }
-    route.dev
 }
 
 /// Where a pod address was found.
@@ -129,13 +112,13 @@ impl Discovery {
         pods: impl Iterator<Item = (K, &'a [IpAddr])>,
         scan_unrouted: bool,
     ) -> Result<Vec<(K, Found)>> {
-        let links = ip_json(None, &["-d", "link", "show"])?;
-        Ok(pods
-            .map(|(k, ips)| {
-                let found = self.find_with(ips, &links, scan_unrouted);
-                (k, found)
-            })
-            .collect())
+        let links: Vec<IpLink> = ip_json(None, &["-d", "link", "show"])?;
+        let mut routes = None;
+        pods.map(|(k, ips)| {
+            let found = self.find_with(ips, &links, &mut routes, scan_unrouted)?;
+            Ok((k, found))
+        })
+        .collect()
     }
 
     /// Remembers an interface the CNI plugin named for these addresses.
@@ -145,12 +128,16 @@ impl Discovery {
         }
     }
 
+    /// Where the pod with addresses `ips` is; `routes` is read on the first pod the cache does not
+    /// know. The outer error is a failure to read the routes, the inner one why this pod was not
+    /// found.
     fn find_with(
         &mut self,
         ips: &[IpAddr],
         links: &[IpLink],
+        routes: &mut Option<DirectRoutes>,
         scan_unrouted: bool,
-    ) -> Result<(String, FoundBy)> {
+    ) -> Result<Found> {
         let veth = |name: &str| {
             links
                 .iter()
@@ -159,34 +146,35 @@ impl Discovery {
         for ip in ips {
             if let Some((name, by)) = self.cache.get(ip) {
                 if veth(name) {
-                    return Ok((name.clone(), *by));
+                    return Ok(Ok((name.clone(), *by)));
                 }
                 self.cache.remove(ip);
             }
         }
+        let routes = match routes {
+            Some(r) => r,
+            None => routes.insert(DirectRoutes::read()?),
+        };
         let mut routed_to = None;
         for ip in ips {
-            if let Some(dev) = direct_route_device(*ip) {
-                if veth(&dev) {
-                    self.cache.insert(*ip, (dev.clone(), FoundBy::Route));
-                    return Ok((dev, FoundBy::Route));
+            if let Some(dev) = routes.device(*ip) {
+                if veth(dev) {
+                    self.cache.insert(*ip, (dev.to_owned(), FoundBy::Route));
+                    return Ok(Ok((dev.to_owned(), FoundBy::Route)));
                 }
-                routed_to = Some(dev);
+                routed_to = Some(dev.to_owned());
             }
         }
         if routed_to.is_none() && !scan_unrouted {
-            bail!("not routed directly to an interface of this node");
+            return Ok(Err(anyhow::anyhow!(
+                "not routed directly to an interface of this node"
+            )));
         }
-        if let Some(found) = self.find_in_namespaces(ips, links)? {
-            return Ok(found);
-        }
-        match routed_to {
-            Some(dev) => bail!(
-                "routed to {dev}, and no veth of this node has the pod's interface as its peer \
-                 (macvlan/ipvlan/OVS layouts have no per-pod host interface)"
-            ),
-            None => bail!("no direct route to the pod and no veth peer holds its address"),
-        }
+        Ok(match self.find_in_namespaces(ips, links) {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(not_found(routed_to)),
+            Err(e) => Err(e),
+        })
     }
 
     /// Looks for the addresses in every other network namespace of the machine; returns the veth
@@ -208,7 +196,7 @@ impl Discovery {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(entry) = self.scanned.entry(id) {
-                let Ok(pod_links) = ip_json(Some(&path), &["addr", "show"]) else {
+                let Ok(pod_links) = ip_json::<IpLink>(Some(&path), &["addr", "show"]) else {
                     continue;
                 };
                 let addrs: NetnsAddrs = pod_links
@@ -254,7 +242,7 @@ impl Discovery {
 /// The unicast addresses of this network namespace's own interfaces (loopback and link-local
 /// left out): the node's addresses when the daemon runs on the host network.
 pub fn host_addresses() -> Result<Vec<IpAddr>> {
-    let links = ip_json(None, &["addr", "show"])?;
+    let links: Vec<IpLink> = ip_json(None, &["addr", "show"])?;
     Ok(links
         .iter()
         .flat_map(|l| l.addr_info.iter().filter_map(|a| a.local))
@@ -276,7 +264,7 @@ pub fn exists(name: &str) -> bool {
 
 /// Those of `names` that are veths of this network namespace.
 pub fn veths(names: &[String]) -> Result<Vec<String>> {
-    let links = ip_json(None, &["-d", "link", "show"])?;
+    let links: Vec<IpLink> = ip_json(None, &["-d", "link", "show"])?;
     Ok(names
         .iter()
         .filter(|n| {
@@ -309,4 +297,15 @@ fn netns_candidates() -> Vec<PathBuf> {
         );
     }
     paths
+}
+
+/// Why a pod routed to `routed_to` (or not routed here) has no interface to attach to.
+fn not_found(routed_to: Option<String>) -> anyhow::Error {
+    match routed_to {
+        Some(dev) => anyhow::anyhow!(
+            "routed to {dev}, and no veth of this node has the pod's interface as its peer \
+             (macvlan/ipvlan/OVS layouts have no per-pod host interface)"
+        ),
+        None => anyhow::anyhow!("no direct route to the pod and no veth peer holds its address"),
+    }
 }

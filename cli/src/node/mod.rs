@@ -6,6 +6,7 @@
 
 mod cni;
 mod discover;
+mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -543,7 +544,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         reapply: false,
     };
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
-    let unpin = args.unpin_on_exit.then(|| move || enforcer.hook.unpin());
+    let unpin = args.unpin_on_exit.then_some(move || enforcer.hook.unpin());
     stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)
 }
