@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use portcullis_gateway::{generation_id, AttachMode, ForwardMode, Gateway, GatewayOptions};
+use portcullis_gateway::{
+    generation_id, AttachMode, Datapath, ForwardMode, Gateway, GatewayOptions,
+};
 use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
 use tracing::info;
@@ -152,7 +154,9 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
-    let unpin = args.unpin_on_exit.then_some(move || enforcer.gateway.unpin());
+    let unpin = args
+        .unpin_on_exit
+        .then_some(move || enforcer.gateway.unpin());
     stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,16 +11,14 @@ mod pinned;
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{MapData, RingBuf};
 use aya::programs::links::PinnedLink;
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use aya::Ebpf;
-use portcullis_bpf::object::{program, remove_pin, take};
+use portcullis_bpf::object::{program, remove_pin};
 pub use portcullis_bpf::{
-    generation_id, key_addr, ApplyStats, Counters, DropEvents, Error, GroupDrops, Result,
-    TableStatus,
+    generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, GroupDrops,
+    Result, TableStatus,
 };
-use portcullis_bpf::{Generations, PolicyMaps};
 pub use portcullis_common::actions::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
@@ -80,15 +78,8 @@ pub enum TestProgram {
     Pass,
 }
 
-#[derive(Clone, Debug)]
-pub struct TestRunOutcome {
-    /// XDP action ([`XDP_DROP`], [`XDP_PASS`], [`XDP_REDIRECT`]).
-    pub action: u32,
-    /// Average time per run as reported by the kernel.
-    pub duration: std::time::Duration,
-    /// The packet as the program left it.
-    pub packet: Vec<u8>,
-}
+/// A test run's XDP action ([`XDP_DROP`], [`XDP_PASS`], [`XDP_REDIRECT`]), time and packet.
+pub type TestRunOutcome = portcullis_bpf::TestRunOutcome<u32>;
 
 pub struct Gateway {
     ebpf: Ebpf,
@@ -96,9 +87,17 @@ pub struct Gateway {
     attached: Vec<AttachedInterface>,
     /// Pinned links we keep open (the pin keeps them attached after we exit).
     _pinned_links: Vec<PinnedLink>,
-    maps: PolicyMaps,
-    generations: Generations<GatewayTables>,
-    drop_events: Option<RingBuf<MapData>>,
+    core: Core<GatewayTables>,
+}
+
+impl Datapath for Gateway {
+    type Tables = GatewayTables;
+    fn core(&self) -> &Core<GatewayTables> {
+        &self.core
+    }
+    fn core_mut(&mut self) -> &mut Core<GatewayTables> {
+        &mut self.core
+    }
 }
 
 impl Gateway {
@@ -109,30 +108,19 @@ impl Gateway {
             portcullis_bpf::object::pinning_loader(options.pin_dir.as_deref(), &names)?;
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         program::<Xdp>(&mut ebpf, OBJECT, PROGRAM_GATEWAY)?.load()?;
-        let mut maps = PolicyMaps::take(&mut ebpf, OBJECT)?;
         let mut flags = options.forward.config_flag();
         if options.revalidate {
             flags |= CONFIG_FLAG_REVALIDATE;
         }
-        let config = maps.set_flags(flags)?;
+        let core = Core::take(&mut ebpf, OBJECT, adopting, flags)?;
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
-        if adopting {
-            tracing::info!(generation = config.generation, "adopted pinned maps");
-        }
         Ok(Gateway {
-            maps,
-            drop_events: Some(take(&mut ebpf, OBJECT, MAP_DROP_EVENTS)?),
+            core,
             ebpf,
             attached,
             _pinned_links: pinned_links,
-            generations: Generations::new(adopting),
             options,
         })
-    }
-
-    /// Active generation parity.
-    pub fn generation(&self) -> Result<u32> {
-        self.maps.generation()
     }
 
     pub fn attached(&self) -> &[AttachedInterface] {
@@ -143,22 +131,8 @@ impl Gateway {
     /// [`portcullis_bpf::Generations`]). On error before the switch the active generation is
     /// untouched.
     pub fn apply(&mut self, tables: &GatewayTables) -> Result<ApplyStats> {
-        (self.generations).apply(&mut self.maps, tables, |_, _| Ok(Default::default()))
-    }
-
-    /// Deletes expired flows; returns how many.
-    pub fn gc_flows(&mut self) -> Result<usize> {
-        self.maps.gc_flows()
-    }
-
-    /// Deletes every flow (live ones too: their next packets are judged as new connections).
-    pub fn clear_flows(&mut self) -> Result<usize> {
-        self.maps.clear_flows()
-    }
-
-    /// All flows currently in the table (expired ones included until GC).
-    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.maps.flows()
+        let core = &mut self.core;
+        (core.generations).apply(&mut core.maps, tables, |_, _| Ok(Default::default()))
     }
 
     pub fn status(&self) -> Result<Status> {
@@ -166,13 +140,8 @@ impl Gateway {
             attached: self.attached.clone(),
             mode: self.options.xdp_mode,
             forward: self.options.forward,
-            tables: self.maps.status(self.generations.group_policies())?,
+            tables: (self.core.maps).status(self.core.generations.group_policies())?,
         })
-    }
-
-    /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
-    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
-        self.drop_events.take().map(DropEvents::new)
     }
 
     /// Runs `packet` through a program of the object with `BPF_PROG_TEST_RUN`, `repeat` times, as
@@ -198,20 +167,7 @@ impl Gateway {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: repeat.max(1),
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            duration: result.duration,
-            packet: out,
-        })
+        portcullis_bpf::test_run(prog, packet, Some(&ctx), repeat)
     }
 
     /// Removes the pins of maps and links under the pin directory: after this process exits the

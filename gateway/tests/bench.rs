@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use portcullis_gateway::{Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
+use portcullis_gateway::{Datapath, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
 use portcullis_testkit::*;

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use portcullis_common::{DROP_REASON_POLICY, MAX_PORT_RANGES};
-use portcullis_gateway::{Error, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS};
+use portcullis_gateway::{
+    Datapath, Error, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS,
+};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
 use portcullis_testkit::*;

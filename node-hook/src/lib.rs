@@ -17,22 +17,20 @@ mod pinned;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, RingBuf};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::maps::{HashMap, MapData};
+use aya::programs::SchedClassifier;
 use aya::util::KernelVersion;
 use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin, take};
 pub use portcullis_bpf::{
-    generation_id, key_addr, ApplyStats, Counters, DropEvents, Error, GroupDrops, Result,
-    TableStatus,
+    generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, GroupDrops,
+    Result, TableStatus,
 };
-use portcullis_bpf::{Generations, PolicyMaps};
 pub use portcullis_common::actions::{TC_ACT_OK, TC_ACT_SHOT};
 pub use portcullis_common::flow_timeout_ns;
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
 use serde::Serialize;
-use tracing::info;
 
 pub use links::AttachedInterface;
 use links::Links;
@@ -84,25 +82,26 @@ pub enum TestProgram {
     Pass,
 }
 
-#[derive(Clone, Debug)]
-pub struct TestRunOutcome {
-    /// tc action ([`TC_ACT_OK`], [`TC_ACT_SHOT`]).
-    pub action: i32,
-    /// Average time per run as reported by the kernel.
-    pub duration: std::time::Duration,
-    /// The packet as the program left it.
-    pub packet: Vec<u8>,
-}
+/// A test run's tc action ([`TC_ACT_OK`], [`TC_ACT_SHOT`]), time and packet.
+pub type TestRunOutcome = portcullis_bpf::TestRunOutcome<i32>;
 
 pub struct NodeHook {
     ebpf: Ebpf,
     options: NodeOptions,
     links: Links,
-    maps: PolicyMaps,
+    core: Core<NodeTables>,
     own: OwnMaps,
     host_addrs: HashMap<MapData, [u8; 16], u8>,
-    generations: Generations<NodeTables>,
-    drop_events: Option<RingBuf<MapData>>,
+}
+
+impl Datapath for NodeHook {
+    type Tables = NodeTables;
+    fn core(&self) -> &Core<NodeTables> {
+        &self.core
+    }
+    fn core_mut(&mut self) -> &mut Core<NodeTables> {
+        &mut self.core
+    }
 }
 
 impl NodeHook {
@@ -117,29 +116,23 @@ impl NodeHook {
         for name in [PROGRAM_DELIVER, PROGRAM_ORIGIN] {
             program::<SchedClassifier>(&mut ebpf, OBJECT, name)?.load()?;
         }
-        let mut maps = PolicyMaps::take(&mut ebpf, OBJECT)?;
         let flags = if options.revalidate {
             CONFIG_FLAG_REVALIDATE
         } else {
             0
         };
-        let config = maps.set_flags(flags)?;
+        let core = Core::take(&mut ebpf, OBJECT, adopting, flags)?;
         let tcx = KernelVersion::current()
             .map(|v| v >= KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
-        if adopting {
-            info!(generation = config.generation, "adopted pinned maps");
-        }
         let mut links = Links::new(options.pin_dir.clone(), tcx);
         links.adopt_pinned(&mut ebpf)?;
         Ok(NodeHook {
-            maps,
+            core,
             own: OwnMaps::take(&mut ebpf)?,
             host_addrs: take(&mut ebpf, OBJECT, MAP_HOST_ADDRS)?,
-            drop_events: Some(take(&mut ebpf, OBJECT, MAP_DROP_EVENTS)?),
             ebpf,
             links,
-            generations: Generations::new(adopting),
             options,
         })
     }
@@ -161,17 +154,12 @@ impl NodeHook {
         self.links.attached()
     }
 
-    /// Active generation parity.
-    pub fn generation(&self) -> Result<u32> {
-        self.maps.generation()
-    }
-
     /// Brings the inactive generation to `tables` by a delta and switches to it (see
     /// [`portcullis_bpf::Generations`]). On error before the switch the active generation is
     /// untouched.
     pub fn apply(&mut self, tables: &NodeTables) -> Result<ApplyStats> {
-        let own = &mut self.own;
-        (self.generations).apply(&mut self.maps, tables, |old, parity| {
+        let (core, own) = (&mut self.core, &mut self.own);
+        (core.generations).apply(&mut core.maps, tables, |old, parity| {
             own.write_delta(old, tables, parity)
         })
     }
@@ -182,33 +170,13 @@ impl NodeHook {
         own_maps::set_host_addrs(&mut self.host_addrs, addrs)
     }
 
-    /// Deletes expired flows; returns how many.
-    pub fn gc_flows(&mut self) -> Result<usize> {
-        self.maps.gc_flows()
-    }
-
-    /// Deletes every flow (live ones too: their next packets are judged as new connections).
-    pub fn clear_flows(&mut self) -> Result<usize> {
-        self.maps.clear_flows()
-    }
-
-    /// All flows currently in the table (expired ones included until GC).
-    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.maps.flows()
-    }
-
     pub fn status(&self) -> Result<Status> {
-        let tables = self.maps.status(self.generations.group_policies())?;
+        let tables = (self.core.maps).status(self.core.generations.group_policies())?;
         Ok(Status {
             attached: self.attached(),
             own: self.own.counts(tables.generation),
             tables,
         })
-    }
-
-    /// The drop-event ring buffer, for one reader (e.g. `monitor`). `None` once taken.
-    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
-        self.drop_events.take().map(DropEvents::new)
     }
 
     /// Runs `packet` (an Ethernet frame) through a program of the object with
@@ -229,18 +197,11 @@ impl NodeHook {
         if prog.fd().is_err() {
             prog.load()?;
         }
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
+        let outcome = portcullis_bpf::test_run(prog, packet, None, repeat)?;
         Ok(TestRunOutcome {
-            action: result.return_value as i32,
-            duration: result.duration,
-            packet: out,
+            action: outcome.action as i32,
+            duration: outcome.duration,
+            packet: outcome.packet,
         })
     }
 

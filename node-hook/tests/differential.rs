@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
+use portcullis_node::{Datapath, NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_policy::compile::node::NodeCompiler;
 use portcullis_policy::model::Direction;
 use portcullis_policy::testing::{policy_strategy, six_pods};

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use portcullis_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, DROP_REASON_POLICY};
-use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
+use portcullis_node::{Datapath, NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_policy::compile::node::{compile_node, NodeTables};
 use portcullis_policy::model::{Protocol, Snapshot};
 

@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use portcullis_node::{NodeHook, NodeOptions};
+use portcullis_node::{Datapath, NodeHook, NodeOptions};
 use portcullis_policy::compile::node::{NodeCompiler, NodeTables};
 use portcullis_policy::model::{Direction, Snapshot};
 use serde::{Deserialize, Serialize};

@@ -197,15 +197,4 @@ fn try_origin(ctx: &TcContext) -> i32 {
     TC_ACT_SHOT
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+portcullis_ebpf_common::program_epilogue!();

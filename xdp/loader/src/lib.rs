@@ -4,6 +4,7 @@
 //! update protocol ([`Generations`]), table validation ([`tables`]) and the drop-event reader.
 //! The loaders keep only what is theirs: attachment and their own maps.
 
+mod core;
 mod error;
 mod events;
 mod generations;
@@ -12,6 +13,7 @@ pub mod object;
 mod status;
 pub mod tables;
 
+pub use crate::core::{test_run, Core, Datapath, TestRunOutcome};
 pub use error::{ignore_missing, map_err, Error, Result};
 pub use events::DropEvents;
 pub use generations::{ApplyStats, Generations};

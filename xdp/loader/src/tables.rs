@@ -48,28 +48,35 @@ pub trait PolicyTables: Clone + Default {
     fn sizes(&self) -> TableSizes;
 }
 
+/// The accessors both table types have alike (same field names).
+macro_rules! table_accessors {
+    () => {
+        fn rule_sets(&self) -> &[Vec<PortRule>] {
+            &self.rule_sets
+        }
+        fn endpoints(&self) -> &EndpointGroups {
+            &self.endpoints
+        }
+        fn group_count(&self) -> usize {
+            self.groups.len()
+        }
+        fn group_policies(&self, group: usize) -> &[String] {
+            &self.groups[group].policies
+        }
+        fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)] {
+            self.groups
+                .get(group)
+                .map_or(&[], |g| g.prefixes.as_slice())
+        }
+    };
+}
+
 fn live_groups<'a>(policies: impl Iterator<Item = &'a Vec<String>>) -> usize {
     policies.filter(|p| !p.is_empty()).count()
 }
 
 impl PolicyTables for GatewayTables {
-    fn rule_sets(&self) -> &[Vec<PortRule>] {
-        &self.rule_sets
-    }
-    fn endpoints(&self) -> &EndpointGroups {
-        &self.endpoints
-    }
-    fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-    fn group_policies(&self, group: usize) -> &[String] {
-        &self.groups[group].policies
-    }
-    fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)] {
-        self.groups
-            .get(group)
-            .map_or(&[], |g| g.prefixes.as_slice())
-    }
+    table_accessors!();
     fn group_rule_sets(&self, group: usize) -> Vec<u32> {
         self.groups[group]
             .prefixes
@@ -89,23 +96,7 @@ impl PolicyTables for GatewayTables {
 }
 
 impl PolicyTables for NodeTables {
-    fn rule_sets(&self) -> &[Vec<PortRule>] {
-        &self.rule_sets
-    }
-    fn endpoints(&self) -> &EndpointGroups {
-        &self.endpoints
-    }
-    fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-    fn group_policies(&self, group: usize) -> &[String] {
-        &self.groups[group].policies
-    }
-    fn group_prefixes(&self, group: usize) -> &[(IpNet, u32)] {
-        self.groups
-            .get(group)
-            .map_or(&[], |g| g.prefixes.as_slice())
-    }
+    table_accessors!();
     fn group_rule_sets(&self, group: usize) -> Vec<u32> {
         let g = &self.groups[group];
         g.prefixes
