@@ -30,6 +30,7 @@ pub(crate) const GW_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 5);
 pub(crate) const GW_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1);
 pub(crate) const EXT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 6);
 pub(crate) const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2);
+pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
 
 pub(crate) const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
 pub(crate) const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];

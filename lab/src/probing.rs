@@ -12,7 +12,7 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 
 use crate::client::{self, Outcome};
 use crate::server::ServerSpec;
-use crate::topology::{pod_key, Topology};
+use crate::topology::{pod_key, PodAttachment, Topology};
 use crate::{netns, Lab, LabError, Observation, Verdict};
 
 /// A probe resolved to namespaces and addresses.
@@ -36,15 +36,16 @@ fn pick_pair(src: &[IpAddr], dst: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {
 }
 
 impl Topology {
+    fn pod_of(&self, namespace: &str, name: &str) -> Result<&PodAttachment, LabError> {
+        let key = pod_key(namespace, name);
+        self.pods.get(&key).ok_or(LabError::UnknownPod(key))
+    }
+
     fn endpoint_netns(&self, ep: &ProbeEndpoint) -> Result<String, LabError> {
         match ep {
             ProbeEndpoint::External(_) => Ok(self.ext_netns.clone()),
             ProbeEndpoint::Pod { namespace, name } => {
-                let key = pod_key(namespace, name);
-                self.pods
-                    .get(&key)
-                    .map(|p| p.netns.clone())
-                    .ok_or(LabError::UnknownPod(key))
+                Ok(self.pod_of(namespace, name)?.netns.clone())
             }
         }
     }
@@ -52,13 +53,7 @@ impl Topology {
     fn endpoint_addrs(&self, ep: &ProbeEndpoint) -> Result<Vec<IpAddr>, LabError> {
         match ep {
             ProbeEndpoint::External(ip) => Ok(vec![*ip]),
-            ProbeEndpoint::Pod { namespace, name } => {
-                let key = pod_key(namespace, name);
-                self.pods
-                    .get(&key)
-                    .map(|p| p.ips.clone())
-                    .ok_or(LabError::UnknownPod(key))
-            }
+            ProbeEndpoint::Pod { namespace, name } => Ok(self.pod_of(namespace, name)?.ips.clone()),
         }
     }
 

@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 
 use super::ip_batch::Batch;
-use super::{fabric, neigh};
+use super::{default_route_leg, fabric, neigh};
 use crate::addressing::{
-    format_mac, CLUSTER_PREFIX_V4, EXT_IFACE, EXT_V4, EXT_V6, GATEWAY_CLUSTER_IFACE,
-    GATEWAY_EXTERNAL_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6, GW_EXTERNAL_V4, GW_EXTERNAL_V6, MAC_EXT,
-    MAC_GW_CLUSTER, MAC_GW_EXTERNAL,
+    format_mac, CLUSTER_PREFIX_V4, EXTERNAL_PREFIX_V4, EXT_IFACE, EXT_V4, EXT_V6,
+    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6, GW_EXTERNAL_V4,
+    GW_EXTERNAL_V6, MAC_EXT, MAC_GW_CLUSTER, MAC_GW_EXTERNAL,
 };
 use crate::topology::Topology;
 
@@ -42,13 +42,12 @@ pub(super) fn configure(topo: &Topology) -> Batch {
         format!("link set {ex} up"),
         format!("addr add {GW_CLUSTER_V4}/{CLUSTER_PREFIX_V4} dev {cl}"),
         format!("addr add {GW_CLUSTER_V6}/64 dev {cl} nodad"),
-        format!("addr add {GW_EXTERNAL_V4}/30 dev {ex}"),
-        format!("addr add {GW_EXTERNAL_V6}/64 dev {ex} nodad"),
-        neigh(&EXT_V4, &MAC_EXT, ex),
-        neigh(&EXT_V6, &MAC_EXT, ex),
-        format!("route add 0.0.0.0/0 via {EXT_V4} dev {ex}"),
-        format!("route add ::/0 via {EXT_V6} dev {ex}"),
     ];
+    lines.extend(default_route_leg(
+        ex,
+        (GW_EXTERNAL_V4, EXTERNAL_PREFIX_V4, GW_EXTERNAL_V6),
+        (EXT_V4, EXT_V6, &MAC_EXT),
+    ));
     for node in &topo.nodes {
         lines.push(neigh(&node.uplink_ipv4, &node.uplink_mac, cl));
         lines.push(neigh(&node.uplink_ipv6, &node.uplink_mac, cl));

@@ -77,6 +77,23 @@ fn neigh(ip: &dyn fmt::Display, mac: &[u8; 6], dev: &str) -> String {
     )
 }
 
+/// `ip` lines for an interface whose other end is the default next hop: its own addresses (IPv6
+/// in a /64), a static neighbour entry for the next hop, and default routes through it.
+fn default_route_leg(
+    dev: &str,
+    (own_v4, prefix_v4, own_v6): (Ipv4Addr, u8, Ipv6Addr),
+    (hop_v4, hop_v6, hop_mac): (Ipv4Addr, Ipv6Addr, &[u8; 6]),
+) -> Vec<String> {
+    vec![
+        format!("addr add {own_v4}/{prefix_v4} dev {dev}"),
+        format!("addr add {own_v6}/64 dev {dev} nodad"),
+        neigh(&hop_v4, hop_mac, dev),
+        neigh(&hop_v6, hop_mac, dev),
+        format!("route add 0.0.0.0/0 via {hop_v4} dev {dev}"),
+        format!("route add ::/0 via {hop_v6} dev {dev}"),
+    ]
+}
+
 fn first_v4(ips: &[IpAddr]) -> Option<Ipv4Addr> {
     ips.iter().find_map(|a| match a {
         IpAddr::V4(a) => Some(*a),

@@ -3,7 +3,7 @@
 //! the fabric, never through the gateway, as in a real cluster.
 
 use super::ip_batch::Batch;
-use super::{fabric, first_v4, first_v6, neigh};
+use super::{default_route_leg, fabric, first_v4, first_v6, neigh};
 use crate::addressing::{
     format_mac, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6,
     MAC_GW_CLUSTER, NODE_UPLINK_IFACE, POD_IFACE,
@@ -42,16 +42,12 @@ pub(super) fn links(topo: &Topology, i: usize, node: &NodeInfo) -> Batch {
 /// other nodes, and a route to every pod: its own pods on their veths, the others via their node.
 pub(super) fn configure(topo: &Topology, node: &NodeInfo) -> Batch {
     let up = NODE_UPLINK_IFACE;
-    let mut lines = vec![
-        "link set lo up".to_string(),
-        format!("link set {up} up"),
-        format!("addr add {}/{CLUSTER_PREFIX_V4} dev {up}", node.uplink_ipv4),
-        format!("addr add {}/64 dev {up} nodad", node.uplink_ipv6),
-        neigh(&GW_CLUSTER_V4, &MAC_GW_CLUSTER, up),
-        neigh(&GW_CLUSTER_V6, &MAC_GW_CLUSTER, up),
-        format!("route add 0.0.0.0/0 via {GW_CLUSTER_V4} dev {up}"),
-        format!("route add ::/0 via {GW_CLUSTER_V6} dev {up}"),
-    ];
+    let mut lines = vec!["link set lo up".to_string(), format!("link set {up} up")];
+    lines.extend(default_route_leg(
+        up,
+        (node.uplink_ipv4, CLUSTER_PREFIX_V4, node.uplink_ipv6),
+        (GW_CLUSTER_V4, GW_CLUSTER_V6, &MAC_GW_CLUSTER),
+    ));
     for other in topo.nodes.iter().filter(|o| o.netns != node.netns) {
         lines.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));
         lines.push(neigh(&other.uplink_ipv6, &other.uplink_mac, up));
