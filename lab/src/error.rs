@@ -1,6 +1,8 @@
 use std::io;
 use std::net::IpAddr;
 
+use crate::command::CommandError;
+
 /// Everything that can go wrong while building, probing or tearing down a lab. Each variant names
 /// the step and, where there is one, the network namespace it happened in.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,19 @@ impl LabError {
             step: step.into(),
             netns: netns.into(),
             source,
+        }
+    }
+
+    /// A failed command of `step` in `netns`, with what it printed.
+    pub(crate) fn command(
+        step: impl Into<String>,
+        netns: impl Into<String>,
+        source: CommandError,
+    ) -> Self {
+        LabError::Command {
+            step: step.into(),
+            netns: netns.into(),
+            detail: source.to_string(),
         }
     }
 }

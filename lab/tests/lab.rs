@@ -100,9 +100,9 @@ fn probes() -> Vec<Probe> {
     out
 }
 
+/// Every network namespace's name, one a line.
 fn netns_names() -> String {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    portcullis_lab::netns::list().join("\n")
 }
 
 fn nft(lab: &Lab, netns: &str, script: &str) {

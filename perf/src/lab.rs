@@ -3,55 +3,24 @@
 //! error or Ctrl-C (the signal handler only sets a flag; the run stops and unwinds through this
 //! guard). `perf/run` adds a shell trap that deletes leftovers of this process as a second guard.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use portcullis_lab::{command, format_mac, iface, netns};
 
 /// Runs a shell command; fails with its output.
 pub fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .context("spawn sh")?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}{}",
-            if cmd.len() > 300 { &cmd[..300] } else { cmd },
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(command::sh(cmd)?)
 }
 
 /// Runs `f` on a thread that entered network namespace `ns` (not `ip netns exec`, which remounts
 /// /sys and hides bpffs). Commands spawned from `f` run in the namespace too.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: valid fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
+    netns::run_in_named(ns, f).unwrap_or_else(|e| panic!("enter netns {ns}: {e}"))
 }
 
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(i)
+    Ok(iface::ifindex(name)?)
 }
 
 pub fn mac_of(ns: &str, dev: &str) -> Result<[u8; 6]> {
@@ -190,10 +159,9 @@ impl Lab {
         lab.cluster_mac = mac_of(wn, c)?;
         lab.external_mac = mac_of(wn, e)?;
         lab.sink_mac = mac_of(sn, s)?;
-        let m = lab.sink_mac;
         sh(&format!(
-            "ip -n {wn} neigh replace {SINK_IP} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev {e} nud permanent",
-            m[0], m[1], m[2], m[3], m[4], m[5]
+            "ip -n {wn} neigh replace {SINK_IP} lladdr {} dev {e} nud permanent",
+            format_mac(&lab.sink_mac)
         ))?;
         Ok(lab)
     }

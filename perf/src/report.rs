@@ -1,4 +1,4 @@
-//! Results: the JSON file (keys documented in perf/README.md), two hand-written SVG plots and the
+//! Results: the JSON file (keys documented in perf/README.md), the two SVG plots (`svg`) and the
 //! printed summary table with ratios.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
+
+use crate::contender::Contender;
+use crate::plan::FRAME_LEN;
+use crate::svg;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
@@ -22,6 +26,52 @@ pub struct Figure {
     pub unit: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<f64>,
+}
+
+impl Figure {
+    /// The figure's frame size (traffic and test-run figures).
+    pub fn frame(mut self, frame_bytes: usize) -> Figure {
+        self.frame_bytes = frame_bytes;
+        self
+    }
+
+    /// The values the figure summarises (per repeat, or every change).
+    pub fn samples(mut self, samples: Vec<f64>) -> Figure {
+        self.samples = samples;
+        self
+    }
+}
+
+/// Whose figures and at which rule-set size: what a run of figures has in common.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    pub contender: String,
+    pub ip_blocks: usize,
+    pub prefixes: usize,
+}
+
+impl Subject {
+    pub fn new(contender: &str, ip_blocks: usize, prefixes: usize) -> Subject {
+        Subject {
+            contender: contender.into(),
+            ip_blocks,
+            prefixes,
+        }
+    }
+
+    /// A figure of this subject, not about packets (frame size 0) and without samples.
+    pub fn figure(&self, metric: impl Into<String>, value: f64, unit: &str) -> Figure {
+        Figure {
+            contender: self.contender.clone(),
+            ip_blocks: self.ip_blocks,
+            prefixes: self.prefixes,
+            frame_bytes: 0,
+            metric: metric.into(),
+            value,
+            unit: unit.into(),
+            samples: Vec::new(),
+        }
+    }
 }
 
 pub struct Report {
@@ -168,16 +218,10 @@ impl Report {
         let path = dir.join(format!("{base}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&self.json())?)?;
         let tp = self.series("forwarded_pps", 1e-6);
-        let frames: BTreeSet<usize> = self
-            .figures
-            .iter()
-            .filter(|f| f.metric == "forwarded_pps")
-            .map(|f| f.frame_bytes)
-            .collect();
-        let frames: Vec<String> = frames.iter().map(|f| format!("{f} B")).collect();
+        let frames: Vec<String> = self.frames().iter().map(|f| format!("{f} B")).collect();
         std::fs::write(
             dir.join(format!("{base}-throughput.svg")),
-            svg_plot(
+            svg::plot(
                 &format!(
                     "Forwarded packets/s at the sink ({} UDP, one gateway core)",
                     frames.join(", ")
@@ -196,7 +240,7 @@ impl Report {
         }
         std::fs::write(
             dir.join(format!("{base}-ns.svg")),
-            svg_plot("BPF_PROG_TEST_RUN ns/packet vs ipBlocks", "ns/packet", &ns),
+            svg::plot("BPF_PROG_TEST_RUN ns/packet vs ipBlocks", "ns/packet", &ns),
         )?;
         Ok(path)
     }
@@ -212,7 +256,7 @@ impl Report {
             .collect();
         let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for f in self.figures.iter().filter(|f| f.metric == metric) {
-            let name = if f.frame_bytes == crate::FRAME_LEN {
+            let name = if f.frame_bytes == FRAME_LEN {
                 f.contender.clone()
             } else {
                 format!("{} ({} B)", f.contender, f.frame_bytes)
@@ -243,23 +287,23 @@ impl Report {
 
     /// Frame sizes of the throughput figures.
     fn frames(&self) -> Vec<usize> {
-        let s: BTreeSet<usize> = self
+        self.throughput_keys(|f| Some(f.frame_bytes))
+    }
+
+    /// ipBlock counts of the throughput figures of contenders with rules.
+    fn sizes(&self) -> Vec<usize> {
+        self.throughput_keys(|f| (f.ip_blocks > 0).then_some(f.ip_blocks))
+    }
+
+    /// The distinct `key`s of the throughput figures, sorted.
+    fn throughput_keys(&self, key: impl Fn(&Figure) -> Option<usize>) -> Vec<usize> {
+        let keys: BTreeSet<usize> = self
             .figures
             .iter()
             .filter(|f| f.metric == "forwarded_pps")
-            .map(|f| f.frame_bytes)
+            .filter_map(key)
             .collect();
-        s.into_iter().collect()
-    }
-
-    fn sizes(&self) -> Vec<usize> {
-        let s: BTreeSet<usize> = self
-            .figures
-            .iter()
-            .filter(|f| f.metric == "forwarded_pps" && f.ip_blocks > 0)
-            .map(|f| f.ip_blocks)
-            .collect();
-        s.into_iter().collect()
+        keys.into_iter().collect()
     }
 
     /// Forwarded-throughput ratios of Portcullis (XDP forwarding; new flows, and established
@@ -299,14 +343,14 @@ impl Report {
 
     pub fn print_summary(&self) {
         let sizes = self.sizes();
-        let contenders: Vec<String> = crate::ALL_CONTENDERS
+        let contenders: Vec<&str> = Contender::ALL
             .iter()
+            .map(|c| c.name())
             .filter(|c| {
                 self.figures
                     .iter()
-                    .any(|f| f.contender == **c && f.metric == "forwarded_pps")
+                    .any(|f| f.contender == *c && f.metric == "forwarded_pps")
             })
-            .map(|c| c.to_string())
             .collect();
         for frame in self.frames() {
             println!("\nforwarded Mpps (median), {frame} B frames [gateway CPU, cores]");
@@ -340,48 +384,36 @@ impl Report {
                 r["value"].as_f64().unwrap_or(f64::NAN)
             );
         }
-        let changes: Vec<&Figure> = self
-            .figures
-            .iter()
-            .filter(|f| f.metric.starts_with("change_") || f.metric.starts_with("survival_"))
-            .collect();
-        if !changes.is_empty() {
-            println!("\npolicy changes (portcullis-xdp):");
-            for f in changes {
-                println!(
+        self.print_section(
+            "policy changes (portcullis-xdp)",
+            |f| f.metric.starts_with("change_") || f.metric.starts_with("survival_"),
+            |f| {
+                format!(
                     "  {:>8} ipBlocks  {:<40} {:.3} {}",
                     f.ip_blocks, f.metric, f.value, f.unit
-                );
-            }
-        }
-        let micro: Vec<&Figure> = self
-            .figures
-            .iter()
-            .filter(|f| f.metric.starts_with("test_run_"))
-            .collect();
-        if !micro.is_empty() {
-            println!("\ntest-run ns/packet:");
-            for f in micro {
-                println!(
+                )
+            },
+        );
+        self.print_section(
+            "test-run ns/packet",
+            |f| f.metric.starts_with("test_run_"),
+            |f| {
+                format!(
                     "  {:>8} ipBlocks  {:<32} {:.1}",
                     f.ip_blocks, f.metric, f.value
-                );
-            }
-        }
-        let agree: Vec<&Figure> = self
-            .figures
-            .iter()
-            .filter(|f| f.metric == "verdict_agreement")
-            .collect();
-        if !agree.is_empty() {
-            println!("\nverdict agreement with GatewayTables::allows:");
-            for f in agree {
-                println!(
+                )
+            },
+        );
+        self.print_section(
+            "verdict agreement with GatewayTables::allows",
+            |f| f.metric == "verdict_agreement",
+            |f| {
+                format!(
                     "  {:>8} ipBlocks  {:<28} {:.3}",
                     f.ip_blocks, f.contender, f.value
-                );
-            }
-        }
+                )
+            },
+        );
         println!(
             "\nload average (1, 5, 15 min) before {:?}, after {:?}",
             self.load_before,
@@ -391,136 +423,22 @@ impl Report {
             println!("note: {n}");
         }
     }
-}
 
-const COLORS: [&str; 10] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
-];
-
-/// A log-x line plot (x: ipBlocks) with one polyline per series and a legend.
-pub fn svg_plot(title: &str, ylabel: &str, series: &BTreeMap<String, Vec<(f64, f64)>>) -> String {
-    let (w, h, l, r, t, b) = (860.0, 480.0, 70.0, 230.0, 40.0, 50.0);
-    let pts: Vec<(f64, f64)> = series.values().flatten().copied().collect();
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
-        (w - r + l) / 2.0,
-        esc(title)
-    );
-    if pts.is_empty() {
-        s.push_str("<text x=\"100\" y=\"100\">no data</text>\n</svg>\n");
-        return s;
-    }
-    let xmin = pts
-        .iter()
-        .map(|p| p.0.max(1.0).log10())
-        .fold(f64::MAX, f64::min);
-    let mut xmax = pts
-        .iter()
-        .map(|p| p.0.max(1.0).log10())
-        .fold(f64::MIN, f64::max);
-    if xmax <= xmin {
-        xmax = xmin + 1.0;
-    }
-    let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1 + 1e-9;
-    let (pw, ph) = (w - l - r, h - t - b);
-    let x = |v: f64| l + (v.max(1.0).log10() - xmin) / (xmax - xmin) * pw;
-    let y = |v: f64| t + ph - v / ymax * ph;
-    let _ = writeln!(
-        s,
-        "<rect x=\"{l}\" y=\"{t}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>"
-    );
-    for i in 0..=5 {
-        let v = ymax * i as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{l}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            l + pw,
-            l - 6.0,
-            y(v) + 4.0,
-            fmt_tick(v),
-            yy = y(v)
-        );
-    }
-    let mut e = xmin.floor() as i32;
-    while e as f64 <= xmax.ceil() {
-        let v = 10f64.powi(e);
-        if (v.log10() >= xmin - 1e-9) && (v.log10() <= xmax + 1e-9) {
-            let _ = writeln!(
-                s,
-                "<line x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{xx:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                t + ph,
-                t + ph + 16.0,
-                fmt_tick(v),
-                xx = x(v)
-            );
+    /// A titled block of one line per selected figure; nothing when no figure is selected.
+    fn print_section(
+        &self,
+        title: &str,
+        selected: impl Fn(&Figure) -> bool,
+        line: impl Fn(&Figure) -> String,
+    ) {
+        let figures: Vec<&Figure> = self.figures.iter().filter(|f| selected(f)).collect();
+        if !figures.is_empty() {
+            println!("\n{title}:");
+            for f in figures {
+                println!("{}", line(f));
+            }
         }
-        e += 1;
     }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ipBlocks (log scale)</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>",
-        l + pw / 2.0,
-        h - 10.0,
-        t + ph / 2.0,
-        t + ph / 2.0,
-        esc(ylabel)
-    );
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let mut sorted = pts.clone();
-        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let path: Vec<String> = sorted
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
-            path.join(" ")
-        );
-        for p in &sorted {
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"><title>{} {}: {:.3}</title></circle>",
-                x(p.0),
-                y(p.1),
-                esc(name),
-                p.0,
-                p.1
-            );
-        }
-        let ly = t + 10.0 + i as f64 * 18.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            w - r + 10.0,
-            w - r + 30.0,
-            w - r + 36.0,
-            ly + 4.0,
-            esc(name)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn fmt_tick(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{}k", v / 1e3)
-    } else if v >= 10.0 || v == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -24,17 +24,51 @@ use ipnet::IpNet;
 use portcullis_policy::compile::{GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
 
-/// One group's IPv4 longest-match table flattened: disjoint, sorted, merged `[first, last]`
-/// ranges with the rule-set id valid there (`None`: no prefix, denied).
+/// One group's IPv4 longest-match table flattened: disjoint, sorted, merged ranges.
 pub struct Flat {
-    pub ranges: Vec<(u32, u32, Option<u32>)>,
+    pub ranges: Vec<Range>,
 }
 
-fn v4_prefixes(prefixes: &[(IpNet, u32)]) -> Vec<(u32, u8, u32)> {
+impl Flat {
+    /// The first range that does not end before `a` (the one holding `a`: the ranges cover
+    /// every address).
+    pub fn range_at(&self, a: u32) -> Option<&Range> {
+        let i = self.ranges.partition_point(|r| r.last < a);
+        self.ranges.get(i)
+    }
+}
+
+/// Addresses `first..=last` (host order) and the rule-set id valid there (`None`: no prefix,
+/// denied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub first: u32,
+    pub last: u32,
+    pub rule_set: Option<u32>,
+}
+
+impl Range {
+    pub fn contains(&self, a: u32) -> bool {
+        self.first <= a && a <= self.last
+    }
+}
+
+/// An IPv4 prefix of a group's table: network address (host order), length, rule-set id.
+struct V4Prefix {
+    start: u32,
+    len: u8,
+    rule_set: u32,
+}
+
+fn v4_prefixes(prefixes: &[(IpNet, u32)]) -> Vec<V4Prefix> {
     prefixes
         .iter()
         .filter_map(|(net, set)| match net {
-            IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len(), *set)),
+            IpNet::V4(n) => Some(V4Prefix {
+                start: u32::from(n.network()),
+                len: n.prefix_len(),
+                rule_set: *set,
+            }),
             IpNet::V6(_) => None,
         })
         .collect()
@@ -52,10 +86,10 @@ pub fn flatten(prefixes: &[(IpNet, u32)]) -> Flat {
     let v4 = v4_prefixes(prefixes);
     let mut by_len: Vec<HashMap<u32, u32>> = vec![HashMap::new(); 33];
     let mut bounds: Vec<u64> = vec![0, 1u64 << 32];
-    for (start, len, set) in &v4 {
-        by_len[*len as usize].insert(*start, *set);
-        bounds.push(*start as u64);
-        bounds.push(last_of(*start, *len) as u64 + 1);
+    for p in &v4 {
+        by_len[p.len as usize].insert(p.start, p.rule_set);
+        bounds.push(p.start as u64);
+        bounds.push(last_of(p.start, p.len) as u64 + 1);
     }
     bounds.sort_unstable();
     bounds.dedup();
@@ -69,13 +103,19 @@ pub fn flatten(prefixes: &[(IpNet, u32)]) -> Flat {
             by_len[*l as usize].get(&(a & mask)).copied()
         })
     };
-    let mut ranges: Vec<(u32, u32, Option<u32>)> = Vec::new();
+    let mut ranges: Vec<Range> = Vec::new();
     for w in bounds.windows(2) {
-        let (a, b) = (w[0] as u32, (w[1] - 1) as u32);
-        let v = lookup(a);
+        let (first, last) = (w[0] as u32, (w[1] - 1) as u32);
+        let rule_set = lookup(first);
         match ranges.last_mut() {
-            Some(last) if last.2 == v && last.1 as u64 + 1 == a as u64 => last.1 = b,
-            _ => ranges.push((a, b, v)),
+            Some(prev) if prev.rule_set == rule_set && prev.last as u64 + 1 == first as u64 => {
+                prev.last = last
+            }
+            _ => ranges.push(Range {
+                first,
+                last,
+                rule_set,
+            }),
         }
     }
     Flat { ranges }
@@ -84,10 +124,8 @@ pub fn flatten(prefixes: &[(IpNet, u32)]) -> Flat {
 /// Distinct port rules used by a group.
 fn universe(tables: &GatewayTables, flat: &Flat) -> Vec<PortRule> {
     let mut u = BTreeSet::new();
-    for (_, _, set) in &flat.ranges {
-        if let Some(s) = set {
-            u.extend(tables.rule_sets[*s as usize].iter().copied());
-        }
+    for s in flat.ranges.iter().filter_map(|r| r.rule_set) {
+        u.extend(tables.rule_sets[s as usize].iter().copied());
     }
     u.into_iter().collect()
 }
@@ -133,35 +171,52 @@ pub fn egress_groups(tables: &GatewayTables) -> BTreeMap<u32, Vec<Ipv4Addr>> {
     g
 }
 
+/// Every egress group by id: its pods and its flattened table.
 pub struct Flattened {
-    pub groups: BTreeMap<u32, (Vec<Ipv4Addr>, Flat)>,
+    pub groups: BTreeMap<u32, Group>,
+}
+
+pub struct Group {
+    pub pods: Vec<Ipv4Addr>,
+    pub flat: Flat,
 }
 
 pub fn flatten_all(tables: &GatewayTables) -> Flattened {
     Flattened {
         groups: egress_groups(tables)
             .into_iter()
-            .map(|(g, pods)| (g, (pods, flatten(&tables.groups[g as usize].prefixes))))
+            .map(|(g, pods)| {
+                let flat = flatten(&tables.groups[g as usize].prefixes);
+                (g, Group { pods, flat })
+            })
             .collect(),
     }
+}
+
+/// An `nft -f` script and its interval elements.
+pub struct NftRules {
+    pub script: String,
+    pub elements: usize,
+}
+
+/// An `ipset restore` script, the `iptables-restore` script using its sets, and how many set
+/// entries or rules they hold.
+pub struct IptRules {
+    pub ipset: String,
+    pub iptables: String,
+    pub count: usize,
 }
 
 /// `nft -f` script (table `ip pcperf`, forward hook, packets entering `iface`). `stateful` puts
 /// conntrack in front, as a stateful firewall is usually written: packets of a connection that
 /// conntrack already has in state established or related are accepted before the rules, so only
 /// new connections pay for them (and every packet pays conntrack's lookup, new ones its insert).
-/// Returns (script, interval elements).
-pub fn nftables(
-    tables: &GatewayTables,
-    flat: &Flattened,
-    iface: &str,
-    stateful: bool,
-) -> (String, usize) {
+pub fn nftables(tables: &GatewayTables, flat: &Flattened, iface: &str, stateful: bool) -> NftRules {
     let mut s = String::from("table ip pcperf {\n");
     let mut elements = 0;
     let mut chains = String::new();
     let mut vmap = Vec::new();
-    for (g, (pods, f)) in &flat.groups {
+    for (g, Group { pods, flat: f }) in &flat.groups {
         for pod in pods {
             vmap.push(format!("{pod} : jump g{g}"));
         }
@@ -170,12 +225,17 @@ pub fn nftables(
             let ranges: Vec<String> = f
                 .ranges
                 .iter()
-                .filter(|(_, _, set)| set.is_some_and(|s| tables.rule_sets[s as usize].contains(r)))
-                .map(|(a, b, _)| {
+                .filter(|range| {
+                    range
+                        .rule_set
+                        .is_some_and(|s| tables.rule_sets[s as usize].contains(r))
+                })
+                .map(|range| {
+                    let (a, b) = (Ipv4Addr::from(range.first), Ipv4Addr::from(range.last));
                     if a == b {
-                        Ipv4Addr::from(*a).to_string()
+                        a.to_string()
                     } else {
-                        format!("{}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b))
+                        format!("{a}-{b}")
                     }
                 })
                 .collect();
@@ -214,104 +274,119 @@ pub fn nftables(
             ""
         }
     );
-    (s, elements)
+    NftRules {
+        script: s,
+        elements,
+    }
 }
 
-/// `ipset restore` script and `iptables-restore` script for the ipset contender.
-/// Returns (ipset script, iptables script, set entries).
-pub fn ipset(
-    tables: &GatewayTables,
-    flat: &Flattened,
-    iface: &str,
-    tag: &str,
-) -> (String, String, usize) {
-    let mut sets = String::new();
-    let mut ipt = String::from("*filter\n");
-    let mut entries = 0;
-    let mut rules = String::new();
-    for (g, (pods, f)) in &flat.groups {
-        let prefixes = v4_prefixes(&tables.groups[*g as usize].prefixes);
-        let _ = writeln!(sets, "create {tag}p{g} hash:ip family inet");
-        for p in pods {
-            let _ = writeln!(sets, "add {tag}p{g} {p}");
+/// The scripts of an iptables contender, written group by group: the ipset script, the chain
+/// declarations and the rules of the `iptables-restore` script.
+struct IptWriter<'a> {
+    iface: &'a str,
+    tag: &'a str,
+    sets: String,
+    chains: String,
+    rules: String,
+    count: usize,
+}
+
+impl<'a> IptWriter<'a> {
+    fn new(iface: &'a str, tag: &'a str) -> IptWriter<'a> {
+        IptWriter {
+            iface,
+            tag,
+            sets: String::new(),
+            chains: String::new(),
+            rules: String::new(),
+            count: 0,
         }
-        let _ = writeln!(ipt, ":G{g} - [0:0]");
+    }
+
+    /// Group `g`'s `hash:ip` set of its pods and the `FORWARD` rule sending their packets to
+    /// the group's chain `G<g>`.
+    fn pod_chain(&mut self, g: u32, pods: &[Ipv4Addr]) {
+        let (iface, tag) = (self.iface, self.tag);
+        let _ = writeln!(self.sets, "create {tag}p{g} hash:ip family inet");
+        for p in pods {
+            let _ = writeln!(self.sets, "add {tag}p{g} {p}");
+        }
+        let _ = writeln!(self.chains, ":G{g} - [0:0]");
         let _ = writeln!(
-            rules,
+            self.rules,
             "-A FORWARD -i {iface} -m set --match-set {tag}p{g} src -j G{g}"
         );
-        for (ri, r) in universe(tables, f).iter().enumerate() {
+    }
+
+    fn finish(self) -> IptRules {
+        IptRules {
+            ipset: self.sets,
+            iptables: format!("*filter\n{}{}COMMIT\n", self.chains, self.rules),
+            count: self.count,
+        }
+    }
+}
+
+/// `ipset restore` script and `iptables-restore` script for the ipset contender (`count`: set
+/// entries).
+pub fn ipset(tables: &GatewayTables, flat: &Flattened, iface: &str, tag: &str) -> IptRules {
+    let mut w = IptWriter::new(iface, tag);
+    for (g, group) in &flat.groups {
+        let prefixes = v4_prefixes(&tables.groups[*g as usize].prefixes);
+        w.pod_chain(*g, &group.pods);
+        for (ri, r) in universe(tables, &group.flat).iter().enumerate() {
             let name = format!("{tag}g{g}r{ri}");
             let _ = writeln!(
-                sets,
+                w.sets,
                 "create {name} hash:net family inet hashsize {} maxelem {}",
                 (prefixes.len().next_power_of_two()).max(1024),
                 prefixes.len().max(1024) * 2
             );
-            for (start, len, set) in &prefixes {
-                if *len == 0 {
+            for p in &prefixes {
+                if p.len == 0 {
                     continue; // hash:net has no /0; the synthetic rules never use it
                 }
-                let allowed = tables.rule_sets[*set as usize].contains(r);
+                let allowed = tables.rule_sets[p.rule_set as usize].contains(r);
                 let _ = writeln!(
-                    sets,
-                    "add {name} {}/{len}{}",
-                    Ipv4Addr::from(*start),
+                    w.sets,
+                    "add {name} {}/{}{}",
+                    Ipv4Addr::from(p.start),
+                    p.len,
                     if allowed { "" } else { " nomatch" }
                 );
-                entries += 1;
+                w.count += 1;
             }
             let _ = writeln!(
-                rules,
+                w.rules,
                 "-A G{g} {}-m set --match-set {name} dst -j ACCEPT",
                 rule_match_ipt(r)
             );
         }
-        let _ = writeln!(rules, "-A G{g} -j DROP");
+        let _ = writeln!(w.rules, "-A G{g} -j DROP");
     }
-    ipt.push_str(&rules);
-    ipt.push_str("COMMIT\n");
-    (sets, ipt, entries)
+    w.finish()
 }
 
-/// `iptables-restore` script of linear rules (pods still matched by a small ipset per group:
-/// `ipset_pods` is the ipset script creating those). Returns (ipset, iptables, rules).
-pub fn linear(
-    tables: &GatewayTables,
-    flat: &Flattened,
-    iface: &str,
-    tag: &str,
-) -> (String, String, usize) {
-    let mut sets = String::new();
-    let mut ipt = String::from("*filter\n");
-    let mut rules = String::new();
-    let mut count = 0;
-    for (g, (pods, _)) in &flat.groups {
-        let _ = writeln!(sets, "create {tag}p{g} hash:ip family inet");
-        for p in pods {
-            let _ = writeln!(sets, "add {tag}p{g} {p}");
-        }
-        let _ = writeln!(ipt, ":G{g} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A FORWARD -i {iface} -m set --match-set {tag}p{g} src -j G{g}"
-        );
+/// `iptables-restore` script of linear rules, with the ipset script of the pods' sets (pods are
+/// still matched by a small ipset per group; `count`: rules).
+pub fn linear(tables: &GatewayTables, flat: &Flattened, iface: &str, tag: &str) -> IptRules {
+    let mut w = IptWriter::new(iface, tag);
+    for (g, group) in &flat.groups {
+        w.pod_chain(*g, &group.pods);
         let mut prefixes = v4_prefixes(&tables.groups[*g as usize].prefixes);
-        prefixes.sort_by_key(|(start, len, _)| (std::cmp::Reverse(*len), *start));
-        for (start, len, set) in prefixes {
-            let net = format!("{}/{len}", Ipv4Addr::from(start));
-            for r in &tables.rule_sets[set as usize] {
-                let _ = writeln!(rules, "-A G{g} -d {net} {}-j ACCEPT", rule_match_ipt(r));
-                count += 1;
+        prefixes.sort_by_key(|p| (std::cmp::Reverse(p.len), p.start));
+        for p in prefixes {
+            let net = format!("{}/{}", Ipv4Addr::from(p.start), p.len);
+            for r in &tables.rule_sets[p.rule_set as usize] {
+                let _ = writeln!(w.rules, "-A G{g} -d {net} {}-j ACCEPT", rule_match_ipt(r));
+                w.count += 1;
             }
-            let _ = writeln!(rules, "-A G{g} -d {net} -j DROP");
-            count += 1;
+            let _ = writeln!(w.rules, "-A G{g} -d {net} -j DROP");
+            w.count += 1;
         }
-        let _ = writeln!(rules, "-A G{g} -j DROP");
+        let _ = writeln!(w.rules, "-A G{g} -j DROP");
     }
-    ipt.push_str(&rules);
-    ipt.push_str("COMMIT\n");
-    (sets, ipt, count)
+    w.finish()
 }
 
 #[cfg(test)]
@@ -328,11 +403,7 @@ mod tests {
         let f = flatten(&p);
         let at = |a: &str| {
             let a = u32::from(a.parse::<Ipv4Addr>().unwrap());
-            f.ranges
-                .iter()
-                .find(|(s, e, _)| *s <= a && a <= *e)
-                .unwrap()
-                .2
+            f.ranges.iter().find(|r| r.contains(a)).unwrap().rule_set
         };
         assert_eq!(at("10.255.255.255"), None);
         assert_eq!(at("11.0.0.1"), Some(1));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::frame::udp_frame;
+use crate::lab::{self, in_ns};
+
 /// Marks a frame of a watched stream (after its sequence number); same value as the kernel side.
 const WATCH_MAGIC: u32 = 0x5043_4c53;
 
@@ -31,6 +34,29 @@ pub struct Sender {
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     frame_len: usize,
+}
+
+/// Where streams are sent from: an interface of a namespace, the thread pinned to a CPU.
+#[derive(Clone, Debug)]
+pub struct SenderSite {
+    pub ns: String,
+    pub cpu: usize,
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub frame_len: usize,
+}
+
+impl SenderSite {
+    /// Sends `streams` from this site (see [`Sender::run`]) until `stop`; call it on a thread of
+    /// its own.
+    pub fn run(&self, streams: &[Stream], interval: Duration, stop: &AtomicBool) -> Result<Sent> {
+        in_ns(&self.ns, || {
+            lab::pin_current_thread(self.cpu);
+            Sender::open(self.ifindex, self.src_mac, self.dst_mac, self.frame_len)?
+                .run(streams, interval, stop)
+        })
+    }
 }
 
 /// What a [`Sender::run`] sent.
@@ -86,7 +112,7 @@ impl Sender {
         let mut frames: Vec<Vec<u8>> = streams
             .iter()
             .map(|s| {
-                crate::udp_frame(
+                udp_frame(
                     self.src_mac,
                     self.dst_mac,
                     s.src,
@@ -111,7 +137,7 @@ impl Sender {
                         // 64k ports (the first round's destination is `s.dst` itself).
                         sport_next = 1024;
                         dst_next = (dst_next + 1) & 0xffff;
-                        frames[i] = crate::udp_frame(
+                        frames[i] = udp_frame(
                             self.src_mac,
                             self.dst_mac,
                             s.src,

@@ -2,28 +2,24 @@
 
 use std::process::Command;
 
-/// Runs a shell command, panicking with its output on failure.
+use portcullis_lab::{command, iface};
+
+/// Runs a shell command, panicking with its output on failure; returns its standard output.
+#[track_caller]
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("spawn sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    command::sh(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs `cmd`, panicking with its output on failure; returns its standard output.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> String {
+    command::run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The index of interface `name` in the calling thread's namespace; panics when there is none.
+#[track_caller]
 pub fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
+    iface::ifindex(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Skips (returns true) when not root: these tests need CAP_BPF/CAP_NET_ADMIN.

@@ -1,11 +1,13 @@
 //! Test helpers shared by the tests of every crate: throw-away network namespaces, commands, and
-//! hand-built packets. A dev-dependency only; `lab` has its own namespace code for real use.
+//! hand-built packets. A dev-dependency only. Entering a namespace, running a command and looking
+//! up an interface are `portcullis-lab`'s (`netns`, `command`, `iface`), which the lab, perf and
+//! these helpers share; here they panic instead of returning errors, as tests want.
 
 mod cmd;
 mod netns;
 pub mod packet;
 
-pub use cmd::{ifindex, not_root, sh};
+pub use cmd::{ifindex, not_root, run, sh};
 pub use netns::NetNs;
 pub use packet::*;
 

@@ -1,7 +1,5 @@
 //! Throw-away network namespaces for kernel tests.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -28,20 +26,12 @@ impl NetNs {
     }
 
     /// Runs `f` on a thread that has entered this namespace (not `ip netns exec`: that remounts
-    /// /sys and hides bpffs). Commands spawned from `f` run in the namespace too.
+    /// /sys and hides bpffs). Commands spawned from `f` run in the namespace too; a panic in `f`
+    /// fails the caller with its own message.
+    #[track_caller]
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).expect("open netns");
-                // SAFETY: valid fd; affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        portcullis_lab::netns::run_in_named(&self.name, f)
+            .unwrap_or_else(|e| panic!("enter netns {}: {e}", self.name))
     }
 }
 
@@ -50,5 +40,24 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ifindex, not_root};
+
+    #[test]
+    fn runs_inside_and_passes_panics_on() {
+        if not_root() {
+            return;
+        }
+        let ns = NetNs::new("tk");
+        assert_eq!(ns.run(|| ifindex("lo")), 1);
+        assert_eq!(ns.run(|| sh("ip -o link")).lines().count(), 1, "only lo");
+        let panic = std::panic::catch_unwind(|| ns.run(|| panic!("inside")));
+        let msg = panic.unwrap_err();
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"inside"));
     }
 }

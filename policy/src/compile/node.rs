@@ -7,63 +7,29 @@
 //! identity entry of the subject's group matches, or the longest ipBlock prefix containing the
 //! peer's address matches: the union of selector rules and ipBlock rules, exactly as the evaluator.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{
-    addr128, assign_groups, by_id, canonical, contains128, flatten, policy_names, port_rules,
-    to128, CachedGroup, CompileError, Entry, GroupKey, PortRule, RuleSetInterner, StableIds,
-    MAX_PORT_RANGES,
-};
+use super::groups::{assign_groups, CachedGroup, CompiledGroup, EndpointGroups, GroupCache};
+use super::kernel_abi::check_port_ranges;
+use super::prefixes::{external_entries, flatten, longest_match, Entry};
+use super::rules::{canonical, port_rules, rule_set_allows, PortRule};
+use super::stable::IdentityAllocator;
+use super::CompileError;
 use crate::eval::Side;
-use crate::model::{
-    ContainerPort, Direction, Labels, Namespace, Peer, Pod, Policy, PortMatch, Snapshot,
-};
+use crate::model::{Direction, Namespace, Peer, Pod, Policy, PortMatch, Snapshot};
 
 /// First identity number; lower ones are reserved for special peers (host, world).
 pub const FIRST_POD_IDENTITY: u32 = 256;
-
-/// What makes two pods indistinguishable to every selector and named port.
-type IdentityKey = (String, Labels, Vec<ContainerPort>);
-
-/// Hands out identity numbers that stay stable across recompiles (never reused), so a label change or pod churn
-/// rewrites only the entries of the identities it touches.
-#[derive(Debug, Default)]
-struct IdentityAllocator {
-    ids: HashMap<IdentityKey, u32>,
-    next: u32,
-}
-
-impl IdentityAllocator {
-    fn id(&mut self, pod: &Pod) -> u32 {
-        let key = (pod.namespace.clone(), pod.labels.clone(), pod.ports.clone());
-        let next = &mut self.next;
-        *self.ids.entry(key).or_insert_with(|| {
-            let id = FIRST_POD_IDENTITY + *next;
-            *next += 1;
-            id
-        })
-    }
-
-    /// Forgets identities no pod of `snapshot` has any more.
-    fn retain_present(&mut self, snapshot: &Snapshot) {
-        let present: std::collections::HashSet<IdentityKey> = snapshot
-            .pods
-            .iter()
-            .map(|p| (p.namespace.clone(), p.labels.clone(), p.ports.clone()))
-            .collect();
-        self.ids.retain(|k, _| present.contains(k));
-    }
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeTables {
     /// Every pod address of the cluster (hostNetwork pods excluded) → identity.
     pub identities: BTreeMap<IpAddr, u32>,
     /// Every pod address selected by at least one policy of that direction → index into `groups`.
-    pub endpoints: super::EndpointGroups,
+    pub endpoints: EndpointGroups,
     /// Indexed by group id, stable across a [`NodeCompiler`]'s compiles; an id without a live
     /// group holds an empty one until it is reused.
     pub groups: Vec<NodeGroup>,
@@ -95,27 +61,26 @@ pub fn compile_node(snapshot: &Snapshot) -> Result<NodeTables, CompileError> {
 #[derive(Debug, Default)]
 pub struct NodeCompiler {
     identities: IdentityAllocator,
-    group_ids: StableIds<GroupKey>,
-    rule_sets: RuleSetInterner,
-    cache: HashMap<GroupKey, CachedGroup<NodeGroup>>,
+    groups: GroupCache<NodeGroup>,
     /// Identities and namespaces the cached groups were computed against.
     cached_identities: BTreeSet<u32>,
     cached_namespaces: BTreeMap<String, Namespace>,
-    /// Groups compiled from scratch by the last `compile`.
-    recompiled: usize,
 }
 
 impl NodeCompiler {
     pub fn compile(&mut self, snapshot: &Snapshot) -> Result<NodeTables, CompileError> {
         let NodeCompiler {
             identities: allocator,
-            group_ids,
-            rule_sets,
-            cache,
+            groups: group_cache,
             cached_identities,
             cached_namespaces,
-            recompiled,
         } = self;
+        let GroupCache {
+            group_ids,
+            rule_sets,
+            cached: cache,
+            recompiled,
+        } = group_cache;
         *recompiled = 0;
         allocator.retain_present(snapshot);
         // One representative pod per identity: selectors and named ports see nothing else.
@@ -147,14 +112,7 @@ impl NodeCompiler {
             let direction = key.0;
             let mut peer_rules = |peer: &Pod, peers: &mut BTreeMap<u32, u32>, identity: u32| {
                 let ports = identity_rules(snapshot, policies, direction, subject, peer);
-                if ports.len() > MAX_PORT_RANGES {
-                    return Err(CompileError::TooManyPortRanges {
-                        policies: policy_names(policies).join(", "),
-                        direction,
-                        count: ports.len(),
-                        max: MAX_PORT_RANGES,
-                    });
-                }
+                check_port_ranges(&ports, policies, direction)?;
                 if ports.is_empty() {
                     peers.remove(&identity);
                 } else {
@@ -194,13 +152,7 @@ impl NodeCompiler {
                     if depends_on_pod_addresses(policies, direction) {
                         cache.remove(key);
                     } else {
-                        cache.insert(
-                            key.clone(),
-                            CachedGroup {
-                                policies: policies.iter().map(|p| (*p).clone()).collect(),
-                                group: group.clone(),
-                            },
-                        );
+                        cache.insert(key.clone(), CachedGroup::new(policies, group.clone()));
                     }
                     group
                 }
@@ -218,33 +170,22 @@ impl NodeCompiler {
             }
         };
         *cached_identities = representatives.keys().copied().collect();
-        let live: HashSet<u32> = groups.keys().copied().collect();
-        group_ids.retain(|_, id| live.contains(&id));
-        cache.retain(|key, _| group_ids.contains(key));
-        let used: HashSet<u32> = (groups.values())
-            .flat_map(|g| {
-                g.prefixes
-                    .iter()
-                    .map(|(_, rs)| *rs)
-                    .chain(g.peers.values().copied())
-            })
-            .collect();
+        let (groups, rule_sets) = group_cache.finish(groups);
         Ok(NodeTables {
             identities,
             endpoints,
-            groups: by_id(groups, group_ids.len(), NodeGroup::retired()),
-            rule_sets: rule_sets.retain_used(&used),
+            groups,
+            rule_sets,
         })
     }
 
     /// Groups the last [`compile`](Self::compile) compiled from scratch (the rest were reused).
     pub fn recompiled(&self) -> usize {
-        self.recompiled
+        self.groups.recompiled
     }
 }
 
-impl NodeGroup {
-    /// What an id without a live group holds.
+impl CompiledGroup for NodeGroup {
     fn retired() -> NodeGroup {
         NodeGroup {
             direction: Direction::Ingress,
@@ -252,6 +193,10 @@ impl NodeGroup {
             peers: BTreeMap::new(),
             prefixes: Vec::new(),
         }
+    }
+
+    fn rule_set_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.prefixes.iter().map(|(_, set)| *set)).chain(self.peers.values().copied())
     }
 }
 
@@ -305,9 +250,10 @@ fn identity_rules(
     canonical(rules)
 }
 
-/// Address entries of the group: ipBlocks, and every address for rules without peers. Numbered
-/// ports apply to the whole block; named ports resolve on
-/// the destination pod, so for egress they become host entries for each pod inside the block.
+/// Address entries of the group: ipBlocks, and every address for rules without peers (which
+/// also admit addresses that are no pod: external hosts, nodes; pods are covered by the identity
+/// entries). Numbered ports apply to the whole block; named ports resolve on the destination pod,
+/// so for egress they become host entries for each pod inside the block.
 fn ip_block_entries(
     snapshot: &Snapshot,
     policies: &[&Policy],
@@ -317,53 +263,24 @@ fn ip_block_entries(
     let mut entries = Vec::new();
     for policy in policies {
         for rule in policy.rules(direction).unwrap_or_default() {
-            // A rule without peers also admits addresses that are no pod (external hosts, nodes);
-            // pods are covered by the identity entries.
-            if rule.peers.is_empty() {
-                let ports = port_rules(rule, (direction == Direction::Ingress).then_some(subject));
-                if !ports.is_empty() {
-                    for all in ["0.0.0.0/0", "::/0"] {
-                        entries.push(Entry {
-                            cidr: all.parse().expect("literal CIDR"),
-                            except: Vec::new(),
-                            ports: ports.clone(),
-                        });
-                    }
-                }
+            entries.extend(external_entries(rule, direction, subject));
+            let named_egress = direction == Direction::Egress
+                && (rule.ports.iter()).any(|p| matches!(p.port, PortMatch::Named(_)));
+            if !named_egress {
+                continue;
             }
             for peer in &rule.peers {
                 let Peer::IpBlock { cidr, except } = peer else {
                     continue;
                 };
-                let block_ports = port_rules(
-                    rule,
-                    match direction {
-                        Direction::Ingress => Some(subject),
-                        Direction::Egress => None,
-                    },
-                );
-                if !block_ports.is_empty() {
-                    entries.push(Entry {
-                        cidr: *cidr,
-                        except: except.clone(),
-                        ports: block_ports,
-                    });
-                }
-                if direction == Direction::Egress
-                    && rule
-                        .ports
-                        .iter()
-                        .any(|p| matches!(p.port, crate::model::PortMatch::Named(_)))
-                {
-                    for pod in snapshot.pods.iter().filter(|p| !p.host_network) {
-                        for ip in &pod.ips {
-                            if cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)) {
-                                entries.push(Entry {
-                                    cidr: IpNet::from(*ip),
-                                    except: Vec::new(),
-                                    ports: port_rules(rule, Some(pod)),
-                                });
-                            }
+                for pod in snapshot.pods.iter().filter(|p| !p.host_network) {
+                    for ip in &pod.ips {
+                        if cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)) {
+                            entries.push(Entry {
+                                cidr: IpNet::from(*ip),
+                                except: Vec::new(),
+                                ports: port_rules(rule, Some(pod)),
+                            });
                         }
                     }
                 }
@@ -389,23 +306,13 @@ impl NodeTables {
             return true;
         };
         let group = &self.groups[*group as usize];
-        let set_allows = |set: u32| {
-            self.rule_sets[set as usize]
-                .iter()
-                .any(|r| r.matches(protocol, port))
-        };
+        let set_allows = |set: u32| rule_set_allows(&self.rule_sets, set, protocol, port);
         let by_identity = self
             .identities
             .get(&peer_ip)
             .and_then(|id| group.peers.get(id))
             .is_some_and(|set| set_allows(*set));
-        let peer = addr128(peer_ip);
-        let by_prefix = group
-            .prefixes
-            .iter()
-            .filter(|(net, _)| contains128(to128(net), peer))
-            .max_by_key(|(net, _)| to128(net).1)
-            .is_some_and(|(_, set)| set_allows(*set));
+        let by_prefix = longest_match(&group.prefixes, peer_ip).is_some_and(set_allows);
         by_identity || by_prefix
     }
 }

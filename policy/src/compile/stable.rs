@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-use super::PortRule;
+use super::node::FIRST_POD_IDENTITY;
+use super::rules::PortRule;
+use crate::model::{ContainerPort, Labels, Pod, Snapshot};
 
 /// Numbers keys densely from 0; a key keeps its number while it is live, numbers of retired keys
 /// are reused so tables indexed by them stay compact.
@@ -105,4 +107,36 @@ impl RuleSetInterner {
         }
         self.sets.clone()
     }
+}
+
+/// What makes two pods indistinguishable to every selector and named port.
+type IdentityKey = (String, Labels, Vec<ContainerPort>);
+
+/// Hands out pod identity numbers that stay stable across recompiles (never reused), so a label
+/// change or pod churn rewrites only the entries of the identities it touches.
+#[derive(Debug, Default)]
+pub(super) struct IdentityAllocator {
+    ids: HashMap<IdentityKey, u32>,
+    next: u32,
+}
+
+impl IdentityAllocator {
+    pub(super) fn id(&mut self, pod: &Pod) -> u32 {
+        let next = &mut self.next;
+        *self.ids.entry(identity_key(pod)).or_insert_with(|| {
+            let id = FIRST_POD_IDENTITY + *next;
+            *next += 1;
+            id
+        })
+    }
+
+    /// Forgets identities no pod of `snapshot` has any more.
+    pub(super) fn retain_present(&mut self, snapshot: &Snapshot) {
+        let present: HashSet<IdentityKey> = snapshot.pods.iter().map(identity_key).collect();
+        self.ids.retain(|k, _| present.contains(k));
+    }
+}
+
+fn identity_key(pod: &Pod) -> IdentityKey {
+    (pod.namespace.clone(), pod.labels.clone(), pod.ports.clone())
 }

@@ -1,0 +1,105 @@
+//! The lab's fixed address plan: interface names, transit addresses and MACs. Transit links are
+//! link-local, so they never collide with a pod or external address; every MAC is locally
+//! administered and unicast, so static neighbour entries can name them before any link exists.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Name of the pod-side interface in every pod namespace.
+pub const POD_IFACE: &str = "eth0";
+/// The gateway's leg towards the node(s).
+pub const GATEWAY_CLUSTER_IFACE: &str = "cluster";
+/// The gateway's leg towards the external hosts.
+pub const GATEWAY_EXTERNAL_IFACE: &str = "external";
+/// The node's interface towards the gateway.
+pub const NODE_UPLINK_IFACE: &str = "gw0";
+/// The external namespace's interface towards the gateway.
+pub const EXT_IFACE: &str = "eth0";
+/// Name of the bridge in the fabric namespace (only with more than one node).
+pub const FABRIC_BRIDGE: &str = "br0";
+
+/// The next hop pods use (on-link, answered by a static neighbour entry for the node's MAC).
+pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+// Cluster segment (gateway's cluster leg and every node's uplink): 169.254.16.0/20, fe80::/64.
+pub(crate) const GW_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 16, 1);
+pub(crate) const GW_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1);
+pub(crate) const CLUSTER_PREFIX_V4: u8 = 20;
+// External segment: the gateway's external leg and the external namespace, a /30 and fe80::/64.
+pub(crate) const GW_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 5);
+pub(crate) const GW_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1);
+pub(crate) const EXT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 6);
+pub(crate) const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2);
+pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
+
+pub(crate) const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
+pub(crate) const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];
+pub(crate) const MAC_EXT: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x02];
+
+/// Node `i`'s uplink address (the gateway's cluster leg is the first of the segment).
+pub(crate) fn node_uplink_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(GW_CLUSTER_V4) + 1 + i as u32)
+}
+
+pub(crate) fn node_uplink_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(GW_CLUSTER_V6) + 1 + i as u128)
+}
+
+pub(crate) fn node_uplink_mac(i: usize) -> [u8; 6] {
+    let n = i + 1;
+    [0x02, 0x70, 0x63, 0x03, (n >> 8) as u8, n as u8]
+}
+
+/// The node-side end of pod `i`'s veth.
+pub(crate) fn host_mac(i: usize) -> [u8; 6] {
+    let [a, b, c] = [(i >> 16) as u8, (i >> 8) as u8, i as u8];
+    [0x02, 0x70, 0x63, 0x01 | (a << 4), b, c]
+}
+
+/// The pod-side end of pod `i`'s veth.
+pub(crate) fn pod_mac(i: usize) -> [u8; 6] {
+    let [a, b, c] = [(i >> 16) as u8, (i >> 8) as u8, i as u8];
+    [0x02, 0x70, 0x63, 0x02 | (a << 4), b, c]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Link-local addresses: the lab's transit links use them, so no pod or external host may.
+pub(crate) fn is_lab_reserved(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Addresses no interface can hold as a host address.
+pub(crate) fn cannot_host(ip: IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip == Ipv4Addr::BROADCAST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn macs_are_distinct_and_local() {
+        let all: HashSet<[u8; 6]> = (0..300).flat_map(|i| [host_mac(i), pod_mac(i)]).collect();
+        assert_eq!(all.len(), 600);
+        assert!(all.iter().all(|m| m[0] & 0x02 != 0 && m[0] & 0x01 == 0));
+    }
+
+    #[test]
+    fn reserved_addresses() {
+        assert!(is_lab_reserved("169.254.1.1".parse().unwrap()));
+        assert!(is_lab_reserved("fe80::1".parse().unwrap()));
+        assert!(!is_lab_reserved("10.244.1.10".parse().unwrap()));
+        assert!(!is_lab_reserved("2001:db8::1".parse().unwrap()));
+    }
+}

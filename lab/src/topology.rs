@@ -1,0 +1,246 @@
+//! The plan of a lab, made before anything is created: which namespaces exist, which pod lives on
+//! which node, and every address and MAC.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use portcullis_policy::model::{Pod, Snapshot};
+use portcullis_policy::probe::{Probe, ProbeEndpoint};
+
+use crate::addressing::{
+    cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
+    pod_mac, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, NODE_UPLINK_IFACE, POD_IFACE,
+};
+use crate::LabError;
+
+/// More nodes than this would run out of node uplink MACs and cluster-segment addresses.
+const MAX_NODES: usize = 4000;
+
+/// The gateway namespace and its two legs: run `portcullis gateway --cluster-iface
+/// CLUSTER --external-iface EXTERNAL` in it with [`Lab::spawn_in`](crate::Lab::spawn_in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayLegs {
+    pub netns: String,
+    pub cluster_iface: String,
+    pub external_iface: String,
+}
+
+/// A node namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The pods' `node` (or "node-0" when pods name none).
+    pub name: String,
+    pub netns: String,
+    /// Interface towards the gateway's cluster leg (directly, or through the fabric bridge when
+    /// there is more than one node).
+    pub uplink_iface: String,
+    pub uplink_ipv4: Ipv4Addr,
+    pub uplink_ipv6: Ipv6Addr,
+    pub uplink_mac: [u8; 6],
+}
+
+/// Where a pod lives and how it is wired to its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAttachment {
+    /// `namespace/name`.
+    pub pod: String,
+    pub netns: String,
+    /// The pod-side interface ([`POD_IFACE`]).
+    pub iface: String,
+    pub mac: [u8; 6],
+    pub ips: Vec<IpAddr>,
+    pub node: String,
+    pub node_netns: String,
+    /// The host side of the pod's veth, in the node namespace: where node hooks attach.
+    pub host_iface: String,
+    pub host_mac: [u8; 6],
+}
+
+/// Every namespace, address and MAC of one lab. Namespace names are `ID-ROLE`.
+#[derive(Debug)]
+pub(crate) struct Topology {
+    /// `PREFIX-PID-N`.
+    pub id: String,
+    pub nodes: Vec<NodeInfo>,
+    pub gateway: GatewayLegs,
+    /// The namespace holding every external address.
+    pub ext_netns: String,
+    /// With more than one node: the namespace whose bridge joins the nodes and the gateway.
+    pub fabric_netns: Option<String>,
+    /// By `namespace/name`.
+    pub pods: BTreeMap<String, PodAttachment>,
+    pub externals: BTreeSet<IpAddr>,
+}
+
+pub(crate) fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Topology {
+    /// Plans every pod of `snapshot` that has addresses (host-network pods are not modelled), its
+    /// node, the gateway and the external hosts named by `probes`. A pod that names no node goes
+    /// to one of `unscheduled_nodes` nodes ("node-0", "node-1", ...), round-robin in manifest
+    /// order.
+    pub fn plan(
+        id: String,
+        snapshot: &Snapshot,
+        probes: &[Probe],
+        unscheduled_nodes: usize,
+    ) -> Result<Topology, LabError> {
+        let modelled: Vec<&Pod> = snapshot
+            .pods
+            .iter()
+            .filter(|p| !p.host_network && !p.ips.is_empty())
+            .collect();
+        let spread = unscheduled_nodes.max(1);
+        let node_names: Vec<String> = modelled
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.node
+                    .clone()
+                    .unwrap_or_else(|| format!("node-{}", i % spread))
+            })
+            .collect();
+        let nodes = plan_nodes(&id, &node_names)?;
+        let (pods, owner) = plan_pods(&id, &modelled, &node_names, &nodes)?;
+        let externals = plan_externals(probes, &owner)?;
+        Ok(Topology {
+            gateway: GatewayLegs {
+                netns: format!("{id}-gw"),
+                cluster_iface: GATEWAY_CLUSTER_IFACE.into(),
+                external_iface: GATEWAY_EXTERNAL_IFACE.into(),
+            },
+            ext_netns: format!("{id}-ext"),
+            fabric_netns: (nodes.len() > 1).then(|| format!("{id}-fab")),
+            nodes,
+            id,
+            pods,
+            externals,
+        })
+    }
+
+    /// Every namespace, in the order they are created.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.nodes.iter().map(|n| n.netns.as_str()).collect();
+        names.extend([self.gateway.netns.as_str(), self.ext_netns.as_str()]);
+        names.extend(self.fabric_netns.as_deref());
+        names.extend(self.pods.values().map(|p| p.netns.as_str()));
+        names
+    }
+
+    /// The pods wired to `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a NodeInfo) -> impl Iterator<Item = &'a PodAttachment> {
+        self.pods.values().filter(|p| p.node_netns == node.netns)
+    }
+
+    /// The node `pod` is wired to.
+    pub fn node_of(&self, pod: &PodAttachment) -> &NodeInfo {
+        self.nodes
+            .iter()
+            .find(|n| n.netns == pod.node_netns)
+            .expect("every pod's node is planned")
+    }
+}
+
+/// One node per distinct name (sorted), or a lone "node-0" when there are no pods.
+fn plan_nodes(id: &str, node_names: &[String]) -> Result<Vec<NodeInfo>, LabError> {
+    let mut names: BTreeSet<&str> = node_names.iter().map(String::as_str).collect();
+    if names.is_empty() {
+        names.insert("node-0");
+    }
+    if names.len() > MAX_NODES {
+        return Err(LabError::Unsupported(format!("{} nodes", names.len())));
+    }
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| NodeInfo {
+            name: name.to_string(),
+            netns: format!("{id}-n{i}"),
+            uplink_iface: NODE_UPLINK_IFACE.into(),
+            uplink_ipv4: node_uplink_v4(i),
+            uplink_ipv6: node_uplink_v6(i),
+            uplink_mac: node_uplink_mac(i),
+        })
+        .collect())
+}
+
+/// The pods by key, and the pod owning each address.
+type PlannedPods = (BTreeMap<String, PodAttachment>, BTreeMap<IpAddr, String>);
+
+fn plan_pods(
+    id: &str,
+    modelled: &[&Pod],
+    node_names: &[String],
+    nodes: &[NodeInfo],
+) -> Result<PlannedPods, LabError> {
+    let mut pods = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (i, (p, node)) in modelled.iter().zip(node_names).enumerate() {
+        let key = p.key();
+        for ip in &p.ips {
+            if is_lab_reserved(*ip) || cannot_host(*ip) {
+                return Err(LabError::AddressConflict {
+                    addr: *ip,
+                    detail: format!("pod {key}: link-local/special addresses are lab-reserved"),
+                });
+            }
+            if let Some(other) = owner.insert(*ip, key.clone()) {
+                return Err(LabError::AddressConflict {
+                    addr: *ip,
+                    detail: format!("held by both {other} and {key}"),
+                });
+            }
+        }
+        let node_netns = nodes
+            .iter()
+            .find(|n| &n.name == node)
+            .map(|n| n.netns.clone())
+            .expect("every pod's node is listed");
+        pods.insert(
+            key.clone(),
+            PodAttachment {
+                pod: key,
+                netns: format!("{id}-p{i}"),
+                iface: POD_IFACE.into(),
+                mac: pod_mac(i),
+                ips: p.ips.clone(),
+                node_netns,
+                node: node.clone(),
+                host_iface: format!("pod{i}"),
+                host_mac: host_mac(i),
+            },
+        );
+    }
+    Ok((pods, owner))
+}
+
+/// Every external address a probe names; none may be a pod's or one the lab reserves.
+fn plan_externals(
+    probes: &[Probe],
+    owner: &BTreeMap<IpAddr, String>,
+) -> Result<BTreeSet<IpAddr>, LabError> {
+    let mut externals = BTreeSet::new();
+    for probe in probes {
+        for ep in [&probe.from, &probe.to] {
+            let ProbeEndpoint::External(ip) = ep else {
+                continue;
+            };
+            if let Some(pod) = owner.get(ip) {
+                return Err(LabError::AddressConflict {
+                    addr: *ip,
+                    detail: format!("external address of probe {probe} is pod {pod}'s"),
+                });
+            }
+            if is_lab_reserved(*ip) || cannot_host(*ip) {
+                return Err(LabError::AddressConflict {
+                    addr: *ip,
+                    detail: format!("probe {probe}: the lab cannot host this address"),
+                });
+            }
+            externals.insert(*ip);
+        }
+    }
+    Ok(externals)
+}

@@ -1,0 +1,109 @@
+//! Creating and wiring the namespaces of a planned [`Topology`], one step per tier: nodes (with
+//! their pods' veths), the gateway, the external hosts, the pods, and with more than one node the
+//! fabric bridge. Every neighbour entry is static, so no ARP/ND has to happen before the first
+//! packet.
+
+mod carrier;
+mod external;
+mod fabric;
+mod gateway;
+mod ip_batch;
+mod node;
+mod offload;
+mod pod;
+mod sysctl;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::addressing::format_mac;
+use crate::netns::{self, Netns};
+use crate::topology::Topology;
+use crate::LabError;
+use ip_batch::Batch;
+
+/// Creates every namespace of `topo` (each pushed to `namespaces` at once, so whoever owns them
+/// deletes them even when a later step fails) and wires them.
+pub(crate) fn wire(topo: &Topology, namespaces: &mut Vec<Netns>) -> Result<(), LabError> {
+    for name in topo.namespaces() {
+        let file = netns::create(name)?;
+        namespaces.push(Netns {
+            name: name.to_string(),
+            file,
+        });
+    }
+    sysctl::apply(topo, namespaces)?;
+    create_links(topo)?;
+    configure(topo)?;
+    offload::set(topo)?;
+    carrier::wait_running(topo, namespaces)
+}
+
+/// Phase 1: the veth pairs, each end created straight in its namespace. One node: its uplink is
+/// the peer of the gateway's cluster leg. More: both go to ports of the fabric bridge.
+fn create_links(topo: &Topology) -> Result<(), LabError> {
+    for (i, node) in topo.nodes.iter().enumerate() {
+        ip_batch::run(&node::links(topo, i, node))?;
+    }
+    ip_batch::run(&gateway::links(topo))
+}
+
+/// Phase 2: addresses, routes and static neighbours, every namespace at once.
+fn configure(topo: &Topology) -> Result<(), LabError> {
+    let mut batches: Vec<Batch> = topo
+        .nodes
+        .iter()
+        .map(|node| node::configure(topo, node))
+        .collect();
+    batches.push(gateway::configure(topo));
+    batches.push(external::configure(topo));
+    batches.extend(topo.pods.values().map(pod::configure));
+    ip_batch::run_all(&batches)?;
+    // The bridge last, once every node uplink and the cluster leg are up: a port whose peer came
+    // up while the port was being enslaved was seen to stay without carrier.
+    if let Some(f) = &topo.fabric_netns {
+        let ports = fabric::ports(topo);
+        ip_batch::run(&fabric::configure(f, &ports))?;
+        fabric::wait_forwarding(f, ports.len())?;
+    }
+    Ok(())
+}
+
+/// `ip` line: a permanent neighbour entry.
+fn neigh(ip: &dyn fmt::Display, mac: &[u8; 6], dev: &str) -> String {
+    format!(
+        "neigh replace {ip} lladdr {} dev {dev} nud permanent",
+        format_mac(mac)
+    )
+}
+
+/// `ip` lines for an interface whose other end is the default next hop: its own addresses (IPv6
+/// in a /64), a static neighbour entry for the next hop, and default routes through it.
+fn default_route_leg(
+    dev: &str,
+    (own_v4, prefix_v4, own_v6): (Ipv4Addr, u8, Ipv6Addr),
+    (hop_v4, hop_v6, hop_mac): (Ipv4Addr, Ipv6Addr, &[u8; 6]),
+) -> Vec<String> {
+    vec![
+        format!("addr add {own_v4}/{prefix_v4} dev {dev}"),
+        format!("addr add {own_v6}/64 dev {dev} nodad"),
+        neigh(&hop_v4, hop_mac, dev),
+        neigh(&hop_v6, hop_mac, dev),
+        format!("route add 0.0.0.0/0 via {hop_v4} dev {dev}"),
+        format!("route add ::/0 via {hop_v6} dev {dev}"),
+    ]
+}
+
+fn first_v4(ips: &[IpAddr]) -> Option<Ipv4Addr> {
+    ips.iter().find_map(|a| match a {
+        IpAddr::V4(a) => Some(*a),
+        _ => None,
+    })
+}
+
+fn first_v6(ips: &[IpAddr]) -> Option<Ipv6Addr> {
+    ips.iter().find_map(|a| match a {
+        IpAddr::V6(a) => Some(*a),
+        _ => None,
+    })
+}

@@ -1,0 +1,72 @@
+//! What `perf_sink` counts and records on the sink: frames, probe arrivals (`SEEN`) and the
+//! watched streams of the policy-change tests (`WATCH`).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::maps::{Array, HashMap};
+
+use crate::harness::{map, map_mut, Harness};
+
+/// What the sink saw of one watched tuple (same layout as the kernel side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watch {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub frames: u64,
+    pub next_seq: u64,
+    pub lost: u64,
+    pub gap_first_ns: u64,
+    pub gap_last_ns: u64,
+}
+// SAFETY: plain old data, same layout as the kernel side.
+unsafe impl aya::Pod for Watch {}
+
+/// A key of `SEEN` or `WATCH`: source, destination, destination port (network order).
+pub type TupleKey = [u32; 3];
+
+/// Record the tuple of every frame in `SEEN`.
+pub const SINK_RECORD: u32 = 1;
+/// Track the streams in `WATCH`.
+pub const SINK_WATCH: u32 = 2;
+/// The part of a network-order destination a `WATCH` key keeps (its first two bytes).
+const WATCH_DST_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
+
+/// The `WATCH` key of a stream (its destination's /16: a probe stream changes the last two
+/// bytes when it runs out of source ports).
+pub fn watch_key(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> TupleKey {
+    [
+        u32::from_ne_bytes(src.octets()),
+        u32::from_ne_bytes(dst.octets()) & WATCH_DST_MASK,
+        dport.to_be() as u32,
+    ]
+}
+
+impl Harness<'_> {
+    pub fn set_sink_flags(&mut self, flags: u32) -> Result<()> {
+        Array::<_, u32>::try_from(map_mut(&mut self.ebpf, "SINK_CFG")?)?.set(0, flags, 0)?;
+        Ok(())
+    }
+
+    /// Frames the sink has received so far.
+    pub fn sink_count(&self) -> Result<u64> {
+        Ok(self.sink_count.get(&0, 0)?.iter().sum())
+    }
+
+    /// Forgets the tuples recorded in `SEEN`.
+    pub fn clear_seen(&mut self) -> Result<()> {
+        let mut seen = HashMap::<_, TupleKey, u64>::try_from(map_mut(&mut self.ebpf, "SEEN")?)?;
+        let keys: Vec<TupleKey> = seen.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = seen.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Which of `keys` the sink recorded in `SEEN`.
+    pub fn seen(&self, keys: &[TupleKey]) -> Result<Vec<bool>> {
+        let seen = HashMap::<_, TupleKey, u64>::try_from(map(&self.ebpf, "SEEN")?)?;
+        Ok(keys.iter().map(|k| seen.get(k, 0).is_ok()).collect())
+    }
+}

@@ -1,0 +1,163 @@
+//! Collects converted objects from any number of sources and builds the snapshot: an invalid
+//! object, or a second one of the same name, is rejected by name while the others still load.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::convert::{convert_namespace, convert_pod, convert_policy};
+use super::error::{field_error, FieldError, LoadError, Origin};
+use super::{Loaded, NAMESPACE_NAME_LABEL};
+use crate::model::{Namespace, Pod, Policy, Snapshot};
+
+/// Accumulates objects from any number of sources and builds the snapshot.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<(String, String), Pod>,
+    policies: BTreeMap<(String, String), Policy>,
+    errors: Vec<LoadError>,
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> SnapshotBuilder {
+        SnapshotBuilder::default()
+    }
+
+    pub fn add_namespace(&mut self, origin: &Origin, ns: core::Namespace) {
+        let Some(name) = ns.metadata.name.clone() else {
+            return self.reject_unnamed(origin, "Namespace");
+        };
+        let object = format!("Namespace {name}");
+        let labels = ns.metadata.labels.unwrap_or_default();
+        let added = convert_namespace(name.clone(), labels)
+            .and_then(|ns| insert_once(&mut self.namespaces, name, ns));
+        if let Err(e) = added {
+            self.reject_field(origin, object, e);
+        }
+    }
+
+    pub fn add_pod(&mut self, origin: &Origin, pod: core::Pod) {
+        let key = namespaced_key(&pod.metadata);
+        self.add_namespaced(
+            origin,
+            "Pod",
+            key,
+            |b| &mut b.pods,
+            |namespace, name| convert_pod(namespace, name, pod),
+        );
+    }
+
+    pub fn add_policy(&mut self, origin: &Origin, policy: net::NetworkPolicy) {
+        let key = namespaced_key(&policy.metadata);
+        let spec = policy.spec.unwrap_or_default();
+        self.add_namespaced(
+            origin,
+            "NetworkPolicy",
+            key,
+            |b| &mut b.policies,
+            |namespace, name| convert_policy(namespace, name, spec),
+        );
+    }
+
+    /// Converts one namespaced object of `kind` and stores it, or rejects it by name.
+    fn add_namespaced<M>(
+        &mut self,
+        origin: &Origin,
+        kind: &str,
+        (namespace, name): (String, Option<String>),
+        store: fn(&mut SnapshotBuilder) -> &mut BTreeMap<(String, String), M>,
+        convert: impl FnOnce(String, String) -> Result<M, FieldError>,
+    ) {
+        let Some(name) = name else {
+            return self.reject_unnamed(origin, kind);
+        };
+        let object = format!("{kind} {namespace}/{name}");
+        let key = (namespace.clone(), name.clone());
+        let added = convert(namespace, name).and_then(|m| insert_once(store(self), key, m));
+        if let Err(e) = added {
+            self.reject_field(origin, object, e);
+        }
+    }
+
+    pub(super) fn reject(
+        &mut self,
+        origin: &Origin,
+        object: Option<String>,
+        field: &str,
+        message: String,
+    ) {
+        self.errors.push(LoadError {
+            origin: origin.clone(),
+            object,
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    fn reject_field(&mut self, origin: &Origin, object: String, error: FieldError) {
+        self.reject(origin, Some(object), &error.field, error.message);
+    }
+
+    fn reject_unnamed(&mut self, origin: &Origin, kind: &str) {
+        self.reject(origin, Some(kind.into()), "metadata.name", "missing".into());
+    }
+
+    /// The snapshot of every accepted object, with [implicit namespaces](snapshot_with_implicit_namespaces).
+    pub fn build(self) -> Loaded {
+        Loaded {
+            snapshot: snapshot_with_implicit_namespaces(
+                self.namespaces,
+                self.pods.into_values().collect(),
+                self.policies.into_values().collect(),
+            ),
+            errors: self.errors,
+        }
+    }
+}
+
+/// The snapshot of these accepted objects. Namespaces that pods or policies name but no object
+/// defines are added with only their name label, as if they existed unlabelled. Every source
+/// builds its snapshot through this, so they all see the same namespaces.
+pub fn snapshot_with_implicit_namespaces(
+    mut namespaces: BTreeMap<String, Namespace>,
+    pods: Vec<Pod>,
+    policies: Vec<Policy>,
+) -> Snapshot {
+    let named = (pods.iter().map(|p| &p.namespace)).chain(policies.iter().map(|p| &p.namespace));
+    for name in named {
+        if !namespaces.contains_key(name) {
+            let labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.clone())]);
+            let name = name.clone();
+            namespaces.insert(name.clone(), Namespace { name, labels });
+        }
+    }
+    Snapshot {
+        namespaces,
+        pods,
+        policies,
+    }
+}
+
+/// Namespace (`default` when unset, as the API server defaults it) and name of an object.
+fn namespaced_key(metadata: &ObjectMeta) -> (String, Option<String>) {
+    let namespace = metadata.namespace.clone();
+    (
+        namespace.unwrap_or_else(|| "default".into()),
+        metadata.name.clone(),
+    )
+}
+
+/// Stores a new object; a second one under the same key is rejected, the first kept.
+fn insert_once<K: Ord, M>(map: &mut BTreeMap<K, M>, key: K, object: M) -> Result<(), FieldError> {
+    match map.entry(key) {
+        Entry::Occupied(_) => Err(field_error("metadata.name", "defined twice")),
+        Entry::Vacant(slot) => {
+            slot.insert(object);
+            Ok(())
+        }
+    }
+}

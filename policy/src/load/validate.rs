@@ -1,0 +1,77 @@
+//! The API server's rules for names and labels, checked before an object is accepted.
+
+use super::error::{field_error, FieldError};
+use crate::model::Labels;
+
+/// IANA_SVC_NAME: at most 15 lowercase letters, digits and '-', with a letter, no leading,
+/// trailing or double '-'.
+pub(super) fn validate_port_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid port name (IANA_SVC_NAME)"))
+    }
+}
+
+pub(super) fn validate_labels(labels: &Labels, field: &str) -> Result<(), FieldError> {
+    for (k, v) in labels {
+        validate_label_key(k).map_err(|m| field_error(format!("{field}[{k}]"), m))?;
+        validate_label_value(v).map_err(|m| field_error(format!("{field}[{k}]"), m))?;
+    }
+    Ok(())
+}
+
+/// A qualified name segment: 1-63 alphanumerics, '-', '_' or '.', beginning and ending alphanumeric.
+fn is_label_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A DNS-1123 subdomain: at most 253 lowercase alphanumerics, '-' and '.'.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+pub(super) fn validate_label_key(key: &str) -> Result<(), String> {
+    let valid = match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not a valid label key"))
+    }
+}
+
+pub(super) fn validate_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not a valid label value"))
+    }
+}

@@ -1,0 +1,80 @@
+//! Walks multi-document YAML: every document (or `List` item) of a kind that matters becomes an
+//! object for the builder; other kinds are skipped.
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde::Deserialize;
+
+use super::builder::SnapshotBuilder;
+use super::error::Origin;
+
+#[derive(Deserialize)]
+struct TypeMeta {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListItems {
+    #[serde(default)]
+    items: Vec<serde_yaml_ng::Value>,
+}
+
+impl SnapshotBuilder {
+    /// Adds every document of `text`; `source` names it in errors.
+    pub fn add_yaml(&mut self, source: &str, text: &str) {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let origin = Origin {
+                source: source.to_string(),
+                document: index + 1,
+            };
+            match serde_yaml_ng::Value::deserialize(document) {
+                Ok(value) => self.add_value(&origin, value),
+                Err(e) => {
+                    self.reject(&origin, None, "", format!("not valid YAML: {e}"));
+                    // The YAML stream cannot be resynchronised after a syntax error.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_value(&mut self, origin: &Origin, value: serde_yaml_ng::Value) {
+        if value.is_null() {
+            return; // an empty document (only comments)
+        }
+        let kind = match TypeMeta::deserialize(&value) {
+            Ok(TypeMeta { kind: Some(kind) }) => kind,
+            Ok(TypeMeta { kind: None }) => {
+                return self.reject(origin, None, "kind", "missing".to_string());
+            }
+            Err(e) => return self.reject(origin, None, "", format!("not an object: {e}")),
+        };
+        match kind.as_str() {
+            "Namespace" => match core::Namespace::deserialize(value) {
+                Ok(ns) => self.add_namespace(origin, ns),
+                Err(e) => self.reject(origin, Some("Namespace".into()), "", e.to_string()),
+            },
+            "Pod" => match core::Pod::deserialize(value) {
+                Ok(pod) => self.add_pod(origin, pod),
+                Err(e) => self.reject(origin, Some("Pod".into()), "", e.to_string()),
+            },
+            "NetworkPolicy" => match net::NetworkPolicy::deserialize(value) {
+                Ok(policy) => self.add_policy(origin, policy),
+                Err(e) => self.reject(origin, Some("NetworkPolicy".into()), "", e.to_string()),
+            },
+            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+                match ListItems::deserialize(value) {
+                    Ok(list) => {
+                        for item in list.items {
+                            self.add_value(origin, item);
+                        }
+                    }
+                    Err(e) => self.reject(origin, Some(kind), "items", e.to_string()),
+                }
+            }
+            // Other kinds (Services, Deployments, ...) may share a manifest; they do not affect policy.
+            _ => {}
+        }
+    }
+}
