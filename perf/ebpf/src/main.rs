@@ -329,15 +329,4 @@ pub fn perf_fwd(ctx: XdpContext) -> u32 {
     unsafe { bpf_redirect(cfg[0], 0) as u32 }
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+portcullis_ebpf_common::program_epilogue!();
