@@ -6,21 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use portcullis_testkit::run;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// etcd + kube-apiserver on loopback, stopped on drop (also when the test panics).

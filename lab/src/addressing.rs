@@ -36,6 +36,33 @@ pub(crate) const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
 pub(crate) const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];
 pub(crate) const MAC_EXT: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x02];
 
+/// One end of a transit link: its addresses (IPv6 in a /64) and MAC.
+pub(crate) struct TransitEnd {
+    pub v4: Ipv4Addr,
+    pub prefix_v4: u8,
+    pub v6: Ipv6Addr,
+    pub mac: [u8; 6],
+}
+
+pub(crate) const GATEWAY_CLUSTER_END: TransitEnd = TransitEnd {
+    v4: GW_CLUSTER_V4,
+    prefix_v4: CLUSTER_PREFIX_V4,
+    v6: GW_CLUSTER_V6,
+    mac: MAC_GW_CLUSTER,
+};
+pub(crate) const GATEWAY_EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: GW_EXTERNAL_V4,
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: GW_EXTERNAL_V6,
+    mac: MAC_GW_EXTERNAL,
+};
+pub(crate) const EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: EXT_V4,
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: EXT_V6,
+    mac: MAC_EXT,
+};
+
 /// Node `i`'s uplink address (the gateway's cluster leg is the first of the segment).
 pub(crate) fn node_uplink_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(GW_CLUSTER_V4) + 1 + i as u32)

@@ -9,7 +9,8 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 
 use crate::addressing::{
     cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
-    pod_mac, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, NODE_UPLINK_IFACE, POD_IFACE,
+    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE,
+    NODE_UPLINK_IFACE, POD_IFACE,
 };
 use crate::LabError;
 
@@ -37,6 +38,18 @@ pub struct NodeInfo {
     pub uplink_ipv4: Ipv4Addr,
     pub uplink_ipv6: Ipv6Addr,
     pub uplink_mac: [u8; 6],
+}
+
+impl NodeInfo {
+    /// The node's end of the cluster segment.
+    pub(crate) fn uplink_end(&self) -> TransitEnd {
+        TransitEnd {
+            v4: self.uplink_ipv4,
+            prefix_v4: CLUSTER_PREFIX_V4,
+            v6: self.uplink_ipv6,
+            mac: self.uplink_mac,
+        }
+    }
 }
 
 /// Where a pod lives and how it is wired to its node.

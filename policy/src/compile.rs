@@ -1,10 +1,10 @@
-//! Compiles a snapshot into the kernel tables: the gateway's ([`gateway`]: pod address → policy
+//! Compiles a snapshot into the kernel tables: the gateway's (`gateway`: pod address → policy
 //! group, and per group a set of peer prefixes whose longest match gives the exact union of port
 //! rules allowed there) and the node hooks' ([`node`]: the same plus pod identities).
 //!
-//! Shared by both: [`groups`] (grouping pods by the policies selecting them, ids and cache kept
-//! across compiles), [`prefixes`] (ipBlocks flattened to longest-prefix-match tables), [`rules`]
-//! (port rules), [`stable`] (numbering that survives recompiles), and [`kernel_abi`] (the limits
+//! Shared by both: `groups` (grouping pods by the policies selecting them, ids and cache kept
+//! across compiles), `prefixes` (ipBlocks flattened to longest-prefix-match tables), `rules`
+//! (port rules), `stable` (numbering that survives recompiles), and `kernel_abi` (the limits
 //! and address layout the kernel datapath fixes).
 
 mod gateway;

@@ -1,8 +1,7 @@
 //! Turns manifest text (multi-document YAML of Namespace, Pod and NetworkPolicy objects, or `List`s
-//! of them) into a validated [`Snapshot`](crate::model::Snapshot). Validation follows the API
-//! server's rules; an invalid object is rejected with its source, document, name and field path
-//! while the others still load. Reading files is the caller's job: this module never touches the
-//! file system.
+//! of them) into a validated [`Snapshot`]. Validation follows the API server's rules; an invalid
+//! object is rejected with its source, document, name and field path while the others still load.
+//! Reading files is the caller's job: this module never touches the file system.
 
 mod builder;
 mod convert;

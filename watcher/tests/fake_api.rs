@@ -3,6 +3,8 @@
 //! An in-process HTTP/1.1 server on 127.0.0.1 speaks the list/watch protocol with bodies serialised
 //! from k8s-openapi types; the watcher must relist or reconnect and keep its last good state.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,22 +285,7 @@ async fn wait_for(
     what: &str,
     pred: impl Fn(&State) -> bool,
 ) -> State {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        {
-            let state = rx.borrow_and_update();
-            if pred(&state) {
-                return state.clone();
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!(
-                "timed out waiting for {what}; last state: {:?}",
-                rx.borrow()
-            );
-        }
-    }
+    common::wait_for(rx, Duration::from_secs(15), what, pred).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

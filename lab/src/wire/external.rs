@@ -5,9 +5,7 @@ use std::net::IpAddr;
 
 use super::default_route_leg;
 use super::ip_batch::Batch;
-use crate::addressing::{
-    EXTERNAL_PREFIX_V4, EXT_IFACE, EXT_V4, EXT_V6, GW_EXTERNAL_V4, GW_EXTERNAL_V6, MAC_GW_EXTERNAL,
-};
+use crate::addressing::{EXTERNAL_END, EXT_IFACE, GATEWAY_EXTERNAL_END};
 use crate::topology::Topology;
 
 /// The transit addresses, a default route to the gateway, and every external address as a host
@@ -19,8 +17,8 @@ pub(super) fn configure(topo: &Topology) -> Batch {
     ];
     lines.extend(default_route_leg(
         EXT_IFACE,
-        (EXT_V4, EXTERNAL_PREFIX_V4, EXT_V6),
-        (GW_EXTERNAL_V4, GW_EXTERNAL_V6, &MAC_GW_EXTERNAL),
+        &EXTERNAL_END,
+        &GATEWAY_EXTERNAL_END,
     ));
     for ip in &topo.externals {
         lines.push(match ip {

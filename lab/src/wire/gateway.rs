@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use super::ip_batch::Batch;
 use super::{default_route_leg, fabric, neigh};
 use crate::addressing::{
-    format_mac, CLUSTER_PREFIX_V4, EXTERNAL_PREFIX_V4, EXT_IFACE, EXT_V4, EXT_V6,
-    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6, GW_EXTERNAL_V4,
-    GW_EXTERNAL_V6, MAC_EXT, MAC_GW_CLUSTER, MAC_GW_EXTERNAL,
+    format_mac, CLUSTER_PREFIX_V4, EXTERNAL_END, EXT_IFACE, GATEWAY_CLUSTER_IFACE,
+    GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6, MAC_EXT,
+    MAC_GW_CLUSTER, MAC_GW_EXTERNAL,
 };
 use crate::topology::Topology;
 
@@ -43,11 +43,7 @@ pub(super) fn configure(topo: &Topology) -> Batch {
         format!("addr add {GW_CLUSTER_V4}/{CLUSTER_PREFIX_V4} dev {cl}"),
         format!("addr add {GW_CLUSTER_V6}/64 dev {cl} nodad"),
     ];
-    lines.extend(default_route_leg(
-        ex,
-        (GW_EXTERNAL_V4, EXTERNAL_PREFIX_V4, GW_EXTERNAL_V6),
-        (EXT_V4, EXT_V6, &MAC_EXT),
-    ));
+    lines.extend(default_route_leg(ex, &GATEWAY_EXTERNAL_END, &EXTERNAL_END));
     for node in &topo.nodes {
         lines.push(neigh(&node.uplink_ipv4, &node.uplink_mac, cl));
         lines.push(neigh(&node.uplink_ipv6, &node.uplink_mac, cl));

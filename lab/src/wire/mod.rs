@@ -16,7 +16,7 @@ mod sysctl;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::addressing::format_mac;
+use crate::addressing::{format_mac, TransitEnd};
 use crate::netns::{self, Netns};
 use crate::topology::Topology;
 use crate::LabError;
@@ -77,20 +77,16 @@ fn neigh(ip: &dyn fmt::Display, mac: &[u8; 6], dev: &str) -> String {
     )
 }
 
-/// `ip` lines for an interface whose other end is the default next hop: its own addresses (IPv6
-/// in a /64), a static neighbour entry for the next hop, and default routes through it.
-fn default_route_leg(
-    dev: &str,
-    (own_v4, prefix_v4, own_v6): (Ipv4Addr, u8, Ipv6Addr),
-    (hop_v4, hop_v6, hop_mac): (Ipv4Addr, Ipv6Addr, &[u8; 6]),
-) -> Vec<String> {
+/// `ip` lines for interface `dev`, end `own` of a transit link whose other end `hop` is the
+/// default next hop: the addresses, a static neighbour entry for `hop`, default routes via it.
+fn default_route_leg(dev: &str, own: &TransitEnd, hop: &TransitEnd) -> Vec<String> {
     vec![
-        format!("addr add {own_v4}/{prefix_v4} dev {dev}"),
-        format!("addr add {own_v6}/64 dev {dev} nodad"),
-        neigh(&hop_v4, hop_mac, dev),
-        neigh(&hop_v6, hop_mac, dev),
-        format!("route add 0.0.0.0/0 via {hop_v4} dev {dev}"),
-        format!("route add ::/0 via {hop_v6} dev {dev}"),
+        format!("addr add {}/{} dev {dev}", own.v4, own.prefix_v4),
+        format!("addr add {}/64 dev {dev} nodad", own.v6),
+        neigh(&hop.v4, &hop.mac, dev),
+        neigh(&hop.v6, &hop.mac, dev),
+        format!("route add 0.0.0.0/0 via {} dev {dev}", hop.v4),
+        format!("route add ::/0 via {} dev {dev}", hop.v6),
     ]
 }
 

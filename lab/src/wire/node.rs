@@ -5,8 +5,8 @@
 use super::ip_batch::Batch;
 use super::{default_route_leg, fabric, first_v4, first_v6, neigh};
 use crate::addressing::{
-    format_mac, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6,
-    MAC_GW_CLUSTER, NODE_UPLINK_IFACE, POD_IFACE,
+    format_mac, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, MAC_GW_CLUSTER, NODE_UPLINK_IFACE,
+    POD_IFACE,
 };
 use crate::topology::{NodeInfo, PodAttachment, Topology};
 
@@ -45,8 +45,8 @@ pub(super) fn configure(topo: &Topology, node: &NodeInfo) -> Batch {
     let mut lines = vec!["link set lo up".to_string(), format!("link set {up} up")];
     lines.extend(default_route_leg(
         up,
-        (node.uplink_ipv4, CLUSTER_PREFIX_V4, node.uplink_ipv6),
-        (GW_CLUSTER_V4, GW_CLUSTER_V6, &MAC_GW_CLUSTER),
+        &node.uplink_end(),
+        &GATEWAY_CLUSTER_END,
     ));
     for other in topo.nodes.iter().filter(|o| o.netns != node.netns) {
         lines.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));
