@@ -2,15 +2,15 @@
 //! (calico-style: each pod has a /32 and a default route via the node's link address; the node
 //! has a /32 route per pod on its host-side veth). Both node programs are attached to the host
 //! veths; TCP connects, UDP echoes, replies through flows, Service DNAT (nftables in the node
-//! namespace) and a relabel with an established connection. Also test-run timings (printed).
+//! namespace) and a relabel with an established connection.
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use portcullis_node::{NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
+use portcullis_node::{NodeHook, NodeOptions};
 use portcullis_policy::compile::node::{compile_node, NodeCompiler};
 use portcullis_policy::model::{Protocol, Snapshot};
 
@@ -283,82 +283,4 @@ fn pinned_links_are_adopted() {
         tcp_ok(&lab.a, B, 8081),
         "still enforcing after unpin and exit"
     );
-}
-
-/// BPF_PROG_TEST_RUN timings of the deliver program against the bare TC_ACT_OK program (printed,
-/// not asserted).
-#[test]
-fn test_run_timings() {
-    if not_root() {
-        return;
-    }
-    let mut hook = NodeHook::load(NodeOptions::default()).expect("load");
-    hook.apply(&compile_node(&cluster("a")).unwrap())
-        .expect("apply");
-    const REPEAT: u32 = 200_000;
-    let syn = |sp| frame(A, B, 6, tcp(sp, 8080, TCP_SYN));
-    let per = |d: Duration| d.as_nanos();
-    let pass = hook.test_run(TestProgram::Pass, &syn(1), REPEAT).unwrap();
-    assert_eq!(pass.action, TC_ACT_OK);
-    // Established: the first run creates the flow, the rest hit it.
-    let est = hook
-        .test_run(
-            TestProgram::Deliver,
-            &frame(A, B, 6, tcp(2, 8080, TCP_ACK)),
-            1,
-        )
-        .unwrap();
-    assert_eq!(est.action, TC_ACT_SHOT, "no flow yet");
-    hook.test_run(TestProgram::Deliver, &syn(2), 1).unwrap();
-    let est = hook
-        .test_run(
-            TestProgram::Deliver,
-            &frame(A, B, 6, tcp(2, 8080, TCP_ACK)),
-            REPEAT,
-        )
-        .unwrap();
-    assert_eq!(est.action, TC_ACT_OK);
-    let denied = hook
-        .test_run(
-            TestProgram::Deliver,
-            &frame(A, B, 6, tcp(3, 8081, TCP_SYN)),
-            REPEAT,
-        )
-        .unwrap();
-    assert_eq!(denied.action, TC_ACT_SHOT);
-    // New flows: every packet a different connection (repeat 1 each, kernel-timed).
-    let n = 5000u16;
-    let mut new_total = Duration::ZERO;
-    let mut pass1_total = Duration::ZERO;
-    let start = Instant::now();
-    for i in 0..n {
-        let p = syn(10_000 + i);
-        let out = hook.test_run(TestProgram::Deliver, &p, 1).unwrap();
-        assert_eq!(out.action, TC_ACT_OK);
-        new_total += out.duration;
-        pass1_total += hook.test_run(TestProgram::Pass, &p, 1).unwrap().duration;
-    }
-    let wall = start.elapsed();
-    eprintln!("test-run ns/packet (repeat {REPEAT} unless noted):");
-    eprintln!(
-        "  tc_pass (TC_ACT_OK)                     {:>5}",
-        per(pass.duration)
-    );
-    eprintln!(
-        "  deliver, established flow (hit)         {:>5}",
-        per(est.duration)
-    );
-    eprintln!(
-        "  deliver, new flow denied (both checks)  {:>5}",
-        per(denied.duration)
-    );
-    eprintln!(
-        "  deliver, new flow allowed (miss, checks, insert; repeat 1 x {n}) {:>5}",
-        new_total.as_nanos() / n as u128
-    );
-    eprintln!(
-        "  tc_pass, repeat 1 x {n} (timer overhead of the line above)      {:>5}",
-        pass1_total.as_nanos() / n as u128
-    );
-    eprintln!("  ({} syscalls in {:?})", 2 * n, wall);
 }

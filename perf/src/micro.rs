@@ -1,6 +1,9 @@
 //! Micro figures: `BPF_PROG_TEST_RUN` ns/packet of the gateway's program against its bare
 //! `xdp_pass`, per path a packet can take (median of `ROUNDS` runs each; `portcullis-xdp`, every
-//! size, 64-byte frames).
+//! size, 64-byte frames), and the node hook's against its bare `TC_ACT_OK` program (`node`, once
+//! per run).
+
+mod node;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -46,8 +49,10 @@ fn ns(o: TestRunOutcome) -> f64 {
 
 impl Harness<'_> {
     /// The gateway (loaded with the workload's tables) on an established flow, a new allowed
-    /// flow, a denied packet and a packet allowed by policy that never becomes a flow.
+    /// flow, a denied packet and a packet allowed by policy that never becomes a flow; at the
+    /// run's first call, the node hook's figures too.
     pub fn micro(&mut self, gw: &mut Gateway, w: &Workload, report: &mut Report) -> Result<()> {
+        node::once(&self.lab.gw_ns, report);
         let allowed = w.probes.iter().find(|p| p.allowed);
         let denied = w.probes.iter().find(|p| !p.allowed);
         let (Some(a), Some(d)) = (allowed, denied) else {
