@@ -160,7 +160,7 @@ fn measure() -> Result<(HashMap<&'static str, Vec<f64>>, usize)> {
             record(name, sum / CALLS as f64);
         }
     }
-    Ok((runs, stats.prefixes))
+    Ok((runs, stats.tables.prefixes))
 }
 
 /// t/a (app=a) and t/b (app=b); b-in admits app=a on TCP 8080 and UDP 5353, a-in admits nothing.
