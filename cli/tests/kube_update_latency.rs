@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use portcullis_testkit::{not_root, sh, NetNs};
+use portcullis_testkit::{require_root, sh, NetNs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const PODS: usize = 10_000;
@@ -230,9 +230,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 #[test]
 #[ignore = "benchmark: run explicitly (see the file's docs)"]
 fn policy_change_to_enforced_latency_at_10k_pods_1k_policies() {
-    if not_root() {
-        return;
-    }
+    require_root();
     // Everything runs inside the namespace (the API server on its loopback, the daemon on its
     // veths); it and all it holds are removed on the way out, also on panic.
     let ns = NetNs::new("kubelat");

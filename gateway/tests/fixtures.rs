@@ -208,10 +208,9 @@ fn seed_reply(flags: u8) -> Packet {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn packet_fixtures() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::new("fix");
     ns.run(|| {
         setup_links();
@@ -265,10 +264,9 @@ fn packet_fixtures() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn xdp_forwarding_rewrites_the_packet_for_the_next_hop() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::new("fwd");
     ns.run(|| {
         setup_links();
@@ -292,10 +290,9 @@ fn xdp_forwarding_rewrites_the_packet_for_the_next_hop() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn revalidate_cuts_flows_the_new_policy_forbids() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::new("reval");
     ns.run(|| {
         setup_links();
@@ -321,10 +318,9 @@ fn revalidate_cuts_flows_the_new_policy_forbids() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn too_many_port_ranges_is_rejected_and_nothing_applied() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::new("ranges");
     ns.run(|| {
         setup_links();
@@ -352,10 +348,9 @@ fn too_many_port_ranges_is_rejected_and_nothing_applied() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn pinned_maps_and_links_are_adopted_on_restart() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::new("pin");
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
     struct RmDir(std::path::PathBuf);

@@ -43,10 +43,9 @@ fn ping(pod: &NetNs, dst: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn ping_through_xdp_attached_veth_passes_and_drops_as_tables_say() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let pod = NetNs::new("pod");
     let gwns = NetNs::new("gw");
     // pod: p0 10.99.0.1/24  <—veth—>  gw: gc 10.99.0.2/24 (cluster leg); ge/gep: external leg.
@@ -112,10 +111,9 @@ fn ping_through_xdp_attached_veth_passes_and_drops_as_tables_say() {
 /// bare `xdp_pass` program: a veth only receives redirected frames when its NAPI runs (an XDP
 /// program on it, or GRO, and there is no ethtool here to turn GRO on).
 #[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn xdp_forwarding_between_legs() {
-    if not_root() {
-        return;
-    }
+    require_root();
     let pod = NetNs::new("fpod");
     let gwns = NetNs::new("fgw");
     let ext = NetNs::new("fext");

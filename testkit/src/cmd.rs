@@ -22,12 +22,15 @@ pub fn ifindex(name: &str) -> u32 {
     iface::ifindex(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Skips (returns true) when not root: these tests need CAP_BPF/CAP_NET_ADMIN.
-pub fn not_root() -> bool {
+/// Fails the test (never a silent pass) when not root. Kernel tests need CAP_BPF and
+/// CAP_NET_ADMIN; they are `#[ignore]`d with that reason, so a plain `cargo test` lists them as
+/// skipped, and `scripts/test` runs them as root with `--include-ignored`.
+#[track_caller]
+pub fn require_root() {
     // SAFETY: no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    !root
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this kernel test needs root (CAP_BPF, CAP_NET_ADMIN)"
+    );
 }

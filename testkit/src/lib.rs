@@ -7,7 +7,7 @@ mod cmd;
 mod netns;
 pub mod packet;
 
-pub use cmd::{ifindex, not_root, run, sh};
+pub use cmd::{ifindex, require_root, run, sh};
 pub use netns::NetNs;
 pub use packet::*;
 

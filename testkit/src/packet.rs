@@ -5,8 +5,7 @@
 
 use std::net::IpAddr;
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
+pub use portcullis_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
