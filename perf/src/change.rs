@@ -70,15 +70,7 @@ fn with_probe_rule(base: &Snapshot) -> Result<(Snapshot, Ipv4Addr)> {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so the sink's times compare with it.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use portcullis_bpf::monotonic_ns;
 
 /// Nearest-rank percentile of `v` (sorted here), `q` in 0..=1.
 fn percentile(v: &[f64], q: f64) -> f64 {

@@ -11,11 +11,9 @@ use super::rules::PortRule;
 use super::CompileError;
 use crate::model::{Direction, Policy};
 
-/// Most port ranges one prefix's rule set may hold (the kernel's `MAX_PORT_RANGES`).
-pub const MAX_PORT_RANGES: usize = 16;
-
-/// IPv4 addresses live in the IPv4-mapped range of one 128-bit space, as in the kernel tables.
-const V4_MAPPED: u128 = 0xffff_0000_0000;
+/// Most port ranges one prefix's rule set may hold.
+pub use portcullis_common::MAX_PORT_RANGES;
+use portcullis_common::{ipv4_mapped, IPV4_MAPPED_PREFIX_BITS};
 
 /// An address prefix in the shared 128-bit space: `(network, length)`, length 0..=128.
 pub(super) type Prefix128 = (u128, u8);
@@ -23,8 +21,8 @@ pub(super) type Prefix128 = (u128, u8);
 pub(super) fn to128(net: &IpNet) -> Prefix128 {
     match net {
         IpNet::V4(n) => (
-            (V4_MAPPED << 32) | u128::from(u32::from(n.network())),
-            96 + n.prefix_len(),
+            u128::from_be_bytes(ipv4_mapped(n.network().octets())),
+            IPV4_MAPPED_PREFIX_BITS + n.prefix_len(),
         ),
         IpNet::V6(n) => (u128::from(n.network()), n.prefix_len()),
     }
@@ -32,7 +30,7 @@ pub(super) fn to128(net: &IpNet) -> Prefix128 {
 
 pub(super) fn addr128(ip: IpAddr) -> u128 {
     match ip {
-        IpAddr::V4(v4) => (V4_MAPPED << 32) | u128::from(u32::from(v4)),
+        IpAddr::V4(v4) => u128::from_be_bytes(ipv4_mapped(v4.octets())),
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
@@ -40,8 +38,11 @@ pub(super) fn addr128(ip: IpAddr) -> u128 {
 pub(super) fn from128((addr, len): Prefix128, v4: bool) -> IpNet {
     if v4 {
         IpNet::V4(
-            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(addr as u32), len - 96)
-                .expect("IPv4 prefix length within 0..=32"),
+            ipnet::Ipv4Net::new(
+                std::net::Ipv4Addr::from(addr as u32),
+                len - IPV4_MAPPED_PREFIX_BITS,
+            )
+            .expect("IPv4 prefix length within 0..=32"),
         )
     } else {
         IpNet::V6(
