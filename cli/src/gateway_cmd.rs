@@ -117,7 +117,11 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.forward_xdp);
         metrics::counter!("portcullis_gateway_forwarded_total", "path" => "stack")
             .absolute(c.pass_stack);
-        metrics::gauge!("portcullis_gateway_flows").set(status.tables.flows as f64);
+        let flows = &status.tables.flows;
+        metrics::gauge!("portcullis_gateway_flows", "table" => "confirmed")
+            .set(flows.confirmed as f64);
+        metrics::gauge!("portcullis_gateway_flows", "table" => "embryonic")
+            .set(flows.embryonic as f64);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

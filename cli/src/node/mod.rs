@@ -479,7 +479,11 @@ impl Enforcer for NodeEnforcer {
         let Ok(status) = self.hook.status() else {
             return;
         };
-        metrics::gauge!("portcullis_node_flows").set(status.tables.flows as f64);
+        let flows = &status.tables.flows;
+        metrics::gauge!("portcullis_node_flows", "table" => "confirmed")
+            .set(flows.confirmed as f64);
+        metrics::gauge!("portcullis_node_flows", "table" => "embryonic")
+            .set(flows.embryonic as f64);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(

@@ -35,7 +35,8 @@ use portcullis_common::actions::{TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_common::*;
 use portcullis_ebpf_common::datapath_maps;
 use portcullis_ebpf_common::flow::{
-    classify, flow_live, new_flow, opens_flow, syn_only, touch, Admit, Outcome,
+    classify, confirm_if_answered, find_flow, flow_live, new_flow, opens_flow, record_new_flow,
+    syn_only, touch, Admit, Outcome,
 };
 use portcullis_ebpf_common::maps::{config, count, selector_lookup, IdentityMap, PeerMap, Work};
 use portcullis_ebpf_common::parse::{flow_key, Frame, Kind, Packet, Stop};
@@ -167,19 +168,26 @@ fn try_origin(ctx: &TcContext) -> i32 {
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
-        if let Some(f) = FLOWS.get_ptr_mut(&*key) {
-            // SAFETY: value pointer from a successful lookup.
-            let f = unsafe { &mut *f };
+        let mut replaces_confirmed = false;
+        if let Some((f, embryonic)) = find_flow::<NodeMaps>(key) {
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
             if flow_live(f, now, syn_only(pkt), from_initiator) {
-                touch(f, pkt, now);
+                touch(f, pkt, from_initiator, now);
+                if embryonic {
+                    confirm_if_answered::<NodeMaps>(key, f, pkt, from_initiator);
+                }
                 return TC_ACT_OK;
             }
+            replaces_confirmed = !embryonic;
         }
         if !unknown_pod(&pkt.src, g) {
             if opens_flow(pkt) {
                 let value = new_flow(now, 0, pkt, src_is_lo, 0, g);
-                let _ = FLOWS.insert(&*key, &value, 0);
+                if replaces_confirmed {
+                    let _ = FLOWS.insert(&*key, &value, 0);
+                } else {
+                    record_new_flow::<NodeMaps>(key, &value);
+                }
                 count::<NodeMaps>(COUNTER_ORIGIN);
             }
             return TC_ACT_OK;

@@ -216,8 +216,12 @@ pub const COUNTER_ORIGIN: u32 = 9;
 pub const COUNTER_DROP_UNKNOWN_POD: u32 = 10;
 /// Node: packets from the node itself to a local pod (always allowed).
 pub const COUNTER_PASS_HOST: u32 = 11;
+/// New flows recorded in `EMBRYONIC_FLOWS`.
+pub const COUNTER_FLOW_NEW: u32 = 12;
+/// Flows confirmed by their responder and moved to `FLOWS`.
+pub const COUNTER_FLOW_CONFIRMED: u32 = 13;
 /// Size of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 14;
 
 /// Why a packet was dropped, in [`DropEvent::reason`].
 pub const DROP_REASON_POLICY: u8 = 1;

@@ -11,8 +11,13 @@
 //!   Written by the loader per generation; group ids carry the generation bit.
 //! - `RULE_SETS`: rule-set id → allowed (protocol, port range) list. Written by the loader per
 //!   generation.
-//! - `FLOWS`: normalised connection → state (LRU). Written by the programs (create, refresh,
+//! - `FLOWS`: confirmed connections (normalised key → state; LRU). A flow enters it only when its
+//!   responder answered (UDP and others: the first reply; TCP: the initiator's ACK after the
+//!   SYN-ACK), so a flood of new flows cannot evict it. Written by the programs (promote, refresh,
 //!   revalidation delete) and by the loader's flow GC (delete expired).
+//! - `EMBRYONIC_FLOWS`: flows not confirmed yet (LRU, its own capacity): every new flow starts
+//!   here, and a flood of new flows evicts only other unconfirmed flows. Written by the programs
+//!   (create, refresh, promote = delete) and by the loader's flow GC.
 //! - `COUNTERS`: `COUNTER_*` → packets, per CPU. Written by the programs, summed by the loader.
 //! - `DROPS_BY_GROUP`: group → packets dropped by its policy, per CPU. Written by the programs.
 //! - `DROP_EVENTS`: drop reports (ring buffer), at most `DROP_EVENTS_PER_SECOND` per CPU. Written
@@ -36,6 +41,7 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_PREFIXES: &str = "PREFIXES";
 pub const MAP_RULE_SETS: &str = "RULE_SETS";
 pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_EMBRYONIC_FLOWS: &str = "EMBRYONIC_FLOWS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_DROPS_BY_GROUP: &str = "DROPS_BY_GROUP";
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
@@ -46,12 +52,13 @@ pub const MAP_PEERS: &str = "PEERS";
 pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
-pub const SHARED_PINNED_MAPS: [&str; 9] = [
+pub const SHARED_PINNED_MAPS: [&str; 10] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_PREFIXES,
     MAP_RULE_SETS,
     MAP_FLOWS,
+    MAP_EMBRYONIC_FLOWS,
     MAP_COUNTERS,
     MAP_DROPS_BY_GROUP,
     MAP_DROP_EVENTS,
@@ -65,8 +72,10 @@ pub const MAX_ENDPOINTS: u32 = 262_144;
 pub const MAX_PREFIXES: u32 = 4_194_304;
 /// `RULE_SETS` capacity, both generations.
 pub const MAX_RULE_SETS: u32 = 65_536;
-/// `FLOWS` capacity (LRU: the least recently used flow is evicted when full).
+/// `FLOWS` capacity: confirmed connections (LRU: the least recently used is evicted when full).
 pub const MAX_FLOWS: u32 = 262_144;
+/// `EMBRYONIC_FLOWS` capacity: flows waiting for their responder (LRU among themselves).
+pub const MAX_EMBRYONIC_FLOWS: u32 = 131_072;
 /// `DROPS_BY_GROUP` capacity.
 pub const MAX_GROUP_DROPS: u32 = 65_536;
 /// `DROP_EVENTS` ring size in bytes.

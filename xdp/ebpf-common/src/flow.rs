@@ -8,6 +8,13 @@
 //! not know is dropped when a judged side is selected, even if the policy would allow a new
 //! connection (the peers must reconnect); when no side is selected it passes untracked.
 //!
+//! Two flow tables: every new flow starts in `EMBRYONIC_FLOWS` and moves to `FLOWS` when its
+//! responder has answered (UDP and the others: the first reply; TCP: the initiator's first packet
+//! after the responder's SYN-ACK). A flood of new flows (SYN flood, random ports) fills only the
+//! embryonic table, whose LRU evicts the least recently used unconfirmed flow; confirmed flows are
+//! evicted only by other confirmed flows, when `FLOWS` is full. Nothing is dropped for lack of
+//! room: a flow evicted before its reply is judged again as new.
+//!
 //! TCP reopen rule: a SYN (without ACK) on a flow in `TCP_STATE_CLOSING` from the flow's
 //! initiator reopens it in the same direction (port reuse after a close: the policies that admitted
 //! the flow judged exactly that connection) and the entry goes back to `TCP_STATE_SYN_SENT`. The
@@ -54,14 +61,15 @@ pub fn flow_live(f: &FlowValue, now: u64, syn_only: bool, from_initiator: bool) 
         && !(f.state == TCP_STATE_CLOSING && syn_only && !from_initiator)
 }
 
-/// TCP state tracking and refresh of a live flow hit by a packet.
+/// TCP state tracking and refresh of a live flow hit by a packet. A TCP flow is established by
+/// the responder's acknowledgement (its SYN-ACK), never by the initiator alone.
 #[inline(always)]
-pub fn touch(f: &mut FlowValue, pkt: &Packet, now: u64) {
+pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
     if pkt.proto == PROTO_TCP {
         let fl = pkt.tcp_flags;
         if fl & (TCP_RST | TCP_FIN) != 0 {
             f.state = TCP_STATE_CLOSING;
-        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 {
+        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 && !from_initiator {
             f.state = TCP_STATE_ESTABLISHED;
         } else if f.state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
             f.state = TCP_STATE_SYN_SENT;
@@ -92,6 +100,63 @@ pub fn new_flow(
         checked,
         generation: g as u8,
     }
+}
+
+/// The entry of `key` and whether it is still embryonic: `FLOWS` first (the established packets'
+/// one lookup), then `EMBRYONIC_FLOWS`.
+#[inline(always)]
+pub fn find_flow<M: Maps>(key: &FlowKey) -> Option<(&'static mut FlowValue, bool)> {
+    if let Some(f) = M::flows().get_ptr_mut(key) {
+        // SAFETY: value pointer from a successful lookup; concurrent updates of the same flow
+        // from two CPUs may interleave, which only affects last_seen/state freshness.
+        return Some((unsafe { &mut *f }, false));
+    }
+    // SAFETY: as above.
+    (M::embryonic_flows().get_ptr_mut(key)).map(|f| (unsafe { &mut *f }, true))
+}
+
+/// Whether a live flow's table entry is still young enough for `related` ICMP errors.
+#[inline(always)]
+fn related_live<M: Maps>(key: &FlowKey, now: u64) -> bool {
+    let f = match M::flows().get_ptr(key) {
+        Some(f) => f,
+        None => match M::embryonic_flows().get_ptr(key) {
+            Some(f) => f,
+            None => return false,
+        },
+    };
+    // SAFETY: value pointer from a successful lookup; read only.
+    let f = unsafe { &*f };
+    now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
+}
+
+/// Moves an embryonic flow its responder has answered (after [`touch`]) to `FLOWS`.
+#[inline(always)]
+pub fn confirm_if_answered<M: Maps>(
+    key: &FlowKey,
+    f: &FlowValue,
+    pkt: &Packet,
+    from_initiator: bool,
+) {
+    let answered = if pkt.proto == PROTO_TCP {
+        from_initiator && f.state == TCP_STATE_ESTABLISHED
+    } else {
+        !from_initiator
+    };
+    if answered {
+        let value = *f;
+        if M::flows().insert(key, &value, 0).is_ok() {
+            let _ = M::embryonic_flows().remove(key);
+            count::<M>(COUNTER_FLOW_CONFIRMED);
+        }
+    }
+}
+
+/// Records a new flow in `EMBRYONIC_FLOWS`.
+#[inline(always)]
+pub fn record_new_flow<M: Maps>(key: &FlowKey, value: &FlowValue) {
+    let _ = M::embryonic_flows().insert(key, value, 0);
+    count::<M>(COUNTER_FLOW_NEW);
 }
 
 /// Whether this packet may open a flow: a tracked kind, and for TCP a SYN without ACK.
@@ -150,24 +215,20 @@ pub fn classify<M: Maps>(
     let now = unsafe { bpf_ktime_get_ns() };
 
     if pkt.kind == Kind::IcmpError {
-        if let Some(f) = M::flows().get_ptr(&pkt.related) {
-            // SAFETY: value pointer from a successful lookup; read only.
-            if now.wrapping_sub(unsafe { (*f).last_seen_ns })
-                <= flow_timeout_ns(unsafe { (*f).state })
-            {
-                count::<M>(COUNTER_PASS_FLOW);
-                return Outcome::Allowed;
-            }
+        if related_live::<M>(&pkt.related, now) {
+            count::<M>(COUNTER_PASS_FLOW);
+            return Outcome::Allowed;
         }
         query.port = 0;
     }
 
     let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
+    // A confirmed entry that does not vouch for this packet (expired, reopened the other way, an
+    // origin flow and the initiator's packet) is replaced in place by the new verdict's flow.
+    let mut replaces_confirmed = false;
     if pkt.kind == Kind::Flow {
-        if let Some(f) = M::flows().get_ptr_mut(&*key) {
-            // SAFETY: value pointer from a successful lookup; concurrent updates of the same
-            // flow from two CPUs may interleave, which only affects last_seen/state freshness.
-            let f = unsafe { &mut *f };
+        if let Some((f, embryonic)) = find_flow::<M>(key) {
+            replaces_confirmed = !embryonic;
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
             // A flow no policy of this program checked (a node origin flow) vouches only for the
             // responder's packets; the initiator's are judged below, and the verdict replaces it.
@@ -180,11 +241,18 @@ pub fn classify<M: Maps>(
                 {
                     let v = revalidate::<M>(query, key, f);
                     if v.is_deny() {
-                        let _ = M::flows().remove(&*key);
+                        let _ = if embryonic {
+                            M::embryonic_flows().remove(&*key)
+                        } else {
+                            M::flows().remove(&*key)
+                        };
                         return dropped::<M>(ifindex, Some(&*pkt), DROP_REASON_POLICY, v);
                     }
                 }
-                touch(f, pkt, now);
+                touch(f, pkt, from_initiator, now);
+                if embryonic {
+                    confirm_if_answered::<M>(key, f, pkt, from_initiator);
+                }
                 count::<M>(COUNTER_PASS_FLOW);
                 return Outcome::Allowed;
             }
@@ -218,7 +286,11 @@ pub fn classify<M: Maps>(
     };
     if opens_flow(pkt) {
         let value = new_flow(now, group, pkt, src_is_lo, sides, g);
-        let _ = M::flows().insert(&*key, &value, 0);
+        if replaces_confirmed {
+            let _ = M::flows().insert(&*key, &value, 0);
+        } else {
+            record_new_flow::<M>(key, &value);
+        }
     }
     Outcome::Allowed
 }

@@ -18,6 +18,7 @@ pub type EndpointMap = HashMap<EndpointKey, EndpointValue, { MAX_ENDPOINTS as us
 pub type PrefixMap = LpmTrie<PrefixData, PrefixValue, { MAX_PREFIXES as usize }>;
 pub type RuleSetMap = HashMap<u32, RuleSet, { MAX_RULE_SETS as usize }, NO_PREALLOC>;
 pub type FlowMap = LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }>;
+pub type EmbryonicFlowMap = LruHashMap<FlowKey, FlowValue, { MAX_EMBRYONIC_FLOWS as usize }>;
 pub type CounterMap = PerCpuArray<u64, { COUNTER_COUNT as usize }>;
 pub type GroupDropMap = PerCpuHashMap<u32, u64, { MAX_GROUP_DROPS as usize }>;
 pub type DropEventRing = RingBuf<DropEvent, { DROP_EVENTS_BYTES as usize }>;
@@ -34,6 +35,7 @@ pub trait Maps {
     fn prefixes() -> &'static PrefixMap;
     fn rule_sets() -> &'static RuleSetMap;
     fn flows() -> &'static FlowMap;
+    fn embryonic_flows() -> &'static EmbryonicFlowMap;
     fn counters() -> &'static CounterMap;
     fn drops_by_group() -> &'static GroupDropMap;
     fn drop_events() -> &'static DropEventRing;
@@ -128,6 +130,9 @@ macro_rules! datapath_maps {
         #[btf_map]
         static FLOWS: $crate::maps::FlowMap = $crate::maps::FlowMap::new();
         #[btf_map]
+        static EMBRYONIC_FLOWS: $crate::maps::EmbryonicFlowMap =
+            $crate::maps::EmbryonicFlowMap::new();
+        #[btf_map]
         static COUNTERS: $crate::maps::CounterMap = $crate::maps::CounterMap::new();
         #[btf_map]
         static DROPS_BY_GROUP: $crate::maps::GroupDropMap = $crate::maps::GroupDropMap::new();
@@ -159,6 +164,10 @@ macro_rules! datapath_maps {
             #[inline(always)]
             fn flows() -> &'static $crate::maps::FlowMap {
                 &FLOWS
+            }
+            #[inline(always)]
+            fn embryonic_flows() -> &'static $crate::maps::EmbryonicFlowMap {
+                &EMBRYONIC_FLOWS
             }
             #[inline(always)]
             fn counters() -> &'static $crate::maps::CounterMap {

@@ -18,5 +18,5 @@ pub use error::{ignore_missing, map_err, Error, Result};
 pub use events::DropEvents;
 pub use generations::{ApplyStats, Generations};
 pub use maps::{monotonic_ns, Delta, PolicyMaps, Written};
-pub use status::{Counters, GroupDrops, TableStatus};
+pub use status::{Counters, FlowCounts, GroupDrops, TableStatus};
 pub use tables::{generation_id, key_addr, GroupPolicies, PolicyTables, TableSizes};

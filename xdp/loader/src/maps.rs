@@ -12,7 +12,7 @@ use tracing::debug;
 
 use crate::error::{ignore_missing, map_err, Result};
 use crate::object::{open_pinned, take};
-use crate::status::{Counters, GroupDrops, TableStatus};
+use crate::status::{Counters, FlowCounts, GroupDrops, TableStatus};
 use crate::tables::{
     endpoint_key, generation_id, prefix_key, rule_set_value, GroupPolicies, PolicyTables,
 };
@@ -23,7 +23,10 @@ pub struct PolicyMaps {
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     pub prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
     pub rule_sets: HashMap<MapData, u32, RuleSet>,
+    /// Confirmed flows.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// Flows waiting for their responder.
+    pub embryonic_flows: HashMap<MapData, FlowKey, FlowValue>,
     pub counters: PerCpuArray<MapData, u64>,
     pub drops_by_group: PerCpuHashMap<MapData, u32, u64>,
 }
@@ -71,6 +74,7 @@ impl PolicyMaps {
             prefixes: take(ebpf, object, MAP_PREFIXES)?,
             rule_sets: take(ebpf, object, MAP_RULE_SETS)?,
             flows: take(ebpf, object, MAP_FLOWS)?,
+            embryonic_flows: take(ebpf, object, MAP_EMBRYONIC_FLOWS)?,
             counters: take(ebpf, object, MAP_COUNTERS)?,
             drops_by_group: take(ebpf, object, MAP_DROPS_BY_GROUP)?,
         })
@@ -84,6 +88,7 @@ impl PolicyMaps {
             prefixes: open_pinned(dir, MAP_PREFIXES)?,
             rule_sets: open_pinned(dir, MAP_RULE_SETS)?,
             flows: open_pinned(dir, MAP_FLOWS)?,
+            embryonic_flows: open_pinned(dir, MAP_EMBRYONIC_FLOWS)?,
             counters: open_pinned(dir, MAP_COUNTERS)?,
             drops_by_group: open_pinned(dir, MAP_DROPS_BY_GROUP)?,
         })
@@ -245,31 +250,47 @@ impl PolicyMaps {
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
-        for k in &keys {
-            ignore_missing(self.flows.remove(k), MAP_FLOWS)?;
+        let mut deleted = 0;
+        for (table, name) in [
+            (&mut self.flows, MAP_FLOWS),
+            (&mut self.embryonic_flows, MAP_EMBRYONIC_FLOWS),
+        ] {
+            let keys: Vec<FlowKey> = table.keys().filter_map(|k| k.ok()).collect();
+            for k in &keys {
+                ignore_missing(table.remove(k), name)?;
+            }
+            deleted += keys.len();
         }
-        Ok(keys.len())
+        Ok(deleted)
     }
 
-    /// Deletes the expired flows; returns how many.
+    /// Deletes the expired flows of both tables; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
         let now = monotonic_ns();
-        let expired: Vec<FlowKey> = (self.flows.iter())
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            ignore_missing(self.flows.remove(k), MAP_FLOWS)?;
+        let mut deleted = 0;
+        for (table, name) in [
+            (&mut self.flows, MAP_FLOWS),
+            (&mut self.embryonic_flows, MAP_EMBRYONIC_FLOWS),
+        ] {
+            let expired: Vec<FlowKey> = (table.iter())
+                .filter_map(|r| r.ok())
+                .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &expired {
+                ignore_missing(table.remove(k), name)?;
+            }
+            deleted += expired.len();
         }
-        debug!(deleted = expired.len(), "flow GC");
-        Ok(expired.len())
+        debug!(deleted, "flow GC");
+        Ok(deleted)
     }
 
-    /// All flows currently in the table (expired ones included until GC).
+    /// All flows currently in both tables, confirmed first (expired ones included until GC).
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(|r| r.ok()).collect()
+        (self.flows.iter().chain(self.embryonic_flows.iter()))
+            .filter_map(|r| r.ok())
+            .collect()
     }
 
     /// `COUNTERS`, each summed over CPUs.
@@ -308,7 +329,10 @@ impl PolicyMaps {
             endpoints: written.endpoints.len(),
             prefixes: written.prefixes.len(),
             rule_sets: written.rule_sets.len(),
-            flows: self.flows.keys().count(),
+            flows: FlowCounts::new(
+                self.flows.keys().count(),
+                self.embryonic_flows.keys().count(),
+            ),
             counters: self.counters()?,
             drops_by_group: self.group_drops(policies),
         })

@@ -26,6 +26,10 @@ pub struct Counters {
     pub drop_unknown_pod: u64,
     /// Node: from the node's own addresses to a local pod (always allowed).
     pub pass_host: u64,
+    /// New flows recorded (embryonic).
+    pub flow_new: u64,
+    /// Flows confirmed by their responder (moved to the confirmed table).
+    pub flow_confirmed: u64,
 }
 
 impl Counters {
@@ -44,6 +48,8 @@ impl Counters {
             origin_recorded: c(COUNTER_ORIGIN),
             drop_unknown_pod: c(COUNTER_DROP_UNKNOWN_POD),
             pass_host: c(COUNTER_PASS_HOST),
+            flow_new: c(COUNTER_FLOW_NEW),
+            flow_confirmed: c(COUNTER_FLOW_CONFIRMED),
         }
     }
 }
@@ -66,7 +72,44 @@ pub struct TableStatus {
     pub endpoints: usize,
     pub prefixes: usize,
     pub rule_sets: usize,
-    pub flows: usize,
+    pub flows: FlowCounts,
     pub counters: Counters,
     pub drops_by_group: Vec<GroupDrops>,
+}
+
+/// Entries and capacity of the two flow tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowCounts {
+    /// Confirmed flows (`FLOWS`).
+    pub confirmed: usize,
+    pub confirmed_capacity: u32,
+    /// Flows waiting for their responder (`EMBRYONIC_FLOWS`).
+    pub embryonic: usize,
+    pub embryonic_capacity: u32,
+}
+
+impl FlowCounts {
+    pub fn new(confirmed: usize, embryonic: usize) -> FlowCounts {
+        FlowCounts {
+            confirmed,
+            confirmed_capacity: MAX_FLOWS,
+            embryonic,
+            embryonic_capacity: MAX_EMBRYONIC_FLOWS,
+        }
+    }
+
+    /// Flows in both tables.
+    pub fn total(&self) -> usize {
+        self.confirmed + self.embryonic
+    }
+}
+
+impl std::fmt::Display for FlowCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} confirmed (of {}), {} embryonic (of {})",
+            self.confirmed, self.confirmed_capacity, self.embryonic, self.embryonic_capacity
+        )
+    }
 }
