@@ -59,6 +59,14 @@ pub struct Args {
     /// of --change-sizes.
     #[arg(long)]
     pub survival_changes: Option<usize>,
+    /// Idle established flows, half TCP and half UDP, opened through `portcullis-xdp`'s gateway
+    /// at the first size, kept silent through a new-flow flood, then probed (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    pub idle_flows: usize,
+    /// Size of the idle-flow measurement's flood: new flows per entry of the gateway's flow
+    /// table (its capacity read from the loaded map).
+    #[arg(long, default_value_t = 10.0)]
+    pub idle_flood: f64,
     /// CPUs of the generator, the gateway and the sink, `G,W,S` (default: 0,1,2 with three or
     /// more CPUs, else 0,1,0: the sink shares the generator's).
     #[arg(long)]

@@ -1,12 +1,14 @@
-//! Test frames built in user space: the generator's template, the raw-socket streams and the
-//! micro-benchmark packets.
+//! Test frames built in user space: the generator's template, the raw-socket streams, the
+//! micro-benchmark packets and the idle flows' handshakes and probes.
 
 use std::net::Ipv4Addr;
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const TCP_HLEN: usize = 20;
 /// ICMP timestamp request: judged by policy on every packet, never tracked as a flow.
 const ICMP_TIMESTAMP: u8 = 13;
 
@@ -26,6 +28,30 @@ pub fn udp_frame(
     f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&udp_len.to_be_bytes());
     f.extend_from_slice(&[0, 0]);
+    f.resize(len, 0);
+    f
+}
+
+/// An Ethernet/IPv4/TCP frame of `len` bytes with TCP `flags` (no options, sequence numbers 0,
+/// no TCP checksum: the gateway does not verify it).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    len: usize,
+) -> Vec<u8> {
+    let mut f = eth_ipv4(src_mac, dst_mac, src, dst, PROTO_TCP, len);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&[(TCP_HLEN as u8 / 4) << 4, flags]);
+    f.extend_from_slice(&u16::MAX.to_be_bytes());
+    f.extend_from_slice(&[0; 4]);
     f.resize(len, 0);
     f
 }
@@ -101,5 +127,12 @@ mod tests {
         );
         assert_eq!(checksum(&icmp[14..34]), 0);
         assert_eq!(checksum(&icmp[34..]), 0);
+        let tcp = tcp_frame([1; 6], [2; 6], a, b, 1024, 443, 0x12, 64);
+        assert_eq!(
+            (tcp.len(), tcp[23], tcp[46], tcp[47]),
+            (64, PROTO_TCP, 0x50, 0x12)
+        );
+        assert_eq!(u16::from_be_bytes([tcp[36], tcp[37]]), 443);
+        assert_eq!(checksum(&tcp[14..34]), 0);
     }
 }

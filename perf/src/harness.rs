@@ -31,6 +31,8 @@ pub struct Harness<'a> {
     pub gen_sent: PerCpuArray<MapData, u64>,
     pub sink_count: PerCpuArray<MapData, u64>,
     pub watch: HashMap<MapData, TupleKey, Watch>,
+    /// The idle-flow measurement has run (or failed): it runs once per run.
+    pub idle_flows_done: bool,
 }
 
 /// One measurement of a flood: rates over its window.
@@ -116,6 +118,7 @@ impl<'a> Harness<'a> {
             gen_sent,
             sink_count,
             watch,
+            idle_flows_done: false,
         };
         h.set_frame(FRAME_LEN)?;
         let sink = program_mut(&mut h.ebpf, "perf_sink")?;

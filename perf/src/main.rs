@@ -14,6 +14,7 @@ mod contender;
 mod frame;
 mod generator;
 mod harness;
+mod idle_flows;
 mod lab;
 mod latency;
 mod memory;

@@ -19,6 +19,8 @@ pub const FRAME_LEN: usize = 64;
 const MIN_FRAME: usize = 60;
 /// An MTU-sized (1500-byte IP packet) frame.
 const MAX_FRAME: usize = 1514;
+/// Most idle flows: each has its own destination in the /15 they are sent to.
+pub const MAX_IDLE_FLOWS: usize = 100_000;
 
 pub struct Plan {
     pub quick: bool,
@@ -31,6 +33,10 @@ pub struct Plan {
     pub change_sizes: Vec<usize>,
     pub latency_changes: usize,
     pub survival_changes: usize,
+    /// Idle flows kept silent through a flood (0: not measured).
+    pub idle_flows: usize,
+    /// The idle-flow flood in new flows per flow-table entry.
+    pub idle_flood: f64,
     pub cpus: Cpus,
     pub probes: usize,
     pub linear_max: usize,
@@ -101,6 +107,15 @@ impl Plan {
         if !(8..=20).contains(&targets_log2) {
             bail!("--targets-log2 {targets_log2} out of range 8..=20");
         }
+        if args.idle_flows == 1 || args.idle_flows > MAX_IDLE_FLOWS {
+            bail!(
+                "--idle-flows {} out of range: 0 (skip) or 2..={MAX_IDLE_FLOWS} (half TCP, half UDP)",
+                args.idle_flows
+            );
+        }
+        if !(args.idle_flood > 0.0 && args.idle_flood <= 100.0) {
+            bail!("--idle-flood {} out of range (0, 100]", args.idle_flood);
+        }
         let contenders = match &args.contenders {
             Some(names) => names
                 .iter()
@@ -119,6 +134,8 @@ impl Plan {
             change_sizes,
             latency_changes: args.latency_changes.unwrap_or(100),
             survival_changes: args.survival_changes.unwrap_or(pick(quick, 200, 1000)),
+            idle_flows: args.idle_flows,
+            idle_flood: args.idle_flood,
             cpus,
             probes: args.probes,
             linear_max: args.linear_max,
@@ -152,6 +169,8 @@ impl Plan {
             "change_sizes": self.change_sizes,
             "latency_changes": self.latency_changes,
             "survival_changes": self.survival_changes,
+            "idle_flows": self.idle_flows,
+            "idle_flood": self.idle_flood,
             "cpus": {
                 "generator": self.cpus.generator,
                 "gateway": self.cpus.gateway,
@@ -188,6 +207,9 @@ mod tests {
         assert_eq!(full.change_sizes, [10_000, 100_000]);
         assert_eq!((full.survival_changes, full.cpus.sink), (1000, 0));
         assert_eq!(full.json()["contenders"][3], "portcullis-xdp");
+        // The idle-flow measurement is on in both runs.
+        assert_eq!((quick.idle_flows, full.idle_flows), (2000, 2000));
+        assert_eq!(full.idle_flood, 10.0);
     }
 
     #[test]
@@ -207,6 +229,9 @@ mod tests {
             (&["--repeats", "0"], "--repeats at least 1"),
             (&["--targets-log2", "7"], "--targets-log2 7"),
             (&["--cpus", "0,0,1"], "a CPU of its own"),
+            (&["--idle-flows", "1"], "--idle-flows 1 out of range"),
+            (&["--idle-flows", "100001"], "--idle-flows 100001"),
+            (&["--idle-flood", "0"], "--idle-flood 0 out of range"),
         ] {
             let e = plan(args).err().expect(why).to_string();
             assert!(e.contains(why), "{args:?}: {e}");

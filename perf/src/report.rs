@@ -1,5 +1,7 @@
 //! Results: the JSON file (keys documented in perf/README.md), the two SVG plots (`svg`) and the
-//! printed summary table with ratios.
+//! printed summary table; the ratios between contenders are in `ratios`.
+
+mod ratios;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -9,6 +11,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::contender::Contender;
+use crate::idle_flows::IdleFlows;
 use crate::plan::FRAME_LEN;
 use crate::svg;
 
@@ -82,6 +85,8 @@ pub struct Report {
     notes: Vec<String>,
     started: u64,
     load_before: Vec<f64>,
+    /// The idle-flow measurement (once per run).
+    idle: Option<IdleFlows>,
 }
 
 /// The 1, 5 and 15 minute load averages (the machine may be shared with compilers).
@@ -181,6 +186,7 @@ impl Report {
             notes: Vec::new(),
             started: now(),
             load_before: loadavg(),
+            idle: None,
         }
     }
 
@@ -196,6 +202,10 @@ impl Report {
         self.notes.push(n);
     }
 
+    pub fn set_idle_flows(&mut self, idle: IdleFlows) {
+        self.idle = Some(idle);
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "schema": 1,
@@ -207,6 +217,10 @@ impl Report {
             "config": self.config,
             "figures": self.figures,
             "ratios": self.ratios(),
+            "ratios_per_core": self.ratios_per_core(),
+            "idle_flows": self.idle.as_ref().map(|i| i.flows),
+            "idle_flows_survived": self.idle.as_ref().map(|i| i.survived),
+            "idle_flows_detail": self.idle,
             "notes": self.notes,
         })
     }
@@ -306,41 +320,6 @@ impl Report {
         keys.into_iter().collect()
     }
 
-    /// Forwarded-throughput ratios of Portcullis (XDP forwarding; new flows, and established
-    /// flows) to the others, per frame size and ipBlock count.
-    pub fn ratios(&self) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        for (frame, size) in self
-            .frames()
-            .into_iter()
-            .flat_map(|f| self.sizes().into_iter().map(move |s| (f, s)))
-        {
-            for ours in ["portcullis-xdp", "portcullis-xdp-established"] {
-                let Some(p) = self.value(ours, size, frame, "forwarded_pps") else {
-                    continue;
-                };
-                for other in [
-                    "bare-pass",
-                    "bare-redirect",
-                    "nftables",
-                    "nftables-ct",
-                    "iptables-ipset",
-                    "iptables-linear",
-                ] {
-                    if let Some(o) = self.value(other, size, frame, "forwarded_pps") {
-                        out.push(serde_json::json!({
-                            "ip_blocks": size,
-                            "frame_bytes": frame,
-                            "ratio": format!("{ours}/{other}"),
-                            "value": p / o,
-                        }));
-                    }
-                }
-            }
-        }
-        out
-    }
-
     pub fn print_summary(&self) {
         let sizes = self.sizes();
         let contenders: Vec<&str> = Contender::ALL
@@ -374,16 +353,8 @@ impl Report {
                 println!("{line}");
             }
         }
-        println!("\nratios (forwarded pps, portcullis / other):");
-        for r in self.ratios() {
-            println!(
-                "  {:>8} ipBlocks {:>5} B  {:<32} {:.2}",
-                r["ip_blocks"],
-                r["frame_bytes"],
-                r["ratio"].as_str().unwrap_or(""),
-                r["value"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
+        self.print_ratios();
+        self.print_per_core();
         self.print_section(
             "policy changes (portcullis-xdp)",
             |f| f.metric.starts_with("change_") || f.metric.starts_with("survival_"),
@@ -414,6 +385,9 @@ impl Report {
                 )
             },
         );
+        if let Some(idle) = &self.idle {
+            println!("\nidle flows (portcullis-xdp):\n  {}", idle.line());
+        }
         println!(
             "\nload average (1, 5, 15 min) before {:?}, after {:?}",
             self.load_before,

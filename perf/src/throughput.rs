@@ -1,11 +1,12 @@
 //! One contender at one size: set up, verdicts checked against the reference, flooded at every
-//! frame size, torn down; the throughput figures of its samples.
+//! frame size (then, once per run on `portcullis-xdp`, the idle-flow measurement), torn down;
+//! the throughput figures of its samples.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::contender::Contender;
+use crate::contender::{Contender, Setup};
 use crate::harness::{check, Harness, Sample};
 use crate::plan::{Plan, FRAME_LEN};
 use crate::report::{self, Report, Subject};
@@ -25,7 +26,7 @@ impl Harness<'_> {
     ) -> Result<()> {
         let subject = c.subject(w);
         let t = Instant::now();
-        let setup = self.set_up(c, w, plan, report)?;
+        let mut setup = self.set_up(c, w, plan, report)?;
         let setup_ms = t.elapsed().as_secs_f64() * 1e3;
         let result = (|| -> Result<()> {
             let napi = self.gateway_napi()?;
@@ -55,6 +56,17 @@ impl Harness<'_> {
             self.set_frame(FRAME_LEN)?;
             Ok(())
         })();
+        // The idle-flow measurement: once per run, on the first `portcullis-xdp` gateway.
+        if let (Ok(()), Setup::Portcullis(gw)) = (&result, &mut setup) {
+            if c == Contender::PortcullisXdp && plan.idle_flows > 0 && !self.idle_flows_done {
+                self.idle_flows_done = true;
+                if let Err(e) = self.idle_flows(gw, w, plan, report) {
+                    println!("   idle flows: FAILED: {e:#}");
+                    let size = w.ip_blocks;
+                    report.note(format!("idle flows at {size} ipBlocks failed: {e:#}"));
+                }
+            }
+        }
         report.push(subject.figure("setup_time", setup_ms, "ms"));
         self.tear_down(setup)?;
         result

@@ -1,7 +1,8 @@
 //! CI smoke test: the harness starts on a tiny configuration (10 ipBlocks, 1 s per contender and
-//! frame size, two contenders, a few probes, 4 policy changes for latency and 4 per survival phase)
-//! and writes a well-formed result JSON and plots. Asserts shape, never
-//! speed. Needs root (network namespaces, XDP); skipped otherwise.
+//! frame size, three contenders, a few probes, 4 policy changes for latency and 4 per survival phase,
+//! 200 idle flows under a flood of a fifth of the flow table) and writes a well-formed result JSON
+//! and plots. Asserts shape and the idle-flow probe's own checks, never speed. Needs root (network
+//! namespaces, XDP); skipped otherwise.
 use std::process::Command;
 
 #[test]
@@ -23,7 +24,7 @@ fn tiny_run_writes_wellformed_results() {
             "--repeats",
             "1",
             "--contenders",
-            "bare-pass,portcullis-xdp",
+            "bare-pass,bare-redirect,portcullis-xdp",
             "--probes",
             "20",
             "--targets-log2",
@@ -36,6 +37,10 @@ fn tiny_run_writes_wellformed_results() {
             "4",
             "--survival-changes",
             "4",
+            "--idle-flows",
+            "200",
+            "--idle-flood",
+            "0.2",
             // Every machine of this project has at least two CPUs: the gateway's alone.
             "--cpus",
             "0,1,0",
@@ -63,7 +68,17 @@ fn tiny_run_writes_wellformed_results() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
     for key in [
-        "schema", "machine", "load", "config", "figures", "ratios", "notes",
+        "schema",
+        "machine",
+        "load",
+        "config",
+        "figures",
+        "ratios",
+        "ratios_per_core",
+        "idle_flows",
+        "idle_flows_survived",
+        "idle_flows_detail",
+        "notes",
     ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
@@ -110,6 +125,32 @@ fn tiny_run_writes_wellformed_results() {
         "survival_saturating_lost",
     ] {
         assert!(has("portcullis-xdp", m), "missing {m}");
+    }
+    // The idle flows: every one passed right after opening, every control probe was dropped, and
+    // the survivors are a count of them.
+    let idle = &v["idle_flows_detail"];
+    assert_eq!(v["idle_flows"], 200, "{idle}");
+    assert!(v["idle_flows_survived"].as_u64().is_some_and(|s| s <= 200));
+    assert_eq!(idle["passed_before_flood"], 200, "{idle}");
+    assert_eq!(idle["control_dropped"], idle["control_probes"], "{idle}");
+    assert_eq!(
+        idle["tcp"].as_u64().unwrap() + idle["udp"].as_u64().unwrap(),
+        200
+    );
+    assert!(
+        idle["flood_capacity_multiple"].as_f64().unwrap() >= 0.2,
+        "{idle}"
+    );
+    let per_core = v["ratios_per_core"].as_array().unwrap();
+    for ratio in [
+        "portcullis-xdp/bare-pass",
+        "portcullis-xdp/bare-redirect",
+        "bare-pass/bare-redirect",
+    ] {
+        assert!(
+            per_core.iter().any(|r| r["ratio"] == ratio),
+            "missing per-core ratio {ratio}"
+        );
     }
     let svgs = std::fs::read_dir(out.path())
         .unwrap()
