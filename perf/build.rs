@@ -8,6 +8,9 @@ fn main() {
     portcullis_ebpf_build::build_kernel_program(
         "portcullis-perf-ebpf",
         &manifest.join("ebpf"),
-        &[&manifest.join("../xdp/ebpf-common")],
+        &[
+            &manifest.join("../xdp/ebpf-common"),
+            &manifest.join("common"),
+        ],
     );
 }

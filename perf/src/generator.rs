@@ -10,45 +10,12 @@ use aya::maps::Array;
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use aya::Ebpf;
 
+pub use portcullis_perf_common::{GenConfig, Target, GEN_PROBE, GEN_RANDOM_SPORT};
+
 use crate::frame::udp_frame;
 use crate::harness::{map_mut, program_mut, Harness};
 use crate::lab::{self, in_ns};
 
-/// One entry of the generator's tuple table (same layout as the kernel side).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Target {
-    pub src: u32,
-    pub dst: u32,
-    /// Destination bits the generator randomises per frame (all with the same verdict).
-    pub dst_random: u32,
-    pub sport: u16,
-    pub dport: u16,
-}
-// SAFETY: plain old data, same layout as the kernel side.
-unsafe impl aya::Pod for Target {}
-
-/// The generator's mode (same layout as the kernel side).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct GenConfig {
-    ifindex: u32,
-    /// Frames use targets `0..=mask`.
-    mask: u32,
-    flags: u32,
-    /// First target of a probe run.
-    index: u32,
-    /// Pacing: time between two frames (0: as fast as it can).
-    gap_ns: u32,
-    pad: u32,
-}
-// SAFETY: plain old data, same layout as the kernel side.
-unsafe impl aya::Pod for GenConfig {}
-
-/// A new random source port per frame: every frame a new flow.
-const GEN_RANDOM_SPORT: u32 = 1;
-/// Targets in order from `index`, once each.
-const GEN_PROBE: u32 = 2;
 /// Words of the Ethernet/IPv4/UDP header the generator rewrites.
 const HEADER_WORDS: usize = 11;
 
@@ -154,7 +121,7 @@ impl Harness<'_> {
             flags: if new_flows { GEN_RANDOM_SPORT } else { 0 },
             index: 0,
             gap_ns,
-            pad: 0,
+            _pad: 0,
         }
     }
 
@@ -167,7 +134,7 @@ impl Harness<'_> {
             flags: GEN_PROBE,
             index: first as u32,
             gap_ns: 0,
-            pad: 0,
+            _pad: 0,
         })?;
         let setup = GenSetup {
             batch: count as u32,

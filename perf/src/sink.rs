@@ -6,32 +6,12 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
 
-use crate::harness::{map, map_mut, Harness};
+pub use portcullis_perf_common::{Watch, SINK_RECORD, SINK_WATCH, WATCH_DST_MASK};
 
-/// What the sink saw of one watched tuple (same layout as the kernel side).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Watch {
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub frames: u64,
-    pub next_seq: u64,
-    pub lost: u64,
-    pub gap_first_ns: u64,
-    pub gap_last_ns: u64,
-}
-// SAFETY: plain old data, same layout as the kernel side.
-unsafe impl aya::Pod for Watch {}
+use crate::harness::{map, map_mut, Harness};
 
 /// A key of `SEEN` or `WATCH`: source, destination, destination port (network order).
 pub type TupleKey = [u32; 3];
-
-/// Record the tuple of every frame in `SEEN`.
-pub const SINK_RECORD: u32 = 1;
-/// Track the streams in `WATCH`.
-pub const SINK_WATCH: u32 = 2;
-/// The part of a network-order destination a `WATCH` key keeps (its first two bytes).
-const WATCH_DST_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
 
 /// The `WATCH` key of a stream (its destination's /16: a probe stream changes the last two
 /// bytes when it runs out of source ports).
