@@ -320,17 +320,17 @@ impl Report {
         keys.into_iter().collect()
     }
 
+    /// The contenders with a figure of `metric`, in the order of `Contender::ALL`.
+    fn contenders_with(&self, metric: &str) -> Vec<&'static str> {
+        (Contender::ALL.iter())
+            .map(|c| c.name())
+            .filter(|c| (self.figures.iter()).any(|f| f.contender == *c && f.metric == metric))
+            .collect()
+    }
+
     pub fn print_summary(&self) {
         let sizes = self.sizes();
-        let contenders: Vec<&str> = Contender::ALL
-            .iter()
-            .map(|c| c.name())
-            .filter(|c| {
-                self.figures
-                    .iter()
-                    .any(|f| f.contender == *c && f.metric == "forwarded_pps")
-            })
-            .collect();
+        let contenders = self.contenders_with("forwarded_pps");
         for frame in self.frames() {
             println!("\nforwarded Mpps (median), {frame} B frames [gateway CPU, cores]");
             let mut head = format!("{:>10}", "ipBlocks");

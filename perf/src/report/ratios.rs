@@ -106,15 +106,7 @@ impl Report {
     /// Forwarded Mpps per gateway CPU-second of every contender with its ratio to
     /// `bare-redirect`'s, per frame size; then Portcullis's per-core ratios to the others.
     pub(super) fn print_per_core(&self) {
-        let contenders: Vec<&str> = Contender::ALL
-            .iter()
-            .map(|c| c.name())
-            .filter(|c| {
-                self.figures
-                    .iter()
-                    .any(|f| f.contender == *c && f.metric == PER_CORE)
-            })
-            .collect();
+        let contenders = self.contenders_with(PER_CORE);
         if contenders.is_empty() {
             return;
         }
