@@ -117,6 +117,8 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.forward_xdp);
         metrics::counter!("portcullis_gateway_forwarded_total", "path" => "stack")
             .absolute(c.pass_stack);
+        metrics::counter!("portcullis_gateway_forwarded_cached_next_hop_total")
+            .absolute(c.forward_cached);
         let flows = &status.tables.flows;
         metrics::gauge!("portcullis_gateway_flows", "table" => "confirmed")
             .set(flows.confirmed as f64);

@@ -201,12 +201,13 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 s.tables.endpoints, s.tables.prefixes, s.tables.rule_sets, s.tables.flows
             );
             println!(
-                "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} stack {}",
+                "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} (cached next hop {}) stack {}",
                 c.pass_flow,
                 c.pass_policy,
                 c.pass_unselected,
                 c.pass_non_ip,
                 c.forward_xdp,
+                c.forward_cached,
                 c.pass_stack
             );
             println!(

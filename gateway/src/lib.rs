@@ -7,10 +7,14 @@
 
 mod attach;
 mod mode;
+mod next_hops;
 mod pinned;
 
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, MapData};
 use aya::programs::links::PinnedLink;
 use aya::programs::Xdp;
 use aya::Ebpf;
@@ -43,7 +47,9 @@ const LINK_PINS: [&str; 2] = ["link_cluster", "link_external"];
 
 /// Every map of the program; with a pin directory each is pinned there under its own name.
 fn pinned_maps() -> impl Iterator<Item = &'static str> {
-    SHARED_PINNED_MAPS.into_iter().chain([MAP_IFACE_ROLES])
+    SHARED_PINNED_MAPS
+        .into_iter()
+        .chain([MAP_IFACE_ROLES, MAP_NEXT_HOP_EPOCH])
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +72,9 @@ pub struct Status {
     pub attached: Vec<AttachedInterface>,
     pub mode: AttachMode,
     pub forward: ForwardMode,
+    /// `NEXT_HOP_EPOCH`: how many route, neighbour, link or address changes invalidated the
+    /// flows' cached next hops (XDP forwarding only).
+    pub next_hop_epoch: u32,
     #[serde(flatten)]
     pub tables: TableStatus,
 }
@@ -88,6 +97,9 @@ pub struct Gateway {
     /// Pinned links we keep open (the pin keeps them attached after we exit).
     _pinned_links: Vec<PinnedLink>,
     core: Core<GatewayTables>,
+    next_hop_epoch: Array<MapData, u32>,
+    /// Bumps `NEXT_HOP_EPOCH` on netlink changes while we forward in XDP.
+    _epoch_watch: Option<next_hops::EpochWatch>,
 }
 
 impl Datapath for Gateway {
@@ -113,6 +125,13 @@ impl Gateway {
             flags |= CONFIG_FLAG_REVALIDATE;
         }
         let core = Core::take(&mut ebpf, OBJECT, adopting, flags)?;
+        let (next_hop_epoch, watched) = epoch_handles(&mut ebpf)?;
+        // Started before the legs are attached: no packet is forwarded with a hop cached before
+        // the watch.
+        let epoch_watch = match options.forward {
+            ForwardMode::Xdp => Some(next_hops::watch(watched)?),
+            ForwardMode::Kernel => None,
+        };
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
         Ok(Gateway {
             core,
@@ -120,6 +139,8 @@ impl Gateway {
             attached,
             _pinned_links: pinned_links,
             options,
+            next_hop_epoch,
+            _epoch_watch: epoch_watch,
         })
     }
 
@@ -140,8 +161,14 @@ impl Gateway {
             attached: self.attached.clone(),
             mode: self.options.xdp_mode,
             forward: self.options.forward,
+            next_hop_epoch: self.next_hop_epoch()?,
             tables: (self.core.maps).status(self.core.generations.group_policies())?,
         })
+    }
+
+    /// `NEXT_HOP_EPOCH` in force.
+    pub fn next_hop_epoch(&self) -> Result<u32> {
+        next_hops::current(&self.next_hop_epoch)
     }
 
     /// Runs `packet` through a program of the object with `BPF_PROG_TEST_RUN`, `repeat` times, as
@@ -184,4 +211,21 @@ impl Gateway {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
     }
+}
+
+/// Two handles on `NEXT_HOP_EPOCH` (the watcher thread owns one).
+fn epoch_handles(ebpf: &mut Ebpf) -> Result<(Array<MapData, u32>, Array<MapData, u32>)> {
+    let name = MAP_NEXT_HOP_EPOCH;
+    let missing = Error::MissingMap {
+        name,
+        object: OBJECT,
+    };
+    let Some(aya::maps::Map::Array(data)) = ebpf.take_map(name) else {
+        return Err(missing);
+    };
+    let fd = (data.fd().as_fd().try_clone_to_owned()).map_err(Error::Netlink)?;
+    let twin = MapData::from_fd(fd).map_err(portcullis_bpf::map_err(name))?;
+    let array =
+        |d| Array::try_from(aya::maps::Map::Array(d)).map_err(portcullis_bpf::map_err(name));
+    Ok((array(data)?, array(twin)?))
 }

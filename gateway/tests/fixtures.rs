@@ -3,6 +3,8 @@
 //! (untouched when it passes, the next hop's rewrite when it forwards). Rows run in order: flow
 //! rows depend on earlier packets.
 
+#[path = "fixtures/fast_path.rs"]
+mod fast_path;
 #[path = "fixtures/forwarding.rs"]
 mod forwarding;
 #[path = "fixtures/policy.rs"]

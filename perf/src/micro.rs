@@ -32,9 +32,10 @@ const SPORT: u16 = 40_000;
 const UNTRACKED_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 
 /// The figures, in the order they are reported (`test_run_<name>`).
-const FIGURES: [&str; 8] = [
+const FIGURES: [&str; 9] = [
     "bare_xdp_pass",
     "established_flow",
+    "established_flow_one_way",
     "new_flow_allowed",
     "new_flow_denied",
     "bare_xdp_pass_repeat1",
@@ -65,10 +66,15 @@ impl Harness<'_> {
         let (a, d) = (a.tuple, d.tuple);
         let untracked_tables = with_untracked_allow(&w.tables, a.src)?;
         let (gm, cm) = (self.lab.gen_mac, self.lab.cluster_mac);
-        let c = self.cluster_ifindex;
+        let (c, e) = (self.cluster_ifindex, self.external_ifindex);
+        let (em, sm) = (self.lab.external_mac, self.lab.sink_mac);
         let runs = in_ns(&self.lab.gw_ns, || -> Result<HashMap<&str, Vec<f64>>> {
             let pkt_a = udp_frame(gm, cm, a.src, a.dst, SPORT, a.port, FRAME_LEN);
             let pkt_d = udp_frame(gm, cm, d.src, d.dst, SPORT, d.port, FRAME_LEN);
+            // The established flow is confirmed by a reply from the sink's side (one flow-table
+            // lookup per packet); the one-way flow stays embryonic (two lookups).
+            let reply_a = udp_frame(sm, em, a.dst, a.src, a.port, SPORT, FRAME_LEN);
+            let pkt_one_way = udp_frame(gm, cm, a.src, a.dst, SPORT + 1, a.port, FRAME_LEN);
             let mut runs: HashMap<&str, Vec<f64>> = HashMap::new();
             let mut record = |name, value| runs.entry(name).or_default().push(value);
             for round in 0..ROUNDS {
@@ -77,9 +83,15 @@ impl Harness<'_> {
                     ns(gw.test_run(TestProgram::Pass, c, &pkt_a, REPEAT)?),
                 );
                 gw.test_run(TestProgram::Gateway, c, &pkt_a, 1)?;
+                gw.test_run(TestProgram::Gateway, e, &reply_a, 1)?;
                 record(
                     "established_flow",
                     ns(gw.test_run(TestProgram::Gateway, c, &pkt_a, REPEAT)?),
+                );
+                gw.test_run(TestProgram::Gateway, c, &pkt_one_way, 1)?;
+                record(
+                    "established_flow_one_way",
+                    ns(gw.test_run(TestProgram::Gateway, c, &pkt_one_way, REPEAT)?),
                 );
                 record(
                     "new_flow_denied",

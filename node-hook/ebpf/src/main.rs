@@ -146,7 +146,7 @@ fn try_deliver(ctx: &TcContext) -> i32 {
     let sides = CHECK_EGRESS_OF_SRC | CHECK_INGRESS_OF_DST;
     match classify::<NodeMaps>(w, parsed, sides, ifindex(ctx), admit_delivery) {
         Outcome::Dropped => TC_ACT_SHOT,
-        Outcome::Allowed | Outcome::NotIp => TC_ACT_OK,
+        Outcome::Allowed | Outcome::Flow(..) | Outcome::NotIp => TC_ACT_OK,
     }
 }
 

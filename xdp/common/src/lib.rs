@@ -176,8 +176,53 @@ pub struct FlowValue {
     pub checked: u8,
     /// Generation parity that allowed it (for `--revalidate`).
     pub generation: u8,
+    /// Gateway: `NEXT_HOP_EPOCH` when [`FlowValue::hops`] were cached (see [`hop_fresh`]).
+    pub hop_epoch: u32,
+    /// Gateway: [`hop_stamp`] of the time they were cached.
+    pub hop_stamp: u32,
+    /// Gateway: the next hop of the packets from the `lo` endpoint (index 0) and from the `hi`
+    /// endpoint (index 1), cached by the first packet forwarded that way. The node hook leaves them
+    /// empty.
+    pub hops: [NextHop; 2],
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
+
+/// What XDP forwarding of one direction of a flow needs, as `bpf_fib_lookup` returned it: the
+/// established fast path forwards with it without a FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Egress MTU (`mtu_result`): a larger packet goes to the kernel (fragmentation or ICMP).
+    pub mtu: u16,
+    /// 1 when cached.
+    pub valid: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 20);
+
+/// Idle flows are refreshed at most this often (`last_seen_ns` is written when it is older than
+/// this): a busy flow does not write its shared cache line on every packet. Far below every
+/// timeout, so expiry is exact to within it.
+pub const FLOW_REFRESH_NS: u64 = 1 << 30;
+
+/// The coarse clock of [`FlowValue::hop_stamp`]: units of 2^30 ns (~1.07 s).
+#[inline(always)]
+pub const fn hop_stamp(now_ns: u64) -> u32 {
+    (now_ns >> 30) as u32
+}
+
+/// Whether next hops cached at `epoch` / `stamp` may still be used at `current_epoch` / `now_ns`:
+/// the same epoch (the gateway daemon bumps `NEXT_HOP_EPOCH` on every route, neighbour, link and
+/// address change) and at most 1–2 stamp units old, so a change the daemon did not see (it was
+/// down) is followed within ~2 s.
+#[inline(always)]
+pub const fn hop_fresh(epoch: u32, stamp: u32, current_epoch: u32, now_ns: u64) -> bool {
+    epoch == current_epoch && hop_stamp(now_ns).wrapping_sub(stamp) <= 1
+}
 
 /// Idle timeouts (ns) per state; the flow GC in user space and the program agree on them.
 pub const TIMEOUT_TCP_SYN_NS: u64 = 60 * 1_000_000_000;
@@ -220,8 +265,11 @@ pub const COUNTER_PASS_HOST: u32 = 11;
 pub const COUNTER_FLOW_NEW: u32 = 12;
 /// Flows confirmed by their responder and moved to `FLOWS`.
 pub const COUNTER_FLOW_CONFIRMED: u32 = 13;
+/// Gateway: packets of [`COUNTER_FORWARD_XDP`] forwarded with their flow's cached next hop (no
+/// FIB lookup).
+pub const COUNTER_FORWARD_CACHED: u32 = 14;
 /// Size of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 15;
 
 /// Why a packet was dropped, in [`DropEvent::reason`].
 pub const DROP_REASON_POLICY: u8 = 1;

@@ -28,6 +28,9 @@
 //!
 //! Gateway only:
 //! - `IFACE_ROLES`: interface index → `ROLE_*` of that leg. Written by the loader at attach.
+//! - `NEXT_HOP_EPOCH`: index 0 holds the epoch of the next hops cached in flow entries
+//!   (`FlowValue::hops`); a hop cached at another epoch is looked up again. Bumped by the gateway
+//!   daemon on every netlink route, rule, neighbour, link and address change; read by the program.
 //!
 //! Node hook only:
 //! - `IDENTITIES`: (pod address, generation) → identity of every pod of the cluster. Written by
@@ -47,6 +50,7 @@ pub const MAP_DROPS_BY_GROUP: &str = "DROPS_BY_GROUP";
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 pub const MAP_DROP_EVENT_WINDOW: &str = "DROP_EVENT_WINDOW";
 pub const MAP_IFACE_ROLES: &str = "IFACE_ROLES";
+pub const MAP_NEXT_HOP_EPOCH: &str = "NEXT_HOP_EPOCH";
 pub const MAP_IDENTITIES: &str = "IDENTITIES";
 pub const MAP_PEERS: &str = "PEERS";
 pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";

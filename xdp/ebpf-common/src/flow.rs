@@ -32,10 +32,13 @@ use crate::policy::{check, Query, Verdict};
 use crate::report::report_drop;
 
 /// What the pipeline decided for one packet (counted and, for drops, reported already).
-#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Allowed: the program delivers or forwards it.
     Allowed,
+    /// Allowed by this live flow entry (still in its table), the packet coming from the flow's
+    /// `lo` endpoint when the flag is true: the program may use and fill the entry's next-hop
+    /// cache for that direction.
+    Flow(&'static mut FlowValue, bool),
     /// Not an IP packet we judge (non-IP, neighbour discovery): the program passes it untouched.
     NotIp,
     Dropped,
@@ -62,20 +65,27 @@ pub fn flow_live(f: &FlowValue, now: u64, syn_only: bool, from_initiator: bool) 
 }
 
 /// TCP state tracking and refresh of a live flow hit by a packet. A TCP flow is established by
-/// the responder's acknowledgement (its SYN-ACK), never by the initiator alone.
+/// the responder's acknowledgement (its SYN-ACK), never by the initiator alone. The entry is
+/// written only when its state changes or its timestamp is older than `FLOW_REFRESH_NS`: the
+/// packets of a busy flow leave its cache line clean (other CPUs forwarding the same flow keep
+/// their copy).
 #[inline(always)]
 pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
+    let mut state = f.state;
     if pkt.proto == PROTO_TCP {
         let fl = pkt.tcp_flags;
         if fl & (TCP_RST | TCP_FIN) != 0 {
-            f.state = TCP_STATE_CLOSING;
-        } else if f.state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 && !from_initiator {
-            f.state = TCP_STATE_ESTABLISHED;
-        } else if f.state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            f.state = TCP_STATE_SYN_SENT;
+            state = TCP_STATE_CLOSING;
+        } else if state == TCP_STATE_SYN_SENT && fl & TCP_ACK != 0 && !from_initiator {
+            state = TCP_STATE_ESTABLISHED;
+        } else if state == TCP_STATE_CLOSING && fl & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            state = TCP_STATE_SYN_SENT;
         }
     }
-    f.last_seen_ns = now;
+    if state != f.state || now.wrapping_sub(f.last_seen_ns) > FLOW_REFRESH_NS {
+        f.state = state;
+        f.last_seen_ns = now;
+    }
 }
 
 /// The entry of a new flow opened by this packet (a TCP one starts in `TCP_STATE_SYN_SENT`).
@@ -99,6 +109,9 @@ pub fn new_flow(
         initiator_is_lo: src_is_lo as u8,
         checked,
         generation: g as u8,
+        hop_epoch: 0,
+        hop_stamp: 0,
+        hops: [NextHop::default(); 2],
     }
 }
 
@@ -130,14 +143,15 @@ fn related_live<M: Maps>(key: &FlowKey, now: u64) -> bool {
     now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
 }
 
-/// Moves an embryonic flow its responder has answered (after [`touch`]) to `FLOWS`.
+/// Moves an embryonic flow its responder has answered (after [`touch`]) to `FLOWS`; true when
+/// it did (the embryonic entry is gone).
 #[inline(always)]
 pub fn confirm_if_answered<M: Maps>(
     key: &FlowKey,
     f: &FlowValue,
     pkt: &Packet,
     from_initiator: bool,
-) {
+) -> bool {
     let answered = if pkt.proto == PROTO_TCP {
         from_initiator && f.state == TCP_STATE_ESTABLISHED
     } else {
@@ -148,8 +162,10 @@ pub fn confirm_if_answered<M: Maps>(
         if M::flows().insert(key, &value, 0).is_ok() {
             let _ = M::embryonic_flows().remove(key);
             count::<M>(COUNTER_FLOW_CONFIRMED);
+            return true;
         }
     }
+    false
 }
 
 /// Records a new flow in `EMBRYONIC_FLOWS`.
@@ -177,7 +193,8 @@ fn dropped<M: Maps>(ifindex: u32, pkt: Option<&Packet>, reason: u8, v: Verdict) 
 }
 
 /// Judges the packet in `w.pkt` (`parsed`: the `parse` return code), seen on `ifindex`, on the
-/// policies `sides` (`CHECK_*`). Reads the configuration into `w.query.g` and `w.flags`.
+/// policies `sides` (`CHECK_*`). Reads the configuration into `w.query.g` and `w.flags`, the
+/// clock into `w.now`.
 #[inline(always)]
 pub fn classify<M: Maps>(
     w: &mut Work,
@@ -191,6 +208,7 @@ pub fn classify<M: Maps>(
         key,
         query,
         flags,
+        now,
     } = w;
     match parsed {
         0 => {}
@@ -212,7 +230,8 @@ pub fn classify<M: Maps>(
     query.proto = pkt.proto;
     query.sides = sides;
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    *now = unsafe { bpf_ktime_get_ns() };
+    let now = *now;
 
     if pkt.kind == Kind::IcmpError {
         if related_live::<M>(&pkt.related, now) {
@@ -250,11 +269,11 @@ pub fn classify<M: Maps>(
                     }
                 }
                 touch(f, pkt, from_initiator, now);
-                if embryonic {
-                    confirm_if_answered::<M>(key, f, pkt, from_initiator);
-                }
                 count::<M>(COUNTER_PASS_FLOW);
-                return Outcome::Allowed;
+                if embryonic && confirm_if_answered::<M>(key, f, pkt, from_initiator) {
+                    return Outcome::Allowed;
+                }
+                return Outcome::Flow(f, src_is_lo);
             }
         }
     }

@@ -105,6 +105,8 @@ pub struct Work {
     pub query: crate::policy::Query,
     /// `CONFIG_FLAG_*` bits of the configuration in force.
     pub flags: u32,
+    /// `bpf_ktime_get_ns` when the pipeline judged the packet.
+    pub now: u64,
 }
 
 /// Declares the shared maps (named as in `portcullis_common::maps`) in the calling program and

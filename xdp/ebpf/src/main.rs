@@ -17,7 +17,7 @@ mod forward;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -28,11 +28,17 @@ use portcullis_ebpf_common::flow::{classify, Admit, Outcome};
 use portcullis_ebpf_common::maps::{count, Work};
 use portcullis_ebpf_common::parse::{parse, Frame, Stop};
 
+use forward::{Forwarded, HopCache};
+
 datapath_maps!(GatewayMaps, selectors: none);
 
 /// See `portcullis_common::maps`.
 #[btf_map]
 static IFACE_ROLES: HashMap<u32, u32, { MAX_INTERFACES as usize }> = HashMap::new();
+
+/// See `portcullis_common::maps`.
+#[btf_map]
+static NEXT_HOP_EPOCH: Array<u32, 1> = Array::new();
 
 /// See `portcullis_common::maps`.
 #[btf_map]
@@ -80,21 +86,33 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
     } else {
         CHECK_INGRESS_OF_DST
     };
-    match classify::<GatewayMaps>(work, parsed, sides, ifindex, |_, _| Admit::Check) {
-        Outcome::Dropped => XDP_DROP,
-        Outcome::NotIp => XDP_PASS,
-        Outcome::Allowed => {
-            if work.flags & CONFIG_FLAG_XDP_FORWARD != 0 && !work.pkt.vlan {
-                let action = forward::forward(ctx, &work.pkt, fib);
-                if action != XDP_PASS {
-                    count::<GatewayMaps>(COUNTER_FORWARD_XDP);
-                    return action;
-                }
+    let cache = match classify::<GatewayMaps>(work, parsed, sides, ifindex, |_, _| Admit::Check) {
+        Outcome::Dropped => return XDP_DROP,
+        Outcome::NotIp => return XDP_PASS,
+        Outcome::Allowed => None,
+        Outcome::Flow(flow, from_lo) => Some(HopCache {
+            flow,
+            from_lo,
+            epoch: NEXT_HOP_EPOCH.get(0).copied().unwrap_or(0),
+            now: work.now,
+        }),
+    };
+    if work.flags & CONFIG_FLAG_XDP_FORWARD != 0 && !work.pkt.vlan {
+        match forward::forward(ctx, &work.pkt, fib, cache) {
+            Forwarded::Cached(action) => {
+                count::<GatewayMaps>(COUNTER_FORWARD_XDP);
+                count::<GatewayMaps>(COUNTER_FORWARD_CACHED);
+                return action;
             }
-            count::<GatewayMaps>(COUNTER_PASS_STACK);
-            XDP_PASS
+            Forwarded::Looked(action) => {
+                count::<GatewayMaps>(COUNTER_FORWARD_XDP);
+                return action;
+            }
+            Forwarded::Pass => {}
         }
     }
+    count::<GatewayMaps>(COUNTER_PASS_STACK);
+    XDP_PASS
 }
 
 portcullis_ebpf_common::program_epilogue!();

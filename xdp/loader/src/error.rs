@@ -33,6 +33,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("netlink route socket (the gateway follows route and neighbour changes with it): {0}")]
+    Netlink(#[source] std::io::Error),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program: {0}")]

@@ -17,6 +17,8 @@ pub struct Counters {
     pub drop_fragment: u64,
     /// Gateway: allowed packets forwarded in XDP.
     pub forward_xdp: u64,
+    /// Gateway: of those, forwarded with the flow's cached next hop (no FIB lookup).
+    pub forward_cached: u64,
     /// Gateway: allowed packets handed to the kernel.
     pub pass_stack: u64,
     /// Node: flows recorded by the origin program (connections opened by local pods).
@@ -44,6 +46,7 @@ impl Counters {
             drop_malformed: c(COUNTER_DROP_MALFORMED),
             drop_fragment: c(COUNTER_DROP_FRAGMENT),
             forward_xdp: c(COUNTER_FORWARD_XDP),
+            forward_cached: c(COUNTER_FORWARD_CACHED),
             pass_stack: c(COUNTER_PASS_STACK),
             origin_recorded: c(COUNTER_ORIGIN),
             drop_unknown_pod: c(COUNTER_DROP_UNKNOWN_POD),
