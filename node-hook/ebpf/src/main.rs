@@ -27,7 +27,6 @@
 
 use aya_ebpf::{
     btf_maps::{HashMap, PerCpuArray},
-    helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
@@ -35,7 +34,7 @@ use portcullis_common::actions::{TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_common::*;
 use portcullis_ebpf_common::datapath_maps;
 use portcullis_ebpf_common::flow::{
-    classify, confirm_if_answered, find_flow, flow_live, new_flow, opens_flow, record_new_flow,
+    classify, confirm_if_answered, find_flow, flow_clock, flow_live, open_flow, opens_flow,
     syn_only, touch, Admit, Outcome,
 };
 use portcullis_ebpf_common::maps::{config, count, selector_lookup, IdentityMap, PeerMap, Work};
@@ -119,7 +118,7 @@ fn unknown_pod(addr: &[u8; 16], g: u32) -> bool {
     let key = IdentityKey {
         addr: *addr,
         generation: g as u8,
-        _pad: [0; 3],
+        _pad: portcullis_ebpf_common::words::zero_pad3(),
     };
     is_pod_unicast(addr) && IDENTITIES.get_ptr(&key).is_none()
 }
@@ -159,14 +158,13 @@ fn try_origin(ctx: &TcContext) -> i32 {
     let Some(w) = work() else {
         return TC_ACT_OK;
     };
-    let Work { pkt, key, .. } = w;
+    let Work { pkt, key, flow, .. } = w;
     if parse(ctx, pkt) != 0 {
         return TC_ACT_OK;
     }
     let (g, _) = config::<NodeMaps>();
     if pkt.kind == Kind::Flow {
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = flow_clock();
         let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
         let mut replaces_confirmed = false;
         if let Some((f, embryonic)) = find_flow::<NodeMaps>(key) {
@@ -182,12 +180,18 @@ fn try_origin(ctx: &TcContext) -> i32 {
         }
         if !unknown_pod(&pkt.src, g) {
             if opens_flow(pkt) {
-                let value = new_flow(now, 0, pkt, src_is_lo, 0, g);
-                if replaces_confirmed {
-                    let _ = FLOWS.insert(&*key, &value, 0);
-                } else {
-                    record_new_flow::<NodeMaps>(key, &value);
-                }
+                // Not checked by this node's policy (`checked` 0): see `FlowValue::checked`.
+                let admitted = (0, 0);
+                open_flow::<NodeMaps>(
+                    key,
+                    flow,
+                    replaces_confirmed,
+                    pkt,
+                    now,
+                    admitted,
+                    src_is_lo,
+                    g,
+                );
                 count::<NodeMaps>(COUNTER_ORIGIN);
             }
             return TC_ACT_OK;

@@ -125,8 +125,9 @@ pub const CONFIG_FLAG_XDP_FORWARD: u32 = 1 << 0;
 pub const CONFIG_FLAG_REVALIDATE: u32 = 1 << 1;
 
 /// `FLOWS` key (LRU hash): one normalised entry per connection, the same for both directions.
-/// `(addr_lo, port_lo)` is the smaller endpoint in byte order.
-#[repr(C)]
+/// `(addr_lo, port_lo)` is the smaller endpoint in byte order. 8-byte aligned (no padding: the
+/// size is a multiple of 8) so the programs copy its addresses as words, not byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub addr_lo: [u8; 16],

@@ -23,13 +23,14 @@
 //! entry there would let the peer of a closed egress connection connect back to the pod on the
 //! same ports without the pod's ingress policy being consulted.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portcullis_common::*;
 
 use crate::maps::{config, count, Maps, Work};
 use crate::parse::{flow_key, Kind, Packet, PARSE_FRAGMENT, PARSE_PASS};
 use crate::policy::{check, Query, Verdict};
 use crate::report::report_drop;
+use crate::words::{copy_addr, zero};
 
 /// What the pipeline decided for one packet (counted and, for drops, reported already).
 pub enum Outcome {
@@ -54,6 +55,15 @@ pub enum Admit {
     Trusted,
     /// Dropped with this `DROP_REASON_*`, reported in this `DIRECTION_*`.
     Drop(u8, u8),
+}
+
+/// The flows' clock: `CLOCK_MONOTONIC_COARSE` (the tick, at most a few ms behind the
+/// `CLOCK_MONOTONIC` the loaders' flow GC reads; timeouts are seconds). Reading the TSC for
+/// `bpf_ktime_get_ns` was a visible part of an established packet's cost.
+#[inline(always)]
+pub fn flow_clock() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Whether a flow entry vouches for a packet of its connection: not expired, and not a SYN from
@@ -88,30 +98,38 @@ pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
     }
 }
 
-/// The entry of a new flow opened by this packet (a TCP one starts in `TCP_STATE_SYN_SENT`).
+/// Records the flow `pkt` opens (a TCP one starts in `TCP_STATE_SYN_SENT`), built in `f` (the
+/// per-CPU work area: no 64-byte value on the stack): in `EMBRYONIC_FLOWS`, or in place of the
+/// confirmed entry it replaces.
 #[inline(always)]
-pub fn new_flow(
-    now: u64,
-    group: u32,
+pub fn open_flow<M: Maps>(
+    key: &FlowKey,
+    f: &mut FlowValue,
+    replaces_confirmed: bool,
     pkt: &Packet,
+    now: u64,
+    admitted: (u32, u8),
     src_is_lo: bool,
-    checked: u8,
     g: u32,
-) -> FlowValue {
-    FlowValue {
-        last_seen_ns: now,
-        group,
-        state: if pkt.proto == PROTO_TCP {
-            TCP_STATE_SYN_SENT
-        } else {
-            FLOW_STATE_ACTIVE
-        },
-        initiator_is_lo: src_is_lo as u8,
-        checked,
-        generation: g as u8,
-        hop_epoch: 0,
-        hop_stamp: 0,
-        hops: [NextHop::default(); 2],
+) {
+    let (group, checked) = admitted;
+    // SAFETY: all-zero is a valid FlowValue (no next hop cached).
+    unsafe { zero(f as *mut FlowValue) };
+    f.last_seen_ns = now;
+    f.group = group;
+    f.state = if pkt.proto == PROTO_TCP {
+        TCP_STATE_SYN_SENT
+    } else {
+        FLOW_STATE_ACTIVE
+    };
+    f.initiator_is_lo = src_is_lo as u8;
+    f.checked = checked;
+    f.generation = g as u8;
+    if replaces_confirmed {
+        let _ = M::flows().insert(key, f, 0);
+    } else {
+        let _ = M::embryonic_flows().insert(key, f, 0);
+        count::<M>(COUNTER_FLOW_NEW);
     }
 }
 
@@ -168,13 +186,6 @@ pub fn confirm_if_answered<M: Maps>(
     false
 }
 
-/// Records a new flow in `EMBRYONIC_FLOWS`.
-#[inline(always)]
-pub fn record_new_flow<M: Maps>(key: &FlowKey, value: &FlowValue) {
-    let _ = M::embryonic_flows().insert(key, value, 0);
-    count::<M>(COUNTER_FLOW_NEW);
-}
-
 /// Whether this packet may open a flow: a tracked kind, and for TCP a SYN without ACK.
 #[inline(always)]
 pub fn opens_flow(pkt: &Packet) -> bool {
@@ -209,6 +220,7 @@ pub fn classify<M: Maps>(
         query,
         flags,
         now,
+        flow,
     } = w;
     match parsed {
         0 => {}
@@ -223,14 +235,16 @@ pub fn classify<M: Maps>(
     }
     let (g, config_flags) = config::<M>();
     *flags = config_flags;
-    query.src = pkt.src;
-    query.dst = pkt.dst;
+    // SAFETY: Query and Packet address fields (see `words`).
+    unsafe {
+        copy_addr(&mut query.src, &pkt.src);
+        copy_addr(&mut query.dst, &pkt.dst);
+    }
     query.g = g;
     query.port = u16::from_be(pkt.dport);
     query.proto = pkt.proto;
     query.sides = sides;
-    // SAFETY: helper without preconditions.
-    *now = unsafe { bpf_ktime_get_ns() };
+    *now = flow_clock();
     let now = *now;
 
     if pkt.kind == Kind::IcmpError {
@@ -304,12 +318,17 @@ pub fn classify<M: Maps>(
         }
     };
     if opens_flow(pkt) {
-        let value = new_flow(now, group, pkt, src_is_lo, sides, g);
-        if replaces_confirmed {
-            let _ = M::flows().insert(&*key, &value, 0);
-        } else {
-            record_new_flow::<M>(key, &value);
-        }
+        let admitted = (group, sides);
+        open_flow::<M>(
+            key,
+            flow,
+            replaces_confirmed,
+            pkt,
+            now,
+            admitted,
+            src_is_lo,
+            g,
+        );
     }
     Outcome::Allowed
 }
@@ -323,8 +342,11 @@ fn revalidate<M: Maps>(query: &mut Query, key: &FlowKey, f: &mut FlowValue) -> V
     } else {
         (&key.addr_hi, &key.addr_lo, key.port_lo)
     };
-    query.src = *init;
-    query.dst = *resp;
+    // SAFETY: Query and FlowKey address fields (see `words`).
+    unsafe {
+        copy_addr(&mut query.src, init);
+        copy_addr(&mut query.dst, resp);
+    }
     query.port = u16::from_be(resp_port);
     query.proto = key.protocol;
     query.sides = f.checked;

@@ -14,6 +14,7 @@ pub mod maps;
 pub mod parse;
 pub mod policy;
 pub mod report;
+pub mod words;
 
 /// The items every program crate ends with: the empty host `main` (the crate is also compiled for
 /// the host, so `cargo test --workspace` and clippy type-check it), the BPF panic handler and the

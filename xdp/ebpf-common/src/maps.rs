@@ -87,7 +87,7 @@ pub fn selector_lookup(
     let ik = IdentityKey {
         addr: *peer,
         generation: g as u8,
-        _pad: [0; 3],
+        _pad: crate::words::zero_pad3(),
     };
     // SAFETY: value pointer from a successful lookup.
     let identity = unsafe { (*identities.get_ptr(&ik)?).identity };
@@ -105,8 +105,10 @@ pub struct Work {
     pub query: crate::policy::Query,
     /// `CONFIG_FLAG_*` bits of the configuration in force.
     pub flags: u32,
-    /// `bpf_ktime_get_ns` when the pipeline judged the packet.
+    /// `flow::flow_clock` when the pipeline judged the packet.
     pub now: u64,
+    /// The entry of a new flow, built here before it is inserted.
+    pub flow: FlowValue,
 }
 
 /// Declares the shared maps (named as in `portcullis_common::maps`) in the calling program and

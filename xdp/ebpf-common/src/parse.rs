@@ -6,6 +6,8 @@ use core::mem::size_of;
 
 use portcullis_common::*;
 
+use crate::words::{copy_addr, set_ipv4_mapped};
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -143,19 +145,20 @@ pub fn flow_key(
     proto: u8,
 ) -> bool {
     let src_is_lo = !endpoint_less(dst, dport, src, sport);
-    if src_is_lo {
-        out.addr_lo = *src;
-        out.addr_hi = *dst;
-        out.port_lo = sport;
-        out.port_hi = dport;
+    let (lo, lo_port, hi, hi_port) = if src_is_lo {
+        (src, sport, dst, dport)
     } else {
-        out.addr_lo = *dst;
-        out.addr_hi = *src;
-        out.port_lo = dport;
-        out.port_hi = sport;
+        (dst, dport, src, sport)
+    };
+    // SAFETY: `out` is a FlowKey; the sources are Packet fields (see `words`).
+    unsafe {
+        copy_addr(&mut out.addr_lo, lo);
+        copy_addr(&mut out.addr_hi, hi);
+        // protocol and the three padding bytes as one 4-byte-aligned word (little endian).
+        (&mut out.protocol as *mut u8 as *mut u32).write(proto as u32);
     }
-    out.protocol = proto;
-    out._pad = [0; 3];
+    out.port_lo = lo_port;
+    out.port_hi = hi_port;
     src_is_lo
 }
 
@@ -267,11 +270,10 @@ pub const PARSE_FRAGMENT: u32 = 3;
 /// Ethernet header is.
 #[inline(always)]
 pub fn parse(ctx: &Frame, pkt: &mut Packet, short: Stop) -> u32 {
-    // Fields `try_parse` does not always set (addresses and `related` always are when used).
-    pkt.sport = 0;
-    pkt.dport = 0;
-    pkt.proto = 0;
-    pkt.tcp_flags = 0;
+    // Fields `try_parse` does not always set (addresses and `related` always are when used):
+    // sport, dport, proto, tcp_flags and kind cleared as one word (see `words`), then the kind.
+    // SAFETY: `sport` starts an 8-byte-aligned run of those 7 bytes and a padding byte.
+    unsafe { (&mut pkt.sport as *mut u16 as *mut u64).write(0) };
     pkt.kind = Kind::Flow;
     pkt.is_v6 = false;
     pkt.vlan = false;
@@ -313,8 +315,11 @@ fn try_parse(ctx: &Frame, pkt: &mut Packet, short: Stop) -> Result<(), Stop> {
                 return Err(Stop::Fragment);
             }
             pkt.proto = h[9];
-            pkt.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
-            pkt.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+            // SAFETY: Packet address fields (see `words`).
+            unsafe {
+                set_ipv4_mapped(&mut pkt.src, [h[12], h[13], h[14], h[15]]);
+                set_ipv4_mapped(&mut pkt.dst, [h[16], h[17], h[18], h[19]]);
+            }
             parse_l4(ctx, off + ihl, pkt)?;
         }
         ETH_P_IPV6 => {

@@ -10,8 +10,8 @@ use portcullis_common::*;
 use crate::maps::{prefix_key, Maps};
 
 /// Input of a policy check (in the per-CPU work area; passed by reference: a BPF call takes at
-/// most five arguments).
-#[repr(C)]
+/// most five arguments). 8-byte aligned: addresses are copied as words.
+#[repr(C, align(8))]
 pub struct Query {
     /// Source and destination of the packet (of a flow: its initiator and responder).
     pub src: [u8; 16],

@@ -4,6 +4,7 @@ use portcullis_common::*;
 
 use crate::maps::{count, Maps};
 use crate::parse::Packet;
+use crate::words::copy_addr;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -64,8 +65,11 @@ pub fn report_drop<M: Maps>(
             ..DropEvent::default()
         };
         if let Some(p) = pkt {
-            ev.src = p.src;
-            ev.dst = p.dst;
+            // SAFETY: DropEvent and Packet address fields (see `words`).
+            unsafe {
+                copy_addr(&mut ev.src, &p.src);
+                copy_addr(&mut ev.dst, &p.dst);
+            }
             ev.src_port = u16::from_be(p.sport);
             ev.dst_port = u16::from_be(p.dport);
             ev.protocol = p.proto;

@@ -16,6 +16,7 @@ use aya_ebpf::{
 };
 use portcullis_common::{hop_fresh, hop_stamp, FlowValue, NextHop};
 use portcullis_ebpf_common::parse::{be16, bytes, ptr_at, Frame, Packet, Stop};
+use portcullis_ebpf_common::words::zero;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -169,7 +170,7 @@ fn fib_lookup(
     ip_len: u32,
 ) -> Result<NextHop, Stop> {
     // SAFETY: all-zero is a valid bpf_fib_lookup.
-    *fib = unsafe { core::mem::zeroed() };
+    unsafe { zero(fib as *mut FibParams) };
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.l4_protocol = pkt.proto;
     fib.sport = pkt.sport;
