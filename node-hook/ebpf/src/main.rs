@@ -187,10 +187,9 @@ fn try_origin(ctx: &TcContext) -> i32 {
                     flow,
                     replaces_confirmed,
                     pkt,
-                    now,
-                    admitted,
                     src_is_lo,
-                    g,
+                    admitted,
+                    (now, g),
                 );
                 count::<NodeMaps>(COUNTER_ORIGIN);
             }

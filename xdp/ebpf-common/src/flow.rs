@@ -100,19 +100,20 @@ pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
 
 /// Records the flow `pkt` opens (a TCP one starts in `TCP_STATE_SYN_SENT`), built in `f` (the
 /// per-CPU work area: no 64-byte value on the stack): in `EMBRYONIC_FLOWS`, or in place of the
-/// confirmed entry it replaces.
+/// confirmed entry it replaces. `admitted`: (group, `CHECK_*` bits) that admitted it; `at`:
+/// (clock, generation parity).
 #[inline(always)]
 pub fn open_flow<M: Maps>(
     key: &FlowKey,
     f: &mut FlowValue,
     replaces_confirmed: bool,
     pkt: &Packet,
-    now: u64,
-    admitted: (u32, u8),
     src_is_lo: bool,
-    g: u32,
+    admitted: (u32, u8),
+    at: (u64, u32),
 ) {
     let (group, checked) = admitted;
+    let (now, g) = at;
     // SAFETY: all-zero is a valid FlowValue (no next hop cached).
     unsafe { zero(f as *mut FlowValue) };
     f.last_seen_ns = now;
@@ -324,10 +325,9 @@ pub fn classify<M: Maps>(
             flow,
             replaces_confirmed,
             pkt,
-            now,
-            admitted,
             src_is_lo,
-            g,
+            admitted,
+            (now, g),
         );
     }
     Outcome::Allowed

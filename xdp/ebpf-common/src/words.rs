@@ -54,7 +54,7 @@ pub unsafe fn set_ipv4_mapped(dst: &mut [u8; 16], v4: [u8; 4]) {
 /// `T` must be valid all-zero, and `v` valid for writes.
 #[inline(always)]
 pub unsafe fn zero<T>(v: *mut T) {
-    const { assert!(align_of::<T>() >= 4 && size_of::<T>() % 4 == 0) };
+    const { assert!(align_of::<T>() >= 4 && size_of::<T>().is_multiple_of(4)) };
     let words = v as *mut u32;
     for i in 0..size_of::<T>() / 4 {
         words.add(i).write_volatile(0);
