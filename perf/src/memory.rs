@@ -20,7 +20,8 @@ pub fn rss_kib() -> u64 {
 pub struct MapMemory {
     /// All its maps.
     pub total: u64,
-    /// Its `PREFIXES` map (the LPM trie).
+    /// Its `PREFIXES` map (prefixes and markers of the search on prefix lengths; without the
+    /// small `PREFIX_LENGTHS`).
     pub prefixes: u64,
 }
 
