@@ -63,6 +63,9 @@ const _: () = assert!(core::mem::size_of::<EndpointValue>() == 4);
 pub const MAX_PREFIX_LENGTHS: usize = 129;
 /// Probes of the binary search over [`MAX_PREFIX_LENGTHS`] lengths: ceil(log2(129 + 1)).
 pub const PREFIX_SEARCH_PROBES: usize = 8;
+/// Slots of [`PrefixLengths::lengths`]: [`MAX_PREFIX_LENGTHS`] rounded up to keep the value
+/// 4-byte aligned.
+pub const PREFIX_LENGTH_SLOTS: usize = 132;
 
 /// `PREFIXES` key (hash): a peer prefix of one group, the address masked to `len` bits. The
 /// datapath finds the longest prefix containing an address by a binary search on the group's
@@ -105,10 +108,11 @@ pub struct PrefixLengths {
     /// Number of valid entries in `lengths`.
     pub count: u32,
     /// Ascending; entries past `count` are 0.
-    pub lengths: [u8; 132],
+    pub lengths: [u8; PREFIX_LENGTH_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<PrefixLengths>() == 136);
-const _: () = assert!(MAX_PREFIX_LENGTHS <= 132 && MAX_PREFIX_LENGTHS < 1 << PREFIX_SEARCH_PROBES);
+const _: () = assert!(MAX_PREFIX_LENGTHS <= PREFIX_LENGTH_SLOTS);
+const _: () = assert!(MAX_PREFIX_LENGTHS < 1 << PREFIX_SEARCH_PROBES);
 
 /// `addr` (16 bytes, network order) with every bit past the first `len` cleared: the address part
 /// of the [`PrefixKey`] at that length. Two 64-bit halves, so the kernel does it in a few

@@ -392,7 +392,7 @@ fn prefix_value(entry: &SearchEntry, parity: u32) -> PrefixValue {
 fn prefix_lengths(lengths: &[u8]) -> PrefixLengths {
     let mut value = PrefixLengths {
         count: lengths.len() as u32,
-        lengths: [0; 132],
+        lengths: [0; PREFIX_LENGTH_SLOTS],
     };
     value.lengths[..lengths.len()].copy_from_slice(lengths);
     value

@@ -31,7 +31,8 @@ pub struct TableSizes {
 }
 
 impl TableSizes {
-    /// Map entries in all: what one generation occupies.
+    /// Map entries in all: what one generation occupies (`PREFIXES`: the prefixes alone until
+    /// the write has counted the markers).
     pub fn entries(&self) -> usize {
         let prefix_entries = self.prefix_entries.max(self.prefixes);
         self.identities
