@@ -74,6 +74,7 @@ impl Enforcer for GatewayEnforcer {
             groups = stats.tables.groups,
             recompiled_groups = self.compiler.recompiled(),
             prefixes = stats.tables.prefixes,
+            prefix_entries = stats.tables.prefix_entries,
             endpoints = stats.tables.endpoints,
             written = stats.written,
             deleted = stats.deleted,

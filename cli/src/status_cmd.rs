@@ -226,6 +226,7 @@ fn print_tables(t: &TableStatus, published: &PublishedState) {
         "  generation: {}   revalidate: {}   stale source: {}",
         t.generation, t.revalidate, published.stale
     );
+    println!("  prefix table: {}", t.prefix_memory);
 }
 
 /// The lines both daemons' tables end with.

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use portcullis_common::{DROP_REASON_POLICY, MAX_EMBRYONIC_FLOWS, MAX_FLOWS, MAX_PORT_RANGES};
+use portcullis_common::{
+    DROP_REASON_POLICY, MAX_EMBRYONIC_FLOWS, MAX_FLOWS, MAX_PORT_RANGES, MAX_PREFIXES,
+};
 use portcullis_gateway::{
     Datapath, Error, ForwardMode, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS,
     XDP_REDIRECT,
@@ -251,16 +253,21 @@ fn packet_fixtures() {
         next.groups[0].prefixes = vec![(net("192.168.1.0/24"), 0)];
         let stats = gw.apply(&next).expect("apply 2");
         assert_eq!(stats.generation, 0);
-        // Generation 0 was empty: everything is written.
-        assert_eq!((stats.written, stats.deleted), (4 + 4 + 4, 0));
-        // Again into generation 1, which holds the first tables: the delta is the removed /28.
+        // Generation 0 was empty: everything is written (endpoints, prefixes, the prefix lengths
+        // of the two groups with prefixes, rule sets; these prefixes need no marker).
+        assert_eq!((stats.written, stats.deleted), (4 + 4 + 2 + 4, 0));
+        assert_eq!(stats.tables.prefix_entries, 4);
+        // Again into generation 1, which holds the first tables: the delta is the removed /28
+        // and the seed group's lengths without it.
         let stats = gw.apply(&next).expect("apply 3");
         assert_eq!(stats.generation, 1);
-        assert_eq!((stats.written, stats.deleted), (0, 1));
+        assert_eq!((stats.written, stats.deleted), (1, 1));
         run_rows(&mut gw, &policy::rows_after_switch());
         let status = gw.status().expect("status");
         assert_eq!(status.tables.endpoints, 4);
         assert_eq!(status.tables.prefixes, 4);
+        assert_eq!(status.tables.prefix_memory.entries, 4);
+        assert_eq!(status.tables.prefix_memory.bytes_per_prefix, 96.0);
         assert_eq!(status.tables.rule_sets, 4);
     });
 }
@@ -316,6 +323,31 @@ fn revalidate_cuts_flows_the_new_policy_forbids() {
         let cut = "reply of the flow to .20, which the new egress prefix leaves out, is dropped";
         run_rows(&mut gw, &[drops(cut, Leg::External, reply)]);
         assert_eq!(gw.flows().len(), 0, "revalidation deletes the flow");
+    });
+}
+
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn more_prefixes_than_a_generation_holds_is_rejected_and_the_generation_in_force_stays() {
+    require_root();
+    let ns = NetNs::new("full");
+    ns.run(|| {
+        setup_links();
+        let mut gw = Gateway::load(options()).expect("load gateway");
+        gw.apply(&tables()).expect("apply");
+        let mut t = tables();
+        let half = MAX_PREFIXES as usize / 2;
+        t.groups[0].prefixes = (0..=half as u32)
+            .map(|i| (IpNet::new(IpAddr::V4(i.into()), 32).expect("/32"), 0))
+            .collect();
+        match gw.apply(&t) {
+            Err(Error::TooManyEntries { needed, max, .. }) => {
+                assert_eq!((needed, max), (half + 4, half))
+            }
+            other => panic!("expected TooManyEntries, got {other:?}"),
+        }
+        let status = gw.status().unwrap();
+        assert_eq!((status.tables.generation, status.tables.prefixes), (1, 5));
     });
 }
 
@@ -396,10 +428,13 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
         // deleted and written in full once.
         let stats = gw.apply(&tables()).expect("apply after adoption");
         assert_eq!(stats.generation, 0);
-        assert_eq!((stats.written, stats.deleted), (4 + 5 + 4, 0));
+        assert_eq!((stats.written, stats.deleted), (4 + 5 + 2 + 4, 0));
         let stats = gw.apply(&tables()).expect("second apply after adoption");
         assert_eq!(stats.generation, 1);
-        assert_eq!((stats.written, stats.deleted), (4 + 5 + 4, 4 + 5 + 4));
+        assert_eq!(
+            (stats.written, stats.deleted),
+            (4 + 5 + 2 + 4, 4 + 5 + 2 + 4)
+        );
         let stats = gw.apply(&tables()).expect("third apply");
         assert_eq!((stats.written, stats.deleted), (0, 0), "nothing changed");
         gw.unpin().expect("unpin");

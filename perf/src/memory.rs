@@ -20,7 +20,8 @@ pub fn rss_kib() -> u64 {
 pub struct MapMemory {
     /// All its maps.
     pub total: u64,
-    /// Its `PREFIXES` map (the LPM trie).
+    /// Its prefix search: `PREFIXES` (prefixes, markers, the bucket array allocated at creation)
+    /// and `PREFIX_LENGTHS`.
     pub prefixes: u64,
 }
 
@@ -33,8 +34,8 @@ pub fn map_memory(ns: &str, dev: &str) -> Result<MapMemory> {
     for map in program_maps(ns, dev)? {
         let bytes = map["bytes_memlock"].as_u64().unwrap_or(0);
         memory.total += bytes;
-        if map["name"].as_str() == Some("PREFIXES") {
-            memory.prefixes = bytes;
+        if matches!(map["name"].as_str(), Some("PREFIXES" | "PREFIX_LENGTHS")) {
+            memory.prefixes += bytes;
         }
     }
     Ok(memory)

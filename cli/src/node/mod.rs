@@ -398,6 +398,7 @@ impl Enforcer for NodeEnforcer {
             recompiled_groups = self.compiler.recompiled(),
             peers = stats.tables.peers,
             prefixes = stats.tables.prefixes,
+            prefix_entries = stats.tables.prefix_entries,
             written = stats.written,
             deleted = stats.deleted,
             compile_ms = compile.as_secs_f64() * 1e3,

@@ -34,9 +34,6 @@ pub const ROLE_EXTERNAL: u32 = 2;
 /// never share an id, so a new generation is written beside the old one.
 pub const GENERATION_ID_BIT: u32 = 1 << 31;
 
-/// Bits of a [`PrefixData`] key before the address: the group id.
-pub const PREFIX_GROUP_BITS: u32 = 32;
-
 /// `ENDPOINTS` key (hash): a pod address in one direction of one generation.
 /// Written by the loader for every pod selected by at least one policy of that direction.
 #[repr(C)]
@@ -61,28 +58,90 @@ pub struct EndpointValue {
 }
 const _: () = assert!(core::mem::size_of::<EndpointValue>() == 4);
 
-/// `PREFIXES` key data (LPM trie; aya's `lpm_trie::Key` adds the prefix length in front): a peer
-/// prefix within one group. The prefix length counts [`PREFIX_GROUP_BITS`] plus the address bits
-/// (IPv4 prefixes add 96 for the mapping prefix), so a lookup with the full length finds the
-/// longest prefix of that group only.
+/// Prefix lengths one group can have: 0..=128 in the IPv4-mapped space (an IPv4 `/n` is `/96+n`,
+/// so both families share one sorted list and one search).
+pub const MAX_PREFIX_LENGTHS: usize = 129;
+/// Probes of the binary search over [`MAX_PREFIX_LENGTHS`] lengths: ceil(log2(129 + 1)).
+pub const PREFIX_SEARCH_PROBES: usize = 8;
+/// Slots of [`PrefixLengths::lengths`]: [`MAX_PREFIX_LENGTHS`] rounded up to keep the value
+/// 4-byte aligned.
+pub const PREFIX_LENGTH_SLOTS: usize = 132;
+
+/// `PREFIXES` key (hash): a peer prefix of one group, the address masked to `len` bits. The
+/// datapath finds the longest prefix containing an address by a binary search on the group's
+/// lengths (`PREFIX_LENGTHS`), one hash probe per step (Waldvogel et al.).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PrefixData {
-    /// Group id in network byte order, so its bits come first in the trie's comparison.
-    pub group_be: u32,
-    /// Peer address, network byte order, IPv4 mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixKey {
+    /// Group id (host byte order), generation parity in [`GENERATION_ID_BIT`].
+    pub group: u32,
+    /// Prefix length in the IPv4-mapped space (0..=128).
+    pub len: u8,
+    pub _pad: [u8; 3],
+    /// Address masked to `len` bits, network byte order, IPv4 mapped.
     pub addr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<PrefixData>() == 20);
+const _: () = assert!(core::mem::size_of::<PrefixKey>() == 24);
 
-/// `PREFIXES` value: the rule set allowed for every address of that prefix.
+/// [`PrefixValue::flags`]: the entry is one of the group's prefixes.
+pub const PREFIX_FLAG_PREFIX: u32 = 1;
+/// [`PrefixValue::flags`]: the entry is a marker (a longer prefix of the group lies below it, so a
+/// hit sends the search to longer lengths).
+pub const PREFIX_FLAG_MARKER: u32 = 2;
+
+/// `PREFIXES` value: the rule set of the longest prefix of the group containing the entry's whole
+/// range with a length up to the entry's own (for a prefix, its own rule set).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixValue {
-    /// Key into `RULE_SETS` (host byte order).
+    /// Key into `RULE_SETS` (host byte order); 0 (no rule-set id is 0): no prefix contains it.
     pub rule_set: u32,
+    /// `PREFIX_FLAG_*` bits (both for a prefix that is also a marker).
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<PrefixValue>() == 4);
+const _: () = assert!(core::mem::size_of::<PrefixValue>() == 8);
+
+/// `PREFIX_LENGTHS` value (hash keyed by group id): the group's distinct prefix lengths, sorted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixLengths {
+    /// Number of valid entries in `lengths`.
+    pub count: u32,
+    /// Ascending; entries past `count` are 0.
+    pub lengths: [u8; PREFIX_LENGTH_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<PrefixLengths>() == 136);
+const _: () = assert!(MAX_PREFIX_LENGTHS <= PREFIX_LENGTH_SLOTS);
+const _: () = assert!(MAX_PREFIX_LENGTHS < 1 << PREFIX_SEARCH_PROBES);
+
+/// `addr` (16 bytes, network order) with every bit past the first `len` cleared: the address part
+/// of the [`PrefixKey`] at that length. Two 64-bit halves, so the kernel does it in a few
+/// instructions.
+#[inline(always)]
+pub fn mask_prefix(addr: &[u8; 16], len: u32) -> [u8; 16] {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&addr[..8]);
+    lo.copy_from_slice(&addr[8..]);
+    let hi = u64::from_be_bytes(hi) & half_mask(len);
+    let lo = u64::from_be_bytes(lo) & half_mask(len.saturating_sub(64));
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hi.to_be_bytes());
+    out[8..].copy_from_slice(&lo.to_be_bytes());
+    out
+}
+
+/// The mask of the first `len` bits of a 64-bit half (`len` ≥ 64: all of it).
+#[inline(always)]
+const fn half_mask(len: u32) -> u64 {
+    if len == 0 {
+        0
+    } else if len >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - len)
+    }
+}
 
 /// One allowed protocol and inclusive port range. `protocol == PROTO_ANY` allows every protocol
 /// and port (including ICMP); a range of `0..=65535` with a protocol allows every port of it.
@@ -308,7 +367,7 @@ pub struct DropEvent {
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
 
 // ---- Node hook (`portcullis-node-ebpf`): types of its own maps. The node program also uses
-// `EndpointKey`/`EndpointValue`, `PrefixData`/`PrefixValue`, `RuleSet`, `Config`, `FlowKey`/
+// `EndpointKey`/`EndpointValue`, `PrefixKey`/`PrefixValue`, `PrefixLengths`, `RuleSet`, `Config`, `FlowKey`/
 // `FlowValue`, `DropEvent` and the `COUNTER_*` indexes above, with the same meaning.
 
 /// `IDENTITIES` key (hash): a pod address of the cluster in one generation.
@@ -393,7 +452,8 @@ mod pod {
     // SAFETY: all types are repr(C), Copy, with explicit padding fields and no pointers.
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointValue {}
-    unsafe impl aya::Pod for PrefixData {}
+    unsafe impl aya::Pod for PrefixKey {}
+    unsafe impl aya::Pod for PrefixLengths {}
     unsafe impl aya::Pod for PrefixValue {}
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for RuleSet {}

@@ -7,8 +7,12 @@
 //!   the loader; the generation switch is its single write.
 //! - `ENDPOINTS`: (pod address, direction, generation) → policy group of every selected pod.
 //!   Written by the loader per generation.
-//! - `PREFIXES`: (group, peer prefix) → rule set of the group's ipBlock rules (longest match).
-//!   Written by the loader per generation; group ids carry the generation bit.
+//! - `PREFIXES`: (group, prefix length, masked address) → rule set of the group's ipBlock rules:
+//!   the group's prefixes and the markers that steer the binary search on prefix lengths (each
+//!   with the rule set of the longest prefix containing it). Written by the loader per
+//!   generation; group ids carry the generation bit.
+//! - `PREFIX_LENGTHS`: group → its distinct prefix lengths, sorted (the search's steps). Written by
+//!   the loader per generation, for groups with at least one prefix.
 //! - `RULE_SETS`: rule-set id → allowed (protocol, port range) list. Written by the loader per
 //!   generation.
 //! - `FLOWS`: confirmed connections (normalised key → state; LRU). A flow enters it only when its
@@ -42,6 +46,7 @@
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_PREFIXES: &str = "PREFIXES";
+pub const MAP_PREFIX_LENGTHS: &str = "PREFIX_LENGTHS";
 pub const MAP_RULE_SETS: &str = "RULE_SETS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_EMBRYONIC_FLOWS: &str = "EMBRYONIC_FLOWS";
@@ -56,10 +61,11 @@ pub const MAP_PEERS: &str = "PEERS";
 pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
-pub const SHARED_PINNED_MAPS: [&str; 10] = [
+pub const SHARED_PINNED_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_PREFIXES,
+    MAP_PREFIX_LENGTHS,
     MAP_RULE_SETS,
     MAP_FLOWS,
     MAP_EMBRYONIC_FLOWS,
@@ -71,9 +77,12 @@ pub const SHARED_PINNED_MAPS: [&str; 10] = [
 
 /// `ENDPOINTS` capacity: selected pod addresses × directions, both generations.
 pub const MAX_ENDPOINTS: u32 = 262_144;
-/// `PREFIXES` capacity: two generations of 1M ipBlocks (~1.6M prefixes each). An LPM trie
-/// allocates per entry, so the size costs nothing unused.
-pub const MAX_PREFIXES: u32 = 4_194_304;
+/// `PREFIXES` capacity (prefixes + markers), both generations: 1M ipBlocks compile to ~1.6M
+/// prefixes plus markers per generation. Entries are allocated on insert (`NO_PREALLOC`); the
+/// kernel's bucket array (16 bytes per entry of capacity) is allocated up front.
+pub const MAX_PREFIXES: u32 = 8_388_608;
+/// `PREFIX_LENGTHS` capacity: groups with prefixes, both generations.
+pub const MAX_PREFIX_GROUPS: u32 = 131_072;
 /// `RULE_SETS` capacity, both generations.
 pub const MAX_RULE_SETS: u32 = 65_536;
 /// `FLOWS` capacity: confirmed connections (LRU: the least recently used is evicted when full).

@@ -2,9 +2,7 @@
 //! each holds and who writes it), and [`datapath_maps!`], which declares them in a program and
 //! gives the shared pipeline access to them through [`Maps`].
 
-use aya_ebpf::btf_maps::{
-    lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
-};
+use aya_ebpf::btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use portcullis_common::*;
 
 use crate::parse::Packet;
@@ -15,7 +13,8 @@ pub const NO_PREALLOC: usize = 1;
 
 pub type ConfigMap = Array<Config, 1>;
 pub type EndpointMap = HashMap<EndpointKey, EndpointValue, { MAX_ENDPOINTS as usize }, NO_PREALLOC>;
-pub type PrefixMap = LpmTrie<PrefixData, PrefixValue, { MAX_PREFIXES as usize }>;
+pub type PrefixMap = HashMap<PrefixKey, PrefixValue, { MAX_PREFIXES as usize }, NO_PREALLOC>;
+pub type PrefixLengthMap = HashMap<u32, PrefixLengths, { MAX_PREFIX_GROUPS as usize }, NO_PREALLOC>;
 pub type RuleSetMap = HashMap<u32, RuleSet, { MAX_RULE_SETS as usize }, NO_PREALLOC>;
 pub type FlowMap = LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }>;
 pub type EmbryonicFlowMap = LruHashMap<FlowKey, FlowValue, { MAX_EMBRYONIC_FLOWS as usize }>;
@@ -33,6 +32,7 @@ pub trait Maps {
     fn config() -> &'static ConfigMap;
     fn endpoints() -> &'static EndpointMap;
     fn prefixes() -> &'static PrefixMap;
+    fn prefix_lengths() -> &'static PrefixLengthMap;
     fn rule_sets() -> &'static RuleSetMap;
     fn flows() -> &'static FlowMap;
     fn embryonic_flows() -> &'static EmbryonicFlowMap;
@@ -61,18 +61,6 @@ pub fn config<M: Maps>() -> (u32, u32) {
         Some(c) => (c.generation & 1, c.flags),
         None => (0, 0),
     }
-}
-
-/// The longest-prefix query for `peer` within `group`.
-#[inline(always)]
-pub fn prefix_key(group: u32, peer: &[u8; 16]) -> Key<PrefixData> {
-    Key::new(
-        PREFIX_GROUP_BITS + 128,
-        PrefixData {
-            group_be: group.to_be(),
-            addr: *peer,
-        },
-    )
 }
 
 /// Node hook: the selector-rule lookup through its `IDENTITIES` and `PEERS` maps.
@@ -130,6 +118,9 @@ macro_rules! datapath_maps {
         #[btf_map]
         static PREFIXES: $crate::maps::PrefixMap = $crate::maps::PrefixMap::new();
         #[btf_map]
+        static PREFIX_LENGTHS: $crate::maps::PrefixLengthMap =
+            $crate::maps::PrefixLengthMap::new();
+        #[btf_map]
         static RULE_SETS: $crate::maps::RuleSetMap = $crate::maps::RuleSetMap::new();
         #[btf_map]
         static FLOWS: $crate::maps::FlowMap = $crate::maps::FlowMap::new();
@@ -160,6 +151,10 @@ macro_rules! datapath_maps {
             #[inline(always)]
             fn prefixes() -> &'static $crate::maps::PrefixMap {
                 &PREFIXES
+            }
+            #[inline(always)]
+            fn prefix_lengths() -> &'static $crate::maps::PrefixLengthMap {
+                &PREFIX_LENGTHS
             }
             #[inline(always)]
             fn rule_sets() -> &'static $crate::maps::RuleSetMap {

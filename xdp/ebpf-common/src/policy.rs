@@ -7,7 +7,8 @@
 
 use portcullis_common::*;
 
-use crate::maps::{prefix_key, Maps};
+use crate::maps::Maps;
+use crate::prefix::longest_prefix;
 
 /// Input of a policy check (in the per-CPU work area; passed by reference: a BPF call takes at
 /// most five arguments). 8-byte aligned: addresses are copied as words.
@@ -121,10 +122,9 @@ fn side<M: Maps>(q: &Query, direction: u32) -> Verdict {
             return Verdict::new(KIND_ALLOW, group, direction);
         }
     }
-    if let Some(v) = M::prefixes().get(&prefix_key(group, peer)) {
-        if rule_set_allows::<M>(v.rule_set, q.proto, q.port) {
-            return Verdict::new(KIND_ALLOW, group, direction);
-        }
+    let rule_set = longest_prefix::<M>(group, peer);
+    if rule_set != 0 && rule_set_allows::<M>(rule_set, q.proto, q.port) {
+        return Verdict::new(KIND_ALLOW, group, direction);
     }
     Verdict::new(KIND_DENY, group, direction)
 }

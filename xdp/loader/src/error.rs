@@ -53,6 +53,20 @@ pub enum Error {
         max: usize,
         policies: String,
     },
+    #[error(
+        "map {name} is full ({capacity} entries for both generations); the update is not \
+         applied, the generation in force stays"
+    )]
+    TableFull { name: &'static str, capacity: u32 },
+    #[error(
+        "the tables need {needed} {what}, more than the {max} one generation can hold (half of \
+         the map: the generation in force stays beside it)"
+    )]
+    TooManyEntries {
+        what: &'static str,
+        needed: usize,
+        max: usize,
+    },
     #[error("table refers to {what} {index}, which does not exist")]
     BadIndex { what: &'static str, index: u32 },
     #[error("the node has {count} addresses, more than the {max} the node hook holds")]

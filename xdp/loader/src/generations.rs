@@ -33,6 +33,8 @@ pub struct Generations<T> {
     /// Per parity: the tables that generation holds; `None` when unknown (adopted pins, an
     /// interrupted write), then its entries are found by iterating and rewritten once.
     installed: [Option<T>; 2],
+    /// Per parity: its `PREFIXES` entries (prefixes + markers), valid while `installed` is known.
+    prefix_entries: [usize; 2],
     group_policies: GroupPolicies,
 }
 
@@ -42,6 +44,7 @@ impl<T: PolicyTables> Generations<T> {
         let known = || (!adopting).then(T::default);
         Generations {
             installed: [known(), known()],
+            prefix_entries: [0; 2],
             group_policies: GroupPolicies::new(),
         }
     }
@@ -65,8 +68,16 @@ impl<T: PolicyTables> Generations<T> {
         let next = 1 - maps.generation()?;
         // Until the write completes the inactive generation's content is unknown.
         let old = self.installed[next as usize].take();
+        // An unknown generation is emptied first.
+        let base = if old.is_some() {
+            self.prefix_entries[next as usize]
+        } else {
+            0
+        };
         let mut delta = maps.write_delta(old.as_ref(), tables, next)?;
         delta += write_own(old.as_ref(), next)?;
+        let prefix_entries = base.saturating_add_signed(delta.prefix_entries);
+        self.prefix_entries[next as usize] = prefix_entries;
         self.installed[next as usize] = Some(tables.clone());
         maps.switch_generation(next)?;
         let write = start.elapsed();
@@ -87,7 +98,10 @@ impl<T: PolicyTables> Generations<T> {
         }
         Ok(ApplyStats {
             generation: next,
-            tables: tables.sizes(),
+            tables: TableSizes {
+                prefix_entries,
+                ..tables.sizes()
+            },
             written: delta.written,
             deleted: delta.deleted,
             write,

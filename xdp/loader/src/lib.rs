@@ -10,6 +10,7 @@ mod events;
 mod generations;
 mod maps;
 pub mod object;
+pub mod prefix_search;
 mod status;
 pub mod tables;
 
@@ -18,5 +19,5 @@ pub use error::{ignore_missing, map_err, Error, Result};
 pub use events::DropEvents;
 pub use generations::{ApplyStats, Generations};
 pub use maps::{monotonic_ns, Delta, PolicyMaps, Written};
-pub use status::{Counters, FlowCounts, GroupDrops, TableStatus};
+pub use status::{Counters, FlowCounts, GroupDrops, PrefixMemory, TableStatus};
 pub use tables::{generation_id, key_addr, GroupPolicies, PolicyTables, TableSizes};

@@ -3,25 +3,24 @@
 
 use std::path::Path;
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
 use ipnet::IpNet;
 use portcullis_common::*;
 use tracing::debug;
 
-use crate::error::{ignore_missing, map_err, Result};
+use crate::error::{ignore_missing, map_err, Error, Result};
 use crate::object::{open_pinned, take};
-use crate::status::{Counters, FlowCounts, GroupDrops, TableStatus};
-use crate::tables::{
-    endpoint_key, generation_id, prefix_key, rule_set_value, GroupPolicies, PolicyTables,
-};
+use crate::prefix_search::{GroupSearch, SearchEntry, SearchKey};
+use crate::status::{Counters, FlowCounts, GroupDrops, PrefixMemory, TableStatus};
+use crate::tables::{endpoint_key, generation_id, rule_set_value, GroupPolicies, PolicyTables};
 
 /// The maps both programs have, under the same names with the same types.
 pub struct PolicyMaps {
     pub config: Array<MapData, Config>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
-    pub prefixes: LpmTrie<MapData, PrefixData, PrefixValue>,
+    pub prefixes: HashMap<MapData, PrefixKey, PrefixValue>,
+    pub prefix_lengths: HashMap<MapData, u32, PrefixLengths>,
     pub rule_sets: HashMap<MapData, u32, RuleSet>,
     /// Confirmed flows.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -37,12 +36,15 @@ pub struct Delta {
     /// Entries inserted or overwritten.
     pub written: usize,
     pub deleted: usize,
+    /// Change of the generation's `PREFIXES` entries (prefixes + markers).
+    pub prefix_entries: isize,
 }
 
 impl std::ops::AddAssign for Delta {
     fn add_assign(&mut self, other: Delta) {
         self.written += other.written;
         self.deleted += other.deleted;
+        self.prefix_entries += other.prefix_entries;
     }
 }
 
@@ -50,7 +52,8 @@ impl std::ops::AddAssign for Delta {
 #[derive(Default)]
 pub struct Written {
     pub endpoints: Vec<EndpointKey>,
-    pub prefixes: Vec<Key<PrefixData>>,
+    pub prefixes: Vec<PrefixKey>,
+    pub prefix_lengths: Vec<u32>,
     pub rule_sets: Vec<u32>,
 }
 
@@ -72,6 +75,7 @@ impl PolicyMaps {
             config: take(ebpf, object, MAP_CONFIG)?,
             endpoints: take(ebpf, object, MAP_ENDPOINTS)?,
             prefixes: take(ebpf, object, MAP_PREFIXES)?,
+            prefix_lengths: take(ebpf, object, MAP_PREFIX_LENGTHS)?,
             rule_sets: take(ebpf, object, MAP_RULE_SETS)?,
             flows: take(ebpf, object, MAP_FLOWS)?,
             embryonic_flows: take(ebpf, object, MAP_EMBRYONIC_FLOWS)?,
@@ -86,6 +90,7 @@ impl PolicyMaps {
             config: open_pinned(dir, MAP_CONFIG)?,
             endpoints: open_pinned(dir, MAP_ENDPOINTS)?,
             prefixes: open_pinned(dir, MAP_PREFIXES)?,
+            prefix_lengths: open_pinned(dir, MAP_PREFIX_LENGTHS)?,
             rule_sets: open_pinned(dir, MAP_RULE_SETS)?,
             flows: open_pinned(dir, MAP_FLOWS)?,
             embryonic_flows: open_pinned(dir, MAP_EMBRYONIC_FLOWS)?,
@@ -184,6 +189,8 @@ impl PolicyMaps {
         Ok(delta)
     }
 
+    /// Brings one group's search entries (prefixes, markers) and lengths from `before` to
+    /// `after`: only entries whose key or value changed are written.
     fn write_group_prefixes(
         &mut self,
         before: &[(IpNet, u32)],
@@ -195,22 +202,30 @@ impl PolicyMaps {
         if before == after {
             return Ok(delta);
         }
-        let had: std::collections::HashMap<IpNet, u32> = before.iter().copied().collect();
-        for (net, rs) in after {
-            if had.get(net) != Some(rs) {
-                let value = PrefixValue {
-                    rule_set: generation_id(*rs as usize, parity),
-                };
-                self.prefixes
-                    .insert(&prefix_key(group, net), value, 0)
-                    .map_err(map_err(MAP_PREFIXES))?;
+        let (old, new) = (GroupSearch::new(before), GroupSearch::new(after));
+        for (key, entry) in &new.entries {
+            if old.entries.get(key) != Some(entry) {
+                (self.prefixes)
+                    .insert(prefix_key(group, key), prefix_value(entry, parity), 0)
+                    .map_err(full_or(MAP_PREFIXES, MAX_PREFIXES))?;
                 delta.written += 1;
             }
         }
-        let has: std::collections::HashSet<IpNet> = after.iter().map(|(n, _)| *n).collect();
-        for (net, _) in before.iter().filter(|(n, _)| !has.contains(n)) {
-            ignore_missing(self.prefixes.remove(&prefix_key(group, net)), MAP_PREFIXES)?;
+        for key in old.entries.keys().filter(|k| !new.entries.contains_key(k)) {
+            ignore_missing(self.prefixes.remove(&prefix_key(group, key)), MAP_PREFIXES)?;
             delta.deleted += 1;
+        }
+        delta.prefix_entries = new.entries.len() as isize - old.entries.len() as isize;
+        if old.lengths != new.lengths {
+            if new.lengths.is_empty() {
+                ignore_missing(self.prefix_lengths.remove(&group), MAP_PREFIX_LENGTHS)?;
+                delta.deleted += 1;
+            } else {
+                (self.prefix_lengths)
+                    .insert(group, prefix_lengths(&new.lengths), 0)
+                    .map_err(full_or(MAP_PREFIX_LENGTHS, MAX_PREFIX_GROUPS))?;
+                delta.written += 1;
+            }
         }
         Ok(delta)
     }
@@ -225,7 +240,11 @@ impl PolicyMaps {
                 .collect(),
             prefixes: (self.prefixes.keys())
                 .filter_map(|k| k.ok())
-                .filter(|k| u32::from_be(k.data().group_be) & GENERATION_ID_BIT == bit)
+                .filter(|k| k.group & GENERATION_ID_BIT == bit)
+                .collect(),
+            prefix_lengths: (self.prefix_lengths.keys())
+                .filter_map(|k| k.ok())
+                .filter(|k| k & GENERATION_ID_BIT == bit)
                 .collect(),
             rule_sets: (self.rule_sets.keys())
                 .filter_map(|k| k.ok())
@@ -242,10 +261,16 @@ impl PolicyMaps {
         for k in &written.prefixes {
             ignore_missing(self.prefixes.remove(k), MAP_PREFIXES)?;
         }
+        for k in &written.prefix_lengths {
+            ignore_missing(self.prefix_lengths.remove(k), MAP_PREFIX_LENGTHS)?;
+        }
         for k in &written.rule_sets {
             ignore_missing(self.rule_sets.remove(k), MAP_RULE_SETS)?;
         }
-        Ok(written.endpoints.len() + written.prefixes.len() + written.rule_sets.len())
+        Ok(written.endpoints.len()
+            + written.prefixes.len()
+            + written.prefix_lengths.len()
+            + written.rule_sets.len())
     }
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
@@ -323,11 +348,16 @@ impl PolicyMaps {
         let config = self.config()?;
         let generation = config.generation & 1;
         let written = self.written(generation);
+        let real = (written.prefixes.iter())
+            .filter_map(|k| self.prefixes.get(k, 0).ok())
+            .filter(|v| v.flags & PREFIX_FLAG_PREFIX != 0)
+            .count();
         Ok(TableStatus {
             generation,
             revalidate: config.flags & CONFIG_FLAG_REVALIDATE != 0,
             endpoints: written.endpoints.len(),
-            prefixes: written.prefixes.len(),
+            prefixes: real,
+            prefix_memory: PrefixMemory::new(real, written.prefixes.len()),
             rule_sets: written.rule_sets.len(),
             flows: FlowCounts::new(
                 self.flows.keys().count(),
@@ -336,5 +366,45 @@ impl PolicyMaps {
             counters: self.counters()?,
             drops_by_group: self.group_drops(policies),
         })
+    }
+}
+
+/// The `PREFIXES` key of search key `key` in `group`.
+fn prefix_key(group: u32, (len, addr): &SearchKey) -> PrefixKey {
+    PrefixKey {
+        group,
+        len: *len,
+        _pad: [0; 3],
+        addr: *addr,
+    }
+}
+
+fn prefix_value(entry: &SearchEntry, parity: u32) -> PrefixValue {
+    let flag = |on, bit| if on { bit } else { 0 };
+    PrefixValue {
+        rule_set: entry
+            .rule_set
+            .map_or(0, |rs| generation_id(rs as usize, parity)),
+        flags: flag(entry.prefix, PREFIX_FLAG_PREFIX) | flag(entry.marker, PREFIX_FLAG_MARKER),
+    }
+}
+
+fn prefix_lengths(lengths: &[u8]) -> PrefixLengths {
+    let mut value = PrefixLengths {
+        count: lengths.len() as u32,
+        lengths: [0; PREFIX_LENGTH_SLOTS],
+    };
+    value.lengths[..lengths.len()].copy_from_slice(lengths);
+    value
+}
+
+/// An insert into a full hash map (`E2BIG`) becomes [`Error::TableFull`]; other errors stay map
+/// errors.
+fn full_or(name: &'static str, capacity: u32) -> impl FnOnce(MapError) -> Error {
+    move |source| match &source {
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Error::TableFull { name, capacity }
+        }
+        _ => Error::Map { name, source },
     }
 }

@@ -73,11 +73,85 @@ pub struct TableStatus {
     pub generation: u32,
     pub revalidate: bool,
     pub endpoints: usize,
+    /// The group's prefixes (`PREFIXES` entries that are one).
     pub prefixes: usize,
+    /// `PREFIXES` entries (prefixes + markers) and their memory.
+    pub prefix_memory: PrefixMemory,
     pub rule_sets: usize,
     pub flows: FlowCounts,
     pub counters: Counters,
     pub drops_by_group: Vec<GroupDrops>,
+}
+
+/// Kernel memory of one element of a `NO_PREALLOC` hash map: the `htab_elem` header (48 bytes on
+/// 64-bit kernels) plus key and value each rounded up to 8, plus the allocator's 8-byte list
+/// node, rounded up to the `bpf_mem_alloc` size class (8, 16, 32, 64, 96, 128, 192, 256, ...).
+pub const fn htab_element_bytes(key: usize, value: usize) -> usize {
+    let need = 48 + key.next_multiple_of(8) + value.next_multiple_of(8) + 8;
+    let mut class = 8;
+    while class < need {
+        class = match class {
+            64 => 96,
+            96 => 128,
+            128 => 192,
+            192 => 256,
+            c => c * 2,
+        };
+    }
+    class
+}
+
+/// Bytes of one `PREFIXES` element: 24-byte key, 8-byte value → 88 → the 96-byte class.
+pub const PREFIX_ENTRY_BYTES: usize = htab_element_bytes(
+    std::mem::size_of::<PrefixKey>(),
+    std::mem::size_of::<PrefixValue>(),
+);
+
+/// `PREFIXES` of one generation: entries (prefixes + markers) and what they cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PrefixMemory {
+    /// Hash entries: prefixes plus markers that are no prefix.
+    pub entries: usize,
+    /// Markers that are no prefix.
+    pub markers: usize,
+    /// [`PREFIX_ENTRY_BYTES`].
+    pub bytes_per_entry: usize,
+    /// `entries × bytes_per_entry / prefixes` (0 without prefixes).
+    pub bytes_per_prefix: f64,
+    /// The kernel's bucket array, allocated at map creation whatever the fill (both
+    /// generations): 16 bytes × `MAX_PREFIXES` rounded up to a power of two.
+    pub bucket_bytes: u64,
+}
+
+impl PrefixMemory {
+    pub fn new(prefixes: usize, entries: usize) -> PrefixMemory {
+        let bytes = entries * PREFIX_ENTRY_BYTES;
+        PrefixMemory {
+            entries,
+            markers: entries.saturating_sub(prefixes),
+            bytes_per_entry: PREFIX_ENTRY_BYTES,
+            bytes_per_prefix: if prefixes == 0 {
+                0.0
+            } else {
+                bytes as f64 / prefixes as f64
+            },
+            bucket_bytes: 16 * u64::from(MAX_PREFIXES.next_power_of_two()),
+        }
+    }
+}
+
+impl std::fmt::Display for PrefixMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} entries ({} markers), {} B each, {:.0} B per prefix, + {} MiB of buckets",
+            self.entries,
+            self.markers,
+            self.bytes_per_entry,
+            self.bytes_per_prefix,
+            self.bucket_bytes >> 20
+        )
+    }
 }
 
 /// Entries and capacity of the two flow tables.

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
@@ -24,13 +23,24 @@ pub struct TableSizes {
     /// Node only: (group, peer identity) entries.
     pub peers: usize,
     pub prefixes: usize,
+    /// `PREFIXES` entries: the prefixes plus the search's markers (known once written).
+    pub prefix_entries: usize,
+    /// Groups with prefixes (`PREFIX_LENGTHS` entries).
+    pub prefix_groups: usize,
     pub rule_sets: usize,
 }
 
 impl TableSizes {
-    /// Map entries in all: what one generation occupies.
+    /// Map entries in all: what one generation occupies (`PREFIXES`: the prefixes alone until
+    /// the write has counted the markers).
     pub fn entries(&self) -> usize {
-        self.identities + self.endpoints + self.peers + self.prefixes + self.rule_sets
+        let prefix_entries = self.prefix_entries.max(self.prefixes);
+        self.identities
+            + self.endpoints
+            + self.peers
+            + prefix_entries
+            + self.prefix_groups
+            + self.rule_sets
     }
 }
 
@@ -89,6 +99,11 @@ impl PolicyTables for GatewayTables {
             endpoints: self.endpoints.len(),
             groups: live_groups(self.groups.iter().map(|g| &g.policies)),
             prefixes: self.prefix_count(),
+            prefix_groups: self
+                .groups
+                .iter()
+                .filter(|g| !g.prefixes.is_empty())
+                .count(),
             rule_sets: self.rule_sets.len(),
             ..TableSizes::default()
         }
@@ -112,14 +127,37 @@ impl PolicyTables for NodeTables {
             groups: live_groups(self.groups.iter().map(|g| &g.policies)),
             peers: self.groups.iter().map(|g| g.peers.len()).sum(),
             prefixes: self.groups.iter().map(|g| g.prefixes.len()).sum(),
+            prefix_groups: self
+                .groups
+                .iter()
+                .filter(|g| !g.prefixes.is_empty())
+                .count(),
             rule_sets: self.rule_sets.len(),
+            ..TableSizes::default()
         }
     }
 }
 
 /// Checks that the maps can hold `tables` and that every index in them exists: nothing is
-/// written for tables that would be rejected half way.
+/// written for tables that would be rejected half way. Each generation may fill half of a policy
+/// map (the one in force stays beside it). The markers of `PREFIXES` are only known when the
+/// entries are computed at write time: a write that finds the map full fails with
+/// [`Error::TableFull`] before the switch.
 pub fn validate<T: PolicyTables>(tables: &T) -> Result<()> {
+    let sizes = tables.sizes();
+    for (what, needed, capacity) in [
+        ("prefixes", sizes.prefixes, MAX_PREFIXES),
+        (
+            "groups with prefixes",
+            sizes.prefix_groups,
+            MAX_PREFIX_GROUPS,
+        ),
+    ] {
+        let max = capacity as usize / 2;
+        if needed > max {
+            return Err(Error::TooManyEntries { what, needed, max });
+        }
+    }
     for (i, rules) in tables.rule_sets().iter().enumerate() {
         if rules.len() > MAX_PORT_RANGES {
             let mut policies: Vec<&str> = (0..tables.group_count())
@@ -184,20 +222,6 @@ pub(crate) fn rule_set_value(rules: &[PortRule]) -> RuleSet {
         };
     }
     value
-}
-
-pub(crate) fn prefix_key(group: u32, net: &IpNet) -> Key<PrefixData> {
-    let bits = match net {
-        IpNet::V4(n) => u32::from(IPV4_MAPPED_PREFIX_BITS + n.prefix_len()),
-        IpNet::V6(n) => u32::from(n.prefix_len()),
-    };
-    Key::new(
-        PREFIX_GROUP_BITS + bits,
-        PrefixData {
-            group_be: group.to_be(),
-            addr: key_addr(net.network()),
-        },
-    )
 }
 
 pub(crate) fn endpoint_key((direction, ip): (Direction, IpAddr), parity: u32) -> EndpointKey {
