@@ -69,8 +69,9 @@ pub const PREFIX_LENGTH_SLOTS: usize = 132;
 
 /// `PREFIXES` key (hash): a peer prefix of one group, the address masked to `len` bits. The
 /// datapath finds the longest prefix containing an address by a binary search on the group's
-/// lengths (`PREFIX_LENGTHS`), one hash probe per step (Waldvogel et al.).
-#[repr(C)]
+/// lengths (`PREFIX_LENGTHS`), one hash probe per step (Waldvogel et al.). 8-byte aligned (no
+/// padding: 24 bytes) so the program writes it as three words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrefixKey {
     /// Group id (host byte order), generation parity in [`GENERATION_ID_BIT`].
@@ -133,7 +134,7 @@ pub fn mask_prefix(addr: &[u8; 16], len: u32) -> [u8; 16] {
 
 /// The mask of the first `len` bits of a 64-bit half (`len` ≥ 64: all of it).
 #[inline(always)]
-const fn half_mask(len: u32) -> u64 {
+pub const fn half_mask(len: u32) -> u64 {
     if len == 0 {
         0
     } else if len >= 64 {

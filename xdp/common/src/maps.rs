@@ -77,10 +77,11 @@ pub const SHARED_PINNED_MAPS: [&str; 11] = [
 
 /// `ENDPOINTS` capacity: selected pod addresses × directions, both generations.
 pub const MAX_ENDPOINTS: u32 = 262_144;
-/// `PREFIXES` capacity (prefixes + markers), both generations: 1M ipBlocks compile to ~1.6M
-/// prefixes plus markers per generation. Entries are allocated on insert (`NO_PREALLOC`); the
-/// kernel's bucket array (16 bytes per entry of capacity) is allocated up front.
-pub const MAX_PREFIXES: u32 = 8_388_608;
+/// `PREFIXES` capacity (prefixes + markers), both generations. Entries are allocated on insert
+/// (`NO_PREALLOC`), but the kernel's bucket array (16 bytes per entry of capacity: 64 MiB here)
+/// is allocated up front, so this is a trade: 4M holds two generations of ~2M entries, e.g. the
+/// 1M random ipBlocks of `perf/` (517k prefixes, ~1.1M entries with markers).
+pub const MAX_PREFIXES: u32 = 4_194_304;
 /// `PREFIX_LENGTHS` capacity: groups with prefixes, both generations.
 pub const MAX_PREFIX_GROUPS: u32 = 131_072;
 /// `RULE_SETS` capacity, both generations.

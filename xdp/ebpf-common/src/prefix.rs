@@ -8,8 +8,10 @@
 use portcullis_common::*;
 
 use crate::maps::Maps;
+use crate::words::set_prefix_key;
 
-/// The rule-set id of the longest prefix of `group` containing `peer`; 0 when none does.
+/// The rule-set id of the longest prefix of `group` containing `peer` (a `Query` address); 0
+/// when none does.
 #[inline(always)]
 pub fn longest_prefix<M: Maps>(group: u32, peer: &[u8; 16]) -> u32 {
     let lengths = match M::prefix_lengths().get_ptr(&group) {
@@ -17,12 +19,7 @@ pub fn longest_prefix<M: Maps>(group: u32, peer: &[u8; 16]) -> u32 {
         Some(l) => unsafe { &*l },
         None => return 0,
     };
-    let mut key = PrefixKey {
-        group,
-        len: 0,
-        _pad: [0; 3],
-        addr: [0; 16],
-    };
+    let mut key = core::mem::MaybeUninit::<PrefixKey>::uninit();
     let mut best = 0;
     // Half-open range of `lengths` still to search; the loader's markers follow the same steps.
     let mut lo = 0u32;
@@ -36,9 +33,13 @@ pub fn longest_prefix<M: Maps>(group: u32, peer: &[u8; 16]) -> u32 {
             Some(len) => *len,
             None => break,
         };
-        key.len = len;
-        key.addr = mask_prefix(peer, len as u32);
-        match M::prefixes().get_ptr(&key) {
+        // SAFETY: `peer` is a Query address (8-byte aligned, see `words`); every byte of the key
+        // is written before the lookup reads it.
+        let key = unsafe {
+            set_prefix_key(key.as_mut_ptr(), group, peer, len as u32);
+            key.assume_init_ref()
+        };
+        match M::prefixes().get_ptr(key) {
             Some(v) => {
                 // SAFETY: value pointer from a successful lookup.
                 best = unsafe { (*v).rule_set };

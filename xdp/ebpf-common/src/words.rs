@@ -6,7 +6,7 @@
 
 use core::mem::{align_of, offset_of, size_of};
 
-use portcullis_common::{DropEvent, FlowKey};
+use portcullis_common::{half_mask, DropEvent, FlowKey, PrefixKey};
 
 use crate::parse::Packet;
 use crate::policy::Query;
@@ -22,7 +22,25 @@ const _: () = {
     assert!(offset_of!(FlowKey, protocol) % 4 == 0);
     assert!(offset_of!(Query, src) % 8 == 0 && offset_of!(Query, dst) % 8 == 0);
     assert!(offset_of!(DropEvent, src) % 8 == 0 && offset_of!(DropEvent, dst) % 8 == 0);
+    // `set_prefix_key` writes group, len and padding as the first word.
+    assert!(align_of::<PrefixKey>() == 8 && offset_of!(PrefixKey, group) == 0);
+    assert!(offset_of!(PrefixKey, len) == 4 && offset_of!(PrefixKey, addr) == 8);
 };
+
+/// Fills `key` for `peer` (a Query address) masked to `len` bits: three word stores.
+///
+/// # Safety
+/// `peer` must be 8-byte aligned (see above); `key` valid for writes.
+#[inline(always)]
+pub unsafe fn set_prefix_key(key: *mut PrefixKey, group: u32, peer: &[u8; 16], len: u32) {
+    let (k, p) = (key as *mut u64, peer.as_ptr() as *const u64);
+    // Little endian: group in bytes 0-3, len in byte 4, padding 5-7 zero.
+    k.write(group as u64 | (len as u64) << 32);
+    k.add(1)
+        .write((u64::from_be(p.read()) & half_mask(len)).to_be());
+    k.add(2)
+        .write((u64::from_be(p.add(1).read()) & half_mask(len.saturating_sub(64))).to_be());
+}
 
 /// `*dst = *src`.
 ///
