@@ -2,12 +2,16 @@
 //! frame size (then, once per run on `portcullis-xdp`, the idle-flow measurement), torn down;
 //! the throughput figures of its samples.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::Result;
+use portcullis_gateway::{Gateway, TestProgram, XDP_DROP};
 
 use crate::contender::{Contender, Setup};
+use crate::frame::udp_frame;
 use crate::harness::{check, Harness, Sample};
+use crate::lab::in_ns;
 use crate::plan::{Plan, FRAME_LEN};
 use crate::report::{self, Report, Subject};
 use crate::workload::Workload;
@@ -42,10 +46,13 @@ impl Harness<'_> {
             };
             let cfg = self.flood_config((targets - 1) as u32, !established, 0);
             self.set_gen(cfg)?;
-            for &frame in &plan.frame_sizes {
+            for (i, &frame) in plan.frame_sizes.iter().enumerate() {
                 self.set_frame(frame)?;
                 // Warm-up (fills the flow table for the established case).
                 self.measure(if established { 1.0 } else { 0.3 }, napi)?;
+                if let (true, 0, Setup::Portcullis(gw)) = (established, i, &mut setup) {
+                    self.confirm_flows(gw, w, targets)?;
+                }
                 let mut samples = Vec::new();
                 for _ in 0..plan.repeats {
                     check(self.stop)?;
@@ -70,6 +77,32 @@ impl Harness<'_> {
         report.push(subject.figure("setup_time", setup_ms, "ms"));
         self.tear_down(setup)?;
         result
+    }
+}
+
+impl Harness<'_> {
+    /// Answers the warmed-up established flows of the first `targets` targets from the sink's
+    /// side, so they are confirmed (`FLOWS`) as established connections are, and each measured
+    /// packet takes one flow-table lookup. Injected with BPF_PROG_TEST_RUN on the external leg;
+    /// a target the gateway denies (its outbound packet is dropped, no flow) gets no reply.
+    fn confirm_flows(&mut self, gw: &mut Gateway, w: &Workload, targets: usize) -> Result<()> {
+        let (c, e) = (self.cluster_ifindex, self.external_ifindex);
+        let lab = &self.lab;
+        let (gm, cm, em, sm) = (lab.gen_mac, lab.cluster_mac, lab.external_mac, lab.sink_mac);
+        in_ns(&lab.gw_ns, || -> Result<()> {
+            for t in &w.targets[..targets] {
+                let src = Ipv4Addr::from(u32::from_be(t.src));
+                let dst = Ipv4Addr::from(u32::from_be(t.dst));
+                let (sport, dport) = (u16::from_be(t.sport), u16::from_be(t.dport));
+                let out = udp_frame(gm, cm, src, dst, sport, dport, FRAME_LEN);
+                if gw.test_run(TestProgram::Gateway, c, &out, 1)?.action == XDP_DROP {
+                    continue;
+                }
+                let reply = udp_frame(sm, em, dst, src, dport, sport, FRAME_LEN);
+                gw.test_run(TestProgram::Gateway, e, &reply, 1)?;
+            }
+            Ok(())
+        })
     }
 }
 
