@@ -125,6 +125,23 @@ impl Enforcer for GatewayEnforcer {
             .set(flows.confirmed as f64);
         metrics::gauge!("portcullis_gateway_flows", "table" => "embryonic")
             .set(flows.embryonic as f64);
+        for (table, capacity, evicted) in [
+            (
+                "confirmed",
+                flows.confirmed_capacity,
+                flows.confirmed_evicted,
+            ),
+            (
+                "embryonic",
+                flows.embryonic_capacity,
+                flows.embryonic_evicted,
+            ),
+        ] {
+            metrics::gauge!("portcullis_gateway_flow_capacity", "table" => table)
+                .set(capacity as f64);
+            metrics::counter!("portcullis_gateway_flow_evictions_total", "table" => table)
+                .absolute(evicted);
+        }
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

@@ -323,6 +323,26 @@ fn revalidate_cuts_flows_the_new_policy_forbids() {
         let cut = "reply of the flow to .20, which the new egress prefix leaves out, is dropped";
         run_rows(&mut gw, &[drops(cut, Leg::External, reply)]);
         assert_eq!(gw.flows().len(), 0, "revalidation deletes the flow");
+        let flows = gw.status().expect("status").tables;
+        assert_eq!(flows.counters.revoked_embryonic, 1, "{:?}", flows.counters);
+        assert_eq!(
+            flows.flows.embryonic_evicted, 0,
+            "a revoked flow is no eviction"
+        );
+
+        // A flow the GC deletes (cleared here) is no eviction either.
+        run_rows(
+            &mut gw,
+            &[passes(
+                "SYN to .5 (inside the new /28) opens a flow",
+                Leg::Cluster,
+                syn(SEED_POD, 40001, "192.168.1.5", 5432),
+            )],
+        );
+        assert_eq!(gw.clear_flows().expect("clear"), 1);
+        let after = gw.status().expect("status").tables;
+        assert_eq!(after.counters.gc_embryonic, 1, "{:?}", after.counters);
+        assert_eq!(after.flows.embryonic_evicted, 0, "{:?}", after.flows);
     });
 }
 
@@ -486,6 +506,15 @@ fn a_new_flow_flood_evicts_only_unconfirmed_flows() {
         assert_eq!(after.flows.confirmed, 1, "the flood confirmed nothing: {after:?}");
         assert!(after.flows.embryonic <= MAX_EMBRYONIC_FLOWS as usize);
         assert!(after.counters.flow_new >= flood as u64);
+        // Every flood flow entered the embryonic table once; what is not there was evicted, and
+        // the confirmed table evicted nothing.
+        let flows = after.flows;
+        assert_eq!(flows.confirmed_evicted, 0, "{flows:?}");
+        assert_eq!(
+            flows.embryonic_evicted,
+            flood as u64 - flows.embryonic as u64,
+            "{flows:?}"
+        );
         let (dst, sport) = tuple(0);
         let evicted = Packet::tcp(&dst, 5432, SEED_POD, sport, TCP_SYN | TCP_ACK);
         run_rows(

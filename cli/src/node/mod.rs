@@ -485,6 +485,22 @@ impl Enforcer for NodeEnforcer {
             .set(flows.confirmed as f64);
         metrics::gauge!("portcullis_node_flows", "table" => "embryonic")
             .set(flows.embryonic as f64);
+        for (table, capacity, evicted) in [
+            (
+                "confirmed",
+                flows.confirmed_capacity,
+                flows.confirmed_evicted,
+            ),
+            (
+                "embryonic",
+                flows.embryonic_capacity,
+                flows.embryonic_evicted,
+            ),
+        ] {
+            metrics::gauge!("portcullis_node_flow_capacity", "table" => table).set(capacity as f64);
+            metrics::counter!("portcullis_node_flow_evictions_total", "table" => table)
+                .absolute(evicted);
+        }
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(

@@ -35,7 +35,7 @@ use portcullis_common::*;
 use portcullis_ebpf_common::datapath_maps;
 use portcullis_ebpf_common::flow::{
     classify, confirm_if_answered, find_flow, flow_clock, flow_live, open_flow, opens_flow,
-    syn_only, touch, Admit, Outcome,
+    syn_only, touch, Admit, Existing, Outcome,
 };
 use portcullis_ebpf_common::maps::{config, count, selector_lookup, IdentityMap, PeerMap, Work};
 use portcullis_ebpf_common::parse::{flow_key, Frame, Kind, Packet, Stop};
@@ -166,7 +166,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
     if pkt.kind == Kind::Flow {
         let now = flow_clock();
         let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
-        let mut replaces_confirmed = false;
+        let mut existing = Existing::None;
         if let Some((f, embryonic)) = find_flow::<NodeMaps>(key) {
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
             if flow_live(f, now, syn_only(pkt), from_initiator) {
@@ -176,21 +176,17 @@ fn try_origin(ctx: &TcContext) -> i32 {
                 }
                 return TC_ACT_OK;
             }
-            replaces_confirmed = !embryonic;
+            existing = if embryonic {
+                Existing::Embryonic
+            } else {
+                Existing::Confirmed
+            };
         }
         if !unknown_pod(&pkt.src, g) {
             if opens_flow(pkt) {
                 // Not checked by this node's policy (`checked` 0): see `FlowValue::checked`.
                 let admitted = (0, 0);
-                open_flow::<NodeMaps>(
-                    key,
-                    flow,
-                    replaces_confirmed,
-                    pkt,
-                    src_is_lo,
-                    admitted,
-                    (now, g),
-                );
+                open_flow::<NodeMaps>(key, flow, existing, pkt, src_is_lo, admitted, (now, g));
                 count::<NodeMaps>(COUNTER_ORIGIN);
             }
             return TC_ACT_OK;

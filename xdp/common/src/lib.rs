@@ -322,15 +322,26 @@ pub const COUNTER_ORIGIN: u32 = 9;
 pub const COUNTER_DROP_UNKNOWN_POD: u32 = 10;
 /// Node: packets from the node itself to a local pod (always allowed).
 pub const COUNTER_PASS_HOST: u32 = 11;
-/// New flows recorded in `EMBRYONIC_FLOWS`.
+/// New flows recorded in `EMBRYONIC_FLOWS` (including those written over a stale embryonic
+/// entry of the same connection: [`COUNTER_EMBRYONIC_REUSED`]).
 pub const COUNTER_FLOW_NEW: u32 = 12;
 /// Flows confirmed by their responder and moved to `FLOWS`.
 pub const COUNTER_FLOW_CONFIRMED: u32 = 13;
 /// Gateway: packets of [`COUNTER_FORWARD_XDP`] forwarded with their flow's cached next hop (no
 /// FIB lookup).
 pub const COUNTER_FORWARD_CACHED: u32 = 14;
+/// New flows written over a stale embryonic entry of the same key (no new element).
+pub const COUNTER_EMBRYONIC_REUSED: u32 = 15;
+/// Flows deleted by `--revalidate` (the new policy denies them), per table.
+pub const COUNTER_REVOKED_EMBRYONIC: u32 = 16;
+pub const COUNTER_REVOKED_CONFIRMED: u32 = 17;
+/// Expired flows deleted by the loaders' flow GC (and flows cleared), per table. Written by the
+/// loader (CPU 0's slot), never by the programs. With the others they give each LRU table's
+/// evictions: inserted − promoted − deleted − present (`portcullis_bpf::FlowCounts`).
+pub const COUNTER_GC_EMBRYONIC: u32 = 18;
+pub const COUNTER_GC_CONFIRMED: u32 = 19;
 /// Size of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 20;
 
 /// Why a packet was dropped, in [`DropEvent::reason`].
 pub const DROP_REASON_POLICY: u8 = 1;

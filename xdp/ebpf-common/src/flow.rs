@@ -66,6 +66,15 @@ pub fn flow_clock() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The entry a new flow's key already has (found by [`find_flow`] and not vouching for the
+/// packet): where the new flow is written, and whether that adds an element (eviction counts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    None,
+    Embryonic,
+    Confirmed,
+}
+
 /// Whether a flow entry vouches for a packet of its connection: not expired, and not a SYN from
 /// the former responder of a closing TCP connection (see the module's reopen rule).
 #[inline(always)]
@@ -100,13 +109,13 @@ pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
 
 /// Records the flow `pkt` opens (a TCP one starts in `TCP_STATE_SYN_SENT`), built in `f` (the
 /// per-CPU work area: no 64-byte value on the stack): in `EMBRYONIC_FLOWS`, or in place of the
-/// confirmed entry it replaces. `admitted`: (group, `CHECK_*` bits) that admitted it; `at`:
+/// confirmed entry it replaces (`existing`). `admitted`: (group, `CHECK_*` bits) that admitted it; `at`:
 /// (clock, generation parity).
 #[inline(always)]
 pub fn open_flow<M: Maps>(
     key: &FlowKey,
     f: &mut FlowValue,
-    replaces_confirmed: bool,
+    existing: Existing,
     pkt: &Packet,
     src_is_lo: bool,
     admitted: (u32, u8),
@@ -126,11 +135,14 @@ pub fn open_flow<M: Maps>(
     f.initiator_is_lo = src_is_lo as u8;
     f.checked = checked;
     f.generation = g as u8;
-    if replaces_confirmed {
+    if existing == Existing::Confirmed {
         let _ = M::flows().insert(key, f, 0);
     } else {
         let _ = M::embryonic_flows().insert(key, f, 0);
         count::<M>(COUNTER_FLOW_NEW);
+        if existing == Existing::Embryonic {
+            count::<M>(COUNTER_EMBRYONIC_REUSED);
+        }
     }
 }
 
@@ -257,12 +269,16 @@ pub fn classify<M: Maps>(
     }
 
     let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
-    // A confirmed entry that does not vouch for this packet (expired, reopened the other way, an
-    // origin flow and the initiator's packet) is replaced in place by the new verdict's flow.
-    let mut replaces_confirmed = false;
+    // An entry that does not vouch for this packet (expired, reopened the other way, an origin
+    // flow and the initiator's packet) is replaced in place by the new verdict's flow.
+    let mut existing = Existing::None;
     if pkt.kind == Kind::Flow {
         if let Some((f, embryonic)) = find_flow::<M>(key) {
-            replaces_confirmed = !embryonic;
+            existing = if embryonic {
+                Existing::Embryonic
+            } else {
+                Existing::Confirmed
+            };
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
             // A flow no policy of this program checked (a node origin flow) vouches only for the
             // responder's packets; the initiator's are judged below, and the verdict replaces it.
@@ -275,11 +291,17 @@ pub fn classify<M: Maps>(
                 {
                     let v = revalidate::<M>(query, key, f);
                     if v.is_deny() {
-                        let _ = if embryonic {
-                            M::embryonic_flows().remove(&*key)
+                        let (removed, counter) = if embryonic {
+                            (
+                                M::embryonic_flows().remove(&*key),
+                                COUNTER_REVOKED_EMBRYONIC,
+                            )
                         } else {
-                            M::flows().remove(&*key)
+                            (M::flows().remove(&*key), COUNTER_REVOKED_CONFIRMED)
                         };
+                        if removed.is_ok() {
+                            count::<M>(counter);
+                        }
                         return dropped::<M>(ifindex, Some(&*pkt), DROP_REASON_POLICY, v);
                     }
                 }
@@ -320,15 +342,7 @@ pub fn classify<M: Maps>(
     };
     if opens_flow(pkt) {
         let admitted = (group, sides);
-        open_flow::<M>(
-            key,
-            flow,
-            replaces_confirmed,
-            pkt,
-            src_is_lo,
-            admitted,
-            (now, g),
-        );
+        open_flow::<M>(key, flow, existing, pkt, src_is_lo, admitted, (now, g));
     }
     Outcome::Allowed
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::Ebpf;
 use ipnet::IpNet;
 use portcullis_common::*;
@@ -275,39 +275,44 @@ impl PolicyMaps {
 
     /// Deletes every flow (live ones too: their next packets are judged as new connections).
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let mut deleted = 0;
-        for (table, name) in [
-            (&mut self.flows, MAP_FLOWS),
-            (&mut self.embryonic_flows, MAP_EMBRYONIC_FLOWS),
-        ] {
-            let keys: Vec<FlowKey> = table.keys().filter_map(|k| k.ok()).collect();
-            for k in &keys {
-                ignore_missing(table.remove(k), name)?;
-            }
-            deleted += keys.len();
-        }
-        Ok(deleted)
+        self.delete_flows(|_| true)
     }
 
     /// Deletes the expired flows of both tables; returns how many.
     pub fn gc_flows(&mut self) -> Result<usize> {
         let now = monotonic_ns();
+        let deleted =
+            self.delete_flows(|v| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))?;
+        debug!(deleted, "flow GC");
+        Ok(deleted)
+    }
+
+    /// Deletes the flows of both tables `doomed` picks, counted per table in `COUNTERS` (the
+    /// eviction figures need them); returns how many.
+    fn delete_flows(&mut self, doomed: impl Fn(&FlowValue) -> bool) -> Result<usize> {
         let mut deleted = 0;
-        for (table, name) in [
-            (&mut self.flows, MAP_FLOWS),
-            (&mut self.embryonic_flows, MAP_EMBRYONIC_FLOWS),
+        for (table, name, counter) in [
+            (&mut self.flows, MAP_FLOWS, COUNTER_GC_CONFIRMED),
+            (
+                &mut self.embryonic_flows,
+                MAP_EMBRYONIC_FLOWS,
+                COUNTER_GC_EMBRYONIC,
+            ),
         ] {
-            let expired: Vec<FlowKey> = (table.iter())
+            let keys: Vec<FlowKey> = (table.iter())
                 .filter_map(|r| r.ok())
-                .filter(|(_, v)| now.saturating_sub(v.last_seen_ns) > flow_timeout_ns(v.state))
+                .filter(|(_, v)| doomed(v))
                 .map(|(k, _)| k)
                 .collect();
-            for k in &expired {
-                ignore_missing(table.remove(k), name)?;
+            let mut removed = 0u64;
+            for k in &keys {
+                if ignore_missing(table.remove(k), name)? {
+                    removed += 1;
+                }
             }
-            deleted += expired.len();
+            add_to_counter(&mut self.counters, counter, removed)?;
+            deleted += removed as usize;
         }
-        debug!(deleted, "flow GC");
         Ok(deleted)
     }
 
@@ -346,6 +351,7 @@ impl PolicyMaps {
     /// delta); `policies` names the groups.
     pub fn status(&self, policies: &GroupPolicies) -> Result<TableStatus> {
         let config = self.config()?;
+        let counters = self.counters()?;
         let generation = config.generation & 1;
         let written = self.written(generation);
         let real = (written.prefixes.iter())
@@ -362,8 +368,9 @@ impl PolicyMaps {
             flows: FlowCounts::new(
                 self.flows.keys().count(),
                 self.embryonic_flows.keys().count(),
+                &counters,
             ),
-            counters: self.counters()?,
+            counters,
             drops_by_group: self.group_drops(policies),
         })
     }
@@ -407,4 +414,25 @@ fn full_or(name: &'static str, capacity: u32) -> impl FnOnce(MapError) -> Error 
         }
         _ => Error::Map { name, source },
     }
+}
+
+/// Adds `n` to counter `index` (CPU 0's slot): counters the loader keeps beside the programs' own.
+fn add_to_counter(counters: &mut PerCpuArray<MapData, u64>, index: u32, n: u64) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let mut values: Vec<u64> = (counters.get(&index, 0))
+        .map_err(map_err(MAP_COUNTERS))?
+        .to_vec();
+    if let Some(first) = values.first_mut() {
+        *first += n;
+    }
+    // Same length as read: one value per possible CPU.
+    let values = PerCpuValues::try_from(values).map_err(|source| Error::Io {
+        path: MAP_COUNTERS.into(),
+        source,
+    })?;
+    counters
+        .set(index, values, 0)
+        .map_err(map_err(MAP_COUNTERS))
 }

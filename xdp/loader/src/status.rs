@@ -32,6 +32,14 @@ pub struct Counters {
     pub flow_new: u64,
     /// Flows confirmed by their responder (moved to the confirmed table).
     pub flow_confirmed: u64,
+    /// New flows written over a stale embryonic entry of the same connection.
+    pub embryonic_reused: u64,
+    /// Flows deleted by `--revalidate`, per table.
+    pub revoked_embryonic: u64,
+    pub revoked_confirmed: u64,
+    /// Flows deleted by the loaders' flow GC (expired) or cleared, per table.
+    pub gc_embryonic: u64,
+    pub gc_confirmed: u64,
 }
 
 impl Counters {
@@ -53,6 +61,11 @@ impl Counters {
             pass_host: c(COUNTER_PASS_HOST),
             flow_new: c(COUNTER_FLOW_NEW),
             flow_confirmed: c(COUNTER_FLOW_CONFIRMED),
+            embryonic_reused: c(COUNTER_EMBRYONIC_REUSED),
+            revoked_embryonic: c(COUNTER_REVOKED_EMBRYONIC),
+            revoked_confirmed: c(COUNTER_REVOKED_CONFIRMED),
+            gc_embryonic: c(COUNTER_GC_EMBRYONIC),
+            gc_confirmed: c(COUNTER_GC_CONFIRMED),
         }
     }
 }
@@ -154,24 +167,42 @@ impl std::fmt::Display for PrefixMemory {
     }
 }
 
-/// Entries and capacity of the two flow tables.
+/// Entries, capacity and LRU evictions of the two flow tables.
+///
+/// The kernel does not count LRU evictions; they are derived from the counters as what entered a
+/// table and did not leave it another way and is not in it: embryonic = new flows (not written
+/// over a stale entry of theirs) − confirmed − revoked − deleted by GC − present; confirmed =
+/// confirmed − revoked − deleted by GC − present. Counters and entries are read one after the
+/// other while packets flow, so under load the figure is off by the packets in between (never
+/// below 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FlowCounts {
     /// Confirmed flows (`FLOWS`).
     pub confirmed: usize,
     pub confirmed_capacity: u32,
+    pub confirmed_evicted: u64,
     /// Flows waiting for their responder (`EMBRYONIC_FLOWS`).
     pub embryonic: usize,
     pub embryonic_capacity: u32,
+    pub embryonic_evicted: u64,
 }
 
 impl FlowCounts {
-    pub fn new(confirmed: usize, embryonic: usize) -> FlowCounts {
+    pub fn new(confirmed: usize, embryonic: usize, c: &Counters) -> FlowCounts {
+        let entered_embryonic = c.flow_new.saturating_sub(c.embryonic_reused);
+        let left_embryonic = c.flow_confirmed + c.revoked_embryonic + c.gc_embryonic;
+        let left_confirmed = c.revoked_confirmed + c.gc_confirmed;
         FlowCounts {
             confirmed,
             confirmed_capacity: MAX_FLOWS,
+            confirmed_evicted: (c.flow_confirmed)
+                .saturating_sub(left_confirmed)
+                .saturating_sub(confirmed as u64),
             embryonic,
             embryonic_capacity: MAX_EMBRYONIC_FLOWS,
+            embryonic_evicted: entered_embryonic
+                .saturating_sub(left_embryonic)
+                .saturating_sub(embryonic as u64),
         }
     }
 
@@ -185,8 +216,13 @@ impl std::fmt::Display for FlowCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} confirmed (of {}), {} embryonic (of {})",
-            self.confirmed, self.confirmed_capacity, self.embryonic, self.embryonic_capacity
+            "{} confirmed (of {}, {} evicted), {} embryonic (of {}, {} evicted)",
+            self.confirmed,
+            self.confirmed_capacity,
+            self.confirmed_evicted,
+            self.embryonic,
+            self.embryonic_capacity,
+            self.embryonic_evicted
         )
     }
 }
