@@ -116,8 +116,11 @@ impl Gateway {
     /// Loads the program, prepares its maps (adopting pinned ones) and attaches it to both legs.
     pub fn load(options: GatewayOptions) -> Result<Gateway> {
         let names: Vec<&str> = pinned_maps().collect();
-        let (mut loader, adopting) =
-            portcullis_bpf::object::pinning_loader(options.pin_dir.as_deref(), &names)?;
+        let (mut loader, adopting) = portcullis_bpf::object::pinning_loader(
+            options.pin_dir.as_deref(),
+            &names,
+            (OBJECT, PROGRAM_OBJECT),
+        )?;
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         program::<Xdp>(&mut ebpf, OBJECT, PROGRAM_GATEWAY)?.load()?;
         let mut flags = options.forward.config_flag();

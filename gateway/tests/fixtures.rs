@@ -461,6 +461,45 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
     });
 }
 
+/// Pins another version made (here a `FLOWS` with 16-byte values, as before the next-hop cache)
+/// are refused before anything loads, naming the map and what to do; nothing is attached.
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn pins_of_another_version_are_refused_by_name() {
+    require_root();
+    let ns = NetNs::new("oldpin");
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RmDir(pin_dir.clone());
+    ns.run(|| {
+        setup_links();
+        std::fs::create_dir_all(&pin_dir).expect("pin dir");
+        sh(&format!(
+            "bpftool map create {}/FLOWS type lru_hash key 40 value 16 entries 1024 name FLOWS",
+            pin_dir.display()
+        ));
+        let err = Gateway::load(GatewayOptions {
+            pin_dir: Some(pin_dir.clone()),
+            ..options()
+        })
+        .err()
+        .expect("old pins refused");
+        let message = err.to_string();
+        assert!(
+            matches!(&err, Error::IncompatiblePin { name, .. } if name == "FLOWS"),
+            "{message}"
+        );
+        assert!(message.contains("remove"), "{message}");
+        let link = sh(&format!("ip -d link show {CLUSTER}"));
+        assert!(!link.contains("xdp"), "attached after the refusal: {link}");
+    });
+}
+
 /// A flood of new flows, each hit twice (SYN and the server's SYN-ACK, as a SYN flood on a
 /// listening service produces), larger than both flow tables: it evicts only unconfirmed flows;
 /// a confirmed, idle flow still passes after it. (With one LRU table the flood's flows, each

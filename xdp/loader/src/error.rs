@@ -35,6 +35,23 @@ pub enum Error {
     },
     #[error("netlink route socket (the gateway follows route and neighbour changes with it): {0}")]
     Netlink(#[source] std::io::Error),
+    #[error(
+        "pinned map {name} in {dir} does not match this version's (key bytes, value bytes, \
+         capacity: pinned {pinned:?}, this version {expected:?}): it was made by another \
+         version of Portcullis. Stop its daemon and remove {dir} (enforcement restarts \
+         with empty flow tables), or run the version that made it"
+    )]
+    IncompatiblePin {
+        name: String,
+        dir: PathBuf,
+        pinned: (u32, u32, u32),
+        expected: (u32, u32, u32),
+    },
+    #[error("parsing the {object} object: {message}")]
+    Object {
+        object: &'static str,
+        message: String,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program: {0}")]

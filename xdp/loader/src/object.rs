@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::path::Path;
 
-use aya::maps::{MapData, MapError};
+use aya::maps::{MapData, MapError, MapInfo};
 use aya::{Ebpf, EbpfLoader};
 use portcullis_common::MAP_CONFIG;
 
@@ -22,10 +22,14 @@ pub fn ifindex(name: &str) -> Result<u32> {
 }
 
 /// A loader that pins each of `maps` under `pin_dir` (created if needed) and reuses what is
-/// pinned there; true when a pinned set exists already (its `CONFIG` is there).
+/// pinned there; true when a pinned set exists already (its `CONFIG` is there). A pinned map
+/// whose key size, value size or capacity differs from `bytes`' own (another version made it) is
+/// refused before anything loads, with what to do: adopting it would fail in the verifier, or
+/// worse.
 pub fn pinning_loader<'a>(
     pin_dir: Option<&Path>,
     maps: &[&'a str],
+    (object, bytes): (&'static str, &[u8]),
 ) -> Result<(EbpfLoader<'a>, bool)> {
     let mut loader = EbpfLoader::new();
     let mut adopting = false;
@@ -35,11 +39,46 @@ pub fn pinning_loader<'a>(
             source,
         })?;
         adopting = dir.join(MAP_CONFIG).exists();
+        check_pins(dir, maps, object, bytes)?;
         for name in maps {
             loader.map_pin_path(name, dir.join(name));
         }
     }
     Ok((loader, adopting))
+}
+
+/// Every map of `maps` pinned under `dir` has the object's key size, value size and capacity.
+fn check_pins(dir: &Path, maps: &[&str], object: &'static str, bytes: &[u8]) -> Result<()> {
+    let parsed = aya_obj::Object::parse(bytes).map_err(|e| Error::Object {
+        object,
+        message: e.to_string(),
+    })?;
+    for name in maps {
+        let path = dir.join(name);
+        let (Some(def), true) = (parsed.maps.get(*name), path.exists()) else {
+            continue;
+        };
+        let info = MapInfo::from_pin(&path).map_err(map_err_owned(name))?;
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
+        let expected = (def.key_size(), def.value_size(), def.max_entries());
+        if pinned != expected {
+            return Err(Error::IncompatiblePin {
+                name: name.to_string(),
+                dir: dir.to_owned(),
+                pinned,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `map_err` for a map named at run time (the names here come from the callers' lists).
+fn map_err_owned(name: &str) -> impl FnOnce(MapError) -> Error + '_ {
+    move |e| Error::Object {
+        object: "pinned map",
+        message: format!("{name}: {e}"),
+    }
 }
 
 /// Takes map `name` out of the loaded `object` ("XDP", "node-hook": for the error message).
