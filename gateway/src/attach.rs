@@ -1,7 +1,7 @@
-//! The gateway's legs: their roles in `IFACE_ROLES` and the XDP links on them (pinned, and
+//! The gateway's legs: their interfaces in `LEGS` and the XDP links on them (pinned, and
 //! adopted in place on restart).
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
@@ -36,7 +36,7 @@ pub struct AttachedInterface {
     pub adopted: bool,
 }
 
-/// Writes the legs' roles (dropping stale ones) and attaches the program to both legs.
+/// Writes the legs into `LEGS` and attaches the program to both legs.
 pub(crate) fn attach_legs(
     ebpf: &mut Ebpf,
     options: &GatewayOptions,
@@ -46,19 +46,12 @@ pub(crate) fn attach_legs(
         (&options.external_iface, ROLE_EXTERNAL, LINK_PINS[1]),
     ];
     let indexes = [ifindex(legs[0].0)?, ifindex(legs[1].0)?];
-    let mut roles: HashMap<MapData, u32, u32> = take(ebpf, OBJECT, MAP_IFACE_ROLES)?;
-    let stale: Vec<u32> = (roles.keys())
-        .filter_map(|k| k.ok())
-        .filter(|k| !indexes.contains(k))
-        .collect();
-    for k in stale {
-        roles.remove(&k).map_err(map_err(MAP_IFACE_ROLES))?;
-    }
-    for ((_, role, _), index) in legs.iter().zip(indexes) {
-        roles
-            .insert(index, *role, 0)
-            .map_err(map_err(MAP_IFACE_ROLES))?;
-    }
+    let mut map: Array<MapData, Legs> = take(ebpf, OBJECT, MAP_LEGS)?;
+    let value = Legs {
+        cluster: indexes[0],
+        external: indexes[1],
+    };
+    map.set(0, value, 0).map_err(map_err(MAP_LEGS))?;
     let mode = match options.xdp_mode {
         AttachMode::Native => XdpMode::Driver,
         AttachMode::Generic => XdpMode::Skb,

@@ -3,7 +3,7 @@
 //! with compiled [`GatewayTables`] through the shared update protocol
 //! ([`portcullis_bpf::Generations`]). The maps both programs have, their status, flow GC and drop
 //! events come from the loader core `portcullis-bpf`; what is here is the gateway's own: its legs
-//! (`IFACE_ROLES`), its attach modes and the forwarding mode.
+//! (`LEGS`), its attach modes and the forwarding mode.
 
 mod attach;
 mod mode;
@@ -49,7 +49,7 @@ const LINK_PINS: [&str; 2] = ["link_cluster", "link_external"];
 fn pinned_maps() -> impl Iterator<Item = &'static str> {
     SHARED_PINNED_MAPS
         .into_iter()
-        .chain([MAP_IFACE_ROLES, MAP_NEXT_HOP_EPOCH])
+        .chain([MAP_LEGS, MAP_NEXT_HOP_EPOCH])
 }
 
 #[derive(Clone, Debug, Default)]

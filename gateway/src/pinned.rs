@@ -3,17 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, MapData};
 use portcullis_bpf::object::open_pinned;
 use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus};
-use portcullis_common::{MAP_DROP_EVENTS, MAP_IFACE_ROLES};
+use portcullis_common::{Legs, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL};
 use serde::Serialize;
 
 use crate::{ForwardMode, LINK_PINS};
 
 pub struct PinnedGateway {
     maps: PolicyMaps,
-    roles: HashMap<MapData, u32, u32>,
+    legs: Array<MapData, Legs>,
     dir: PathBuf,
 }
 
@@ -36,7 +36,7 @@ impl PinnedGateway {
     pub fn open(dir: &Path) -> Result<PinnedGateway> {
         Ok(PinnedGateway {
             maps: PolicyMaps::open_pinned(dir)?,
-            roles: open_pinned(dir, MAP_IFACE_ROLES)?,
+            legs: open_pinned(dir, MAP_LEGS)?,
             dir: dir.to_path_buf(),
         })
     }
@@ -44,7 +44,7 @@ impl PinnedGateway {
     /// Status; `policies` names the groups (the daemon publishes them beside the pins).
     pub fn status(&self, policies: &GroupPolicies) -> Result<PinnedStatus> {
         Ok(PinnedStatus {
-            legs: self.roles.iter().filter_map(|r| r.ok()).collect(),
+            legs: self.legs()?,
             links: (LINK_PINS.into_iter())
                 .filter(|l| self.dir.join(l).exists())
                 .map(str::to_string)
@@ -52,6 +52,17 @@ impl PinnedGateway {
             forward: ForwardMode::from_config_flags(self.maps.config()?.flags),
             tables: self.maps.status(policies)?,
         })
+    }
+
+    /// (ifindex, role) of the legs the program is configured for.
+    fn legs(&self) -> Result<Vec<(u32, u32)>> {
+        let legs = (self.legs.get(&0, 0)).map_err(portcullis_bpf::map_err(MAP_LEGS))?;
+        Ok(
+            [(legs.cluster, ROLE_CLUSTER), (legs.external, ROLE_EXTERNAL)]
+                .into_iter()
+                .filter(|(ifindex, _)| *ifindex != 0)
+                .collect(),
+        )
     }
 
     /// The drop-event ring buffer. Only one reader should consume it at a time.

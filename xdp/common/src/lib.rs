@@ -24,11 +24,39 @@ pub const PROTO_SCTP: u8 = 132;
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;
 
-/// Role of an interface the program is attached to (value of the `IFACE_ROLES` map).
+/// Role of an interface the gateway program is attached to (see [`Legs`]).
 /// Packets entering on the cluster leg are checked against the source pod's egress policy;
 /// packets entering on the external leg against the destination pod's ingress policy.
 pub const ROLE_CLUSTER: u32 = 1;
 pub const ROLE_EXTERNAL: u32 = 2;
+
+/// `LEGS` value (array, one entry): the gateway's two legs. An array of one, not a hash keyed by
+/// interface: the program reads it with a direct load on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Legs {
+    /// Interface index of the leg facing the pods ([`ROLE_CLUSTER`]; 0: none).
+    pub cluster: u32,
+    /// Interface index of the leg facing the outside ([`ROLE_EXTERNAL`]; 0: none).
+    pub external: u32,
+}
+const _: () = assert!(core::mem::size_of::<Legs>() == 8);
+
+impl Legs {
+    /// `ROLE_*` of interface `ifindex`, 0 when it is no leg.
+    #[inline(always)]
+    pub fn role(&self, ifindex: u32) -> u32 {
+        if ifindex == 0 {
+            0
+        } else if ifindex == self.cluster {
+            ROLE_CLUSTER
+        } else if ifindex == self.external {
+            ROLE_EXTERNAL
+        } else {
+            0
+        }
+    }
+}
 
 /// Bit of group and rule-set ids that carries the generation parity: the two live generations
 /// never share an id, so a new generation is written beside the old one.
@@ -472,6 +500,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Legs {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for IdentityValue {}

@@ -31,7 +31,8 @@
 //!   Programs only; never pinned.
 //!
 //! Gateway only:
-//! - `IFACE_ROLES`: interface index → `ROLE_*` of that leg. Written by the loader at attach.
+//! - `LEGS`: index 0 holds the interface indexes of the two legs (`Legs`). Written by the loader
+//!   at attach.
 //! - `NEXT_HOP_EPOCH`: index 0 holds the epoch of the next hops cached in flow entries
 //!   (`FlowValue::hops`); a hop cached at another epoch is looked up again. Bumped by the gateway
 //!   daemon on every netlink route, rule, neighbour, link and address change; read by the program.
@@ -54,7 +55,7 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_DROPS_BY_GROUP: &str = "DROPS_BY_GROUP";
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 pub const MAP_DROP_EVENT_WINDOW: &str = "DROP_EVENT_WINDOW";
-pub const MAP_IFACE_ROLES: &str = "IFACE_ROLES";
+pub const MAP_LEGS: &str = "LEGS";
 pub const MAP_NEXT_HOP_EPOCH: &str = "NEXT_HOP_EPOCH";
 pub const MAP_IDENTITIES: &str = "IDENTITIES";
 pub const MAP_PEERS: &str = "PEERS";
@@ -94,8 +95,6 @@ pub const MAX_EMBRYONIC_FLOWS: u32 = 131_072;
 pub const MAX_GROUP_DROPS: u32 = 65_536;
 /// `DROP_EVENTS` ring size in bytes.
 pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
-/// `IFACE_ROLES` capacity: gateway legs.
-pub const MAX_INTERFACES: u32 = 64;
 /// `IDENTITIES` capacity: pod addresses of the cluster, both generations.
 pub const MAX_IDENTITIES: u32 = 262_144;
 /// `PEERS` capacity: (group, identity) pairs, both generations.

@@ -17,7 +17,7 @@ mod forward;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -34,7 +34,7 @@ datapath_maps!(GatewayMaps, selectors: none);
 
 /// See `portcullis_common::maps`.
 #[btf_map]
-static IFACE_ROLES: HashMap<u32, u32, { MAX_INTERFACES as usize }> = HashMap::new();
+static LEGS: Array<Legs, 1> = Array::new();
 
 /// See `portcullis_common::maps`.
 #[btf_map]
@@ -63,11 +63,13 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let role = match IFACE_ROLES.get_ptr(ifindex) {
-        // SAFETY: value pointer from a successful lookup.
-        Some(r) => unsafe { *r },
-        None => return XDP_PASS,
+    let role = match LEGS.get(0) {
+        Some(legs) => legs.role(ifindex),
+        None => 0,
     };
+    if role == 0 {
+        return XDP_PASS;
+    }
     let scratch = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, used by this program invocation only.
         Some(p) => unsafe { &mut *p },
