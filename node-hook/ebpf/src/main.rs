@@ -158,7 +158,9 @@ fn try_origin(ctx: &TcContext) -> i32 {
     let Some(w) = work() else {
         return TC_ACT_OK;
     };
-    let Work { pkt, key, flow, .. } = w;
+    let Work {
+        pkt, key, entry, ..
+    } = w;
     if parse(ctx, pkt) != 0 {
         return TC_ACT_OK;
     }
@@ -167,12 +169,14 @@ fn try_origin(ctx: &TcContext) -> i32 {
         let now = flow_clock();
         let src_is_lo = flow_key(key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
         let mut existing = Existing::None;
-        if let Some((f, embryonic)) = find_flow::<NodeMaps>(key) {
+        if let Some(hit) = find_flow::<NodeMaps>(key) {
+            let embryonic = hit.embryonic();
+            let f = hit.flow;
             let from_initiator = (f.initiator_is_lo != 0) == src_is_lo;
             if flow_live(f, now, syn_only(pkt), from_initiator) {
                 touch(f, pkt, from_initiator, now);
                 if embryonic {
-                    confirm_if_answered::<NodeMaps>(key, f, pkt, from_initiator);
+                    confirm_if_answered::<NodeMaps>(key, f, pkt, from_initiator, entry);
                 }
                 return TC_ACT_OK;
             }
@@ -186,7 +190,7 @@ fn try_origin(ctx: &TcContext) -> i32 {
             if opens_flow(pkt) {
                 // Not checked by this node's policy (`checked` 0): see `FlowValue::checked`.
                 let admitted = (0, 0);
-                open_flow::<NodeMaps>(key, flow, existing, pkt, src_is_lo, admitted, (now, g));
+                open_flow::<NodeMaps>(key, entry, existing, pkt, src_is_lo, admitted, (now, g));
                 count::<NodeMaps>(COUNTER_ORIGIN);
             }
             return TC_ACT_OK;

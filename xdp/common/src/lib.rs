@@ -248,7 +248,8 @@ pub const TCP_STATE_CLOSING: u8 = 3;
 /// Non-TCP flows (UDP, SCTP, ICMP) use one idle state.
 pub const FLOW_STATE_ACTIVE: u8 = 4;
 
-/// `FLOWS` value.
+/// `EMBRYONIC_FLOWS` value, and the first part of a `FLOWS` value ([`ConfirmedFlow`]): the state
+/// of one connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
@@ -265,7 +266,17 @@ pub struct FlowValue {
     pub checked: u8,
     /// Generation parity that allowed it (for `--revalidate`).
     pub generation: u8,
-    /// Gateway: `NEXT_HOP_EPOCH` when [`FlowValue::hops`] were cached (see [`hop_fresh`]).
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// `FLOWS` value: a confirmed connection and the next hops its packets are forwarded with. Only
+/// confirmed flows carry next hops: an embryonic entry stays 16 bytes, so a flood of new flows
+/// writes small entries (a cold 64-byte value cost new flows ~20 % of their rate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConfirmedFlow {
+    pub flow: FlowValue,
+    /// Gateway: `NEXT_HOP_EPOCH` when [`ConfirmedFlow::hops`] were cached (see [`hop_fresh`]).
     pub hop_epoch: u32,
     /// Gateway: [`hop_stamp`] of the time they were cached.
     pub hop_stamp: u32,
@@ -274,7 +285,7 @@ pub struct FlowValue {
     /// empty.
     pub hops: [NextHop; 2],
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
+const _: () = assert!(core::mem::size_of::<ConfirmedFlow>() == 64);
 
 /// What XDP forwarding of one direction of a flow needs, as `bpf_fib_lookup` returned it: the
 /// established fast path forwards with it without a FIB lookup.
@@ -298,7 +309,7 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 20);
 /// timeout, so expiry is exact to within it.
 pub const FLOW_REFRESH_NS: u64 = 1 << 30;
 
-/// The coarse clock of [`FlowValue::hop_stamp`]: units of 2^30 ns (~1.07 s).
+/// The coarse clock of [`ConfirmedFlow::hop_stamp`]: units of 2^30 ns (~1.07 s).
 #[inline(always)]
 pub const fn hop_stamp(now_ns: u64) -> u32 {
     (now_ns >> 30) as u32
@@ -500,6 +511,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ConfirmedFlow {}
     unsafe impl aya::Pod for Legs {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for IdentityKey {}

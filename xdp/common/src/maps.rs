@@ -34,7 +34,7 @@
 //! - `LEGS`: index 0 holds the interface indexes of the two legs (`Legs`). Written by the loader
 //!   at attach.
 //! - `NEXT_HOP_EPOCH`: index 0 holds the epoch of the next hops cached in flow entries
-//!   (`FlowValue::hops`); a hop cached at another epoch is looked up again. Bumped by the gateway
+//!   (`ConfirmedFlow::hops`); a hop cached at another epoch is looked up again. Bumped by the gateway
 //!   daemon on every netlink route, rule, neighbour, link and address change; read by the program.
 //!
 //! Node hook only:

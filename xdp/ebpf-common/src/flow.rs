@@ -36,10 +36,10 @@ use crate::words::{copy_addr, zero};
 pub enum Outcome {
     /// Allowed: the program delivers or forwards it.
     Allowed,
-    /// Allowed by this live flow entry (still in its table), the packet coming from the flow's
+    /// Allowed by this live confirmed flow (still in `FLOWS`), the packet coming from the flow's
     /// `lo` endpoint when the flag is true: the program may use and fill the entry's next-hop
     /// cache for that direction.
-    Flow(&'static mut FlowValue, bool),
+    Flow(&'static mut ConfirmedFlow, bool),
     /// Not an IP packet we judge (non-IP, neighbour discovery): the program passes it untouched.
     NotIp,
     Dropped,
@@ -107,14 +107,14 @@ pub fn touch(f: &mut FlowValue, pkt: &Packet, from_initiator: bool, now: u64) {
     }
 }
 
-/// Records the flow `pkt` opens (a TCP one starts in `TCP_STATE_SYN_SENT`), built in `f` (the
+/// Records the flow `pkt` opens (a TCP one starts in `TCP_STATE_SYN_SENT`), built in `entry` (the
 /// per-CPU work area: no 64-byte value on the stack): in `EMBRYONIC_FLOWS`, or in place of the
-/// confirmed entry it replaces (`existing`). `admitted`: (group, `CHECK_*` bits) that admitted it; `at`:
+/// confirmed entry it replaces (`existing`; its next hops are forgotten). `admitted`: (group, `CHECK_*` bits) that admitted it; `at`:
 /// (clock, generation parity).
 #[inline(always)]
 pub fn open_flow<M: Maps>(
     key: &FlowKey,
-    f: &mut FlowValue,
+    entry: &mut ConfirmedFlow,
     existing: Existing,
     pkt: &Packet,
     src_is_lo: bool,
@@ -123,8 +123,9 @@ pub fn open_flow<M: Maps>(
 ) {
     let (group, checked) = admitted;
     let (now, g) = at;
-    // SAFETY: all-zero is a valid FlowValue (no next hop cached).
-    unsafe { zero(f as *mut FlowValue) };
+    // SAFETY: all-zero is a valid ConfirmedFlow (no next hop cached).
+    unsafe { zero(entry as *mut ConfirmedFlow) };
+    let f = &mut entry.flow;
     f.last_seen_ns = now;
     f.group = group;
     f.state = if pkt.proto == PROTO_TCP {
@@ -136,9 +137,9 @@ pub fn open_flow<M: Maps>(
     f.checked = checked;
     f.generation = g as u8;
     if existing == Existing::Confirmed {
-        let _ = M::flows().insert(key, f, 0);
+        let _ = M::flows().insert(key, &*entry, 0);
     } else {
-        let _ = M::embryonic_flows().insert(key, f, 0);
+        let _ = M::embryonic_flows().insert(key, &entry.flow, 0);
         count::<M>(COUNTER_FLOW_NEW);
         if existing == Existing::Embryonic {
             count::<M>(COUNTER_EMBRYONIC_REUSED);
@@ -146,24 +147,45 @@ pub fn open_flow<M: Maps>(
     }
 }
 
-/// The entry of `key` and whether it is still embryonic: `FLOWS` first (the established packets'
-/// one lookup), then `EMBRYONIC_FLOWS`.
+/// A flow-table hit: the flow's state, and its `FLOWS` entry when it is confirmed (null when it
+/// is embryonic). `flow` lies inside `*confirmed`: use `confirmed` only after the last use of
+/// `flow`.
+pub struct Hit {
+    pub flow: &'static mut FlowValue,
+    pub confirmed: *mut ConfirmedFlow,
+}
+
+impl Hit {
+    #[inline(always)]
+    pub fn embryonic(&self) -> bool {
+        self.confirmed.is_null()
+    }
+}
+
+/// The entry of `key`: `FLOWS` first (the established packets' one lookup), then
+/// `EMBRYONIC_FLOWS`.
 #[inline(always)]
-pub fn find_flow<M: Maps>(key: &FlowKey) -> Option<(&'static mut FlowValue, bool)> {
-    if let Some(f) = M::flows().get_ptr_mut(key) {
+pub fn find_flow<M: Maps>(key: &FlowKey) -> Option<Hit> {
+    if let Some(c) = M::flows().get_ptr_mut(key) {
         // SAFETY: value pointer from a successful lookup; concurrent updates of the same flow
         // from two CPUs may interleave, which only affects last_seen/state freshness.
-        return Some((unsafe { &mut *f }, false));
+        let flow = unsafe { &mut (*c).flow };
+        return Some(Hit { flow, confirmed: c });
     }
-    // SAFETY: as above.
-    (M::embryonic_flows().get_ptr_mut(key)).map(|f| (unsafe { &mut *f }, true))
+    let f = M::embryonic_flows().get_ptr_mut(key)?;
+    Some(Hit {
+        // SAFETY: as above.
+        flow: unsafe { &mut *f },
+        confirmed: core::ptr::null_mut(),
+    })
 }
 
 /// Whether a live flow's table entry is still young enough for `related` ICMP errors.
 #[inline(always)]
 fn related_live<M: Maps>(key: &FlowKey, now: u64) -> bool {
     let f = match M::flows().get_ptr(key) {
-        Some(f) => f,
+        // SAFETY: value pointer from a successful lookup; the flow is its first field.
+        Some(c) => unsafe { &(*c).flow as *const FlowValue },
         None => match M::embryonic_flows().get_ptr(key) {
             Some(f) => f,
             None => return false,
@@ -174,14 +196,16 @@ fn related_live<M: Maps>(key: &FlowKey, now: u64) -> bool {
     now.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state)
 }
 
-/// Moves an embryonic flow its responder has answered (after [`touch`]) to `FLOWS`; true when
-/// it did (the embryonic entry is gone).
+/// Moves an embryonic flow its responder has answered (after [`touch`]) to `FLOWS` (built in
+/// `entry`, the per-CPU work area, with no next hop yet); true when it did (the embryonic entry
+/// is gone).
 #[inline(always)]
 pub fn confirm_if_answered<M: Maps>(
     key: &FlowKey,
     f: &FlowValue,
     pkt: &Packet,
     from_initiator: bool,
+    entry: &mut ConfirmedFlow,
 ) -> bool {
     let answered = if pkt.proto == PROTO_TCP {
         from_initiator && f.state == TCP_STATE_ESTABLISHED
@@ -189,8 +213,10 @@ pub fn confirm_if_answered<M: Maps>(
         !from_initiator
     };
     if answered {
-        let value = *f;
-        if M::flows().insert(key, &value, 0).is_ok() {
+        // SAFETY: all-zero is a valid ConfirmedFlow (no next hop cached).
+        unsafe { zero(entry as *mut ConfirmedFlow) };
+        entry.flow = *f;
+        if M::flows().insert(key, &*entry, 0).is_ok() {
             let _ = M::embryonic_flows().remove(key);
             count::<M>(COUNTER_FLOW_CONFIRMED);
             return true;
@@ -233,7 +259,7 @@ pub fn classify<M: Maps>(
         query,
         flags,
         now,
-        flow,
+        entry,
     } = w;
     match parsed {
         0 => {}
@@ -273,7 +299,9 @@ pub fn classify<M: Maps>(
     // flow and the initiator's packet) is replaced in place by the new verdict's flow.
     let mut existing = Existing::None;
     if pkt.kind == Kind::Flow {
-        if let Some((f, embryonic)) = find_flow::<M>(key) {
+        if let Some(hit) = find_flow::<M>(key) {
+            let embryonic = hit.embryonic();
+            let f = hit.flow;
             existing = if embryonic {
                 Existing::Embryonic
             } else {
@@ -307,10 +335,12 @@ pub fn classify<M: Maps>(
                 }
                 touch(f, pkt, from_initiator, now);
                 count::<M>(COUNTER_PASS_FLOW);
-                if embryonic && confirm_if_answered::<M>(key, f, pkt, from_initiator) {
+                if embryonic {
+                    confirm_if_answered::<M>(key, f, pkt, from_initiator, entry);
                     return Outcome::Allowed;
                 }
-                return Outcome::Flow(f, src_is_lo);
+                // SAFETY: `f` (inside this entry) is not used any more.
+                return Outcome::Flow(unsafe { &mut *hit.confirmed }, src_is_lo);
             }
         }
     }
@@ -342,7 +372,7 @@ pub fn classify<M: Maps>(
     };
     if opens_flow(pkt) {
         let admitted = (group, sides);
-        open_flow::<M>(key, flow, existing, pkt, src_is_lo, admitted, (now, g));
+        open_flow::<M>(key, entry, existing, pkt, src_is_lo, admitted, (now, g));
     }
     Outcome::Allowed
 }

@@ -16,7 +16,7 @@ pub type EndpointMap = HashMap<EndpointKey, EndpointValue, { MAX_ENDPOINTS as us
 pub type PrefixMap = HashMap<PrefixKey, PrefixValue, { MAX_PREFIXES as usize }, NO_PREALLOC>;
 pub type PrefixLengthMap = HashMap<u32, PrefixLengths, { MAX_PREFIX_GROUPS as usize }, NO_PREALLOC>;
 pub type RuleSetMap = HashMap<u32, RuleSet, { MAX_RULE_SETS as usize }, NO_PREALLOC>;
-pub type FlowMap = LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }>;
+pub type FlowMap = LruHashMap<FlowKey, ConfirmedFlow, { MAX_FLOWS as usize }>;
 pub type EmbryonicFlowMap = LruHashMap<FlowKey, FlowValue, { MAX_EMBRYONIC_FLOWS as usize }>;
 pub type CounterMap = PerCpuArray<u64, { COUNTER_COUNT as usize }>;
 pub type GroupDropMap = PerCpuHashMap<u32, u64, { MAX_GROUP_DROPS as usize }>;
@@ -95,8 +95,8 @@ pub struct Work {
     pub flags: u32,
     /// `flow::flow_clock` when the pipeline judged the packet.
     pub now: u64,
-    /// The entry of a new flow, built here before it is inserted.
-    pub flow: FlowValue,
+    /// The entry of a new or newly confirmed flow, built here before it is inserted.
+    pub entry: ConfirmedFlow,
 }
 
 /// Declares the shared maps (named as in `portcullis_common::maps`) in the calling program and

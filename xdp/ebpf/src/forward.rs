@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use portcullis_common::{hop_fresh, hop_stamp, FlowValue, NextHop};
+use portcullis_common::{hop_fresh, hop_stamp, ConfirmedFlow, NextHop};
 use portcullis_ebpf_common::parse::{be16, bytes, ptr_at, Frame, Packet, Stop};
 use portcullis_ebpf_common::words::zero;
 
@@ -23,7 +23,7 @@ const AF_INET6: u8 = 10;
 
 /// The next-hop cache of one direction of a flow, and the clock it is judged by.
 pub struct HopCache {
-    pub flow: &'static mut FlowValue,
+    pub flow: &'static mut ConfirmedFlow,
     /// The packet comes from the flow's `lo` endpoint (`hops[0]`), else `hops[1]`.
     pub from_lo: bool,
     /// `NEXT_HOP_EPOCH` read before any lookup (a change during the lookup leaves the entry

@@ -23,7 +23,7 @@ pub struct PolicyMaps {
     pub prefix_lengths: HashMap<MapData, u32, PrefixLengths>,
     pub rule_sets: HashMap<MapData, u32, RuleSet>,
     /// Confirmed flows.
-    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub flows: HashMap<MapData, FlowKey, ConfirmedFlow>,
     /// Flows waiting for their responder.
     pub embryonic_flows: HashMap<MapData, FlowKey, FlowValue>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -290,36 +290,18 @@ impl PolicyMaps {
     /// Deletes the flows of both tables `doomed` picks, counted per table in `COUNTERS` (the
     /// eviction figures need them); returns how many.
     fn delete_flows(&mut self, doomed: impl Fn(&FlowValue) -> bool) -> Result<usize> {
-        let mut deleted = 0;
-        for (table, name, counter) in [
-            (&mut self.flows, MAP_FLOWS, COUNTER_GC_CONFIRMED),
-            (
-                &mut self.embryonic_flows,
-                MAP_EMBRYONIC_FLOWS,
-                COUNTER_GC_EMBRYONIC,
-            ),
-        ] {
-            let keys: Vec<FlowKey> = (table.iter())
-                .filter_map(|r| r.ok())
-                .filter(|(_, v)| doomed(v))
-                .map(|(k, _)| k)
-                .collect();
-            let mut removed = 0u64;
-            for k in &keys {
-                if ignore_missing(table.remove(k), name)? {
-                    removed += 1;
-                }
-            }
-            add_to_counter(&mut self.counters, counter, removed)?;
-            deleted += removed as usize;
-        }
-        Ok(deleted)
+        let confirmed = delete_where(&mut self.flows, MAP_FLOWS, |c| doomed(&c.flow))?;
+        add_to_counter(&mut self.counters, COUNTER_GC_CONFIRMED, confirmed)?;
+        let embryonic = delete_where(&mut self.embryonic_flows, MAP_EMBRYONIC_FLOWS, &doomed)?;
+        add_to_counter(&mut self.counters, COUNTER_GC_EMBRYONIC, embryonic)?;
+        Ok((confirmed + embryonic) as usize)
     }
 
     /// All flows currently in both tables, confirmed first (expired ones included until GC).
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        (self.flows.iter().chain(self.embryonic_flows.iter()))
-            .filter_map(|r| r.ok())
+        let confirmed = (self.flows.iter()).filter_map(|r| r.ok().map(|(k, c)| (k, c.flow)));
+        confirmed
+            .chain(self.embryonic_flows.iter().filter_map(|r| r.ok()))
             .collect()
     }
 
@@ -414,6 +396,27 @@ fn full_or(name: &'static str, capacity: u32) -> impl FnOnce(MapError) -> Error 
         }
         _ => Error::Map { name, source },
     }
+}
+
+/// Deletes the entries of flow table `table` that `doomed` picks; how many it removed (an entry
+/// gone in between, evicted or deleted by the program, is not counted).
+fn delete_where<V: aya::Pod>(
+    table: &mut HashMap<MapData, FlowKey, V>,
+    name: &'static str,
+    doomed: impl Fn(&V) -> bool,
+) -> Result<u64> {
+    let keys: Vec<FlowKey> = (table.iter())
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| doomed(v))
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in &keys {
+        if ignore_missing(table.remove(k), name)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Adds `n` to counter `index` (CPU 0's slot): counters the loader keeps beside the programs' own.
