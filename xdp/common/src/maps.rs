@@ -15,10 +15,11 @@
 //!   the loader per generation, for groups with at least one prefix.
 //! - `RULE_SETS`: rule-set id → allowed (protocol, port range) list. Written by the loader per
 //!   generation.
-//! - `FLOWS`: confirmed connections (normalised key → state; LRU). A flow enters it only when its
-//!   responder answered (UDP and others: the first reply; TCP: the initiator's ACK after the
-//!   SYN-ACK), so a flood of new flows cannot evict it. Written by the programs (promote, refresh,
-//!   revalidation delete) and by the loader's flow GC (delete expired).
+//! - `FLOWS`: confirmed connections (normalised key → `ConfirmedFlow`: state and, on the gateway,
+//!   the cached next hop of each direction; LRU). A flow enters it only when its responder
+//!   answered (UDP and others: the first reply; TCP: the initiator's ACK after the SYN-ACK), so a
+//!   flood of new flows cannot evict it. Written by the programs (promote, refresh, next-hop
+//!   cache, revalidation delete) and by the loader's flow GC (delete expired).
 //! - `EMBRYONIC_FLOWS`: flows not confirmed yet (LRU, its own capacity): every new flow starts
 //!   here, and a flood of new flows evicts only other unconfirmed flows. Written by the programs
 //!   (create, refresh, promote = delete) and by the loader's flow GC.
