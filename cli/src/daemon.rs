@@ -171,6 +171,31 @@ pub fn export_group_drops(
     }
 }
 
+/// Publishes the flow tables of a datapath (`side`: "gateway", "node"): entries, capacity and
+/// LRU evictions per table.
+pub fn export_flow_tables(side: &str, flows: &portcullis_gateway::FlowCounts) {
+    for (table, entries, capacity, evicted) in [
+        (
+            "confirmed",
+            flows.confirmed,
+            flows.confirmed_capacity,
+            flows.confirmed_evicted,
+        ),
+        (
+            "embryonic",
+            flows.embryonic,
+            flows.embryonic_capacity,
+            flows.embryonic_evicted,
+        ),
+    ] {
+        metrics::gauge!(format!("portcullis_{side}_flows"), "table" => table).set(entries as f64);
+        metrics::gauge!(format!("portcullis_{side}_flow_capacity"), "table" => table)
+            .set(capacity as f64);
+        metrics::counter!(format!("portcullis_{side}_flow_evictions_total"), "table" => table)
+            .absolute(evicted);
+    }
+}
+
 struct Reloader<'a, E> {
     enforcer: &'a mut E,
     state: PublishedState,

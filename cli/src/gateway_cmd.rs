@@ -17,7 +17,8 @@ use portcullis_policy::model::Snapshot;
 use tracing::info;
 
 use crate::daemon::{
-    export_group_drops, group_names, record_apply, serve, stop, Applied, DaemonArgs, Enforcer,
+    export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
+    DaemonArgs, Enforcer,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
@@ -120,28 +121,7 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.pass_stack);
         metrics::counter!("portcullis_gateway_forwarded_cached_next_hop_total")
             .absolute(c.forward_cached);
-        let flows = &status.tables.flows;
-        metrics::gauge!("portcullis_gateway_flows", "table" => "confirmed")
-            .set(flows.confirmed as f64);
-        metrics::gauge!("portcullis_gateway_flows", "table" => "embryonic")
-            .set(flows.embryonic as f64);
-        for (table, capacity, evicted) in [
-            (
-                "confirmed",
-                flows.confirmed_capacity,
-                flows.confirmed_evicted,
-            ),
-            (
-                "embryonic",
-                flows.embryonic_capacity,
-                flows.embryonic_evicted,
-            ),
-        ] {
-            metrics::gauge!("portcullis_gateway_flow_capacity", "table" => table)
-                .set(capacity as f64);
-            metrics::counter!("portcullis_gateway_flow_evictions_total", "table" => table)
-                .absolute(evicted);
-        }
+        export_flow_tables("gateway", &status.tables.flows);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

@@ -20,8 +20,8 @@ use aya::programs::Xdp;
 use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin};
 pub use portcullis_bpf::{
-    generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, GroupDrops,
-    Result, TableStatus,
+    generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, FlowCounts,
+    GroupDrops, Result, TableStatus,
 };
 pub use portcullis_common::actions::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 pub use portcullis_common::flow_timeout_ns;
@@ -116,12 +116,11 @@ impl Gateway {
     /// Loads the program, prepares its maps (adopting pinned ones) and attaches it to both legs.
     pub fn load(options: GatewayOptions) -> Result<Gateway> {
         let names: Vec<&str> = pinned_maps().collect();
-        let (mut loader, adopting) = portcullis_bpf::object::pinning_loader(
+        let (mut ebpf, adopting) = portcullis_bpf::object::load_pinned(
             options.pin_dir.as_deref(),
             &names,
             (OBJECT, PROGRAM_OBJECT),
         )?;
-        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         program::<Xdp>(&mut ebpf, OBJECT, PROGRAM_GATEWAY)?.load()?;
         let mut flags = options.forward.config_flag();
         if options.revalidate {

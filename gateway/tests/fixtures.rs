@@ -278,14 +278,7 @@ fn xdp_forwarding_rewrites_the_packet_for_the_next_hop() {
     require_root();
     let ns = NetNs::new("fwd");
     ns.run(|| {
-        setup_links();
-        forwarding::setup_routes();
-        let mut gw = Gateway::load(GatewayOptions {
-            forward: ForwardMode::Xdp,
-            ..options()
-        })
-        .expect("load gateway");
-        gw.apply(&tables()).expect("apply");
+        let mut gw = forwarding::forwarding_gateway();
         let rows = forwarding::rows();
         run_rows(&mut gw, &rows);
         let forwarded = rows.iter().filter(|r| r.action == XDP_REDIRECT as i64);
@@ -401,19 +394,29 @@ fn too_many_port_ranges_is_rejected_and_nothing_applied() {
     });
 }
 
+/// A bpffs pin directory of the test's own (named after its namespace), removed when dropped,
+/// even when the test fails.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn of(ns: &NetNs) -> PinDir {
+        PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name)))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 #[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn pinned_maps_and_links_are_adopted_on_restart() {
     require_root();
     let ns = NetNs::new("pin");
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
-    struct RmDir(std::path::PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RmDir(pin_dir.clone());
+    let pins = PinDir::of(&ns);
+    let pin_dir = pins.0.clone();
     ns.run(|| {
         setup_links();
         let options = GatewayOptions {
@@ -468,14 +471,8 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
 fn pins_of_another_version_are_refused_by_name() {
     require_root();
     let ns = NetNs::new("oldpin");
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
-    struct RmDir(std::path::PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RmDir(pin_dir.clone());
+    let pins = PinDir::of(&ns);
+    let pin_dir = pins.0.clone();
     ns.run(|| {
         setup_links();
         std::fs::create_dir_all(&pin_dir).expect("pin dir");

@@ -110,12 +110,11 @@ impl NodeHook {
     /// enforcement); links whose interface is gone are unpinned.
     pub fn load(options: NodeOptions) -> Result<NodeHook> {
         let names: Vec<&str> = pinned_maps().collect();
-        let (mut loader, adopting) = portcullis_bpf::object::pinning_loader(
+        let (mut ebpf, adopting) = portcullis_bpf::object::load_pinned(
             options.pin_dir.as_deref(),
             &names,
             (OBJECT, PROGRAM_OBJECT),
         )?;
-        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         for name in [PROGRAM_DELIVER, PROGRAM_ORIGIN] {
             program::<SchedClassifier>(&mut ebpf, OBJECT, name)?.load()?;
         }

@@ -27,7 +27,8 @@ pub use cni::PLUGIN_NAME as CNI_PLUGIN_NAME;
 use discover::{Discovery, FoundBy};
 
 use crate::daemon::{
-    export_group_drops, group_names, record_apply, serve, stop, Applied, DaemonArgs, Enforcer,
+    export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
+    DaemonArgs, Enforcer,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
@@ -480,27 +481,7 @@ impl Enforcer for NodeEnforcer {
         let Ok(status) = self.hook.status() else {
             return;
         };
-        let flows = &status.tables.flows;
-        metrics::gauge!("portcullis_node_flows", "table" => "confirmed")
-            .set(flows.confirmed as f64);
-        metrics::gauge!("portcullis_node_flows", "table" => "embryonic")
-            .set(flows.embryonic as f64);
-        for (table, capacity, evicted) in [
-            (
-                "confirmed",
-                flows.confirmed_capacity,
-                flows.confirmed_evicted,
-            ),
-            (
-                "embryonic",
-                flows.embryonic_capacity,
-                flows.embryonic_evicted,
-            ),
-        ] {
-            metrics::gauge!("portcullis_node_flow_capacity", "table" => table).set(capacity as f64);
-            metrics::counter!("portcullis_node_flow_evictions_total", "table" => table)
-                .absolute(evicted);
-        }
+        export_flow_tables("node", &status.tables.flows);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(

@@ -21,16 +21,16 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(index)
 }
 
-/// A loader that pins each of `maps` under `pin_dir` (created if needed) and reuses what is
-/// pinned there; true when a pinned set exists already (its `CONFIG` is there). A pinned map
-/// whose key size, value size or capacity differs from `bytes`' own (another version made it) is
-/// refused before anything loads, with what to do: adopting it would fail in the verifier, or
-/// worse.
-pub fn pinning_loader<'a>(
+/// Loads object `bytes` ("XDP", "node-hook": `object`) with each of `maps` pinned under `pin_dir`
+/// (created if needed), reusing what is pinned there; true when a pinned set exists already (its
+/// `CONFIG` is there). A pinned map whose key size, value size or capacity differs from the
+/// object's own (another version made it) is refused before anything loads, with what to do:
+/// adopting it would fail in the verifier, or worse.
+pub fn load_pinned(
     pin_dir: Option<&Path>,
-    maps: &[&'a str],
+    maps: &[&str],
     (object, bytes): (&'static str, &[u8]),
-) -> Result<(EbpfLoader<'a>, bool)> {
+) -> Result<(Ebpf, bool)> {
     let mut loader = EbpfLoader::new();
     let mut adopting = false;
     if let Some(dir) = pin_dir {
@@ -44,7 +44,7 @@ pub fn pinning_loader<'a>(
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    Ok((loader, adopting))
+    Ok((loader.load(bytes)?, adopting))
 }
 
 /// Every map of `maps` pinned under `dir` has the object's key size, value size and capacity.
