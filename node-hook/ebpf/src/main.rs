@@ -144,7 +144,8 @@ fn try_deliver(ctx: &TcContext) -> i32 {
     let parsed = parse(ctx, &mut w.pkt);
     let sides = CHECK_EGRESS_OF_SRC | CHECK_INGRESS_OF_DST;
     match classify::<NodeMaps>(w, parsed, sides, ifindex(ctx), admit_delivery) {
-        Outcome::Dropped => TC_ACT_SHOT,
+        // The node hook's admission never diverts; were it to, failing closed is the safe side.
+        Outcome::Dropped | Outcome::Diverted => TC_ACT_SHOT,
         Outcome::Allowed | Outcome::Flow(..) | Outcome::NotIp => TC_ACT_OK,
     }
 }

@@ -211,6 +211,23 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 pub const CONFIG_FLAG_XDP_FORWARD: u32 = 1 << 0;
 /// Re-check established flows against the active generation (`--revalidate`).
 pub const CONFIG_FLAG_REVALIDATE: u32 = 1 << 1;
+/// Gateway `--datapath afxdp`: every routable IP packet of a leg goes to the AF_XDP socket of its
+/// queue (`XSKS`), whose engine judges and forwards it.
+pub const CONFIG_FLAG_AFXDP: u32 = 1 << 2;
+/// Gateway `--datapath hybrid`: packets of known flows stay in XDP; a routable packet no flow
+/// vouches for goes to the AF_XDP engine, which judges it and writes its flow.
+pub const CONFIG_FLAG_HYBRID: u32 = 1 << 3;
+
+/// `XSKS` index of the socket of `queue` on the leg with `role` (`ROLE_CLUSTER` or
+/// `ROLE_EXTERNAL`): the cluster leg's queues first, then the external leg's.
+#[inline(always)]
+pub const fn xsk_slot(role: u32, queue: u32) -> u32 {
+    if role == ROLE_CLUSTER {
+        queue
+    } else {
+        MAX_XSK_QUEUES + queue
+    }
+}
 
 /// `FLOWS` key (LRU hash): one normalised entry per connection, the same for both directions.
 /// `(addr_lo, port_lo)` is the smaller endpoint in byte order. 8-byte aligned (no padding: the
@@ -379,8 +396,11 @@ pub const COUNTER_REVOKED_CONFIRMED: u32 = 17;
 /// evictions: inserted − promoted − deleted − present (`portcullis_bpf::FlowCounts`).
 pub const COUNTER_GC_EMBRYONIC: u32 = 18;
 pub const COUNTER_GC_CONFIRMED: u32 = 19;
+/// Gateway (`--datapath afxdp|hybrid`): packets handed to the AF_XDP engine (`XSKS`); the
+/// engine counts what it decides in the same index space, in its own memory.
+pub const COUNTER_TO_ENGINE: u32 = 20;
 /// Size of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 21;
 
 /// Why a packet was dropped, in [`DropEvent::reason`].
 pub const DROP_REASON_POLICY: u8 = 1;

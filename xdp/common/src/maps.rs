@@ -37,6 +37,12 @@
 //! - `NEXT_HOP_EPOCH`: index 0 holds the epoch of the next hops cached in flow entries
 //!   (`ConfirmedFlow::hops`); a hop cached at another epoch is looked up again. Bumped by the gateway
 //!   daemon on every netlink route, rule, neighbour, link and address change; read by the program.
+//! - `XSKS`: the AF_XDP sockets of the engine (`--datapath afxdp|hybrid`), one per leg and
+//!   receive queue at `xsk_slot(role, queue)`. Written by the gateway daemon when its engine
+//!   threads open their sockets; the kernel removes a socket's entry when it closes. Not pinned
+//!   (a socket dies with its process).
+//! - `HOST_ADDRS` (also the node hook's): the gateway's own addresses, whose packets the program
+//!   never steers to the engine (the kernel delivers them). Written by the gateway daemon.
 //!
 //! Node hook only:
 //! - `IDENTITIES`: (pod address, generation) → identity of every pod of the cluster. Written by
@@ -44,6 +50,7 @@
 //! - `PEERS`: (group, peer identity) → rule set of the group's selector rules. Written by the
 //!   loader per generation.
 //! - `HOST_ADDRS`: addresses of the node's own interfaces (value unused). Written by the daemon.
+//!   The gateway has one too (below).
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -61,6 +68,7 @@ pub const MAP_NEXT_HOP_EPOCH: &str = "NEXT_HOP_EPOCH";
 pub const MAP_IDENTITIES: &str = "IDENTITIES";
 pub const MAP_PEERS: &str = "PEERS";
 pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";
+pub const MAP_XSKS: &str = "XSKS";
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
 pub const SHARED_PINNED_MAPS: [&str; 11] = [
@@ -102,3 +110,5 @@ pub const MAX_IDENTITIES: u32 = 262_144;
 pub const MAX_PEERS: u32 = 1_048_576;
 /// `HOST_ADDRS` capacity: addresses of the node's own interfaces.
 pub const MAX_HOST_ADDRS: u32 = 1024;
+/// Receive queues per leg the AF_XDP engine can serve (`XSKS` holds both legs').
+pub const MAX_XSK_QUEUES: u32 = 64;

@@ -43,6 +43,9 @@ pub enum Outcome {
     /// Not an IP packet we judge (non-IP, neighbour discovery): the program passes it untouched.
     NotIp,
     Dropped,
+    /// No flow vouches for it and the admission rule handed it on ([`Admit::Divert`]): nothing
+    /// was counted or written.
+    Diverted,
 }
 
 /// A program's rule for a packet no flow vouches for, before the policy check.
@@ -55,6 +58,8 @@ pub enum Admit {
     Trusted,
     /// Dropped with this `DROP_REASON_*`, reported in this `DIRECTION_*`.
     Drop(u8, u8),
+    /// Judged elsewhere (the gateway's hybrid mode: by the AF_XDP engine, which writes its flow).
+    Divert,
 }
 
 /// The flows' clock: `CLOCK_MONOTONIC_COARSE` (the tick, at most a few ms behind the
@@ -346,6 +351,7 @@ pub fn classify<M: Maps>(
     }
 
     let group = match admit(pkt, g) {
+        Admit::Divert => return Outcome::Diverted,
         Admit::Drop(reason, direction) => {
             report_drop::<M>(ifindex, Some(&*pkt), reason, 0, direction);
             return Outcome::Dropped;

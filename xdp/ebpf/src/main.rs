@@ -4,7 +4,9 @@
 //! pipeline (`portcullis_ebpf_common::flow`): a packet entering on the cluster leg is judged on its
 //! source pod's egress policy, one entering on the external leg on its destination pod's ingress
 //! policy. Allowed packets are forwarded in XDP when configured (`forward`), else passed to the
-//! kernel. `xdp_pass` is a bare `XDP_PASS` program, loaded only as the baseline of the benchmarks.
+//! kernel. With the AF_XDP engine (`steer`), routable packets go to the engine's socket of their
+//! queue instead: all of them (`--datapath afxdp`), or those no flow vouches for (`hybrid`).
+//! `xdp_pass` is a bare `XDP_PASS` program, loaded only as the baseline of the benchmarks.
 // The program is only meaningful for the BPF target; `cargo test --workspace` and clippy still
 // compile it for the host (with std and an empty `main`) so it is type-checked and linted there.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -14,10 +16,11 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod forward;
+mod steer;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray, XskMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -25,7 +28,7 @@ use portcullis_common::actions::{XDP_DROP, XDP_PASS};
 use portcullis_common::*;
 use portcullis_ebpf_common::datapath_maps;
 use portcullis_ebpf_common::flow::{classify, Admit, Outcome};
-use portcullis_ebpf_common::maps::{count, Work};
+use portcullis_ebpf_common::maps::{config, count, Work};
 use portcullis_ebpf_common::parse::{parse, Frame, Stop};
 
 use forward::{Forwarded, HopCache};
@@ -39,6 +42,14 @@ static LEGS: Array<Legs, 1> = Array::new();
 /// See `portcullis_common::maps`.
 #[btf_map]
 static NEXT_HOP_EPOCH: Array<u32, 1> = Array::new();
+
+/// See `portcullis_common::maps`.
+#[btf_map]
+static XSKS: XskMap<{ 2 * MAX_XSK_QUEUES as usize }> = XskMap::new();
+
+/// See `portcullis_common::maps`.
+#[btf_map]
+static HOST_ADDRS: HashMap<[u8; 16], u8, { MAX_HOST_ADDRS as usize }> = HashMap::new();
 
 /// See `portcullis_common::maps`.
 #[btf_map]
@@ -88,7 +99,31 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
     } else {
         CHECK_INGRESS_OF_DST
     };
-    let cache = match classify::<GatewayMaps>(work, parsed, sides, ifindex, |_, _| Admit::Check) {
+    let (_, engine) = config::<GatewayMaps>();
+    let engine = engine & (CONFIG_FLAG_AFXDP | CONFIG_FLAG_HYBRID);
+    let slot = xsk_slot(role, ctx.rx_queue_index());
+    if engine == CONFIG_FLAG_AFXDP && parsed == 0 && steer::routable(ctx, &work.pkt) {
+        // Without a socket on this queue (the engine is not running) the pipeline below judges
+        // the packet, as `--datapath xdp` would.
+        if let Ok(action) = XSKS.redirect(slot, 0) {
+            count::<GatewayMaps>(COUNTER_TO_ENGINE);
+            return action;
+        }
+    }
+    let admit = |pkt: &_, _| {
+        if engine == CONFIG_FLAG_HYBRID && XSKS.get(slot).is_some() && steer::routable(ctx, pkt) {
+            Admit::Divert
+        } else {
+            Admit::Check
+        }
+    };
+    let cache = match classify::<GatewayMaps>(work, parsed, sides, ifindex, admit) {
+        // The socket was there a moment ago; if it closed since, the packet is dropped rather
+        // than let through unjudged.
+        Outcome::Diverted => {
+            count::<GatewayMaps>(COUNTER_TO_ENGINE);
+            return XSKS.redirect(slot, 0).unwrap_or(XDP_DROP);
+        }
         Outcome::Dropped => return XDP_DROP,
         Outcome::NotIp => return XDP_PASS,
         Outcome::Allowed => None,

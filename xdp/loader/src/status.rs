@@ -40,10 +40,14 @@ pub struct Counters {
     /// Flows deleted by the loaders' flow GC (expired) or cleared, per table.
     pub gc_embryonic: u64,
     pub gc_confirmed: u64,
+    /// Gateway: packets handed to the AF_XDP engine.
+    pub to_engine: u64,
 }
 
 impl Counters {
-    pub(crate) fn from_sums(sums: &[u64; COUNTER_COUNT as usize]) -> Counters {
+    /// The counters of `COUNTER_*`-indexed sums (the programs' over CPUs, or the AF_XDP
+    /// engine's).
+    pub fn from_sums(sums: &[u64; COUNTER_COUNT as usize]) -> Counters {
         let c = |i: u32| sums[i as usize];
         Counters {
             pass_flow: c(COUNTER_PASS_FLOW),
@@ -66,6 +70,7 @@ impl Counters {
             revoked_confirmed: c(COUNTER_REVOKED_CONFIRMED),
             gc_embryonic: c(COUNTER_GC_EMBRYONIC),
             gc_confirmed: c(COUNTER_GC_CONFIRMED),
+            to_engine: c(COUNTER_TO_ENGINE),
         }
     }
 }
