@@ -4,6 +4,7 @@
 //! these helpers share; here they panic instead of returning errors, as tests want.
 
 mod cmd;
+pub mod differential;
 mod netns;
 pub mod packet;
 

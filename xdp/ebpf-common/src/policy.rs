@@ -32,8 +32,9 @@ pub struct Query {
 pub struct Verdict(u64);
 
 const KIND_UNSELECTED: u64 = 0;
-const KIND_ALLOW: u64 = 1 << 32;
-const KIND_DENY: u64 = 2 << 32;
+/// Kinds of [`Verdict::new`] (the AF_XDP engine builds verdicts from its own tables).
+pub const KIND_ALLOW: u64 = 1 << 32;
+pub const KIND_DENY: u64 = 2 << 32;
 const KIND_MASK: u64 = 3 << 32;
 const BY_EGRESS: u64 = 1 << 34;
 
@@ -41,8 +42,9 @@ impl Verdict {
     /// No judged side is selected by any policy.
     pub const UNSELECTED: Verdict = Verdict(KIND_UNSELECTED);
 
+    /// A verdict of `kind` (`KIND_ALLOW` or `KIND_DENY`) by `group` in `direction`.
     #[inline(always)]
-    fn new(kind: u64, group: u32, direction: u32) -> Verdict {
+    pub fn new(kind: u64, group: u32, direction: u32) -> Verdict {
         let by = if direction == DIRECTION_EGRESS as u32 {
             BY_EGRESS
         } else {
