@@ -65,6 +65,9 @@ pub struct PublishedState {
     /// Node daemon: every local pod and whether its interface is enforced.
     #[serde(default)]
     pub pods: Vec<crate::node::LocalPod>,
+    /// Gateway with the AF_XDP engine: its status (mode, queues, rings, counters).
+    #[serde(default)]
+    pub engine: Option<serde_json::Value>,
 }
 
 impl PublishedState {
@@ -120,6 +123,11 @@ pub trait Enforcer {
     /// Local pods and their enforcement (node daemon), published for `status`.
     fn pods(&self) -> Vec<crate::node::LocalPod> {
         Vec::new()
+    }
+    /// The AF_XDP engine's status (gateway with `--datapath afxdp|hybrid`), published for
+    /// `status`.
+    fn engine_status(&self) -> Option<serde_json::Value> {
+        None
     }
 }
 
@@ -399,6 +407,7 @@ pub fn serve<E: Enforcer>(
         }
         if !first && reloader.enforcer.poll() {
             reloader.state.pods = reloader.enforcer.pods();
+            reloader.state.engine = reloader.enforcer.engine_status();
             if let Err(e) = reloader.state.write(&reloader.state_dir) {
                 warn!(error = format!("{e:#}"), "could not publish state");
             }

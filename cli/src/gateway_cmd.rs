@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use portcullis_afxdp::engine::{Engine, EngineOptions};
+use portcullis_afxdp::rings::{RingConfig, ZeroCopy};
+use portcullis_afxdp::tables::PolicyTables;
 use portcullis_gateway::{
-    generation_id, AttachMode, Datapath, ForwardMode, Gateway, GatewayOptions,
+    generation_id, AttachMode, Datapath, DatapathMode, EngineHandles, ForwardMode, Gateway,
+    GatewayOptions,
 };
 use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
@@ -44,6 +48,21 @@ pub struct GatewayArgs {
     /// Re-check established flows against every new policy generation (cut what it forbids).
     #[arg(long)]
     revalidate: bool,
+    /// Who judges the legs' packets: the XDP program; the AF_XDP engine in user space (every
+    /// routable packet); or both (XDP for known flows, the engine for new ones).
+    #[arg(long, value_enum, default_value_t = DatapathMode::Xdp)]
+    datapath: DatapathMode,
+    /// AF_XDP: queues served per leg (default: every rx queue; the legs must have as many).
+    #[arg(long)]
+    queues: Option<u32>,
+    /// AF_XDP: spin on the rings (busy polling) instead of sleeping; lowest latency, one CPU per
+    /// queue kept busy.
+    #[arg(long)]
+    busy_poll: bool,
+    /// AF_XDP: zero-copy sockets when the driver offers them (auto), always (fail if not), or
+    /// never (copy mode; veth has only copy mode).
+    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
+    zero_copy: ZeroCopyArg,
     /// bpffs directory for pinned maps and links (adopted on restart).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -52,10 +71,63 @@ pub struct GatewayArgs {
     unpin_on_exit: bool,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ZeroCopyArg {
+    Auto,
+    Force,
+    Off,
+}
+
+impl From<ZeroCopyArg> for ZeroCopy {
+    fn from(arg: ZeroCopyArg) -> ZeroCopy {
+        match arg {
+            ZeroCopyArg::Auto => ZeroCopy::Auto,
+            ZeroCopyArg::Force => ZeroCopy::Force,
+            ZeroCopyArg::Off => ZeroCopy::Off,
+        }
+    }
+}
+
 struct GatewayEnforcer {
     gateway: Gateway,
     /// Long-lived, so unchanged groups are reused and ids stay stable (delta writes).
     compiler: GatewayCompiler,
+    engine: EngineState,
+    state_dir: PathBuf,
+    last_engine_publish: Instant,
+}
+
+/// The AF_XDP engine (`--datapath afxdp|hybrid`): started with the first generation in force, so
+/// it never judges by empty tables (a restart keeps the pinned generation until then).
+enum EngineState {
+    None,
+    Waiting(EngineOptions, EngineHandles),
+    Running(Engine),
+}
+
+impl EngineState {
+    fn put_in_force(&mut self, tables: PolicyTables) -> Result<()> {
+        match std::mem::replace(self, EngineState::None) {
+            EngineState::None => {}
+            EngineState::Waiting(options, handles) => {
+                let engine = Engine::start(options, handles.xsks, handles.epoch, tables)
+                    .context("starting the AF_XDP engine")?;
+                *self = EngineState::Running(engine);
+            }
+            EngineState::Running(engine) => {
+                engine.set_tables(tables);
+                *self = EngineState::Running(engine);
+            }
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> Option<&Engine> {
+        match self {
+            EngineState::Running(engine) => Some(engine),
+            _ => None,
+        }
+    }
 }
 
 impl Enforcer for GatewayEnforcer {
@@ -64,6 +136,7 @@ impl Enforcer for GatewayEnforcer {
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
         let compile = started.elapsed();
         let stats = self.gateway.apply(&tables)?;
+        (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
         record_apply(
             "gateway",
             compile,
@@ -98,6 +171,30 @@ impl Enforcer for GatewayEnforcer {
         Ok(self.gateway.gc_flows()?)
     }
 
+    /// Publishes the engine's status and drop events once a second.
+    fn poll(&mut self) -> bool {
+        let Some(engine) = self.engine.running() else {
+            return false;
+        };
+        if self.last_engine_publish.elapsed() < std::time::Duration::from_secs(1) {
+            return false;
+        }
+        self.last_engine_publish = Instant::now();
+        let events = engine.take_drop_events();
+        if let Err(e) = crate::engine_events::append(&self.state_dir, &events) {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not publish the engine's drop events"
+            );
+        }
+        true
+    }
+
+    fn engine_status(&self) -> Option<serde_json::Value> {
+        let status = self.engine.running()?.status();
+        serde_json::to_value(status).ok()
+    }
+
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
         let Ok(status) = self.gateway.status() else {
             return;
@@ -121,6 +218,10 @@ impl Enforcer for GatewayEnforcer {
             .absolute(c.pass_stack);
         metrics::counter!("portcullis_gateway_forwarded_cached_next_hop_total")
             .absolute(c.forward_cached);
+        metrics::counter!("portcullis_gateway_to_engine_total").absolute(c.to_engine);
+        if let Some(engine) = self.engine.running() {
+            crate::engine_events::export_metrics(&engine.status());
+        }
         export_flow_tables("gateway", &status.tables.flows);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
@@ -141,22 +242,47 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
             AttachMode::Native
         },
         forward: args.forward,
+        datapath: args.datapath,
         pin_dir: Some(args.pin_dir.clone()),
         revalidate: args.revalidate,
     })
     .context("loading and attaching the XDP gateway")?;
+    let mut gateway = gateway;
+    let engine = match gateway.engine_handles() {
+        Some(handles) => EngineState::Waiting(
+            EngineOptions {
+                cluster_iface: args.cluster_iface.clone(),
+                external_iface: args.external_iface.clone(),
+                legs: handles.legs,
+                queues: args.queues,
+                rings: RingConfig {
+                    busy_poll: args.busy_poll,
+                    zero_copy: args.zero_copy.into(),
+                    ..RingConfig::default()
+                },
+                hybrid_pins: (args.datapath == DatapathMode::Hybrid).then(|| args.pin_dir.clone()),
+                revalidate: args.revalidate,
+                pin_threads: true,
+            },
+            handles,
+        ),
+        None => EngineState::None,
+    };
     for leg in gateway.attached() {
         info!(iface = %leg.name, ifindex = leg.ifindex, role = leg.role, adopted = leg.adopted, "gateway leg");
     }
-    let mut enforcer = GatewayEnforcer {
-        gateway,
-        compiler: GatewayCompiler::default(),
-    };
     let state_dir = args
         .daemon
         .state_dir
         .clone()
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let mut enforcer = GatewayEnforcer {
+        gateway,
+        compiler: GatewayCompiler::default(),
+        engine,
+        state_dir: state_dir.clone(),
+        last_engine_publish: Instant::now(),
+    };
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     let unpin = args
         .unpin_on_exit

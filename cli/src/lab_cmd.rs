@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use portcullis_gateway::ForwardMode;
+use portcullis_gateway::{DatapathMode, ForwardMode};
 use portcullis_lab::{Lab, LabChild, LabOptions, Observation, Verdict};
 use portcullis_policy::model::Snapshot;
 use portcullis_policy::probe::{parse_probes, Probe};
@@ -54,6 +54,10 @@ pub struct LabFlags {
     /// How the gateway forwards allowed packets.
     #[arg(long, value_enum, default_value_t = ForwardMode::Xdp)]
     forward: ForwardMode,
+    /// Who judges the gateway's packets (see `portcullis gateway --datapath`); the environment
+    /// variable lets the conformance runner's `lab run` use the AF_XDP modes.
+    #[arg(long, value_enum, default_value_t = DatapathMode::Xdp, env = "PORTCULLIS_LAB_DATAPATH")]
+    datapath: DatapathMode,
     /// Per-attempt timeout of a probe in milliseconds (a deny costs two of them).
     #[arg(long, default_value_t = 700)]
     timeout_ms: u64,
@@ -140,7 +144,8 @@ impl EnforcingLab {
             "--external-iface",
             &legs.external_iface,
         ])
-        .args(["--forward", &flags.forward.to_string()]);
+        .args(["--forward", &flags.forward.to_string()])
+        .args(["--datapath", &flags.datapath.to_string()]);
         let mut daemons = vec![(
             lab.spawn_in(&legs.netns, cmd)
                 .context("starting the gateway")?,
@@ -367,9 +372,10 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
         ]);
     }
     println!(
-        "lab: {} pods on {} nodes, gateway forwarding in {} mode, ready in {} ms; {} probes of real traffic",
+        "lab: {} pods on {} nodes, gateway datapath {} forwarding in {} mode, ready in {} ms; {} probes of real traffic",
         snapshot.pods.iter().filter(|p| !p.ips.is_empty()).count(),
         args.lab.nodes.max(1),
+        args.lab.datapath,
         args.lab.forward,
         built.as_millis(),
         probes.len()

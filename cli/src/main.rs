@@ -2,6 +2,7 @@
 
 mod audit_cmd;
 mod daemon;
+mod engine_events;
 mod explain_cmd;
 mod gateway_cmd;
 mod lab_cmd;

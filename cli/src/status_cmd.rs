@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::daemon::PublishedState;
+use crate::engine_events::EngineEvents;
 use crate::gateway_cmd::{DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use crate::node;
 use crate::OutputFormat;
@@ -191,9 +192,10 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 );
             }
             println!(
-                "  links pinned: {}   forward: {}",
+                "  links pinned: {}   forward: {}   datapath: {}",
                 s.links.join(", "),
-                s.forward
+                s.forward,
+                s.datapath
             );
             print_tables(&s.tables, &published);
             println!(
@@ -201,23 +203,65 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 s.tables.endpoints, s.tables.prefixes, s.tables.rule_sets, s.tables.flows
             );
             println!(
-                "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} (cached next hop {}) stack {}",
+                "  passed: flow {} policy {} unselected {} non-ip {}   forwarded: xdp {} (cached next hop {}) stack {}   to AF_XDP engine {}",
                 c.pass_flow,
                 c.pass_policy,
                 c.pass_unselected,
                 c.pass_non_ip,
                 c.forward_xdp,
                 c.forward_cached,
-                c.pass_stack
+                c.pass_stack,
+                c.to_engine
             );
             println!(
                 "  dropped: policy {} malformed {} fragment {}",
                 c.drop_policy, c.drop_malformed, c.drop_fragment
             );
             print_drops_and_errors(&s.tables, &published);
+            if let Some(engine) = &published.engine {
+                print_engine(engine);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The AF_XDP engine's lines (from the daemon's published status).
+fn print_engine(engine: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    println!(
+        "  AF_XDP engine: {}   generation {}   drop events lost {}",
+        text(&engine["mode"]),
+        num(&engine["generation"]),
+        num(&engine["drop_events_lost"])
+    );
+    for q in engine["queues"].as_array().into_iter().flatten() {
+        println!(
+            "    queue {}: forwarded {} to kernel {} (errors {})   flows {} embryonic {} confirmed",
+            num(&q["queue"]),
+            num(&q["forwarded"]),
+            num(&q["to_kernel"]),
+            num(&q["to_kernel_errors"]),
+            num(&q["embryonic_flows"]),
+            num(&q["confirmed_flows"])
+        );
+        for leg in ["cluster", "external"] {
+            let l = &q["rings"][leg];
+            println!(
+                "      {leg:<8} {} socket ({}): rx {} tx {} dropped {} fill {}   kernel: rx dropped {} ring full {} fill empty {}",
+                text(&l["iface"]),
+                if l["zero_copy"].as_bool().unwrap_or(false) { "zero-copy" } else { "copy" },
+                num(&l["received"]),
+                num(&l["transmitted"]),
+                num(&l["dropped"]),
+                num(&l["fill_level"]),
+                num(&l["kernel"]["rx_dropped"]),
+                num(&l["kernel"]["rx_ring_full"]),
+                num(&l["kernel"]["rx_fill_ring_empty_descs"])
+            );
+        }
+    }
 }
 
 /// The lines both daemons' tables start with.
@@ -369,6 +413,9 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
             .with_context(|| not_running("gateway", &pin_dir))?
             .drop_events()?
     };
+    // The gateway's AF_XDP engine reports its drops through the state directory.
+    let mut engine_events = (!args.pins.node).then(|| EngineEvents::follow(&state_dir));
+    let mut from_engine = std::collections::VecDeque::new();
     let started = Instant::now();
     let mut seen = 0usize;
     // Group names change with generations: reread the published state as events come.
@@ -379,7 +426,12 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
         {
             return Ok(ExitCode::SUCCESS);
         }
-        let Some(event) = events.next_event() else {
+        if from_engine.is_empty() {
+            if let Some(engine) = &mut engine_events {
+                from_engine.extend(engine.next_events());
+            }
+        }
+        let Some(event) = from_engine.pop_front().or_else(|| events.next_event()) else {
             let mut fd = libc::pollfd {
                 fd: events.as_fd().as_raw_fd(),
                 events: libc::POLLIN,

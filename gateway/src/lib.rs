@@ -13,12 +13,14 @@ mod pinned;
 use std::path::{Path, PathBuf};
 
 use std::os::fd::AsFd;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, MapData, XskMap};
 use aya::programs::links::PinnedLink;
 use aya::programs::Xdp;
 use aya::Ebpf;
-use portcullis_bpf::object::{program, remove_pin};
+use portcullis_bpf::object::{program, remove_pin, take};
 pub use portcullis_bpf::{
     generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, FlowCounts,
     GroupDrops, Result, TableStatus,
@@ -30,7 +32,7 @@ use portcullis_policy::compile::GatewayTables;
 use serde::Serialize;
 
 pub use attach::{AttachMode, AttachedInterface};
-pub use mode::ForwardMode;
+pub use mode::{DatapathMode, ForwardMode};
 pub use pinned::{PinnedGateway, PinnedStatus};
 
 /// The XDP object built by `build.rs` from `xdp/ebpf`.
@@ -49,7 +51,7 @@ const LINK_PINS: [&str; 2] = ["link_cluster", "link_external"];
 fn pinned_maps() -> impl Iterator<Item = &'static str> {
     SHARED_PINNED_MAPS
         .into_iter()
-        .chain([MAP_LEGS, MAP_NEXT_HOP_EPOCH])
+        .chain([MAP_LEGS, MAP_NEXT_HOP_EPOCH, MAP_HOST_ADDRS])
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +63,9 @@ pub struct GatewayOptions {
     pub external_iface: String,
     pub xdp_mode: AttachMode,
     pub forward: ForwardMode,
+    /// Who judges the packets: the XDP program, or the AF_XDP engine the caller runs
+    /// (`portcullis-afxdp`, given [`Gateway::engine_handles`]).
+    pub datapath: DatapathMode,
     /// bpffs directory for pinned maps and links; an existing set there is adopted.
     pub pin_dir: Option<PathBuf>,
     /// Re-check established flows against each new generation.
@@ -72,6 +77,7 @@ pub struct Status {
     pub attached: Vec<AttachedInterface>,
     pub mode: AttachMode,
     pub forward: ForwardMode,
+    pub datapath: DatapathMode,
     /// `NEXT_HOP_EPOCH`: how many route, neighbour, link or address changes invalidated the
     /// flows' cached next hops (XDP forwarding only).
     pub next_hop_epoch: u32,
@@ -98,8 +104,21 @@ pub struct Gateway {
     _pinned_links: Vec<PinnedLink>,
     core: Core<GatewayTables>,
     next_hop_epoch: Array<MapData, u32>,
-    /// Bumps `NEXT_HOP_EPOCH` on netlink changes while we forward in XDP.
+    /// Bumps `NEXT_HOP_EPOCH` (and the engine's epoch, and rewrites `HOST_ADDRS`) on netlink
+    /// changes while we forward in XDP or run the engine.
     _epoch_watch: Option<next_hops::EpochWatch>,
+    /// For the AF_XDP engine (`--datapath afxdp|hybrid`), until the caller takes them.
+    engine: Option<EngineHandles>,
+}
+
+/// What the AF_XDP engine needs of the loaded program.
+pub struct EngineHandles {
+    /// `XSKS`: where the engine registers its sockets (`xsk_slot`).
+    pub xsks: XskMap<MapData>,
+    /// Bumped on every route, neighbour, link or address change (its next-hop cache).
+    pub epoch: Arc<AtomicU32>,
+    /// The legs' interface indexes (cluster, external).
+    pub legs: (u32, u32),
 }
 
 impl Datapath for Gateway {
@@ -122,19 +141,36 @@ impl Gateway {
             (OBJECT, PROGRAM_OBJECT),
         )?;
         program::<Xdp>(&mut ebpf, OBJECT, PROGRAM_GATEWAY)?.load()?;
-        let mut flags = options.forward.config_flag();
+        let mut flags = options.forward.config_flag() | options.datapath.config_flag();
         if options.revalidate {
             flags |= CONFIG_FLAG_REVALIDATE;
         }
         let core = Core::take(&mut ebpf, OBJECT, adopting, flags)?;
         let (next_hop_epoch, watched) = epoch_handles(&mut ebpf)?;
-        // Started before the legs are attached: no packet is forwarded with a hop cached before
-        // the watch.
-        let epoch_watch = match options.forward {
-            ForwardMode::Xdp => Some(next_hops::watch(watched)?),
-            ForwardMode::Kernel => None,
+        let engine_epoch = Arc::new(AtomicU32::new(0));
+        let engine_follows = match options.datapath.has_engine() {
+            true => Some((
+                engine_epoch.clone(),
+                take(&mut ebpf, OBJECT, MAP_HOST_ADDRS)?,
+            )),
+            false => None,
         };
+        // Started before the legs are attached: no packet is forwarded with a hop cached before
+        // the watch, nor steered before `HOST_ADDRS` holds the gateway's addresses.
+        let epoch_watch = match options.forward == ForwardMode::Xdp || engine_follows.is_some() {
+            true => Some(next_hops::watch(next_hops::Followers {
+                epoch: watched,
+                engine: engine_follows,
+            })?),
+            false => None,
+        };
+        let xsks = take(&mut ebpf, OBJECT, MAP_XSKS)?;
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
+        let engine = (options.datapath.has_engine()).then(|| EngineHandles {
+            xsks,
+            epoch: engine_epoch,
+            legs: (attached[0].ifindex, attached[1].ifindex),
+        });
         Ok(Gateway {
             core,
             ebpf,
@@ -143,7 +179,13 @@ impl Gateway {
             options,
             next_hop_epoch,
             _epoch_watch: epoch_watch,
+            engine,
         })
+    }
+
+    /// The handles the AF_XDP engine needs (`--datapath afxdp|hybrid`; once).
+    pub fn engine_handles(&mut self) -> Option<EngineHandles> {
+        self.engine.take()
     }
 
     pub fn attached(&self) -> &[AttachedInterface] {
@@ -163,6 +205,7 @@ impl Gateway {
             attached: self.attached.clone(),
             mode: self.options.xdp_mode,
             forward: self.options.forward,
+            datapath: self.options.datapath,
             next_hop_epoch: self.next_hop_epoch()?,
             tables: (self.core.maps).status(self.core.generations.group_policies())?,
         })

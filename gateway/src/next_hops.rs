@@ -4,14 +4,18 @@
 //! of each flow direction looks its route up again. Events are not parsed: any change may move a
 //! next hop, and a FIB lookup per flow direction after a change is cheap. A lost event (the
 //! socket's buffer overflowed) is treated as a change too.
+//!
+//! With the AF_XDP engine the same burst also bumps the engine's epoch (its next-hop cache) and
+//! rewrites `HOST_ADDRS` with the namespace's addresses (packets for them are never steered).
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use portcullis_bpf::host_addrs::{local_addresses, set_host_addrs};
 use portcullis_bpf::{map_err, Error, Result};
 use portcullis_common::MAP_NEXT_HOP_EPOCH;
 use tracing::{debug, warn};
@@ -36,10 +40,28 @@ pub(crate) struct EpochWatch {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Subscribes in the calling thread's network namespace (the gateway's), bumps the epoch once
-/// (flows adopted from a previous daemon may carry hops cached before it started) and starts the
-/// thread.
-pub(crate) fn watch(mut epoch: Array<MapData, u32>) -> Result<EpochWatch> {
+/// What a burst of changes updates.
+pub(crate) struct Followers {
+    pub epoch: Array<MapData, u32>,
+    /// The AF_XDP engine's: its epoch and `HOST_ADDRS`.
+    pub engine: Option<(Arc<AtomicU32>, HashMap<MapData, [u8; 16], u8>)>,
+}
+
+impl Followers {
+    fn follow(&mut self) -> Result<()> {
+        bump(&mut self.epoch)?;
+        if let Some((epoch, host_addrs)) = &mut self.engine {
+            set_host_addrs(host_addrs, &local_addresses()?)?;
+            epoch.fetch_add(1, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// Subscribes in the calling thread's network namespace (the gateway's), updates the followers
+/// once (flows adopted from a previous daemon may carry hops cached before it started) and starts
+/// the thread.
+pub(crate) fn watch(mut followers: Followers) -> Result<EpochWatch> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(Error::Netlink)?;
     let groups = RTMGRP_LINK
         | RTMGRP_NEIGH
@@ -55,12 +77,12 @@ pub(crate) fn watch(mut epoch: Array<MapData, u32>) -> Result<EpochWatch> {
         .add_membership(RTNLGRP_IPV6_RULE)
         .map_err(Error::Netlink)?;
     socket.set_non_blocking(true).map_err(Error::Netlink)?;
-    bump(&mut epoch)?;
+    followers.follow()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
         .name("next-hop-epoch".into())
-        .spawn(move || listen(&socket, &mut epoch, &stopping))
+        .spawn(move || listen(&socket, &mut followers, &stopping))
         .map_err(Error::Netlink)?;
     Ok(EpochWatch {
         stop,
@@ -77,7 +99,7 @@ impl Drop for EpochWatch {
     }
 }
 
-fn listen(socket: &Socket, epoch: &mut Array<MapData, u32>, stop: &AtomicBool) {
+fn listen(socket: &Socket, followers: &mut Followers, stop: &AtomicBool) {
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut fd = libc::pollfd {
@@ -104,8 +126,8 @@ fn listen(socket: &Socket, epoch: &mut Array<MapData, u32>, stop: &AtomicBool) {
             }
         }
         if messages > 0 {
-            if let Err(e) = bump(epoch) {
-                warn!(error = %e, "could not bump the next-hop epoch");
+            if let Err(e) = followers.follow() {
+                warn!(error = %e, "could not follow a route, neighbour or address change");
             }
         }
     }

@@ -9,7 +9,7 @@ use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus}
 use portcullis_common::{Legs, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL};
 use serde::Serialize;
 
-use crate::{ForwardMode, LINK_PINS};
+use crate::{DatapathMode, ForwardMode, LINK_PINS};
 
 pub struct PinnedGateway {
     maps: PolicyMaps,
@@ -27,6 +27,7 @@ pub struct PinnedStatus {
     #[serde(rename = "links_pinned")]
     pub links: Vec<String>,
     pub forward: ForwardMode,
+    pub datapath: DatapathMode,
     #[serde(flatten)]
     pub tables: TableStatus,
 }
@@ -43,13 +44,15 @@ impl PinnedGateway {
 
     /// Status; `policies` names the groups (the daemon publishes them beside the pins).
     pub fn status(&self, policies: &GroupPolicies) -> Result<PinnedStatus> {
+        let flags = self.maps.config()?.flags;
         Ok(PinnedStatus {
             legs: self.legs()?,
             links: (LINK_PINS.into_iter())
                 .filter(|l| self.dir.join(l).exists())
                 .map(str::to_string)
                 .collect(),
-            forward: ForwardMode::from_config_flags(self.maps.config()?.flags),
+            forward: ForwardMode::from_config_flags(flags),
+            datapath: DatapathMode::from_config_flags(flags),
             tables: self.maps.status(policies)?,
         })
     }

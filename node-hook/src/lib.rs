@@ -169,7 +169,7 @@ impl NodeHook {
     /// Makes `addrs` (the node's own addresses) the set whose packets to local pods always pass;
     /// returns whether it changed.
     pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<bool> {
-        own_maps::set_host_addrs(&mut self.host_addrs, addrs)
+        portcullis_bpf::host_addrs::set_host_addrs(&mut self.host_addrs, addrs)
     }
 
     pub fn status(&self) -> Result<Status> {

@@ -2,14 +2,14 @@
 //! (`PEERS`) and the node's addresses (`HOST_ADDRS`); their delta writes in a generation and their
 //! counts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
 use portcullis_bpf::object::{open_pinned, take};
-use portcullis_bpf::{generation_id, ignore_missing, key_addr, map_err, Delta, Error, Result};
+use portcullis_bpf::{generation_id, ignore_missing, key_addr, map_err, Delta, Result};
 use portcullis_common::*;
 use portcullis_policy::compile::node::NodeTables;
 use serde::Serialize;
@@ -156,26 +156,4 @@ impl OwnMaps {
             peers: self.peer_keys(parity).len(),
         }
     }
-}
-
-/// Makes `addrs` the content of `HOST_ADDRS`; returns whether it changed.
-pub(crate) fn set_host_addrs(
-    map: &mut HashMap<MapData, [u8; 16], u8>,
-    addrs: &[IpAddr],
-) -> Result<bool> {
-    let wanted: BTreeSet<[u8; 16]> = addrs.iter().map(|ip| key_addr(*ip)).collect();
-    if wanted.len() > MAX_HOST_ADDRS as usize {
-        return Err(Error::TooManyHostAddrs {
-            count: wanted.len(),
-            max: MAX_HOST_ADDRS,
-        });
-    }
-    let present: BTreeSet<[u8; 16]> = map.keys().filter_map(|k| k.ok()).collect();
-    for gone in present.difference(&wanted) {
-        ignore_missing(map.remove(gone), MAP_HOST_ADDRS)?;
-    }
-    for new in wanted.difference(&present) {
-        map.insert(new, 1, 0).map_err(map_err(MAP_HOST_ADDRS))?;
-    }
-    Ok(present != wanted)
 }

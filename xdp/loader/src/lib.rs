@@ -8,6 +8,7 @@ mod core;
 mod error;
 mod events;
 mod generations;
+pub mod host_addrs;
 mod maps;
 pub mod object;
 pub mod prefix_search;
