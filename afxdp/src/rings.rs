@@ -57,9 +57,6 @@ pub struct RingConfig {
     /// Spin on the rings (with `SO_PREFER_BUSY_POLL`) instead of sleeping in poll(2).
     pub busy_poll: bool,
     pub zero_copy: ZeroCopy,
-    /// Let libxdp load its own XSKMAP-redirect program on the interfaces. Tests only: the
-    /// gateway's XDP program does the steering in production.
-    pub libxdp_program: bool,
 }
 
 impl Default for RingConfig {
@@ -73,7 +70,6 @@ impl Default for RingConfig {
             comp_size: 2048,
             busy_poll: false,
             zero_copy: ZeroCopy::Auto,
-            libxdp_program: false,
         }
     }
 }
@@ -218,15 +214,10 @@ impl QueueRings {
             ZeroCopy::Force => bind_flags |= BindFlags::XDP_ZEROCOPY,
             ZeroCopy::Off => bind_flags |= BindFlags::XDP_COPY,
         }
-        let libxdp_flags = if cfg.libxdp_program {
-            LibxdpFlags::empty()
-        } else {
-            LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD
-        };
         let socket_cfg = SocketConfig::builder()
             .rx_queue_size(size(cfg.rx_size)?)
             .tx_queue_size(size(cfg.tx_size)?)
-            .libxdp_flags(libxdp_flags)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(bind_flags)
             .build();
         let cluster = open_leg(&umem, cluster_if, queue, socket_cfg, cfg)?;
