@@ -27,6 +27,9 @@ const BATCH: usize = 64;
 const BIND_RETRIES: u32 = 10;
 const BIND_RETRY_DELAY: Duration = Duration::from_millis(20);
 
+/// Frames the kernel sends per sendto(2) in copy mode (`TX_BATCH_SIZE` in net/xdp/xsk.c).
+const COPY_TX_BATCH: u32 = 32;
+
 /// Busy-poll time per `recvfrom`/`sendto` (µs) when [`RingConfig::busy_poll`] is on.
 const BUSY_POLL_US: libc::c_int = 20;
 
@@ -389,7 +392,7 @@ impl QueueRings {
     }
 
     /// Puts the frames bound for `leg` on its TX ring and kicks the kernel to send them
-    /// (copy mode sends only inside sendto(2), a batch per call).
+    /// (copy mode sends only inside sendto(2)).
     fn transmit(&mut self, leg: Leg) -> io::Result<()> {
         let leg = &mut self.legs[leg.index()];
         if !leg.pending_tx.is_empty() {
@@ -401,8 +404,17 @@ impl QueueRings {
             leg.stats.tx_ring_full += lost as u64;
             self.free.extend(leg.pending_tx.drain(..).skip(n));
         }
-        if leg.in_tx > 0 && (!leg.stats.zero_copy || leg.tx.needs_wakeup()) {
-            leg.tx.wakeup()?;
+        if leg.stats.zero_copy {
+            if leg.in_tx > 0 && leg.tx.needs_wakeup() {
+                leg.tx.wakeup()?;
+            }
+        } else {
+            // Copy mode sends at most COPY_TX_BATCH frames per sendto(2): kick until the frames
+            // not yet completed could all have gone (extra kicks on an empty ring cost a
+            // syscall each, nothing else).
+            for _ in 0..leg.in_tx.div_ceil(COPY_TX_BATCH) {
+                leg.tx.wakeup()?;
+            }
         }
         Ok(())
     }
