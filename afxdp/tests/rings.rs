@@ -282,38 +282,40 @@ fn frames_from_the_cluster_leg_leave_by_the_external_leg_rewritten_in_place() {
     );
 }
 
-/// A veth pair in `ns` with `queues` rx and tx queues on each end.
-fn veth(ns: &NetNs, a: &str, b: &str, queues: u32) {
+/// A namespace with two veth pairs, x0–y0 and z0–w0, of `queues` rx and tx queues per end.
+fn veth_ns(tag: &str, queues: u32) -> NetNs {
+    let ns = NetNs::new(tag);
     let q = format!("numrxqueues {queues} numtxqueues {queues}");
     ns.run(|| {
-        sh(&format!("ip link add {a} {q} type veth peer name {b} {q}"));
-        sh(&format!("ip link set {a} up && ip link set {b} up"));
+        for (a, b) in [("x0", "y0"), ("z0", "w0")] {
+            sh(&format!("ip link add {a} {q} type veth peer name {b} {q}"));
+            sh(&format!("ip link set {a} up && ip link set {b} up"));
+        }
     });
+    ns
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_two_queue_veth_opens_one_queue_rings_per_queue() {
     require_root();
-    let ns = NetNs::new("pcx-mq");
-    veth(&ns, "m0", "n0", 2);
-    veth(&ns, "p0", "r0", 2);
+    let ns = veth_ns("pcx-mq", 2);
     ns.run(|| {
-        assert_eq!(rx_queue_count("m0").unwrap(), 2);
+        assert_eq!(rx_queue_count("x0").unwrap(), 2);
         let cfg = RingConfig::default();
-        let q0 = QueueRings::open("m0", "p0", 0, &cfg).unwrap();
-        let q1 = QueueRings::open("m0", "p0", 1, &cfg).unwrap();
+        let q0 = QueueRings::open("x0", "z0", 0, &cfg).unwrap();
+        let q1 = QueueRings::open("x0", "z0", 1, &cfg).unwrap();
         let fds: Vec<i32> = [q0.fds(), q1.fds()]
             .iter()
             .flatten()
-            .map(|fd| std::os::fd::AsRawFd::as_raw_fd(fd))
+            .map(std::os::fd::AsRawFd::as_raw_fd)
             .collect();
         let mut unique = fds.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 4, "four sockets: {fds:?}");
-        let err = QueueRings::open("m0", "p0", 2, &cfg).err().unwrap();
-        assert!(matches!(err, SetupError::QueueOutOfRange { ref iface, queue: 2, available: 2 } if iface == "m0"), "{err}");
+        let err = QueueRings::open("x0", "z0", 2, &cfg).err().unwrap();
+        assert!(matches!(err, SetupError::QueueOutOfRange { ref iface, queue: 2, available: 2 } if iface == "x0"), "{err}");
     });
 }
 
@@ -321,9 +323,7 @@ fn a_two_queue_veth_opens_one_queue_rings_per_queue() {
 #[ignore = "needs root"]
 fn bad_set_ups_give_one_error_naming_the_interface() {
     require_root();
-    let ns = NetNs::new("pcx-err");
-    veth(&ns, "x0", "y0", 1);
-    veth(&ns, "z0", "w0", 1);
+    let ns = veth_ns("pcx-err", 1);
     ns.run(|| {
         let cfg = RingConfig::default();
         let err = QueueRings::open("pcx-nope0", "x0", 0, &cfg).err().unwrap();
@@ -357,8 +357,7 @@ fn bad_set_ups_give_one_error_naming_the_interface() {
 #[ignore = "needs root"]
 fn a_umem_over_the_memlock_limit_says_how_much_and_how_to_raise_it() {
     require_root();
-    let ns = NetNs::new("pcx-mem");
-    veth(&ns, "x0", "y0", 1);
+    let ns = veth_ns("pcx-mem", 1);
     ns.run(|| {
         drop_ipc_lock_of_this_thread();
         let mut limit = libc::rlimit {
