@@ -1,6 +1,6 @@
 //! The running engine: one thread per receive queue, each with the AF_XDP sockets of that queue on
-//! both legs ([`QueueRings`]), its own [`Pipeline`] and next-hop cache, judging and forwarding what
-//! the XDP program steers to it. The policy tables are swapped as a whole ([`Engine::set_tables`])
+//! both legs ([`QueueRings`]) and its own next-hop cache, judging with the one shared [`Pipeline`]
+//! and forwarding what the XDP program steers to it. The policy tables are swapped as a whole ([`Engine::set_tables`])
 //! and read once per batch, so a batch is judged by one generation.
 //!
 //! `afxdp`: the engine's own flow table ([`LocalFlows`]); it lives in the process, so a restart
@@ -94,10 +94,6 @@ pub struct EngineOptions {
 pub struct QueueStatus {
     pub queue: u32,
     pub rings: RingStats,
-    /// `COUNTER_*`-indexed, as the kernel's `COUNTERS`.
-    pub counters: Vec<u64>,
-    pub embryonic_flows: usize,
-    pub confirmed_flows: usize,
     /// Allowed packets the engine transmitted itself.
     pub forwarded: u64,
     /// Allowed packets handed to the kernel's output path (no usable next hop on the other leg,
@@ -113,18 +109,21 @@ pub struct EngineStatus {
     pub mode: &'static str,
     pub generation: u64,
     pub queues: Vec<QueueStatus>,
+    /// `COUNTER_*`-indexed, as the kernel's `COUNTERS`.
+    pub counters: Vec<u64>,
+    /// Entries of the engine's own flow table (afxdp; in hybrid the flows are the program's).
+    pub embryonic_flows: usize,
+    pub confirmed_flows: usize,
     /// Drop events not kept because the daemon did not read them in time.
     pub drop_events_lost: u64,
 }
 
 impl EngineStatus {
-    /// The queues' counters summed, `COUNTER_*`-indexed.
+    /// The counters, `COUNTER_*`-indexed.
     pub fn counters(&self) -> [u64; COUNTER_COUNT as usize] {
         let mut sums = [0u64; COUNTER_COUNT as usize];
-        for q in &self.queues {
-            for (sum, c) in sums.iter_mut().zip(&q.counters) {
-                *sum += c;
-            }
+        for (sum, c) in sums.iter_mut().zip(&self.counters) {
+            *sum = *c;
         }
         sums
     }
@@ -132,6 +131,10 @@ impl EngineStatus {
 
 struct Shared {
     tables: RwLock<Arc<PolicyTables>>,
+    /// One pipeline (flow table and counters) for every queue: a connection's two directions may
+    /// arrive on different queues (veth, like most NICs' RSS, does not hash them symmetrically),
+    /// and a reply must find the flow its request opened. Locked per frame.
+    pipeline: Mutex<Pipeline<Flows>>,
     stop: AtomicBool,
     queues: Mutex<Vec<QueueStatus>>,
     events: Mutex<VecDeque<DropEvent>>,
@@ -159,8 +162,13 @@ impl Engine {
         tables: PolicyTables,
     ) -> Result<Engine, EngineError> {
         let queues = queue_count(&options)?;
+        let flows = match &options.hybrid_pins {
+            Some(dir) => Flows::Pinned(PinnedFlows::open(dir)?),
+            None => Flows::Local(LocalFlows::default()),
+        };
         let shared = Arc::new(Shared {
             tables: RwLock::new(Arc::new(tables)),
+            pipeline: Mutex::new(Pipeline::new(flows)),
             stop: AtomicBool::new(false),
             queues: Mutex::new(vec![QueueStatus::default(); queues as usize]),
             events: Mutex::new(VecDeque::new()),
@@ -216,11 +224,19 @@ impl Engine {
     }
 
     pub fn status(&self) -> EngineStatus {
-        let tables = self.shared.tables.read().unwrap_or_else(|p| p.into_inner());
+        let generation =
+            (self.shared.tables.read().unwrap_or_else(|p| p.into_inner())).generation();
+        let (counters, (embryonic_flows, confirmed_flows)) = {
+            let p = lock(&self.shared.pipeline);
+            (p.counters.to_vec(), p.flows.lengths())
+        };
         EngineStatus {
             mode: if self.hybrid { "hybrid" } else { "afxdp" },
-            generation: tables.generation(),
+            generation,
             queues: lock(&self.shared.queues).clone(),
+            counters,
+            embryonic_flows,
+            confirmed_flows,
             drop_events_lost: u64::from(self.shared.events_lost.load(Ordering::Relaxed)),
         }
     }
@@ -329,6 +345,62 @@ enum Flows {
     Pinned(PinnedFlows),
 }
 
+impl FlowStore for Flows {
+    fn find(&mut self, key: &FlowKey) -> Option<Hit<'_>> {
+        match self {
+            Flows::Local(f) => f.find(key),
+            Flows::Pinned(f) => f.find(key),
+        }
+    }
+
+    fn related_live(&self, key: &FlowKey, now_ns: u64) -> bool {
+        match self {
+            Flows::Local(f) => f.related_live(key, now_ns),
+            Flows::Pinned(f) => f.related_live(key, now_ns),
+        }
+    }
+
+    fn open(&mut self, key: &FlowKey, flow: &FlowValue) {
+        match self {
+            Flows::Local(f) => f.open(key, flow),
+            Flows::Pinned(f) => f.open(key, flow),
+        }
+    }
+
+    fn confirm(&mut self, key: &FlowKey) -> bool {
+        match self {
+            Flows::Local(f) => f.confirm(key),
+            Flows::Pinned(f) => f.confirm(key),
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey, embryonic: bool) -> bool {
+        match self {
+            Flows::Local(f) => f.remove(key, embryonic),
+            Flows::Pinned(f) => f.remove(key, embryonic),
+        }
+    }
+}
+
+impl Flows {
+    /// Entries (embryonic, confirmed) of the engine's own table; the pinned maps are the XDP
+    /// program's, counted by its `status`.
+    fn lengths(&self) -> (usize, usize) {
+        match self {
+            Flows::Local(f) => (f.embryonic_len(), f.confirmed_len()),
+            Flows::Pinned(_) => (0, 0),
+        }
+    }
+
+    /// Deletes expired flows of the engine's own table (the daemon's GC serves the pinned maps).
+    fn expire(&mut self, now_ns: u64) -> (usize, usize) {
+        match self {
+            Flows::Local(f) => f.expire(now_ns),
+            Flows::Pinned(_) => (0, 0),
+        }
+    }
+}
+
 /// One queue's thread.
 struct Worker {
     options: EngineOptions,
@@ -372,10 +444,6 @@ impl Worker {
         let opened = (|| {
             let o = &self.options;
             let rings = QueueRings::open(&o.cluster_iface, &o.external_iface, queue, &o.rings)?;
-            let flows = match &o.hybrid_pins {
-                Some(dir) => Flows::Pinned(PinnedFlows::open(dir)?),
-                None => Flows::Local(LocalFlows::default()),
-            };
             let forwarder = Forwarder {
                 next_hops: NextHops::new(self.epoch.clone())
                     .map_err(|e| thread_err("opening its netlink socket", e))?,
@@ -385,9 +453,9 @@ impl Worker {
                 to_kernel: 0,
                 to_kernel_errors: 0,
             };
-            Ok((rings, flows, forwarder))
+            Ok((rings, forwarder))
         })();
-        let (rings, flows, forwarder) = match opened {
+        let (rings, forwarder) = match opened {
             Ok(parts) => parts,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -399,20 +467,11 @@ impl Worker {
             pin_to_cpu(queue);
         }
         let _ = ready.send(Ok(fds));
-        match flows {
-            Flows::Local(f) => self.serve(rings, Pipeline::new(f), forwarder, LocalFlows::expire),
-            Flows::Pinned(f) => self.serve(rings, Pipeline::new(f), forwarder, |_, _| (0, 0)),
-        }
+        self.serve(rings, forwarder);
     }
 
-    /// The loop: a batch, then the chores when due. `expire` is the flow table's GC.
-    fn serve<F: FlowStore + Lengths>(
-        &self,
-        mut rings: QueueRings,
-        mut pipeline: Pipeline<F>,
-        mut fwd: Forwarder,
-        expire: impl Fn(&mut F, u64) -> (usize, usize),
-    ) {
+    /// The loop: a batch, then the chores when due (queue 0's thread expires the flows).
+    fn serve(&self, mut rings: QueueRings, mut fwd: Forwarder) {
         let mut pkt = new_packet();
         let mut last_chores = Instant::now();
         let revalidate = self.options.revalidate;
@@ -429,7 +488,9 @@ impl Worker {
                     Leg::Cluster => (CHECK_EGRESS_OF_SRC, fwd.legs.0),
                     Leg::External => (CHECK_INGRESS_OF_DST, fwd.legs.1),
                 };
-                match pipeline.classify(&tables, frame, sides, ifindex, now, revalidate, &mut pkt) {
+                let outcome = lock(&self.shared.pipeline)
+                    .classify(&tables, frame, sides, ifindex, now, revalidate, &mut pkt);
+                match outcome {
                     Outcome::Allowed => fwd.forward(frame, &pkt, leg, now),
                     Outcome::Dropped(event) => {
                         self.report(event);
@@ -445,13 +506,16 @@ impl Worker {
             }
             if last_chores.elapsed() >= CHORES_EVERY {
                 last_chores = Instant::now();
-                let (embryonic, confirmed) = expire(&mut pipeline.flows, now);
-                pipeline.counters[COUNTER_GC_EMBRYONIC as usize] += embryonic as u64;
-                pipeline.counters[COUNTER_GC_CONFIRMED as usize] += confirmed as u64;
-                self.publish(&rings, &pipeline, &fwd);
+                if self.queue == 0 {
+                    let mut p = lock(&self.shared.pipeline);
+                    let (embryonic, confirmed) = p.flows.expire(now);
+                    p.counters[COUNTER_GC_EMBRYONIC as usize] += embryonic as u64;
+                    p.counters[COUNTER_GC_CONFIRMED as usize] += confirmed as u64;
+                }
+                self.publish(&rings, &fwd);
             }
         }
-        self.publish(&rings, &pipeline, &fwd);
+        self.publish(&rings, &fwd);
     }
 
     fn report(&self, event: DropEvent) {
@@ -463,41 +527,14 @@ impl Worker {
         events.push_back(event);
     }
 
-    fn publish<F: FlowStore + Lengths>(
-        &self,
-        rings: &QueueRings,
-        p: &Pipeline<F>,
-        fwd: &Forwarder,
-    ) {
-        let (embryonic_flows, confirmed_flows) = p.flows.lengths();
+    fn publish(&self, rings: &QueueRings, fwd: &Forwarder) {
         lock(&self.shared.queues)[self.queue as usize] = QueueStatus {
             queue: self.queue,
             rings: rings.stats(),
-            counters: p.counters.to_vec(),
-            embryonic_flows,
-            confirmed_flows,
             forwarded: fwd.forwarded,
             to_kernel: fwd.to_kernel,
             to_kernel_errors: fwd.to_kernel_errors,
         };
-    }
-}
-
-/// Entries of a flow table (embryonic, confirmed), for status.
-trait Lengths {
-    fn lengths(&self) -> (usize, usize);
-}
-
-impl Lengths for LocalFlows {
-    fn lengths(&self) -> (usize, usize) {
-        (self.embryonic_len(), self.confirmed_len())
-    }
-}
-
-impl Lengths for PinnedFlows {
-    /// The pinned maps are the XDP program's: `status` counts them there.
-    fn lengths(&self) -> (usize, usize) {
-        (0, 0)
     }
 }
 
@@ -517,12 +554,12 @@ impl Forwarder {
                 return Action::Transmit;
             }
         }
-        self.to_kernel(frame, pkt)
+        self.through_kernel(frame, pkt)
     }
 
     /// The kernel routes the IP packet (TTL decremented here, as forwarding does) and resolves its
     /// neighbour; its answer to a packet too big for the route is the kernel's.
-    fn to_kernel(&mut self, frame: &mut [u8], pkt: &Packet) -> Action {
+    fn through_kernel(&mut self, frame: &mut [u8], pkt: &Packet) -> Action {
         self.to_kernel += 1;
         let sent = forward_rewrite(frame, pkt, [0; 6], [0; 6], u32::MAX)
             .map_err(|e| std::io::Error::other(e.to_string()))

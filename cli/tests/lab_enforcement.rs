@@ -45,6 +45,29 @@ fn conformance_on_the_kernel_datapath() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
+/// Every conformance probe with an external address as real traffic with the gateway's AF_XDP
+/// engine judging every routable packet (`afxdp`), then only the packets no flow vouches for
+/// (`hybrid`): the same verdicts as the XDP datapath.
+#[test]
+fn conformance_external_probes_through_the_af_xdp_engine() {
+    let runner = portcullis_testkit::shared_dir().join("conformance/run");
+    for datapath in ["afxdp", "hybrid"] {
+        let out = Command::new(&runner)
+            .args(["--lab", "--quiet", "--only", "external", "--bin", BIN])
+            .env("PORTCULLIS_LAB_DATAPATH", datapath)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("--datapath {datapath}\n{stdout}");
+        assert!(
+            out.status.success() && stdout.contains(" 0 failed"),
+            "--datapath {datapath}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Pins and state of one gateway run, removed even when the test fails.
 struct GatewayDirs {
     pin_dir: PathBuf,

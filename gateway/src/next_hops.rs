@@ -40,11 +40,14 @@ pub(crate) struct EpochWatch {
     thread: Option<JoinHandle<()>>,
 }
 
+/// `HOST_ADDRS`.
+pub(crate) type HostAddrs = HashMap<MapData, [u8; 16], u8>;
+
 /// What a burst of changes updates.
 pub(crate) struct Followers {
     pub epoch: Array<MapData, u32>,
     /// The AF_XDP engine's: its epoch and `HOST_ADDRS`.
-    pub engine: Option<(Arc<AtomicU32>, HashMap<MapData, [u8; 16], u8>)>,
+    pub engine: Option<(Arc<AtomicU32>, HostAddrs)>,
 }
 
 impl Followers {

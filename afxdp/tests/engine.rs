@@ -1,0 +1,320 @@
+//! The gateway with its AF_XDP engine on real traffic: pod ns → gateway ns (cluster leg gc,
+//! external leg ge, two queues each) → external ns, TCP connections spread over both queues.
+//! `afxdp`: the engine judges and forwards every packet; `hybrid`: it judges the first packets and
+//! writes their flows into the XDP program's pinned flow maps, which serve the rest.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use portcullis_afxdp::engine::{Engine, EngineError, EngineOptions, EngineStatus};
+use portcullis_afxdp::rings::RingConfig;
+use portcullis_afxdp::tables::PolicyTables;
+use portcullis_gateway::{DatapathMode, ForwardMode, Gateway, GatewayOptions};
+use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
+use portcullis_policy::model::{Direction, Protocol};
+use portcullis_testkit::*;
+
+const POD: &str = "10.96.0.1";
+const SERVER: &str = "10.95.0.1";
+const ALLOWED_PORT: u16 = 80;
+const DENIED_PORT: u16 = 81;
+const CONNECTIONS: usize = 16;
+
+/// The pod may reach the server on TCP port 80 only, and nothing outside may reach the pod: the
+/// replies pass only through the flows the requests opened, whichever queue they arrive on.
+fn tables() -> GatewayTables {
+    let pod = POD.parse::<IpAddr>().unwrap();
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert((Direction::Egress, pod), 0);
+    endpoints.insert((Direction::Ingress, pod), 1);
+    GatewayTables {
+        endpoints,
+        groups: vec![
+            GatewayGroup {
+                direction: Direction::Egress,
+                policies: vec!["test/pod-egress".into()],
+                prefixes: vec![(format!("{SERVER}/32").parse().unwrap(), 1)],
+            },
+            GatewayGroup {
+                direction: Direction::Ingress,
+                policies: vec!["test/pod-ingress".into()],
+                prefixes: vec![],
+            },
+        ],
+        rule_sets: vec![
+            vec![],
+            vec![PortRule {
+                protocol: Some(Protocol::Tcp),
+                first: ALLOWED_PORT,
+                last: ALLOWED_PORT,
+            }],
+        ],
+    }
+}
+
+/// The three namespaces, veths with `queues` queues on each side of the gateway. The hosts
+/// checksum in software (`tx off`), as packets from a real wire always are: a frame that crosses
+/// user space loses a veth's "checksum to be completed" mark. GRO on the hosts' ends runs their
+/// NAPI, without which a veth does not receive frames the XDP program redirects (hybrid).
+struct Topology {
+    pod: NetNs,
+    gw: NetNs,
+    ext: NetNs,
+}
+
+fn topology(tag: &str, cluster_queues: u32, external_queues: u32) -> Topology {
+    let t = Topology {
+        pod: NetNs::new(&format!("{tag}p")),
+        gw: NetNs::new(&format!("{tag}g")),
+        ext: NetNs::new(&format!("{tag}x")),
+    };
+    let q = |n: u32| format!("numrxqueues {n} numtxqueues {n}");
+    sh(&format!(
+        "ip link add p0 netns {} {} type veth peer name gc netns {} {} && \
+         ip link add x0 netns {} {} type veth peer name ge netns {} {}",
+        t.pod.name,
+        q(cluster_queues),
+        t.gw.name,
+        q(cluster_queues),
+        t.ext.name,
+        q(external_queues),
+        t.gw.name,
+        q(external_queues)
+    ));
+    t.pod.run(|| {
+        sh(&format!(
+            "ip addr add {POD}/24 dev p0 && ip link set p0 up && ip route add default via 10.96.0.254 && \
+             ethtool -K p0 tx off gro on >/dev/null"
+        ))
+    });
+    t.ext.run(|| {
+        sh(&format!(
+            "ip addr add {SERVER}/24 dev x0 && ip link set x0 up && ip route add default via 10.95.0.254 && \
+             ethtool -K x0 tx off gro on >/dev/null"
+        ))
+    });
+    t.gw.run(|| {
+        sh("ip addr add 10.96.0.254/24 dev gc && ip link set gc up && \
+            ip addr add 10.95.0.254/24 dev ge && ip link set ge up && \
+            sysctl -qw net.ipv4.ip_forward=1")
+    });
+    t
+}
+
+/// A bpffs pin directory of the test's own, removed when dropped.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Loads the gateway in `datapath` mode and starts its engine on every queue.
+fn gateway(t: &Topology, datapath: DatapathMode, pins: &PinDir) -> (Gateway, Engine) {
+    t.gw.run(|| {
+        let mut gw = Gateway::load(GatewayOptions {
+            cluster_iface: "gc".into(),
+            external_iface: "ge".into(),
+            forward: ForwardMode::Xdp,
+            datapath,
+            pin_dir: Some(pins.0.clone()),
+            ..Default::default()
+        })
+        .expect("load");
+        let tables = tables();
+        let generation = gw.apply(&tables).expect("apply").generation;
+        let handles = gw.engine_handles().expect("engine handles");
+        let engine = Engine::start(
+            EngineOptions {
+                cluster_iface: "gc".into(),
+                external_iface: "ge".into(),
+                legs: handles.legs,
+                queues: None,
+                rings: RingConfig::default(),
+                hybrid_pins: (datapath == DatapathMode::Hybrid).then(|| pins.0.clone()),
+                revalidate: false,
+                pin_threads: false,
+            },
+            handles.xsks,
+            handles.epoch,
+            PolicyTables::new(&tables, u64::from(generation)),
+        )
+        .expect("engine");
+        (gw, engine)
+    })
+}
+
+/// Echo servers on both ports in the external namespace.
+fn serve(t: &Topology) {
+    for port in [ALLOWED_PORT, DENIED_PORT] {
+        let listener = t
+            .ext
+            .run(|| TcpListener::bind((SERVER, port)).expect("bind"));
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Connects from the pod and exchanges a few lines; false when it cannot connect.
+fn round_trips(t: &Topology, port: u16) -> bool {
+    let addr = SocketAddr::new(SERVER.parse().unwrap(), port);
+    let Ok(mut conn) = t
+        .pod
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(1500)))
+    else {
+        return false;
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (0..3).all(|i| {
+        let line = format!("line {i}\n");
+        let mut back = [0u8; 7];
+        conn.write_all(line.as_bytes()).is_ok()
+            && conn.read_exact(&mut back).is_ok()
+            && back == line.as_bytes()
+    })
+}
+
+/// Waits for the threads' next status publication.
+fn settled(engine: &Engine) -> EngineStatus {
+    std::thread::sleep(Duration::from_millis(700));
+    engine.status()
+}
+
+fn check_traffic(t: &Topology) {
+    serve(t);
+    for i in 0..CONNECTIONS {
+        assert!(
+            round_trips(t, ALLOWED_PORT),
+            "allowed connection {i} failed"
+        );
+    }
+    for i in 0..4 {
+        assert!(
+            !round_trips(t, DENIED_PORT),
+            "denied connection {i} got through"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root (BPF, AF_XDP, network namespaces): scripts/test runs it with --include-ignored"]
+fn afxdp_engine_judges_and_forwards_over_two_queues() {
+    require_root();
+    let t = topology("ea", 2, 2);
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let (gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins);
+    check_traffic(&t);
+    let status = settled(&engine);
+    eprintln!("{}", serde_json::to_string_pretty(&status).unwrap());
+    assert_eq!(status.queues.len(), 2);
+    for q in &status.queues {
+        assert!(
+            q.rings.cluster.received > 0 && q.rings.external.received > 0,
+            "queue {} saw no traffic: the connections were not spread",
+            q.queue
+        );
+    }
+    let c = portcullis_gateway::Counters::from_sums(&status.counters());
+    assert!(c.pass_policy >= CONNECTIONS as u64, "{c:?}");
+    assert!(c.drop_policy >= 4, "{c:?}");
+    // One flow per connection although its directions may arrive on different queues.
+    assert!(
+        status.confirmed_flows >= CONNECTIONS && status.embryonic_flows == 0,
+        "flows: {} confirmed, {} embryonic",
+        status.confirmed_flows,
+        status.embryonic_flows
+    );
+    // Every judged packet went through the engine, none through the program's pipeline.
+    let kernel = gw.status().unwrap().tables.counters;
+    assert!(
+        kernel.to_engine > 0 && kernel.pass_policy == 0 && kernel.drop_policy == 0,
+        "{kernel:?}"
+    );
+    drop(engine);
+}
+
+#[test]
+#[ignore = "needs root (BPF, AF_XDP, network namespaces): scripts/test runs it with --include-ignored"]
+fn hybrid_engine_writes_flows_that_xdp_then_serves() {
+    require_root();
+    let t = topology("eh", 2, 2);
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let (gw, engine) = gateway(&t, DatapathMode::Hybrid, &pins);
+    check_traffic(&t);
+    let status = settled(&engine);
+    let c = portcullis_gateway::Counters::from_sums(&status.counters());
+    assert!(c.pass_policy >= CONNECTIONS as u64, "engine: {c:?}");
+    assert!(c.drop_policy >= 4, "engine: {c:?}");
+    let kernel = gw.status().unwrap().tables;
+    eprintln!("{:?}", kernel.counters);
+    assert!(
+        kernel.flows.confirmed >= CONNECTIONS,
+        "flows the engine wrote were not confirmed in FLOWS: {:?}",
+        kernel.flows
+    );
+    // The established packets stayed in XDP: far more than the engine saw.
+    assert!(kernel.counters.pass_flow > kernel.counters.to_engine);
+    assert_eq!(
+        kernel.counters.pass_policy, 0,
+        "XDP judged a new flow itself"
+    );
+    drop(engine);
+}
+
+#[test]
+#[ignore = "needs root (BPF, AF_XDP, network namespaces): scripts/test runs it with --include-ignored"]
+fn legs_with_different_queue_counts_are_refused_by_name() {
+    require_root();
+    let t = topology("em", 2, 1);
+    let err = t.gw.run(|| {
+        Engine::start(
+            EngineOptions {
+                cluster_iface: "gc".into(),
+                external_iface: "ge".into(),
+                legs: (ifindex("gc"), ifindex("ge")),
+                queues: None,
+                rings: RingConfig::default(),
+                hybrid_pins: None,
+                revalidate: false,
+                pin_threads: false,
+            },
+            xsks_of_a_gateway(),
+            Default::default(),
+            PolicyTables::new(&tables(), 0),
+        )
+        .err()
+        .expect("must fail")
+    });
+    assert!(matches!(err, EngineError::QueueMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("gc: 2") && text.contains("ge: 1") && text.contains("--queues"),
+        "{text}"
+    );
+}
+
+/// An XSKS map of a gateway loaded without pins in the calling thread's namespace.
+fn xsks_of_a_gateway() -> aya::maps::XskMap<aya::maps::MapData> {
+    let mut gw = Gateway::load(GatewayOptions {
+        cluster_iface: "gc".into(),
+        external_iface: "ge".into(),
+        datapath: DatapathMode::Afxdp,
+        ..Default::default()
+    })
+    .expect("load");
+    gw.engine_handles().expect("handles").xsks
+}
