@@ -3,11 +3,11 @@
 
 use aya::maps::{Array, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::xdp::XdpLink;
+use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 use portcullis_bpf::object::{ifindex, program, take};
-use portcullis_bpf::{map_err, Result};
+use portcullis_bpf::{map_err, Error, Result};
 use portcullis_common::*;
 use serde::Serialize;
 use tracing::info;
@@ -58,31 +58,19 @@ pub(crate) fn attach_legs(
     };
     let mut attached = Vec::new();
     let mut pinned_links = Vec::new();
+    // Links this call attached (not adopted): detached again if a later leg fails, so a refused
+    // start leaves nothing half-attached.
+    let mut created: Vec<Created> = Vec::new();
     for ((name, role, pin_name), index) in legs.into_iter().zip(indexes) {
-        let prog = program::<Xdp>(ebpf, OBJECT, PROGRAM_GATEWAY)?;
-        let pin_path = options.pin_dir.as_ref().map(|d| d.join(pin_name));
-        let mut adopted = false;
-        match &pin_path {
-            Some(path) if path.exists() => {
-                // Swap the program inside the existing link: no moment without a program.
-                let link = PinnedLink::from_pin(path)?;
-                let xdp_link = XdpLink::try_from(FdLink::from(link))?;
-                prog.attach_to_link(xdp_link)?;
-                pinned_links.push(PinnedLink::from_pin(path)?);
-                adopted = true;
-                info!(iface = %name, "replaced the program of the pinned XDP link");
+        let leg = attach_leg(ebpf, options, (name, pin_name, index), mode, &mut created);
+        let (adopted, pinned) = match leg {
+            Ok(leg) => leg,
+            Err(e) => {
+                rollback(ebpf, created);
+                return Err(e);
             }
-            Some(path) => {
-                let id = prog.attach_to_if_index(index, mode)?;
-                let fd_link = FdLink::try_from(prog.take_link(id)?)?;
-                pinned_links.push(fd_link.pin(path)?);
-                info!(iface = %name, ?mode, "attached and pinned XDP link");
-            }
-            None => {
-                prog.attach_to_if_index(index, mode)?;
-                info!(iface = %name, ?mode, "attached XDP program");
-            }
-        }
+        };
+        pinned_links.extend(pinned);
         attached.push(AttachedInterface {
             name: name.clone(),
             ifindex: index,
@@ -91,4 +79,69 @@ pub(crate) fn attach_legs(
         });
     }
     Ok((attached, pinned_links))
+}
+
+/// A link [`attach_leg`] made: its pin, or its id in the program when not pinned.
+enum Created {
+    Pinned(std::path::PathBuf),
+    Unpinned(XdpLinkId),
+}
+
+fn rollback(ebpf: &mut Ebpf, created: Vec<Created>) {
+    for link in created {
+        match link {
+            // The pinned link is released when its pin goes and its last descriptor closes.
+            Created::Pinned(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Created::Unpinned(id) => {
+                if let Ok(prog) = program::<Xdp>(ebpf, OBJECT, PROGRAM_GATEWAY) {
+                    let _ = prog.detach(id);
+                }
+            }
+        }
+    }
+}
+
+/// Attaches (or adopts) one leg: whether it was adopted, and its pinned link.
+fn attach_leg(
+    ebpf: &mut Ebpf,
+    options: &GatewayOptions,
+    (name, pin_name, index): (&String, &str, u32),
+    mode: XdpMode,
+    created: &mut Vec<Created>,
+) -> Result<(bool, Option<PinnedLink>)> {
+    let native = |source| match options.xdp_mode {
+        AttachMode::Native => Error::NativeXdp {
+            iface: name.clone(),
+            source,
+        },
+        AttachMode::Generic => Error::Program(source),
+    };
+    let prog = program::<Xdp>(ebpf, OBJECT, PROGRAM_GATEWAY)?;
+    let pin_path = options.pin_dir.as_ref().map(|d| d.join(pin_name));
+    match &pin_path {
+        Some(path) if path.exists() => {
+            // Swap the program inside the existing link: no moment without a program.
+            let link = PinnedLink::from_pin(path)?;
+            let xdp_link = XdpLink::try_from(FdLink::from(link))?;
+            prog.attach_to_link(xdp_link)?;
+            info!(iface = %name, "replaced the program of the pinned XDP link");
+            Ok((true, Some(PinnedLink::from_pin(path)?)))
+        }
+        Some(path) => {
+            let id = prog.attach_to_if_index(index, mode).map_err(native)?;
+            let fd_link = FdLink::try_from(prog.take_link(id)?)?;
+            let pinned = fd_link.pin(path)?;
+            created.push(Created::Pinned(path.clone()));
+            info!(iface = %name, ?mode, "attached and pinned XDP link");
+            Ok((false, Some(pinned)))
+        }
+        None => {
+            let id = prog.attach_to_if_index(index, mode).map_err(native)?;
+            created.push(Created::Unpinned(id));
+            info!(iface = %name, ?mode, "attached XDP program");
+            Ok((false, None))
+        }
+    }
 }

@@ -135,11 +135,26 @@ impl Gateway {
     /// Loads the program, prepares its maps (adopting pinned ones) and attaches it to both legs.
     pub fn load(options: GatewayOptions) -> Result<Gateway> {
         let names: Vec<&str> = pinned_maps().collect();
-        let (mut ebpf, adopting) = portcullis_bpf::object::load_pinned(
+        let pin_dir = options.pin_dir.clone();
+        let (ebpf, adopting) = portcullis_bpf::object::load_pinned(
             options.pin_dir.as_deref(),
             &names,
             (OBJECT, PROGRAM_OBJECT),
         )?;
+        Gateway::prepare(ebpf, options, adopting).inspect_err(|_| {
+            // A refused first start leaves no pins behind (a restart's adopted ones stay and
+            // keep enforcing).
+            if let (false, Some(dir)) = (adopting, &pin_dir) {
+                for name in pinned_maps() {
+                    let _ = remove_pin(&dir.join(name));
+                }
+            }
+        })
+    }
+
+    /// Loads the program into `ebpf` (its maps ready), starts the netlink follower and attaches
+    /// the legs.
+    fn prepare(mut ebpf: Ebpf, options: GatewayOptions, adopting: bool) -> Result<Gateway> {
         program::<Xdp>(&mut ebpf, OBJECT, PROGRAM_GATEWAY)?.load()?;
         let mut flags = options.forward.config_flag() | options.datapath.config_flag();
         if options.revalidate {

@@ -8,7 +8,7 @@ use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("interface {0:?} not found")]
+    #[error("interface {0:?} not found in this network namespace (check the name with `ip link`)")]
     UnknownInterface(String),
     #[error("map {name}: {source}")]
     Map {
@@ -56,6 +56,12 @@ pub enum Error {
     Load(#[from] aya::EbpfError),
     #[error("program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("interface {iface}: attaching XDP in native (driver) mode failed: {source}; if its driver has no native XDP, run with --generic-xdp")]
+    NativeXdp {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
     #[error("pinning: {0}")]
