@@ -140,6 +140,9 @@ struct Leg {
 #[derive(Serialize)]
 struct GatewayView {
     legs: Vec<Leg>,
+    /// The AF_XDP engine's status as the daemon last published it (`--datapath afxdp|hybrid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<serde_json::Value>,
     #[serde(flatten)]
     status: portcullis_gateway::PinnedStatus,
 }
@@ -178,11 +181,24 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             role: role_name(*role),
         })
         .collect();
-    let view = StatusView::new(&pin_dir, &published, GatewayView { legs, status });
+    let engine = published.engine.clone();
+    let view = StatusView::new(
+        &pin_dir,
+        &published,
+        GatewayView {
+            legs,
+            engine,
+            status,
+        },
+    );
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&view)?),
         OutputFormat::Table => {
-            let GatewayView { legs, status: s } = &view.program;
+            let GatewayView {
+                legs,
+                engine,
+                status: s,
+            } = &view.program;
             let c = &s.tables.counters;
             println!("gateway pinned at {}", pin_dir.display());
             for leg in legs {
@@ -218,7 +234,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 c.drop_policy, c.drop_malformed, c.drop_fragment
             );
             print_drops_and_errors(&s.tables, &published);
-            if let Some(engine) = &published.engine {
+            if let Some(engine) = engine {
                 print_engine(engine);
             }
         }

@@ -118,6 +118,11 @@ fn published(dirs: &GatewayDirs) -> serde_json::Value {
 
 /// Starts the daemon in the gateway namespace and waits until it has applied a generation.
 fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs) -> LabChild {
+    start_gateway_with(lab, dirs, &[])
+}
+
+/// [`start_gateway`] with more arguments (`--datapath afxdp`).
+fn start_gateway_with(lab: &mut Lab, dirs: &GatewayDirs, args: &[&str]) -> LabChild {
     let _ = std::fs::remove_file(dirs.state_dir.join("state.json"));
     let legs = lab.gateway().clone();
     let mut cmd = Command::new(BIN);
@@ -134,6 +139,7 @@ fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs) -> LabChild {
         .arg(&dirs.pin_dir)
         .arg("--state-dir")
         .arg(&dirs.state_dir)
+        .args(args)
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let child = lab.spawn_in(&legs.netns, cmd).unwrap();
@@ -329,7 +335,18 @@ fn established_flows_survive_policy_changes_restarts_and_bad_input() {
 /// its 5-tuple and the policy that denied it, both from separate processes reading the pins.
 #[test]
 fn status_and_monitor_read_the_running_gateway() {
-    let dirs = GatewayDirs::new("monitor");
+    status_and_monitor("xdp");
+}
+
+/// The same with the AF_XDP engine judging: its drop reaches `monitor` through the daemon, and
+/// `status` shows the engine (mode, queues, sockets, rings) with its counters.
+#[test]
+fn status_and_monitor_read_the_running_af_xdp_engine() {
+    status_and_monitor("afxdp");
+}
+
+fn status_and_monitor(datapath: &str) {
+    let dirs = GatewayDirs::new(&format!("monitor-{datapath}"));
     std::fs::copy(
         repo().join("configs/examples/cluster.yaml"),
         dirs.manifests.join("cluster.yaml"),
@@ -347,7 +364,7 @@ fn status_and_monitor_read_the_running_gateway() {
         ..LabOptions::default()
     };
     let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
-    let gateway = start_gateway(&mut lab, &dirs);
+    let gateway = start_gateway_with(&mut lab, &dirs, &["--datapath", datapath]);
     let gw_netns = lab.gateway().netns.clone();
     let tool = |args: &[&str]| {
         let mut cmd = Command::new(BIN);
@@ -403,15 +420,38 @@ fn status_and_monitor_read_the_running_gateway() {
         2,
         "{status}"
     );
-    assert!(
-        status["counters"]["drop_policy"].as_u64().unwrap() >= 1,
-        "{status}"
-    );
     assert!(status["prefixes"].as_u64().unwrap() >= 1, "{status}");
-    assert_eq!(
-        status["drops_by_group"][0]["policies"][0], "x/egress-lan",
-        "{status}"
-    );
+    assert_eq!(status["datapath"], datapath, "{status}");
+    if datapath == "xdp" {
+        assert!(
+            status["counters"]["drop_policy"].as_u64().unwrap() >= 1,
+            "{status}"
+        );
+        assert_eq!(
+            status["drops_by_group"][0]["policies"][0], "x/egress-lan",
+            "{status}"
+        );
+    } else {
+        // The engine publishes its status once a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let status = lab
+            .output_in(&gw_netns, tool(&["status", "--output", "json"]))
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let engine = &status["engine"];
+        assert_eq!(engine["mode"], datapath, "{status}");
+        let drop_policy = engine["counters"][portcullis_common::COUNTER_DROP_POLICY as usize]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(drop_policy >= 1, "{status}");
+        let queue = &engine["queues"][0]["rings"]["cluster"];
+        assert_eq!(queue["iface"], "cluster", "{status}");
+        assert!(queue["received"].as_u64().unwrap() >= 1, "{status}");
+        assert!(
+            status["counters"]["to_engine"].as_u64().unwrap() >= 1,
+            "{status}"
+        );
+    }
     gateway.kill().unwrap();
     lab.teardown().unwrap();
 }
