@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::XdpMode;
-use portcullis_gateway::{ForwardMode, Gateway, GatewayOptions};
+use portcullis_gateway::{DatapathMode, Gateway};
 
+use crate::engine::Portcullis;
 use crate::harness::{program_mut, Harness};
 use crate::lab::in_ns;
 use crate::memory::{map_memory, rss_kib};
@@ -28,6 +29,14 @@ pub enum Contender {
     PortcullisXdp,
     /// The same, established flows only.
     PortcullisXdpEstablished,
+    /// The gateway with its AF_XDP engine judging and forwarding every packet, new flows.
+    PortcullisAfxdp,
+    /// The same, established flows only (confirmed in the engine's own flow table).
+    PortcullisAfxdpEstablished,
+    /// The hybrid: the engine judges the first packets, XDP serves their flows; new flows.
+    PortcullisHybrid,
+    /// The same, established flows only (all served by XDP from the pinned flow maps).
+    PortcullisHybridEstablished,
     /// The gateway's filter with kernel forwarding.
     PortcullisKernel,
     Nftables,
@@ -39,12 +48,16 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order they are measured and tabled.
-    pub const ALL: [Contender; 10] = [
+    pub const ALL: [Contender; 14] = [
         Contender::BareDrop,
         Contender::BarePass,
         Contender::BareRedirect,
         Contender::PortcullisXdp,
         Contender::PortcullisXdpEstablished,
+        Contender::PortcullisAfxdp,
+        Contender::PortcullisAfxdpEstablished,
+        Contender::PortcullisHybrid,
+        Contender::PortcullisHybridEstablished,
         Contender::PortcullisKernel,
         Contender::Nftables,
         Contender::NftablesCt,
@@ -60,6 +73,10 @@ impl Contender {
             Contender::BareRedirect => "bare-redirect",
             Contender::PortcullisXdp => "portcullis-xdp",
             Contender::PortcullisXdpEstablished => "portcullis-xdp-established",
+            Contender::PortcullisAfxdp => "portcullis-afxdp",
+            Contender::PortcullisAfxdpEstablished => "portcullis-afxdp-established",
+            Contender::PortcullisHybrid => "portcullis-hybrid",
+            Contender::PortcullisHybridEstablished => "portcullis-hybrid-established",
             Contender::PortcullisKernel => "portcullis-kernel",
             Contender::Nftables => "nftables",
             Contender::NftablesCt => "nftables-ct",
@@ -78,7 +95,12 @@ impl Contender {
 
     /// Floods established flows instead of a new flow per packet.
     pub fn established(self) -> bool {
-        self == Contender::PortcullisXdpEstablished
+        matches!(
+            self,
+            Contender::PortcullisXdpEstablished
+                | Contender::PortcullisAfxdpEstablished
+                | Contender::PortcullisHybridEstablished
+        )
     }
 
     /// Whose figures these are: rule-less contenders at 0 ipBlocks.
@@ -114,7 +136,7 @@ pub struct Link {
 /// What is attached and loaded for one contender; torn down after it.
 pub enum Setup {
     Programs(Vec<Link>),
-    Portcullis(Box<Gateway>),
+    Portcullis(Box<Portcullis>),
 }
 
 impl Harness<'_> {
@@ -144,6 +166,10 @@ impl Harness<'_> {
             ],
             Contender::PortcullisXdp
             | Contender::PortcullisXdpEstablished
+            | Contender::PortcullisAfxdp
+            | Contender::PortcullisAfxdpEstablished
+            | Contender::PortcullisHybrid
+            | Contender::PortcullisHybridEstablished
             | Contender::PortcullisKernel => {
                 return Ok(Setup::Portcullis(Box::new(
                     self.load_portcullis(c, w, plan, report)?,
@@ -173,7 +199,7 @@ impl Harness<'_> {
                     program_mut(&mut self.ebpf, link.program)?.detach(link.id)?;
                 }
             }
-            Setup::Portcullis(gw) => drop(gw),
+            Setup::Portcullis(p) => p.close()?,
         }
         self.reset_gateway_ns();
         Ok(())
@@ -187,35 +213,46 @@ impl Harness<'_> {
         Ok(Link { program, id })
     }
 
-    /// The gateway with the workload's tables; `portcullis-xdp` also reports its load times,
-    /// memory and micro figures.
+    /// The gateway with the workload's tables (and its engine running, for the AF_XDP
+    /// contenders); `portcullis-xdp` also reports its load times, memory and micro figures.
     fn load_portcullis(
         &mut self,
         c: Contender,
         w: &Workload,
         plan: &Plan,
         report: &mut Report,
-    ) -> Result<Gateway> {
-        let opts = GatewayOptions {
-            cluster_iface: self.lab.cluster_dev.clone(),
-            external_iface: self.lab.external_dev.clone(),
-            forward: if c == Contender::PortcullisKernel {
-                ForwardMode::Kernel
-            } else {
-                ForwardMode::Xdp
-            },
-            ..Default::default()
-        };
+    ) -> Result<Portcullis> {
+        let (opts, pins) = self.gateway_options(c)?;
         let rss0 = rss_kib();
         let t = Instant::now();
-        let mut gw = in_ns(&self.lab.gw_ns, || Gateway::load(opts))?;
+        let gw = in_ns(&self.lab.gw_ns, || Gateway::load(opts))?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut p = Portcullis {
+            engine: None,
+            engine_threads: Vec::new(),
+            gw,
+            pins,
+        };
         let t = Instant::now();
-        let stats = gw.apply(&w.tables)?;
+        let applied = p.gw.apply(&w.tables).map_err(anyhow::Error::from);
         let apply_ms = t.elapsed().as_secs_f64() * 1e3;
+        let started = applied.and_then(|stats| {
+            if c.datapath() != DatapathMode::Xdp {
+                self.start_engine(c, &mut p, w, stats.generation)?;
+            }
+            Ok(stats)
+        });
+        let stats = match started {
+            Ok(stats) => stats,
+            Err(e) => {
+                p.close()?;
+                return Err(e);
+            }
+        };
         if c != Contender::PortcullisXdp {
-            return Ok(gw);
+            return Ok(p);
         }
+        let gw = &mut p.gw;
         let s = c.subject(w);
         report.push(s.figure("program_load_time", load_ms, "ms"));
         report.push(s.figure("load_time", apply_ms, "ms"));
@@ -237,8 +274,8 @@ impl Harness<'_> {
             Err(e) => report.note(format!("map memory at {}: {e:#}", w.ip_blocks)),
         }
         if plan.micro {
-            self.micro(&mut gw, w, report)?;
+            self.micro(gw, w, report)?;
         }
-        Ok(gw)
+        Ok(p)
     }
 }

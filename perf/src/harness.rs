@@ -157,16 +157,17 @@ impl<'a> Harness<'a> {
     }
 
     /// Floods for `secs` and measures what was offered, forwarded and lost, and the gateway's
-    /// CPU (its NAPI thread `napi`).
-    pub fn measure(&mut self, secs: f64, napi: Option<i32>) -> Result<Sample> {
+    /// CPU: its threads' `gateway` (its NAPI thread, and the AF_XDP engine's; none found: no
+    /// CPU figure).
+    pub fn measure(&mut self, secs: f64, gateway: &[i32]) -> Result<Sample> {
         let d0 = self.drops()?;
         let c0 = self.sink_count()?;
         let s0 = self.gen_sent()?;
-        let cpu0 = napi.and_then(lab::thread_cpu_ns);
+        let cpu0 = threads_cpu_ns(gateway);
         let t = Instant::now();
         self.generate(secs)?;
         let elapsed = t.elapsed().as_secs_f64();
-        let cpu1 = napi.and_then(lab::thread_cpu_ns);
+        let cpu1 = threads_cpu_ns(gateway);
         std::thread::sleep(Duration::from_millis(30));
         let c1 = self.sink_count()?;
         let s1 = self.gen_sent()?;
@@ -211,6 +212,14 @@ impl<'a> Harness<'a> {
              ip netns exec {ns} ipset destroy 2>/dev/null; true"
         ));
     }
+}
+
+/// CPU time (ns) of `threads` together; `None` when there are none or one cannot be read.
+fn threads_cpu_ns(threads: &[i32]) -> Option<u64> {
+    if threads.is_empty() {
+        return None;
+    }
+    threads.iter().map(|&t| lab::thread_cpu_ns(t)).sum()
 }
 
 /// Frames a veth failed to pass to its peer so far: its `tx dropped` (the kernel adds the XDP

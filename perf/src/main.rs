@@ -11,6 +11,7 @@
 mod args;
 mod change;
 mod contender;
+mod engine;
 mod frame;
 mod generator;
 mod harness;

@@ -106,6 +106,27 @@ impl Sender {
         })
     }
 
+    /// Sends one frame as it is; false when the device queue was full (the frame is not sent).
+    pub fn send(&self, frame: &[u8]) -> Result<bool> {
+        // SAFETY: valid fd and buffer.
+        let rc = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(e).context("send on the AF_PACKET socket");
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Sends one frame of every stream per round, a round every `interval` (best effort: the
     /// thread sleeps in between), until `stop` is set. Returns frames sent per stream.
     pub fn run(&self, streams: &[Stream], interval: Duration, stop: &AtomicBool) -> Result<Sent> {
@@ -156,24 +177,9 @@ impl Sender {
                 let f = &mut frames[i];
                 f[42..46].copy_from_slice(&(seq[i] as u32).to_be_bytes());
                 f[46..50].copy_from_slice(&WATCH_MAGIC.to_be_bytes());
-                // SAFETY: valid fd and buffer.
-                let rc = unsafe {
-                    libc::send(
-                        self.fd.as_raw_fd(),
-                        f.as_ptr() as *const libc::c_void,
-                        f.len(),
-                        0,
-                    )
-                };
-                if rc < 0 {
-                    let e = std::io::Error::last_os_error();
-                    // A full device queue: this frame is not sent (and not counted).
-                    if e.raw_os_error() != Some(libc::ENOBUFS) {
-                        return Err(e).context("send on the AF_PACKET socket");
-                    }
-                    continue;
+                if self.send(f)? {
+                    seq[i] += 1;
                 }
-                seq[i] += 1;
             }
             rounds += 1;
             std::thread::sleep(interval);

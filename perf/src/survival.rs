@@ -121,7 +121,7 @@ impl Harness<'_> {
         let flood_mask = (w.targets.len() - 1) as u32;
         let cfg = self.flood_config(flood_mask, true, 0);
         self.set_gen(cfg)?;
-        let capacity = self.measure(1.0, rig.napi)?.forwarded;
+        let capacity = self.measure(1.0, rig.napi.as_slice())?.forwarded;
         let paced_gap = (2e9 / capacity.max(1.0)).min(u32::MAX as f64) as u32;
         for (name, gap_ns) in [("paced", paced_gap), ("saturating", 0)] {
             check(self.stop)?;

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::Result;
-use portcullis_gateway::{Gateway, TestProgram, XDP_DROP};
+use portcullis_gateway::{DatapathMode, Gateway, TestProgram, XDP_DROP};
 
 use crate::contender::{Contender, Setup};
 use crate::frame::udp_frame;
@@ -33,7 +33,11 @@ impl Harness<'_> {
         let mut setup = self.set_up(c, w, plan, report)?;
         let setup_ms = t.elapsed().as_secs_f64() * 1e3;
         let result = (|| -> Result<()> {
-            let napi = self.gateway_napi()?;
+            // The gateway's threads: its NAPI thread, and the AF_XDP engine's.
+            let mut threads: Vec<i32> = self.gateway_napi()?.into_iter().collect();
+            if let Setup::Portcullis(p) = &setup {
+                threads.extend(&p.engine_threads);
+            }
             // Verdict agreement with the reference (bare contenders enforce nothing: skipped).
             if !c.is_bare() && !w.probes.is_empty() {
                 self.check_verdicts(c, w, report)?;
@@ -49,14 +53,20 @@ impl Harness<'_> {
             for (i, &frame) in plan.frame_sizes.iter().enumerate() {
                 self.set_frame(frame)?;
                 // Warm-up (fills the flow table for the established case).
-                self.measure(if established { 1.0 } else { 0.3 }, napi)?;
-                if let (true, 0, Setup::Portcullis(gw)) = (established, i, &mut setup) {
-                    self.confirm_flows(gw, w, targets)?;
+                self.measure(if established { 1.0 } else { 0.3 }, &threads)?;
+                if let (true, 0, Setup::Portcullis(p)) = (established, i, &mut setup) {
+                    match (&p.engine, c.datapath()) {
+                        (Some(engine), DatapathMode::Afxdp) => {
+                            let n = self.confirm_engine_flows(engine, w, targets)?;
+                            println!("   {}: {n} flows confirmed in the engine", c.name());
+                        }
+                        _ => self.confirm_flows(&mut p.gw, w, targets)?,
+                    }
                 }
                 let mut samples = Vec::new();
                 for _ in 0..plan.repeats {
                     check(self.stop)?;
-                    samples.push(self.measure(plan.duration, napi)?);
+                    samples.push(self.measure(plan.duration, &threads)?);
                 }
                 push_throughput(&subject, frame, &samples, report);
             }
@@ -64,10 +74,10 @@ impl Harness<'_> {
             Ok(())
         })();
         // The idle-flow measurement: once per run, on the first `portcullis-xdp` gateway.
-        if let (Ok(()), Setup::Portcullis(gw)) = (&result, &mut setup) {
+        if let (Ok(()), Setup::Portcullis(p)) = (&result, &mut setup) {
             if c == Contender::PortcullisXdp && plan.idle_flows > 0 && !self.idle_flows_done {
                 self.idle_flows_done = true;
-                if let Err(e) = self.idle_flows(gw, w, plan, report) {
+                if let Err(e) = self.idle_flows(&mut p.gw, w, plan, report) {
                     println!("   idle flows: FAILED: {e:#}");
                     let size = w.ip_blocks;
                     report.note(format!("idle flows at {size} ipBlocks failed: {e:#}"));

@@ -1,5 +1,5 @@
 //! CI smoke test: the harness starts on a tiny configuration (10 ipBlocks, 1 s per contender and
-//! frame size, three contenders, a few probes, 4 policy changes for latency and 4 per survival phase,
+//! frame size, three contenders and the four AF_XDP ones, a few probes, 4 policy changes for latency and 4 per survival phase,
 //! 200 idle flows under a flood of a fifth of the flow table) and writes a well-formed result JSON
 //! and plots. Asserts shape and the idle-flow probe's own checks, never speed. Needs root (network
 //! namespaces, XDP); skipped otherwise.
@@ -24,7 +24,8 @@ fn tiny_run_writes_wellformed_results() {
             "--repeats",
             "1",
             "--contenders",
-            "bare-pass,bare-redirect,portcullis-xdp",
+            "bare-pass,bare-redirect,portcullis-xdp,portcullis-xdp-established,portcullis-afxdp,\
+             portcullis-afxdp-established,portcullis-hybrid,portcullis-hybrid-established",
             "--probes",
             "20",
             "--targets-log2",
@@ -105,6 +106,20 @@ fn tiny_run_writes_wellformed_results() {
     assert!(has("portcullis-xdp", "dropped_pps"));
     assert!(has("portcullis", "test_run_established_flow_repeat1"));
     assert!(has("portcullis-xdp", "verdict_agreement"));
+    // The AF_XDP contenders forward and judge as the XDP one does (shape only: no speed).
+    for c in [
+        "portcullis-afxdp",
+        "portcullis-afxdp-established",
+        "portcullis-hybrid",
+        "portcullis-hybrid-established",
+    ] {
+        let agreement = figures
+            .iter()
+            .find(|f| f["contender"] == c && f["metric"] == "verdict_agreement")
+            .and_then(|f| f["value"].as_f64());
+        assert_eq!(agreement, Some(1.0), "{c}: verdict agreement");
+        assert!(has(c, "forwarded_per_core"), "{c}: no forwarded_per_core");
+    }
     assert!(has("portcullis", "compile_time"));
     assert!(has("portcullis", "test_run_established_flow"));
     assert!(v["load"]["before"].is_array() && v["load"]["after"].is_array());
@@ -146,6 +161,10 @@ fn tiny_run_writes_wellformed_results() {
         "portcullis-xdp/bare-pass",
         "portcullis-xdp/bare-redirect",
         "bare-pass/bare-redirect",
+        "portcullis-afxdp/portcullis-xdp",
+        "portcullis-afxdp-established/portcullis-xdp-established",
+        "portcullis-hybrid/portcullis-xdp",
+        "portcullis-hybrid-established/portcullis-xdp-established",
     ] {
         assert!(
             per_core.iter().any(|r| r["ratio"] == ratio),

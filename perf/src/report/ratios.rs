@@ -1,7 +1,8 @@
 //! Ratios between contenders per frame size and ipBlock count, in the JSON and the summary:
 //! `ratios` of forwarded packets/s (what the README's ratio tables cite), and `ratios_per_core`
 //! of forwarded packets per second of gateway CPU (`forwarded_per_core`) — the same pairs
-//! re-based on the gateway's CPU, plus every contender against `bare-redirect`. The two differ
+//! re-based on the gateway's CPU, plus the AF_XDP contenders against their XDP counterparts and
+//! every contender against `bare-redirect`. The two differ
 //! where a contender leaves its gateway core partly idle (`bare-redirect`, limited by the sink on
 //! two cores, runs it at about half): per core compares the work per packet, the rate what came
 //! out.
@@ -24,6 +25,16 @@ const OTHERS: [&str; 6] = [
     "iptables-ipset",
     "iptables-linear",
 ];
+/// The AF_XDP contenders and the XDP contender each is compared with per core (same traffic).
+const ENGINES: [(&str, &str); 4] = [
+    ("portcullis-afxdp", "portcullis-xdp"),
+    ("portcullis-afxdp-established", "portcullis-xdp-established"),
+    ("portcullis-hybrid", "portcullis-xdp"),
+    (
+        "portcullis-hybrid-established",
+        "portcullis-xdp-established",
+    ),
+];
 /// The XDP ceiling every contender is compared with per core.
 const BASELINE: &str = "bare-redirect";
 const PER_CORE: &str = "forwarded_per_core";
@@ -43,10 +54,12 @@ impl Report {
         self.portcullis_ratios("forwarded_pps")
     }
 
-    /// Ratios of forwarded packets per gateway CPU-second: Portcullis to the others, then every
-    /// other contender to `bare-redirect` (rule-less ones once per frame size, at ipBlocks 0).
+    /// Ratios of forwarded packets per gateway CPU-second: Portcullis to the others, the AF_XDP
+    /// contenders to their XDP counterparts, then every other contender to `bare-redirect`
+    /// (rule-less ones once per frame size, at ipBlocks 0).
     pub fn ratios_per_core(&self) -> Vec<Ratio> {
         let mut out = self.portcullis_ratios(PER_CORE);
+        out.extend(self.engine_ratios(PER_CORE));
         for frame in self.frames() {
             let Some(base) = self.value(BASELINE, 0, frame, PER_CORE) else {
                 continue;
@@ -74,23 +87,40 @@ impl Report {
 
     /// `metric` of each of `OURS` over each of `OTHERS`, per frame size and ipBlock count.
     fn portcullis_ratios(&self, metric: &str) -> Vec<Ratio> {
+        let pairs = OURS
+            .iter()
+            .flat_map(|ours| OTHERS.map(|other| (*ours, other)));
+        self.pair_ratios(metric, pairs)
+    }
+
+    /// `metric` of each AF_XDP contender over its XDP counterpart's (`ENGINES`).
+    fn engine_ratios(&self, metric: &str) -> Vec<Ratio> {
+        self.pair_ratios(metric, ENGINES)
+    }
+
+    /// `metric` of `a` over `b` for each pair, per frame size and ipBlock count where both
+    /// have it.
+    fn pair_ratios<'p>(
+        &self,
+        metric: &str,
+        pairs: impl IntoIterator<Item = (&'p str, &'p str)> + Clone,
+    ) -> Vec<Ratio> {
         let mut out = Vec::new();
         for frame in self.frames() {
             for size in self.sizes() {
-                for ours in OURS {
-                    let Some(p) = self.value(ours, size, frame, metric) else {
+                for (a, b) in pairs.clone() {
+                    let (Some(x), Some(y)) = (
+                        self.value(a, size, frame, metric),
+                        self.value(b, size, frame, metric),
+                    ) else {
                         continue;
                     };
-                    for other in OTHERS {
-                        if let Some(o) = self.value(other, size, frame, metric) {
-                            out.push(Ratio {
-                                ip_blocks: size,
-                                frame_bytes: frame,
-                                ratio: format!("{ours}/{other}"),
-                                value: p / o,
-                            });
-                        }
-                    }
+                    out.push(Ratio {
+                        ip_blocks: size,
+                        frame_bytes: frame,
+                        ratio: format!("{a}/{b}"),
+                        value: x / y,
+                    });
                 }
             }
         }
@@ -136,6 +166,11 @@ impl Report {
         }
         println!("\nratios per gateway core (forwarded_per_core, portcullis / other):");
         print_lines(&self.portcullis_ratios(PER_CORE));
+        let engines = self.engine_ratios(PER_CORE);
+        if !engines.is_empty() {
+            println!("\nratios per gateway core (forwarded_per_core, AF_XDP engine / XDP):");
+            print_lines(&engines);
+        }
     }
 }
 
@@ -169,6 +204,7 @@ mod tests {
         per_core(&mut r, "bare-pass", 0, 1e6);
         per_core(&mut r, "portcullis-xdp", 10, 5e5);
         per_core(&mut r, "nftables", 10, 1e6);
+        per_core(&mut r, "portcullis-afxdp", 10, 2.5e5);
         let find = |ratios: &[Ratio], name: &str| {
             ratios
                 .iter()
@@ -179,6 +215,16 @@ mod tests {
         assert_eq!(find(&pc, "portcullis-xdp/bare-redirect"), Some((10, 0.125)));
         assert_eq!(find(&pc, "portcullis-xdp/nftables"), Some((10, 0.5)));
         assert_eq!(find(&pc, "nftables/bare-redirect"), Some((10, 0.25)));
+        assert_eq!(
+            find(&pc, "portcullis-afxdp/portcullis-xdp"),
+            Some((10, 0.5))
+        );
+        assert_eq!(
+            find(&pc, "portcullis-afxdp/bare-redirect"),
+            Some((10, 0.0625))
+        );
+        // No hybrid figure: no hybrid ratio.
+        assert!(!pc.iter().any(|x| x.ratio.starts_with("portcullis-hybrid")));
         assert_eq!(find(&pc, "bare-pass/bare-redirect"), Some((0, 0.25)));
         assert_eq!(
             pc.iter()
