@@ -1,30 +1,29 @@
 //! The running engine: one thread per receive queue, each with the AF_XDP sockets of that queue on
 //! both legs ([`QueueRings`]) and its own next-hop cache, judging with the one shared [`Pipeline`]
-//! and forwarding what the XDP program steers to it. The policy tables are swapped as a whole ([`Engine::set_tables`])
-//! and read once per batch, so a batch is judged by one generation.
+//! and forwarding what the XDP program steers to it. The policy tables are swapped as a whole
+//! ([`Engine::set_tables`]); a thread notices the swap at its next frame, so once `set_tables`
+//! returns no frame received later is judged by the old generation.
 //!
-//! `afxdp`: the engine's own flow table ([`LocalFlows`]); it lives in the process, so a restart
-//! forgets flows (established TCP connections through a selected pod are cut, as after
-//! `status`'s flows are cleared). `hybrid`: the flows live in the XDP program's pinned flow maps
-//! ([`PinnedFlows`]): the engine sees only packets no flow vouches for, writes the flows it
-//! admits there, and the next packets of those flows stay in XDP; a restart keeps them.
+//! Flows (see `mode_flows`): `afxdp` keeps its own table, mirrored into the XDP program's pinned
+//! flow maps so the program can take over established connections when the daemon dies;
+//! `hybrid` uses the pinned maps as its table, and the next packets of a flow it admits stay in
+//! XDP.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData, XskMap};
+use aya::maps::{MapData, XskMap};
 use portcullis_common::*;
 use portcullis_ebpf_common::parse::Packet;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::flows::{FlowStore, Hit, LocalFlows};
 use crate::kernel_path::KernelPath;
+use crate::mode_flows::Flows;
 use crate::next_hop::NextHops;
 use crate::pipeline::{new_packet, Outcome, Pipeline};
 use crate::rewrite::forward_rewrite;
@@ -83,6 +82,9 @@ pub struct EngineOptions {
     pub rings: RingConfig,
     /// Hybrid mode: the pin directory of the XDP program's flow maps.
     pub hybrid_pins: Option<std::path::PathBuf>,
+    /// afxdp mode: the pin directory of the XDP program's flow maps, which then mirror the
+    /// engine's flows (see `mode_flows`).
+    pub mirror_pins: Option<std::path::PathBuf>,
     /// Re-check flows admitted under another generation (`--revalidate`).
     pub revalidate: bool,
     /// Pin queue `q`'s thread to CPU `q` (modulo the CPUs).
@@ -131,6 +133,9 @@ impl EngineStatus {
 
 struct Shared {
     tables: RwLock<Arc<PolicyTables>>,
+    /// Bumped by every swap of `tables`: a thread compares it per frame (one atomic load) and
+    /// takes the new tables when it moved.
+    tables_version: AtomicU64,
     /// One pipeline (flow table and counters) for every queue: a connection's two directions may
     /// arrive on different queues (veth, like most NICs' RSS, does not hash them symmetrically),
     /// and a reply must find the flow its request opened. Locked per frame.
@@ -162,12 +167,15 @@ impl Engine {
         tables: PolicyTables,
     ) -> Result<Engine, EngineError> {
         let queues = queue_count(&options)?;
-        let flows = match &options.hybrid_pins {
-            Some(dir) => Flows::Pinned(PinnedFlows::open(dir)?),
-            None => Flows::Local(LocalFlows::default()),
-        };
+        let hybrid = options.hybrid_pins.is_some();
+        let pins = options
+            .hybrid_pins
+            .as_deref()
+            .or(options.mirror_pins.as_deref());
+        let flows = Flows::new(hybrid, pins)?;
         let shared = Arc::new(Shared {
             tables: RwLock::new(Arc::new(tables)),
+            tables_version: AtomicU64::new(0),
             pipeline: Mutex::new(Pipeline::new(flows)),
             stop: AtomicBool::new(false),
             queues: Mutex::new(vec![QueueStatus::default(); queues as usize]),
@@ -214,13 +222,14 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Makes `tables` the generation the engine judges by, from its threads' next batch on.
+    /// Makes `tables` the generation the engine judges by, from its threads' next frame on.
     pub fn set_tables(&self, tables: PolicyTables) {
         *self
             .shared
             .tables
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
+        self.shared.tables_version.fetch_add(1, Ordering::Release);
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -256,6 +265,17 @@ impl Drop for Engine {
     }
 }
 
+impl Shared {
+    /// The tables in force and their version. The version is read first: a swap in between
+    /// leaves new tables under the old version (taken again at the next frame), never old tables
+    /// under the new one.
+    fn tables(&self) -> (u64, Arc<PolicyTables>) {
+        let version = self.tables_version.load(Ordering::Acquire);
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        (version, tables.clone())
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -280,125 +300,6 @@ fn queue_count(options: &EngineOptions) -> Result<u32, EngineError> {
         return Err(EngineError::TooManyQueues { queues });
     }
     Ok(queues)
-}
-
-/// The flow table of the hybrid mode: the XDP program's pinned maps. The engine only sees packets
-/// no live flow vouches for, so it never finds one; what it admits it writes as a new embryonic
-/// flow (dropping a stale confirmed entry of the same key, which the program would otherwise
-/// keep finding first), and the program confirms it when the responder answers.
-pub struct PinnedFlows {
-    flows: HashMap<MapData, FlowKey, ConfirmedFlow>,
-    embryonic: HashMap<MapData, FlowKey, FlowValue>,
-}
-
-impl PinnedFlows {
-    pub fn open(dir: &Path) -> Result<PinnedFlows, EngineError> {
-        let open = |name: &'static str| {
-            let err = |source| EngineError::FlowMaps {
-                name,
-                dir: dir.display().to_string(),
-                source,
-            };
-            let data = MapData::from_pin(dir.join(name)).map_err(err)?;
-            aya::maps::Map::from_map_data(data).map_err(err)
-        };
-        let flows = open(MAP_FLOWS)?;
-        let embryonic = open(MAP_EMBRYONIC_FLOWS)?;
-        let wrong = |name: &'static str| {
-            move |source| EngineError::FlowMaps {
-                name,
-                dir: dir.display().to_string(),
-                source,
-            }
-        };
-        Ok(PinnedFlows {
-            flows: HashMap::try_from(flows).map_err(wrong(MAP_FLOWS))?,
-            embryonic: HashMap::try_from(embryonic).map_err(wrong(MAP_EMBRYONIC_FLOWS))?,
-        })
-    }
-}
-
-impl FlowStore for PinnedFlows {
-    fn find(&mut self, _key: &FlowKey) -> Option<Hit<'_>> {
-        None
-    }
-
-    fn related_live(&self, key: &FlowKey, now_ns: u64) -> bool {
-        let live = |f: &FlowValue| now_ns.wrapping_sub(f.last_seen_ns) <= flow_timeout_ns(f.state);
-        match self.flows.get(key, 0) {
-            Ok(c) => live(&c.flow),
-            Err(_) => self.embryonic.get(key, 0).is_ok_and(|f| live(&f)),
-        }
-    }
-
-    fn open(&mut self, key: &FlowKey, flow: &FlowValue) {
-        let _ = self.flows.remove(key);
-        if let Err(e) = self.embryonic.insert(key, flow, 0) {
-            warn!(error = %e, "hybrid: could not write a new flow into EMBRYONIC_FLOWS");
-        }
-    }
-}
-
-/// The flow table of the mode.
-enum Flows {
-    Local(LocalFlows),
-    Pinned(PinnedFlows),
-}
-
-impl FlowStore for Flows {
-    fn find(&mut self, key: &FlowKey) -> Option<Hit<'_>> {
-        match self {
-            Flows::Local(f) => f.find(key),
-            Flows::Pinned(f) => f.find(key),
-        }
-    }
-
-    fn related_live(&self, key: &FlowKey, now_ns: u64) -> bool {
-        match self {
-            Flows::Local(f) => f.related_live(key, now_ns),
-            Flows::Pinned(f) => f.related_live(key, now_ns),
-        }
-    }
-
-    fn open(&mut self, key: &FlowKey, flow: &FlowValue) {
-        match self {
-            Flows::Local(f) => f.open(key, flow),
-            Flows::Pinned(f) => f.open(key, flow),
-        }
-    }
-
-    fn confirm(&mut self, key: &FlowKey) -> bool {
-        match self {
-            Flows::Local(f) => f.confirm(key),
-            Flows::Pinned(f) => f.confirm(key),
-        }
-    }
-
-    fn remove(&mut self, key: &FlowKey, embryonic: bool) -> bool {
-        match self {
-            Flows::Local(f) => f.remove(key, embryonic),
-            Flows::Pinned(f) => f.remove(key, embryonic),
-        }
-    }
-}
-
-impl Flows {
-    /// Entries (embryonic, confirmed) of the engine's own table; the pinned maps are the XDP
-    /// program's, counted by its `status`.
-    fn lengths(&self) -> (usize, usize) {
-        match self {
-            Flows::Local(f) => (f.embryonic_len(), f.confirmed_len()),
-            Flows::Pinned(_) => (0, 0),
-        }
-    }
-
-    /// Deletes expired flows of the engine's own table (the daemon's GC serves the pinned maps).
-    fn expire(&mut self, now_ns: u64) -> (usize, usize) {
-        match self {
-            Flows::Local(f) => f.expire(now_ns),
-            Flows::Pinned(_) => (0, 0),
-        }
-    }
 }
 
 /// One queue's thread.
@@ -475,15 +376,13 @@ impl Worker {
         let mut pkt = new_packet();
         let mut last_chores = Instant::now();
         let revalidate = self.options.revalidate;
+        let (mut version, mut tables) = self.shared.tables();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let tables = self
-                .shared
-                .tables
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let now = monotonic_coarse_ns();
             let polled = rings.poll(POLL_TIMEOUT_MS, |leg, frame| {
+                if self.shared.tables_version.load(Ordering::Acquire) != version {
+                    (version, tables) = self.shared.tables();
+                }
+                let now = monotonic_coarse_ns();
                 let (sides, ifindex) = match leg {
                     Leg::Cluster => (CHECK_EGRESS_OF_SRC, fwd.legs.0),
                     Leg::External => (CHECK_INGRESS_OF_DST, fwd.legs.1),
@@ -508,7 +407,7 @@ impl Worker {
                 last_chores = Instant::now();
                 if self.queue == 0 {
                     let mut p = lock(&self.shared.pipeline);
-                    let (embryonic, confirmed) = p.flows.expire(now);
+                    let (embryonic, confirmed) = p.flows.expire(monotonic_coarse_ns());
                     p.counters[COUNTER_GC_EMBRYONIC as usize] += embryonic as u64;
                     p.counters[COUNTER_GC_CONFIRMED as usize] += confirmed as u64;
                 }

@@ -8,11 +8,13 @@
 //! - [`next_hop`], [`kernel_path`]: where a forwarded frame goes (route and neighbour from
 //!   rtnetlink, cached per destination) and the kernel's output path for what the engine cannot
 //!   send itself.
-//! - [`engine`]: one thread per queue tying them together.
+//! - [`engine`]: one thread per queue tying them together; [`mode_flows`]: its flow table in
+//!   each mode, over the XDP program's pinned flow maps.
 
 pub mod engine;
 pub mod flows;
 pub mod kernel_path;
+pub mod mode_flows;
 pub mod next_hop;
 pub mod pipeline;
 pub mod rewrite;

@@ -261,6 +261,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
                     ..RingConfig::default()
                 },
                 hybrid_pins: (args.datapath == DatapathMode::Hybrid).then(|| args.pin_dir.clone()),
+                mirror_pins: Some(args.pin_dir.clone()),
                 revalidate: args.revalidate,
                 pin_threads: true,
             },

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use portcullis_common::{
-    DropEvent, DIRECTION_EGRESS, DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED,
-    DROP_REASON_UNKNOWN_POD,
+    DropEvent, COUNTER_DROP_FRAGMENT, COUNTER_DROP_MALFORMED, COUNTER_DROP_POLICY,
+    COUNTER_PASS_FLOW, COUNTER_PASS_POLICY, COUNTER_PASS_UNSELECTED, DIRECTION_EGRESS,
+    DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED, DROP_REASON_UNKNOWN_POD,
 };
 use portcullis_gateway::{PinnedGateway, TableStatus};
 use portcullis_node::PinnedNode;
@@ -246,21 +247,30 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
 fn print_engine(engine: &serde_json::Value) {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
     let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let counter = |i: u32| num(&engine["counters"][i as usize]);
     println!(
-        "  AF_XDP engine: {}   generation {}   drop events lost {}",
+        "  AF_XDP engine: {}   flows {} embryonic {} confirmed   drop events lost {}",
         text(&engine["mode"]),
-        num(&engine["generation"]),
+        num(&engine["embryonic_flows"]),
+        num(&engine["confirmed_flows"]),
         num(&engine["drop_events_lost"])
+    );
+    println!(
+        "    passed: flow {} policy {} unselected {}   dropped: policy {} malformed {} fragment {}",
+        counter(COUNTER_PASS_FLOW),
+        counter(COUNTER_PASS_POLICY),
+        counter(COUNTER_PASS_UNSELECTED),
+        counter(COUNTER_DROP_POLICY),
+        counter(COUNTER_DROP_MALFORMED),
+        counter(COUNTER_DROP_FRAGMENT)
     );
     for q in engine["queues"].as_array().into_iter().flatten() {
         println!(
-            "    queue {}: forwarded {} to kernel {} (errors {})   flows {} embryonic {} confirmed",
+            "    queue {}: forwarded {} to kernel {} (errors {})",
             num(&q["queue"]),
             num(&q["forwarded"]),
             num(&q["to_kernel"]),
-            num(&q["to_kernel_errors"]),
-            num(&q["embryonic_flows"]),
-            num(&q["confirmed_flows"])
+            num(&q["to_kernel_errors"])
         );
         for leg in ["cluster", "external"] {
             let l = &q["rings"][leg];

@@ -116,13 +116,9 @@ fn published(dirs: &GatewayDirs) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Starts the daemon in the gateway namespace and waits until it has applied a generation.
-fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs) -> LabChild {
-    start_gateway_with(lab, dirs, &[])
-}
-
-/// [`start_gateway`] with more arguments (`--datapath afxdp`).
-fn start_gateway_with(lab: &mut Lab, dirs: &GatewayDirs, args: &[&str]) -> LabChild {
+/// Starts the daemon in the gateway namespace, with `args` (`--datapath afxdp`) besides the legs
+/// and directories, and waits until it has applied a generation.
+fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs, args: &[&str]) -> LabChild {
     let _ = std::fs::remove_file(dirs.state_dir.join("state.json"));
     let legs = lab.gateway().clone();
     let mut cmd = Command::new(BIN);
@@ -215,7 +211,26 @@ impl Established {
 
 #[test]
 fn established_flows_survive_policy_changes_restarts_and_bad_input() {
-    let dirs = GatewayDirs::new("survive");
+    established_flows_survive("xdp");
+}
+
+/// The same with the AF_XDP engine judging every packet: while the daemon is dead the program
+/// judges with the flows the engine mirrored into its pinned maps, and the restarted engine reads
+/// them back.
+#[test]
+fn established_flows_survive_with_the_af_xdp_engine() {
+    established_flows_survive("afxdp");
+}
+
+/// The same in hybrid mode: the flows live in the program's pinned maps.
+#[test]
+fn established_flows_survive_with_the_hybrid_engine() {
+    established_flows_survive("hybrid");
+}
+
+fn established_flows_survive(datapath: &str) {
+    let dirs = GatewayDirs::new(&format!("survive-{datapath}"));
+    let args = ["--datapath", datapath];
     std::fs::copy(
         repo().join("configs/examples/cluster.yaml"),
         dirs.manifests.join("cluster.yaml"),
@@ -237,7 +252,7 @@ fn established_flows_survive_policy_changes_restarts_and_bad_input() {
         ..LabOptions::default()
     };
     let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
-    let mut gateway = start_gateway(&mut lab, &dirs);
+    let mut gateway = start_gateway(&mut lab, &dirs, &args);
     let verdict = |lab: &Lab, i: usize| lab.probe(&probes[i]).unwrap().verdict;
     assert_eq!(verdict(&lab, 0), Verdict::Allow);
     assert_eq!(verdict(&lab, 1), Verdict::Deny);
@@ -299,7 +314,7 @@ fn established_flows_survive_policy_changes_restarts_and_bad_input() {
         conn.round_trip(1000),
         "established flow lost when the daemon died"
     );
-    gateway = start_gateway(&mut lab, &dirs);
+    gateway = start_gateway(&mut lab, &dirs, &args);
     assert!(
         conn.round_trip(1001),
         "established flow lost across the restart"
@@ -364,7 +379,7 @@ fn status_and_monitor(datapath: &str) {
         ..LabOptions::default()
     };
     let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
-    let gateway = start_gateway_with(&mut lab, &dirs, &["--datapath", datapath]);
+    let gateway = start_gateway(&mut lab, &dirs, &["--datapath", datapath]);
     let gw_netns = lab.gateway().netns.clone();
     let tool = |args: &[&str]| {
         let mut cmd = Command::new(BIN);
