@@ -23,6 +23,7 @@ use crate::frame::udp_frame;
 use crate::harness::Harness;
 use crate::lab::{self, in_ns, Lab};
 use crate::plan::FRAME_LEN;
+use crate::sampler::Tuple;
 use crate::sender::Sender;
 use crate::workload::Workload;
 
@@ -126,6 +127,7 @@ impl Harness<'_> {
             bail!("{}: the gateway has no engine handles", c.name());
         };
         let hybrid = c.datapath() == DatapathMode::Hybrid;
+        let pins = p.pins.as_ref().map(|d| d.0.clone());
         let lab = &self.lab;
         let options = EngineOptions {
             cluster_iface: lab.cluster_dev.clone(),
@@ -133,7 +135,9 @@ impl Harness<'_> {
             legs: handles.legs,
             queues: None,
             rings: RingConfig::default(),
-            hybrid_pins: p.pins.as_ref().filter(|_| hybrid).map(|d| d.0.clone()),
+            hybrid_pins: pins.clone().filter(|_| hybrid),
+            // As the daemon: the afxdp engine's flows mirrored into the program's pinned maps.
+            mirror_pins: pins,
             revalidate: false,
             // Queue 0's thread would go to CPU 0, the generator's: placed below instead.
             pin_threads: false,
@@ -155,10 +159,13 @@ impl Harness<'_> {
     }
 
     /// The afxdp engine's flows of the first `targets` targets, confirmed as
-    /// [`Harness::confirm_flows`] confirms the program's: a reply per target, here sent for real
-    /// from the sink's side (the engine's flow table is in user space; a test run would not reach
-    /// it). A target the gateway denied has no flow: its reply is dropped. Returns the engine's
-    /// confirmed flows.
+    /// [`Harness::confirm_flows`] confirms the program's: a reply per target the gateway allows,
+    /// here sent for real from the sink's side (the engine's flow table is in user space; a test
+    /// run would not reach it, and in afxdp mode the program only steers). Which targets are
+    /// allowed is the reference's verdict (`GatewayTables::allows`, which the contender's
+    /// verdicts were checked against): a reply to a denied one could open a flow of its own
+    /// where the pod's ingress policy allows it, which the XDP contender does not get. Returns
+    /// the engine's confirmed flows.
     pub fn confirm_engine_flows(
         &self,
         engine: &Engine,
@@ -171,12 +178,19 @@ impl Harness<'_> {
             lab::pin_current_thread(lab.cpus.sink);
             let ifindex = lab::ifindex(&lab.sink_dev)?;
             let sender = Sender::open(ifindex, sm, em, FRAME_LEN)?;
-            for burst in w.targets[..targets].chunks(REPLY_BURST) {
-                for t in burst {
-                    let src = Ipv4Addr::from(u32::from_be(t.src));
-                    let dst = Ipv4Addr::from(u32::from_be(t.dst));
-                    let (sport, dport) = (u16::from_be(t.sport), u16::from_be(t.dport));
-                    sender.send(&udp_frame(sm, em, dst, src, dport, sport, FRAME_LEN))?;
+            let mut replies = Vec::new();
+            for t in &w.targets[..targets] {
+                let src = Ipv4Addr::from(u32::from_be(t.src));
+                let dst = Ipv4Addr::from(u32::from_be(t.dst));
+                let (sport, dport) = (u16::from_be(t.sport), u16::from_be(t.dport));
+                let port = dport;
+                if (Tuple { src, dst, port }).allowed_by(&w.tables) {
+                    replies.push(udp_frame(sm, em, dst, src, dport, sport, FRAME_LEN));
+                }
+            }
+            for burst in replies.chunks(REPLY_BURST) {
+                for reply in burst {
+                    sender.send(reply)?;
                 }
                 std::thread::sleep(REPLY_PAUSE);
             }
