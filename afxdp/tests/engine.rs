@@ -114,7 +114,12 @@ impl Drop for PinDir {
 }
 
 /// Loads the gateway in `datapath` mode and starts its engine on every queue.
-fn gateway(t: &Topology, datapath: DatapathMode, pins: &PinDir) -> (Gateway, Engine) {
+fn gateway(
+    t: &Topology,
+    datapath: DatapathMode,
+    pins: &PinDir,
+    revalidate: bool,
+) -> (Gateway, Engine) {
     t.gw.run(|| {
         let mut gw = Gateway::load(GatewayOptions {
             cluster_iface: "gc".into(),
@@ -137,7 +142,7 @@ fn gateway(t: &Topology, datapath: DatapathMode, pins: &PinDir) -> (Gateway, Eng
                 rings: RingConfig::default(),
                 hybrid_pins: (datapath == DatapathMode::Hybrid).then(|| pins.0.clone()),
                 mirror_pins: Some(pins.0.clone()),
-                revalidate: false,
+                revalidate,
                 pin_threads: false,
             },
             handles.xsks,
@@ -217,7 +222,7 @@ fn afxdp_engine_judges_and_forwards_over_two_queues() {
     require_root();
     let t = topology("ea", 2, 2);
     let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
-    let (gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins);
+    let (gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins, false);
     check_traffic(&t);
     let status = settled(&engine);
     eprintln!("{}", serde_json::to_string_pretty(&status).unwrap());
@@ -254,7 +259,7 @@ fn hybrid_engine_writes_flows_that_xdp_then_serves() {
     require_root();
     let t = topology("eh", 2, 2);
     let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
-    let (gw, engine) = gateway(&t, DatapathMode::Hybrid, &pins);
+    let (gw, engine) = gateway(&t, DatapathMode::Hybrid, &pins, false);
     check_traffic(&t);
     let status = settled(&engine);
     let c = portcullis_gateway::Counters::from_sums(&status.counters());
@@ -274,6 +279,39 @@ fn hybrid_engine_writes_flows_that_xdp_then_serves() {
         "XDP judged a new flow itself"
     );
     drop(engine);
+}
+
+#[test]
+#[ignore = "needs root (BPF, AF_XDP, network namespaces): scripts/test runs it with --include-ignored"]
+fn revalidate_cuts_an_established_connection_the_new_generation_forbids() {
+    require_root();
+    let t = topology("er", 1, 1);
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let (_gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins, true);
+    serve(&t);
+    let addr = SocketAddr::new(SERVER.parse().unwrap(), ALLOWED_PORT);
+    let mut conn = t
+        .pod
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("allowed connection");
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut trip = |n: u8| {
+        let mut back = [0u8; 1];
+        conn.write_all(&[n]).is_ok() && conn.read_exact(&mut back).is_ok() && back == [n]
+    };
+    assert!(trip(1));
+    // The next generation (other parity) allows port 81 only.
+    let mut forbidding = tables();
+    forbidding.rule_sets[1][0].first = DENIED_PORT;
+    forbidding.rule_sets[1][0].last = DENIED_PORT;
+    let next = engine.status().generation + 1;
+    engine.set_tables(PolicyTables::new(&forbidding, next));
+    assert!(
+        !trip(2),
+        "the established connection outlived the generation forbidding it"
+    );
+    let c = portcullis_gateway::Counters::from_sums(&engine.status().counters());
+    assert!(c.revoked_confirmed >= 1, "{c:?}");
 }
 
 #[test]

@@ -85,17 +85,7 @@ impl EngineEvents {
 /// The engine's counters and rings through the `metrics` facade.
 pub fn export_metrics(status: &EngineStatus) {
     let c = portcullis_gateway::Counters::from_sums(&status.counters());
-    for (verdict, value) in [
-        ("pass_flow", c.pass_flow),
-        ("pass_policy", c.pass_policy),
-        ("pass_unselected", c.pass_unselected),
-        ("drop_policy", c.drop_policy),
-        ("drop_malformed", c.drop_malformed),
-        ("drop_fragment", c.drop_fragment),
-    ] {
-        metrics::counter!("portcullis_gateway_engine_packets_total", "verdict" => verdict)
-            .absolute(value);
-    }
+    crate::gateway_cmd::export_verdicts(&c, "engine");
     for q in &status.queues {
         let queue = q.queue.to_string();
         for (leg, s) in [

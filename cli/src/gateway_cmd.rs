@@ -13,8 +13,8 @@ use portcullis_afxdp::engine::{Engine, EngineOptions};
 use portcullis_afxdp::rings::{RingConfig, ZeroCopy};
 use portcullis_afxdp::tables::PolicyTables;
 use portcullis_gateway::{
-    generation_id, AttachMode, Datapath, DatapathMode, EngineHandles, ForwardMode, Gateway,
-    GatewayOptions,
+    generation_id, AttachMode, Counters, Datapath, DatapathMode, EngineHandles, ForwardMode,
+    Gateway, GatewayOptions,
 };
 use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
@@ -200,18 +200,7 @@ impl Enforcer for GatewayEnforcer {
             return;
         };
         let c = &status.tables.counters;
-        for (verdict, value) in [
-            ("pass_flow", c.pass_flow),
-            ("pass_policy", c.pass_policy),
-            ("pass_unselected", c.pass_unselected),
-            ("pass_non_ip", c.pass_non_ip),
-            ("drop_policy", c.drop_policy),
-            ("drop_malformed", c.drop_malformed),
-            ("drop_fragment", c.drop_fragment),
-        ] {
-            metrics::counter!("portcullis_gateway_packets_total", "verdict" => verdict)
-                .absolute(value);
-        }
+        export_verdicts(c, "xdp");
         metrics::counter!("portcullis_gateway_forwarded_total", "path" => "xdp")
             .absolute(c.forward_xdp);
         metrics::counter!("portcullis_gateway_forwarded_total", "path" => "stack")
@@ -229,6 +218,23 @@ impl Enforcer for GatewayEnforcer {
             &status.tables.drops_by_group,
             groups,
         );
+    }
+}
+
+/// `portcullis_gateway_packets_total{verdict, judged_by}`: packets by verdict, counted by the XDP
+/// program (`xdp`) or the AF_XDP engine (`engine`).
+pub fn export_verdicts(c: &Counters, judged_by: &'static str) {
+    for (verdict, value) in [
+        ("pass_flow", c.pass_flow),
+        ("pass_policy", c.pass_policy),
+        ("pass_unselected", c.pass_unselected),
+        ("pass_non_ip", c.pass_non_ip),
+        ("drop_policy", c.drop_policy),
+        ("drop_malformed", c.drop_malformed),
+        ("drop_fragment", c.drop_fragment),
+    ] {
+        let labels = [("verdict", verdict), ("judged_by", judged_by)];
+        metrics::counter!("portcullis_gateway_packets_total", &labels).absolute(value);
     }
 }
 
