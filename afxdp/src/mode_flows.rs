@@ -6,10 +6,12 @@
 //!   flow (dropping a stale confirmed entry of the same key, which the program would otherwise
 //!   keep finding first), and the program confirms it when the responder answers.
 //! - afxdp ([`Flows::Local`]): the engine's own table ([`LocalFlows`]), mirrored into the pinned
-//!   maps when the engine has them: a flow is written there when it opens, when it is confirmed
-//!   (with the state it has then) and deleted with it; refreshes are not written. When the
-//!   daemon dies, its sockets close and the program judges every packet again, with these flows:
-//!   established connections keep passing. A restarted engine reads them back.
+//!   maps when the engine has them: a flow is written to `FLOWS` when it is confirmed (with the
+//!   state it has then) and deleted with it; embryonic flows and refreshes are not written, so a
+//!   new flow costs one map write, and a flood of new flows none. When the daemon dies, its
+//!   sockets close and the program judges every packet again, with these flows: established
+//!   connections keep passing (a connection still opening is judged again by its next SYN). A
+//!   restarted engine reads them back.
 
 use std::path::Path;
 
@@ -55,7 +57,7 @@ impl PinnedMaps {
         }
     }
 
-    /// Moves a flow to the confirmed map, with no next hop cached.
+    /// Writes a confirmed flow, with no next hop cached.
     fn write_confirmed(&mut self, key: &FlowKey, flow: &FlowValue) {
         let entry = ConfirmedFlow {
             flow: *flow,
@@ -64,7 +66,6 @@ impl PinnedMaps {
         if let Err(e) = self.flows.insert(key, entry, 0) {
             warn!(error = %e, "could not write a confirmed flow into FLOWS");
         }
-        let _ = self.embryonic.remove(key);
     }
 
     fn delete(&mut self, key: &FlowKey) {
@@ -155,10 +156,17 @@ impl FlowStore for Flows {
     fn open(&mut self, key: &FlowKey, flow: &FlowValue) {
         match self {
             Flows::Local(f, mirror) => {
-                f.open(key, flow);
-                if let Some(m) = mirror {
-                    m.write_new(key, flow);
+                // A confirmed flow replaced by a new one (port reuse): its mirror goes.
+                if let (
+                    Some(m),
+                    Some(Hit {
+                        embryonic: false, ..
+                    }),
+                ) = (mirror, f.find(key))
+                {
+                    m.delete(key);
                 }
+                f.open(key, flow);
             }
             Flows::Pinned(m) => m.write_new(key, flow),
         }

@@ -3,9 +3,10 @@
 //! and MTU, all from rtnetlink, cached per destination so a hit costs one hash lookup.
 //!
 //! The cache follows the kernel's tables through a shared epoch the daemon bumps on every
-//! link, neighbour, address and route change, and never serves an entry older than ~2 s (the
-//! rule the XDP program's cached next hops follow, [`portcullis_common::hop_fresh`]), so a
-//! change the daemon missed is still followed.
+//! link, neighbour, address and route change, and never serves a destination's entry older than
+//! ~2 s (the rule the XDP program's cached next hops follow, [`portcullis_common::hop_fresh`]),
+//! nor a link or neighbour answer older than 1 s (destinations share them), so a change the
+//! daemon missed is still followed within ~3 s.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -64,12 +65,44 @@ impl Cached {
     }
 }
 
-/// Next-hop resolution for one engine thread: its own netlink socket and cache.
+/// Answers kept for at most [`RECENT_NS`] and until the epoch moves: links (MAC, MTU) and
+/// neighbours, which many destinations share (every destination behind one router has the same
+/// neighbour), so a destination the cache has not seen costs one route lookup, not three.
+struct Recent<K, V> {
+    entries: AHashMap<K, (V, u64)>,
+}
+
+/// How long a link or neighbour answer is used (under the ~2 s of a destination's).
+const RECENT_NS: u64 = 1_000_000_000;
+
+impl<K: std::hash::Hash + Eq, V: Copy> Recent<K, V> {
+    fn new() -> Self {
+        Recent {
+            entries: AHashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &K, now_ns: u64) -> Option<V> {
+        let (value, at) = self.entries.get(key)?;
+        (now_ns.saturating_sub(*at) < RECENT_NS).then_some(*value)
+    }
+
+    fn put(&mut self, key: K, value: V, now_ns: u64) {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (value, now_ns));
+    }
+}
+
+/// Next-hop resolution for one engine thread: its own netlink socket and caches.
 pub struct NextHops {
     rtnl: Rtnl,
     epoch: Arc<AtomicU32>,
     seen_epoch: u32,
     cache: AHashMap<[u8; 16], Cached>,
+    links: Recent<u32, ([u8; 6], u32)>,
+    neighbours: Recent<(u32, IpAddr), [u8; 6]>,
 }
 
 impl NextHops {
@@ -81,6 +114,8 @@ impl NextHops {
             epoch,
             seen_epoch,
             cache: AHashMap::new(),
+            links: Recent::new(),
+            neighbours: Recent::new(),
         })
     }
 
@@ -99,6 +134,8 @@ impl NextHops {
         let epoch = self.epoch.load(Ordering::Acquire);
         if epoch != self.seen_epoch {
             self.cache.clear();
+            self.links.entries.clear();
+            self.neighbours.entries.clear();
             self.seen_epoch = epoch;
         }
         if let Some(hit) = self.cache.get(dst) {
@@ -106,7 +143,7 @@ impl NextHops {
                 return hit.hop;
             }
         }
-        let hop = match self.lookup(ip(src), ip(dst), ingress_ifindex) {
+        let hop = match self.lookup(ip(src), ip(dst), ingress_ifindex, now_ns) {
             Ok(hop) => hop,
             Err(e) => {
                 tracing::debug!(dst = %ip(dst), ingress_ifindex, "no next hop: {e}");
@@ -125,7 +162,13 @@ impl NextHops {
         hop
     }
 
-    fn lookup(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> io::Result<Option<Hop>> {
+    fn lookup(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        iif: u32,
+        now_ns: u64,
+    ) -> io::Result<Option<Hop>> {
         let (family, len) = match dst {
             IpAddr::V4(_) => (AddressFamily::Inet, 32),
             IpAddr::V6(_) => (AddressFamily::Inet6, 128),
@@ -166,10 +209,25 @@ impl NextHops {
             }
         }
         let Some(oif) = oif else { return Ok(None) };
-        let Some(dmac) = self.neighbour(oif, gateway.unwrap_or(dst))? else {
-            return Ok(None);
+        let neighbour = (oif, gateway.unwrap_or(dst));
+        let dmac = match self.neighbours.get(&neighbour, now_ns) {
+            Some(mac) => mac,
+            None => {
+                let Some(mac) = self.neighbour(neighbour.0, neighbour.1)? else {
+                    return Ok(None);
+                };
+                self.neighbours.put(neighbour, mac, now_ns);
+                mac
+            }
         };
-        let (smac, link_mtu) = self.link(oif)?;
+        let (smac, link_mtu) = match self.links.get(&oif, now_ns) {
+            Some(link) => link,
+            None => {
+                let link = self.link(oif)?;
+                self.links.put(oif, link, now_ns);
+                link
+            }
+        };
         Ok(Some(Hop {
             ifindex: oif,
             dmac,
