@@ -1,9 +1,11 @@
+//! `portcullis explain`: the verdict of every probe, with the policies and rules behind it.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use portcullis_policy::explain;
-use portcullis_policy::probe::{parse_probes, Probe, ProbeSpec};
+use portcullis_policy::probe::{parse_probe_specs, ProbeSpec};
 
 use crate::{load_reporting, OutputFormat, SourceArgs};
 
@@ -30,50 +32,72 @@ pub struct ExplainArgs {
     output: OutputFormat,
 }
 
-fn probes_of(args: &ExplainArgs) -> Result<Vec<Probe>> {
+/// The probes as asked. Each is parsed on its own when it is answered, so a malformed probe costs
+/// only its own line; a file that is not a list of probes is refused whole.
+fn specs_of(args: &ExplainArgs) -> Result<Vec<ProbeSpec>> {
     if let Some(path) = &args.probes {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return parse_probes(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        return parse_probe_specs(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
     }
     match (&args.from, &args.to, args.port) {
-        (Some(from), Some(to), Some(port)) => {
-            let spec = ProbeSpec {
-                from: from.clone(),
-                to: to.clone(),
-                port,
-                protocol: args.protocol.to_uppercase(),
-                expect: None,
-            };
-            Ok(vec![spec.to_probe().map_err(anyhow::Error::msg)?])
-        }
+        (Some(from), Some(to), Some(port)) => Ok(vec![ProbeSpec {
+            from: from.clone(),
+            to: to.clone(),
+            port,
+            protocol: args.protocol.to_uppercase(),
+            expect: None,
+        }]),
         _ => bail!("give --probes FILE, or --from, --to and --port"),
     }
 }
 
+/// Answers every probe, one line each in order; a probe that cannot be answered gets an `error`
+/// line (and a message on stderr) and makes the exit status 2, after the rest are answered.
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let probes = probes_of(&args)?;
+    let specs = specs_of(&args)?;
     let (snapshot, rejected) = load_reporting(&args.source)?;
     let mut rows = Vec::new();
-    for probe in &probes {
-        let verdict = snapshot
-            .evaluate_probe(probe)
-            .with_context(|| format!("probe {probe}"))?;
-        match args.output {
-            OutputFormat::Json => println!("{}", explain::to_json(probe, &verdict)),
-            OutputFormat::Table => rows.push([
-                probe.from.to_string(),
-                probe.to.to_string(),
-                format!("{}/{}", probe.protocol, probe.port),
-                if verdict.allowed() { "allow" } else { "DENY" }.to_string(),
-                explain::reason(probe, &verdict),
-            ]),
+    let mut unanswered = false;
+    for spec in &specs {
+        let answer = spec.to_probe().and_then(|probe| {
+            let verdict = snapshot.evaluate_probe(&probe).map_err(|e| e.to_string())?;
+            Ok((probe, verdict))
+        });
+        match answer {
+            Ok((probe, verdict)) => match args.output {
+                OutputFormat::Json => println!("{}", explain::to_json(&probe, &verdict)),
+                OutputFormat::Table => rows.push([
+                    probe.from.to_string(),
+                    probe.to.to_string(),
+                    format!("{}/{}", probe.protocol, probe.port),
+                    if verdict.allowed() { "allow" } else { "DENY" }.to_string(),
+                    explain::reason(&probe, &verdict),
+                ]),
+            },
+            Err(why) => {
+                unanswered = true;
+                let error = format!("probe {spec}: {why}");
+                eprintln!("error: {error}");
+                match args.output {
+                    OutputFormat::Json => println!("{}", explain::error_json(spec, &error)),
+                    OutputFormat::Table => rows.push([
+                        spec.from.clone(),
+                        spec.to.clone(),
+                        format!("{}/{}", spec.protocol, spec.port),
+                        "ERROR".to_string(),
+                        error,
+                    ]),
+                }
+            }
         }
     }
     if args.output == OutputFormat::Table {
         print_table(&["FROM", "TO", "PORT", "VERDICT", "WHY"], &rows);
     }
-    Ok(if rejected {
+    Ok(if unanswered {
+        ExitCode::from(2)
+    } else if rejected {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::eval::{DirectionVerdict, Verdict};
 use crate::model::Direction;
-use crate::probe::Probe;
+use crate::probe::{Probe, ProbeSpec};
 
 fn side_text(direction: Direction, endpoint: &str, verdict: &DirectionVerdict) -> String {
     match verdict {
@@ -55,5 +55,17 @@ pub fn to_json(probe: &Probe, verdict: &Verdict) -> Value {
         "verdict": if verdict.allowed() { "allow" } else { "deny" },
         "egress": side_json(&verdict.egress),
         "ingress": side_json(&verdict.ingress),
+    })
+}
+
+/// The line of a probe that could not be answered: the probe as asked and why, with `error` in
+/// place of `verdict` so that no reader takes a guess for an answer.
+pub fn error_json(spec: &ProbeSpec, error: &str) -> Value {
+    json!({
+        "from": spec.from,
+        "to": spec.to,
+        "port": spec.port,
+        "protocol": spec.protocol,
+        "error": error,
     })
 }

@@ -84,11 +84,25 @@ impl ProbeSpec {
     }
 }
 
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} {}/{}",
+            self.from, self.to, self.protocol, self.port
+        )
+    }
+}
+
+/// Reads a probe file as written, without checking the endpoints or protocols: `explain` answers
+/// each probe on its own, a malformed one included.
+pub fn parse_probe_specs(text: &str) -> Result<Vec<ProbeSpec>, String> {
+    serde_yaml_ng::from_str(text).map_err(|e| format!("not a YAML list of probes: {e}"))
+}
+
 /// Parses a probe file: a YAML list of probe objects.
 pub fn parse_probes(text: &str) -> Result<Vec<Probe>, String> {
-    let specs: Vec<ProbeSpec> =
-        serde_yaml_ng::from_str(text).map_err(|e| format!("not a YAML list of probes: {e}"))?;
-    specs
+    parse_probe_specs(text)?
         .iter()
         .enumerate()
         .map(|(i, s)| s.to_probe().map_err(|e| format!("probe {i}: {e}")))
