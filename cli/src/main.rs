@@ -5,6 +5,7 @@ mod daemon;
 mod engine_events;
 mod explain_cmd;
 mod gateway_cmd;
+mod graph_cmd;
 mod lab_cmd;
 mod node;
 mod status_cmd;
@@ -39,6 +40,8 @@ enum Command {
     /// Report namespaces without default deny, rules that allow everything, ipBlocks covering pod
     /// addresses, excepts that carve nothing and policies that select no pod.
     Audit(audit_cmd::AuditArgs),
+    /// Who may talk to whom: pods, external blocks and the allowed connections with their ports.
+    Graph(graph_cmd::GraphArgs),
     /// Run the edge gateway: XDP enforcement of ipBlock rules for traffic crossing the cluster edge.
     Gateway(gateway_cmd::GatewayArgs),
     /// Run the node hook: pod-to-pod enforcement by tc programs on each local pod's interface.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Explain(args) => explain_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Graph(args) => graph_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
         Command::Node(args) => node::run(args),
         Command::Status(args) => status_cmd::status(args),

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod compile;
 pub mod eval;
 pub mod explain;
+pub mod graph;
 pub mod load;
 pub mod model;
 pub mod probe;
