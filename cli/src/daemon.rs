@@ -245,6 +245,8 @@ impl<E: Enforcer> Reloader<'_, E> {
                     .record(latency.as_secs_f64());
                 metrics::gauge!("portcullis_generation", "daemon" => self.name)
                     .set(f64::from(applied.generation));
+                metrics::gauge!("portcullis_map_entries", "daemon" => self.name)
+                    .set(applied.entries as f64);
                 info!(
                     generation = applied.generation,
                     entries = applied.entries,
@@ -320,6 +322,10 @@ pub fn serve<E: Enforcer>(
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
+    }
+    // Counters of rare events exist from the start (a healthy daemon shows 0, not no data).
+    for counter in ["portcullis_update_failures_total", "portcullis_flows_expired_total"] {
+        metrics::counter!(counter, "daemon" => name).increment(0);
     }
     let mut reloader = Reloader {
         enforcer,
