@@ -1,15 +1,7 @@
 //! The CLI as a user runs it: explain and audit on the shipped examples, and bad input.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .output()
-        .expect("portcullis runs")
-}
+mod common;
+use common::portcullis;
 
 #[test]
 fn explain_the_seed_ipblock_example() {

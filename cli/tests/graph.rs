@@ -2,16 +2,11 @@
 //! the probe overlay, and the HTML page loaded and clicked in a real headless browser (Debian's
 //! chromium).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .output()
-        .expect("portcullis runs")
-}
+mod common;
+use common::portcullis;
 
 /// Standard output of a graph of the examples that must succeed.
 fn graph(extra: &[&str]) -> String {
