@@ -324,7 +324,10 @@ pub fn serve<E: Enforcer>(
             .context("installing signal handlers")?;
     }
     // Counters of rare events exist from the start (a healthy daemon shows 0, not no data).
-    for counter in ["portcullis_update_failures_total", "portcullis_flows_expired_total"] {
+    for counter in [
+        "portcullis_update_failures_total",
+        "portcullis_flows_expired_total",
+    ] {
         metrics::counter!(counter, "daemon" => name).increment(0);
     }
     let mut reloader = Reloader {
