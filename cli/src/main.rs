@@ -8,6 +8,7 @@ mod gateway_cmd;
 mod graph_cmd;
 mod lab_cmd;
 mod node;
+mod probe_cmd;
 mod status_cmd;
 
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Who may talk to whom: pods, external blocks and the allowed connections with their ports.
     Graph(graph_cmd::GraphArgs),
+    /// A real connection attempt from inside a pod of this node, next to what `explain`
+    /// predicts, with the drop events it caused and the policies behind them.
+    Probe(probe_cmd::ProbeArgs),
     /// Run the edge gateway: XDP enforcement of ipBlock rules for traffic crossing the cluster edge.
     Gateway(gateway_cmd::GatewayArgs),
     /// Run the node hook: pod-to-pod enforcement by tc programs on each local pod's interface.
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
         Command::Graph(args) => graph_cmd::run(args),
+        Command::Probe(args) => probe_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
         Command::Node(args) => node::run(args),
         Command::Status(args) => status_cmd::status(args),

@@ -407,7 +407,7 @@ pub struct MonitorArgs {
     duration: Option<Duration>,
 }
 
-fn event_addr(bytes: [u8; 16]) -> IpAddr {
+pub(crate) fn event_addr(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -476,40 +476,57 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
 }
 
 fn print_event(event: &DropEvent, policies: Option<&Vec<String>>, output: OutputFormat) {
-    let time = humantime_now();
-    let direction = if event.direction == DIRECTION_EGRESS {
+    let policies = policies.map(Vec::as_slice).unwrap_or_default();
+    match output {
+        OutputFormat::Json => println!("{}", event_json(event, policies)),
+        OutputFormat::Table => println!("{}", event_line(event, policies)),
+    }
+}
+
+fn direction_name(event: &DropEvent) -> &'static str {
+    if event.direction == DIRECTION_EGRESS {
         "egress"
     } else {
         "ingress"
-    };
-    let reason = match event.reason {
+    }
+}
+
+fn reason_name(event: &DropEvent) -> &'static str {
+    match event.reason {
         DROP_REASON_MALFORMED => "malformed",
         DROP_REASON_FRAGMENT => "fragment",
         DROP_REASON_UNKNOWN_POD => "unknown-pod-address",
         _ => "policy",
-    };
-    let src = event_addr(event.src);
-    let dst = event_addr(event.dst);
-    let policies = policies.cloned().unwrap_or_default();
-    match output {
-        OutputFormat::Json => println!(
-            "{}",
-            json!({
-                "time": time, "iface": interface_name(event.ifindex), "src": src.to_string(), "src_port": event.src_port,
-                "dst": dst.to_string(), "dst_port": event.dst_port, "protocol": protocol_name(event.protocol),
-                "direction": direction, "reason": reason, "group": event.group, "policies": policies,
-            })
-        ),
-        OutputFormat::Table => println!(
-            "{time} {} DROP {direction} {reason} {} {src}:{} -> {dst}:{} group {:#x} ({})",
-            interface_name(event.ifindex),
-            protocol_name(event.protocol),
-            event.src_port,
-            event.dst_port,
-            event.group,
-            policies.join(", ")
-        ),
     }
+}
+
+/// A drop event as one JSON object (`monitor --output json`); `policies` name its group.
+pub(crate) fn event_json(event: &DropEvent, policies: &[String]) -> serde_json::Value {
+    json!({
+        "time": humantime_now(), "iface": interface_name(event.ifindex),
+        "src": event_addr(event.src).to_string(), "src_port": event.src_port,
+        "dst": event_addr(event.dst).to_string(), "dst_port": event.dst_port,
+        "protocol": protocol_name(event.protocol), "direction": direction_name(event),
+        "reason": reason_name(event), "group": event.group, "policies": policies,
+    })
+}
+
+/// A drop event as one line (`monitor`'s table output).
+pub(crate) fn event_line(event: &DropEvent, policies: &[String]) -> String {
+    format!(
+        "{} {} DROP {} {} {} {}:{} -> {}:{} group {:#x} ({})",
+        humantime_now(),
+        interface_name(event.ifindex),
+        direction_name(event),
+        reason_name(event),
+        protocol_name(event.protocol),
+        event_addr(event.src),
+        event.src_port,
+        event_addr(event.dst),
+        event.dst_port,
+        event.group,
+        policies.join(", ")
+    )
 }
 
 /// Wall-clock time as seconds.millis since the epoch (event timestamps are monotonic).

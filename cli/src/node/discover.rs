@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -49,10 +49,7 @@ impl IpLink {
 }
 
 /// Runs `ip -j ARGS` (in `netns` when given) and parses its JSON.
-pub(super) fn ip_json<T: DeserializeOwned>(
-    netns: Option<&PathBuf>,
-    args: &[&str],
-) -> Result<Vec<T>> {
+pub(super) fn ip_json<T: DeserializeOwned>(netns: Option<&Path>, args: &[&str]) -> Result<Vec<T>> {
     let mut cmd = match netns {
         Some(path) => {
             let mut c = Command::new("nsenter");
@@ -184,59 +181,84 @@ impl Discovery {
         ips: &[IpAddr],
         links: &[IpLink],
     ) -> Result<Option<(String, FoundBy)>> {
-        let here = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-        let here = (here.dev(), here.ino());
         let mut seen = std::collections::HashSet::new();
-        for path in netns_candidates() {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let id = (meta.dev(), meta.ino());
-            if id == here || !seen.insert(id) {
-                continue;
-            }
+        for (path, id) in other_namespaces()? {
+            seen.insert(id);
             if let std::collections::hash_map::Entry::Vacant(entry) = self.scanned.entry(id) {
-                let Ok(pod_links) = ip_json::<IpLink>(Some(&path), &["addr", "show"]) else {
+                let Some(addrs) = addresses_in(&path) else {
                     continue;
                 };
-                let addrs: NetnsAddrs = pod_links
-                    .iter()
-                    .flat_map(|l| {
-                        l.addr_info
-                            .iter()
-                            .filter_map(|a| a.local)
-                            .filter(|a| !a.is_loopback())
-                            .map(|a| (a, (l.ifindex, l.link_index)))
-                    })
-                    .collect();
-                if addrs.is_empty() {
-                    continue;
-                }
                 entry.insert(addrs);
             }
-            let addrs = &self.scanned[&id];
-            for ip in ips {
-                let Some((pod_ifindex, Some(peer))) = addrs.get(ip) else {
-                    continue;
-                };
-                let host = links.iter().find(|l| {
-                    l.ifindex == *peer
-                        && l.kind() == Some("veth")
-                        && l.link_index == Some(*pod_ifindex)
-                });
-                if let Some(host) = host {
-                    for ip in ips {
-                        self.cache
-                            .insert(*ip, (host.ifname.clone(), FoundBy::Netns));
-                    }
-                    return Ok(Some((host.ifname.clone(), FoundBy::Netns)));
+            if let Some(host) = host_veth(links, &self.scanned[&id], ips) {
+                for ip in ips {
+                    self.cache
+                        .insert(*ip, (host.ifname.clone(), FoundBy::Netns));
                 }
+                return Ok(Some((host.ifname.clone(), FoundBy::Netns)));
             }
         }
         // Namespaces that are gone are forgotten (their inode may be reused).
         self.scanned.retain(|id, _| seen.contains(id));
         Ok(None)
     }
+}
+
+/// The network namespace of a pod of this node: the one holding one of `ips` on an interface
+/// whose veth peer is in this namespace. Returns its file and the host-side veth.
+pub(crate) fn pod_netns(ips: &[IpAddr]) -> Result<Option<(PathBuf, String)>> {
+    let links: Vec<IpLink> = ip_json(None, &["-d", "link", "show"])?;
+    for (path, _) in other_namespaces()? {
+        let Some(addrs) = addresses_in(&path) else {
+            continue;
+        };
+        if let Some(host) = host_veth(&links, &addrs, ips) {
+            return Ok(Some((path, host.ifname.clone())));
+        }
+    }
+    Ok(None)
+}
+
+/// Every network namespace of the machine but this one, once each: a file holding it and its
+/// (device, inode).
+fn other_namespaces() -> Result<impl Iterator<Item = (PathBuf, (u64, u64))>> {
+    let here = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let mut seen = std::collections::HashSet::from([(here.dev(), here.ino())]);
+    Ok(netns_candidates().into_iter().filter_map(move |path| {
+        let meta = std::fs::metadata(&path).ok()?;
+        let id = (meta.dev(), meta.ino());
+        seen.insert(id).then_some((path, id))
+    }))
+}
+
+/// The non-loopback addresses of the namespace at `path`; `None` when it cannot be read or has
+/// none (one still being set up is looked at again later).
+fn addresses_in(path: &Path) -> Option<NetnsAddrs> {
+    let pod_links = ip_json::<IpLink>(Some(path), &["addr", "show"]).ok()?;
+    let addrs: NetnsAddrs = pod_links
+        .iter()
+        .flat_map(|l| {
+            l.addr_info
+                .iter()
+                .filter_map(|a| a.local)
+                .filter(|a| !a.is_loopback())
+                .map(|a| (a, (l.ifindex, l.link_index)))
+        })
+        .collect();
+    (!addrs.is_empty()).then_some(addrs)
+}
+
+/// The veth of this namespace (`links`) whose peer is the interface holding one of `ips` in a
+/// namespace with addresses `addrs`.
+fn host_veth<'a>(links: &'a [IpLink], addrs: &NetnsAddrs, ips: &[IpAddr]) -> Option<&'a IpLink> {
+    ips.iter().find_map(|ip| {
+        let (pod_ifindex, Some(peer)) = addrs.get(ip)? else {
+            return None;
+        };
+        links.iter().find(|l| {
+            l.ifindex == *peer && l.kind() == Some("veth") && l.link_index == Some(*pod_ifindex)
+        })
+    })
 }
 
 /// The unicast addresses of this network namespace's own interfaces (loopback and link-local

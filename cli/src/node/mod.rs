@@ -5,7 +5,7 @@
 //! this node routes straight to an interface.
 
 mod cni;
-mod discover;
+pub(crate) mod discover;
 mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};

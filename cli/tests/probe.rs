@@ -1,0 +1,186 @@
+//! `portcullis probe` (root, kernel): real attempts from inside a lab pod's network namespace,
+//! found the way a node finds it, through the running node hook, next to `explain`'s verdict.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_lab::{Lab, LabOptions};
+use portcullis_policy::load::load_sources;
+use portcullis_policy::probe::parse_probes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Addresses no other test's cluster uses: a lab of another test running at the same time must
+/// not hold them.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: probe, labels: {kubernetes.io/metadata.name: probe}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: probe, labels: {app: client}}
+spec: {containers: [{name: main, image: x}]}
+status: {phase: Running, podIP: 10.251.7.10, podIPs: [{ip: 10.251.7.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: probe, labels: {app: web}}
+spec: {containers: [{name: main, image: x}]}
+status: {phase: Running, podIP: 10.251.7.20, podIPs: [{ip: 10.251.7.20}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: probe, labels: {app: db}}
+spec: {nodeName: node-7, containers: [{name: main, image: x}]}
+status: {phase: Running, podIP: 10.251.7.30, podIPs: [{ip: 10.251.7.30}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-closed, namespace: probe}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+"#;
+
+/// Pins, published state and manifests of one node daemon, removed even when the test fails.
+struct Dirs {
+    pins: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        let pins = tempfile::Builder::new()
+            .prefix("pcltest-probe-")
+            .tempdir_in("/sys/fs/bpf")
+            .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("cluster.yaml"), CLUSTER).unwrap();
+        Dirs { pins, work }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.work.path().join("state")
+    }
+
+    /// `portcullis probe --from FROM --to TO --port PORT` against these manifests and pins.
+    fn probe(&self, from: &str, to: &str, port: u16) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["probe", "--from", from, "--to", to, "--port"])
+            .arg(port.to_string())
+            .args(["--timeout-ms", "1000", "--output", "json", "--manifests"])
+            .arg(self.work.path().join("cluster.yaml"))
+            .arg("--pin-dir")
+            .arg(self.pins.path())
+            .arg("--state-dir")
+            .arg(self.state_dir());
+        cmd
+    }
+}
+
+fn applied(dirs: &Dirs) -> bool {
+    std::fs::read_to_string(dirs.state_dir().join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["applied_unix_ms"].as_u64())
+        .is_some_and(|ms| ms > 0)
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// An allowed pair connects and a denied pair times out, each as `explain` predicts, through the
+/// node hook; the denied attempt's drop event names the policy.
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn probe_agrees_with_explain_through_the_node_hook() {
+    let dirs = Dirs::new();
+    let probes = parse_probes(
+        r#"[{"from": "probe/client", "to": "probe/web", "port": 80, "protocol": "TCP"},
+            {"from": "probe/client", "to": "probe/db", "port": 5432, "protocol": "TCP"}]"#,
+    )
+    .unwrap();
+    // The lab puts every pod on one node: the db's nodeName is for the error test.
+    let mut snapshot = load_sources([("cluster.yaml", CLUSTER)]).snapshot;
+    for pod in &mut snapshot.pods {
+        pod.node = None;
+    }
+    let mut lab = Lab::build(&snapshot, &probes, LabOptions::default()).unwrap();
+    let node_netns = lab.nodes()[0].netns.clone();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("node")
+        .arg("--manifests")
+        .arg(dirs.work.path().join("cluster.yaml"))
+        .arg("--pin-dir")
+        .arg(dirs.pins.path())
+        .arg("--state-dir")
+        .arg(dirs.state_dir())
+        .arg("--unpin-on-exit")
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(Stdio::null());
+    let node = lab.spawn_in(&node_netns, cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !applied(&dirs) {
+        assert!(
+            node.try_wait().unwrap().is_none(),
+            "node daemon exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "node daemon did not apply within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let out = lab
+        .output_in(&node_netns, dirs.probe("probe/client", "probe/web", 80))
+        .unwrap();
+    let allowed = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{allowed}");
+    assert_eq!(allowed["predicted"], "allow", "{allowed}");
+    assert_eq!(allowed["observed"], "connected", "{allowed}");
+    assert_eq!(allowed["agree"], true, "{allowed}");
+    assert_eq!(allowed["drops"], serde_json::json!([]), "{allowed}");
+
+    let out = lab
+        .output_in(&node_netns, dirs.probe("probe/client", "probe/db", 5432))
+        .unwrap();
+    let denied = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{denied}");
+    assert_eq!(denied["predicted"], "deny", "{denied}");
+    assert_eq!(denied["observed"], "timeout", "{denied}");
+    assert_eq!(denied["agree"], true, "{denied}");
+    let drop = &denied["drops"][0];
+    assert_eq!(drop["src"], "10.251.7.10", "{denied}");
+    assert_eq!(drop["dst"], "10.251.7.30", "{denied}");
+    assert_eq!(drop["dst_port"], 5432, "{denied}");
+    assert_eq!(drop["policies"][0], "probe/db-closed", "{denied}");
+    node.kill().unwrap();
+    lab.teardown().unwrap();
+}
+
+/// Outside the pod's node, and for a pod the cluster does not have, probe refuses with exit 2
+/// and says why (where the pod runs, when the cluster state knows).
+#[test]
+#[ignore = "needs root (every network namespace): scripts/test runs it with --include-ignored"]
+fn probe_refuses_pods_it_cannot_reach_from_here() {
+    let dirs = Dirs::new();
+    let out = dirs.probe("probe/db", "probe/web", 80).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a pod of this node"), "{stderr}");
+    assert!(stderr.contains("on node node-7"), "{stderr}");
+
+    let out = dirs
+        .probe("probe/nobody", "probe/web", 80)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no pod probe/nobody"), "{stderr}");
+}
