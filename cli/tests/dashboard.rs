@@ -7,13 +7,17 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_lab::{Lab, LabChild, LabOptions};
 use portcullis_policy::load::load_sources;
 use portcullis_policy::probe::parse_probes;
+
+#[path = "support/applied.rs"]
+mod applied;
+use applied::wait_until_applied;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -150,24 +154,8 @@ fn start(
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let child = lab.spawn_in(netns, cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while applied_ms(&state) == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "{daemon} exited early");
-        assert!(
-            Instant::now() < deadline,
-            "{daemon} did not apply within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_applied(&child, daemon, &state);
     child
-}
-
-fn applied_ms(state: &Path) -> u64 {
-    std::fs::read_to_string(state.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["applied_unix_ms"].as_u64())
-        .unwrap_or(0)
 }
 
 /// Scrapes `endpoints` (netns, port) into `seen` until it holds all of `wanted`, 20 s at most.

@@ -14,6 +14,10 @@ use portcullis_lab::{Lab, LabChild, LabOptions, Verdict};
 use portcullis_policy::load::load_sources;
 use portcullis_policy::probe::{parse_probes, Probe};
 
+#[path = "support/applied.rs"]
+mod applied;
+use applied::wait_until_applied;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn repo() -> PathBuf {
@@ -139,15 +143,7 @@ fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs, args: &[&str]) -> LabChild {
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let child = lab.spawn_in(&legs.netns, cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while published(dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not apply within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_applied(&child, "gateway", &dirs.state_dir);
     child
 }
 
@@ -506,18 +502,7 @@ fn node_status_and_monitor_read_the_running_node_hook() {
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let node = lab.spawn_in(&node_netns, cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while published(&dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == 0 {
-        assert!(
-            node.try_wait().unwrap().is_none(),
-            "node daemon exited early"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "node daemon did not apply within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_applied(&node, "node daemon", &dirs.state_dir);
     let tool = |args: &[&str]| {
         let mut cmd = Command::new(BIN);
         cmd.args(args)

@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use portcullis_lab::{Lab, LabOptions};
 use portcullis_policy::load::load_sources;
 use portcullis_policy::probe::parse_probes;
+
+#[path = "support/applied.rs"]
+mod applied;
+use applied::wait_until_applied;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -80,14 +83,6 @@ impl Dirs {
     }
 }
 
-fn applied(dirs: &Dirs) -> bool {
-    std::fs::read_to_string(dirs.state_dir().join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["applied_unix_ms"].as_u64())
-        .is_some_and(|ms| ms > 0)
-}
-
 fn report(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.trim())
@@ -124,18 +119,7 @@ fn probe_agrees_with_explain_through_the_node_hook() {
         .env("PORTCULLIS_LOG", "warn")
         .stdout(Stdio::null());
     let node = lab.spawn_in(&node_netns, cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !applied(&dirs) {
-        assert!(
-            node.try_wait().unwrap().is_none(),
-            "node daemon exited early"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "node daemon did not apply within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_applied(&node, "node daemon", &dirs.state_dir());
 
     let out = lab
         .output_in(&node_netns, dirs.probe("probe/client", "probe/web", 80))
