@@ -22,6 +22,8 @@ use portcullis_ebpf_common::parse::Packet;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use portcullis_bpf::monotonic_coarse_ns;
+
 use crate::kernel_path::KernelPath;
 use crate::mode_flows::Flows;
 use crate::next_hop::NextHops;
@@ -468,18 +470,6 @@ impl Forwarder {
         }
         Action::Drop
     }
-}
-
-/// `CLOCK_MONOTONIC_COARSE` in ns: the XDP program's flow clock (`bpf_ktime_get_coarse_ns`), so
-/// flows written into its maps (hybrid) and timeouts agree.
-pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn pin_to_cpu(queue: u32) {

@@ -18,6 +18,7 @@ mod stable;
 pub use gateway::{compile_gateway, GatewayCompiler, GatewayGroup, GatewayTables};
 pub use groups::EndpointGroups;
 pub use kernel_abi::MAX_PORT_RANGES;
+pub(crate) use rules::port_rules;
 pub use rules::PortRule;
 
 use crate::model::Direction;

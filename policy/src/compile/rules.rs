@@ -63,7 +63,7 @@ pub(super) fn canonical(rules: impl IntoIterator<Item = PortRule>) -> Vec<PortRu
 
 /// The port rules one rule contributes. Named ports resolve on `destination`, the pod receiving
 /// the traffic; with no destination pod (an external host) they match nothing.
-pub(super) fn port_rules(rule: &Rule, destination: Option<&Pod>) -> Vec<PortRule> {
+pub(crate) fn port_rules(rule: &Rule, destination: Option<&Pod>) -> Vec<PortRule> {
     if rule.ports.is_empty() {
         return vec![PortRule::ANY];
     }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::model::{Pod, PortMatch, Protocol, Rule};
+use crate::model::{Pod, Protocol, Rule};
 
 const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
@@ -28,23 +28,15 @@ impl PortSet {
         }
     }
 
-    /// What `rule` allows; named ports resolve on `destination` (the pod receiving the traffic)
-    /// and match nothing without one, as in the evaluator.
+    /// What `rule` allows: the compiler's port rules of it (named ports resolve on
+    /// `destination`, the pod receiving the traffic, and match nothing without one, as in the
+    /// evaluator).
     pub fn of_rule(rule: &Rule, destination: Option<&Pod>) -> PortSet {
-        if rule.ports.is_empty() {
-            return PortSet::all();
-        }
         let mut set = PortSet::default();
-        for port in &rule.ports {
-            let range = match &port.port {
-                PortMatch::Any => Some((0, u16::MAX)),
-                PortMatch::Number { first, last } => Some((*first, *last)),
-                PortMatch::Named(name) => destination
-                    .and_then(|pod| pod.named_port(name, port.protocol))
-                    .map(|n| (n, n)),
-            };
-            if let Some(range) = range {
-                set.insert(port.protocol, range);
+        for r in crate::compile::port_rules(rule, destination) {
+            match r.protocol {
+                None => return PortSet::all(),
+                Some(protocol) => set.insert(protocol, (r.first, r.last)),
             }
         }
         set
