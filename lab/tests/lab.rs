@@ -58,6 +58,7 @@ fn snapshot() -> Snapshot {
             pod("y", "c", &["fd00:10:244:2::30"]),
         ],
         policies: Vec::new(),
+        ..Default::default()
     }
 }
 
