@@ -156,15 +156,7 @@ fn minimal<V: PartialEq + Copy>(values: BTreeMap<IpNet, V>, outside: V) -> Vec<(
 /// The SNAT plan of the gateway node `node`: only EgressGateways whose nodeSelector selects that
 /// node count (`None`: all of them; a node not in the snapshot: none).
 pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
-    let counting: Vec<&EgressGateway> = match node {
-        None => snapshot.egress_gateways.iter().collect(),
-        Some(name) => match snapshot.nodes.iter().find(|n| n.name == name) {
-            None => Vec::new(),
-            Some(node) => (snapshot.egress_gateways.iter())
-                .filter(|g| g.node_selector.matches(&node.labels))
-                .collect(),
-        },
-    };
+    let counting = served_by(snapshot, node);
     // Classes keyed by the names of their gateways, so that ids do not depend on pod order.
     let mut members: BTreeMap<Vec<&str>, Vec<IpAddr>> = BTreeMap::new();
     for pod in &snapshot.pods {
@@ -202,6 +194,20 @@ pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
         }
     }
     plan
+}
+
+/// The EgressGateways whose nodeSelector selects the Node named `node` (`None`: all of them; a
+/// node not in the snapshot: none): those that node's gateway translates for.
+pub fn served_by<'a>(snapshot: &'a Snapshot, node: Option<&str>) -> Vec<&'a EgressGateway> {
+    match node {
+        None => snapshot.egress_gateways.iter().collect(),
+        Some(name) => match snapshot.nodes.iter().find(|n| n.name == name) {
+            None => Vec::new(),
+            Some(node) => (snapshot.egress_gateways.iter())
+                .filter(|g| g.node_selector.matches(&node.labels))
+                .collect(),
+        },
+    }
 }
 
 /// Nodes labelled [`EGRESS_GATEWAY_LABEL`]`=true`, by name.
