@@ -23,6 +23,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub(crate) mod audit;
 #[cfg(test)]
 mod tests;
 
