@@ -114,20 +114,26 @@ async fn nodes_and_egress_gateways_with_the_crd_and_without() {
     assert_eq!(shown, ["172.18.0.2", "198.51.100.1"], "InternalIP first");
     assert!(good.errors.is_empty(), "{:?}", good.errors);
 
-    // What the schema rejects never reaches us: a third egress IP (maxItems: 2).
-    let three =
-        json!({"spec": {"gateway": {"egressIPs": ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}}});
-    let refused = api
-        .patch(
-            "prod-egress",
-            &PatchParams::default(),
-            &Patch::Merge(&three),
-        )
-        .await;
-    assert!(
-        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
-        "{refused:?}"
-    );
+    // What the schema rejects never reaches us: a third egress IP (maxItems: 2), a name that is
+    // no address, a CIDR that is none (formats), a missing gateway (required).
+    for refused in [
+        json!({"spec": {"gateway": {"egressIPs": ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}}}),
+        json!({"spec": {"gateway": {"egressIPs": ["gateway.example"]}}}),
+        json!({"spec": {"destinationCIDRs": ["10.0.0.0/33"]}}),
+        json!({"spec": {"gateway": null}}),
+    ] {
+        let answer = api
+            .patch(
+                "prod-egress",
+                &PatchParams::default(),
+                &Patch::Merge(&refused),
+            )
+            .await;
+        assert!(
+            matches!(&answer, Err(kube::Error::Api(s)) if s.code == 422),
+            "{refused}: {answer:?}"
+        );
+    }
 
     // Two IPv4 egress IPs fit the schema of this API server (its CEL rules need 1.25+); our
     // validation rejects the object by name and field, and the last good version stays.
