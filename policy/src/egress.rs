@@ -58,7 +58,9 @@ pub struct SnatPlan {
     /// Pod address → class (from 1); pods selected by the same counting EgressGateways share one.
     pub classes: BTreeMap<IpAddr, u32>,
     pub entries: Vec<SnatEntry>,
-    /// This gateway's egress IPs (it answers ARP/ND for them).
+    /// This gateway's egress IPs (it answers ARP/ND for them): of the counting EgressGateways,
+    /// those whose traffic of that family this node carries (see [`gateway_node_address`]), so
+    /// that two nodes never answer for one address. With no node given, all of them.
     pub egress_ips: BTreeSet<IpAddr>,
 }
 
@@ -157,14 +159,18 @@ fn minimal<V: PartialEq + Copy>(values: BTreeMap<IpNet, V>, outside: V) -> Vec<(
 /// The SNAT plan of the gateway node `node`: only EgressGateways whose nodeSelector selects that
 /// node count (`None`: all of them; a node not in the snapshot: none).
 pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
-    let counting: Vec<&EgressGateway> = match node {
+    let this = node.map(|name| snapshot.nodes.iter().find(|n| n.name == name));
+    let counting: Vec<&EgressGateway> = match this {
         None => snapshot.egress_gateways.iter().collect(),
-        Some(name) => match snapshot.nodes.iter().find(|n| n.name == name) {
-            None => Vec::new(),
-            Some(node) => (snapshot.egress_gateways.iter())
-                .filter(|g| g.node_selector.matches(&node.labels))
-                .collect(),
-        },
+        Some(None) => Vec::new(),
+        Some(Some(node)) => (snapshot.egress_gateways.iter())
+            .filter(|g| g.node_selector.matches(&node.labels))
+            .collect(),
+    };
+    let carried_here = |g: &EgressGateway, ip: IpAddr| match this {
+        Some(Some(node)) => gateway_node_address(snapshot, g, ip)
+            .is_some_and(|carrier| node.addresses.contains(&carrier)),
+        _ => true,
     };
     // Classes keyed by the names of their gateways, so that ids do not depend on pod order.
     let mut members: BTreeMap<Vec<&str>, Vec<IpAddr>> = BTreeMap::new();
@@ -178,7 +184,10 @@ pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
         }
     }
     let mut plan = SnatPlan {
-        egress_ips: counting.iter().flat_map(|g| g.egress_ips.clone()).collect(),
+        egress_ips: (counting.iter())
+            .flat_map(|g| g.egress_ips.iter().filter(|ip| carried_here(g, **ip)))
+            .copied()
+            .collect(),
         ..SnatPlan::default()
     };
     for (class, (names, addresses)) in (1u32..).zip(members) {
