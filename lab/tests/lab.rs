@@ -152,6 +152,8 @@ fn every_probe_is_allowed_without_enforcement_and_teardown_is_clean() {
         if o.verdict != Verdict::Allow {
             failures.push(format!("{p}: {} ({})", o.verdict, o.detail));
         }
+        // Nothing translates here: the server saw the probe's own source.
+        assert_eq!(o.source_seen, Some(o.from_addr), "{p}");
     }
     assert!(
         failures.is_empty(),
@@ -260,6 +262,17 @@ fn gateway_drop_rules_show_up_as_deny() {
         "init arrived, no init ack came back"
     );
     assert_eq!(detail(&reply_dropped_tcp), "timeout");
+    let seen = |p: &Probe| {
+        let i = probes.iter().position(|q| q == p).unwrap();
+        results[i].as_ref().unwrap().source_seen
+    };
+    // What was dropped on the way there arrived nowhere; an INIT whose answer was dropped did.
+    assert_eq!(seen(&dropped_udp), None);
+    assert_eq!(seen(&dropped_sctp), None);
+    assert_eq!(
+        seen(&reply_dropped_sctp),
+        Some("10.244.1.10".parse().unwrap())
+    );
 }
 
 #[test]

@@ -159,18 +159,14 @@ fn minimal<V: PartialEq + Copy>(values: BTreeMap<IpNet, V>, outside: V) -> Vec<(
 /// The SNAT plan of the gateway node `node`: only EgressGateways whose nodeSelector selects that
 /// node count (`None`: all of them; a node not in the snapshot: none).
 pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
-    let this = node.map(|name| snapshot.nodes.iter().find(|n| n.name == name));
-    let counting: Vec<&EgressGateway> = match this {
-        None => snapshot.egress_gateways.iter().collect(),
-        Some(None) => Vec::new(),
-        Some(Some(node)) => (snapshot.egress_gateways.iter())
-            .filter(|g| g.node_selector.matches(&node.labels))
-            .collect(),
-    };
-    let carried_here = |g: &EgressGateway, ip: IpAddr| match this {
-        Some(Some(node)) => gateway_node_address(snapshot, g, ip)
-            .is_some_and(|carrier| node.addresses.contains(&carrier)),
-        _ => true,
+    let counting = served_by(snapshot, node);
+    // A node not in the snapshot serves nothing, so it answers for nothing either.
+    let this = node.and_then(|name| snapshot.nodes.iter().find(|n| n.name == name));
+    let carried_here = |g: &EgressGateway, ip: IpAddr| {
+        this.is_none_or(|node| {
+            gateway_node_address(snapshot, g, ip)
+                .is_some_and(|carrier| node.addresses.contains(&carrier))
+        })
     };
     // Classes keyed by the names of their gateways, so that ids do not depend on pod order.
     let mut members: BTreeMap<Vec<&str>, Vec<IpAddr>> = BTreeMap::new();
@@ -212,6 +208,20 @@ pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
         }
     }
     plan
+}
+
+/// The EgressGateways whose nodeSelector selects the Node named `node` (`None`: all of them; a
+/// node not in the snapshot: none): those that node's gateway translates for.
+pub fn served_by<'a>(snapshot: &'a Snapshot, node: Option<&str>) -> Vec<&'a EgressGateway> {
+    match node {
+        None => snapshot.egress_gateways.iter().collect(),
+        Some(name) => match snapshot.nodes.iter().find(|n| n.name == name) {
+            None => Vec::new(),
+            Some(node) => (snapshot.egress_gateways.iter())
+                .filter(|g| g.node_selector.matches(&node.labels))
+                .collect(),
+        },
+    }
 }
 
 /// Nodes labelled [`EGRESS_GATEWAY_LABEL`]`=true`, by name.
