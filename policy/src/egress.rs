@@ -23,6 +23,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub(crate) mod audit;
 #[cfg(test)]
 mod tests;
 
@@ -57,7 +58,9 @@ pub struct SnatPlan {
     /// Pod address → class (from 1); pods selected by the same counting EgressGateways share one.
     pub classes: BTreeMap<IpAddr, u32>,
     pub entries: Vec<SnatEntry>,
-    /// This gateway's egress IPs (it answers ARP/ND for them).
+    /// This gateway's egress IPs (it answers ARP/ND for them): of the counting EgressGateways,
+    /// those whose traffic of that family this node carries (see [`gateway_node_address`]), so
+    /// that two nodes never answer for one address. With no node given, all of them.
     pub egress_ips: BTreeSet<IpAddr>,
 }
 
@@ -157,6 +160,14 @@ fn minimal<V: PartialEq + Copy>(values: BTreeMap<IpNet, V>, outside: V) -> Vec<(
 /// node count (`None`: all of them; a node not in the snapshot: none).
 pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
     let counting = served_by(snapshot, node);
+    // A node not in the snapshot serves nothing, so it answers for nothing either.
+    let this = node.and_then(|name| snapshot.nodes.iter().find(|n| n.name == name));
+    let carried_here = |g: &EgressGateway, ip: IpAddr| {
+        this.is_none_or(|node| {
+            gateway_node_address(snapshot, g, ip)
+                .is_some_and(|carrier| node.addresses.contains(&carrier))
+        })
+    };
     // Classes keyed by the names of their gateways, so that ids do not depend on pod order.
     let mut members: BTreeMap<Vec<&str>, Vec<IpAddr>> = BTreeMap::new();
     for pod in &snapshot.pods {
@@ -169,7 +180,10 @@ pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
         }
     }
     let mut plan = SnatPlan {
-        egress_ips: counting.iter().flat_map(|g| g.egress_ips.clone()).collect(),
+        egress_ips: (counting.iter())
+            .flat_map(|g| g.egress_ips.iter().filter(|ip| carried_here(g, **ip)))
+            .copied()
+            .collect(),
         ..SnatPlan::default()
     };
     for (class, (names, addresses)) in (1u32..).zip(members) {

@@ -126,6 +126,15 @@ fn snat_plan_counts_only_the_gateways_of_its_node() {
         snat_plan(&snapshot, Some("no-such-node")),
         SnatPlan::default()
     );
+    // A second node for db has its entries (ready for traffic) but, since steering sends db's
+    // traffic to gw-b (first by name), does not answer for db's egress IP.
+    let mut standby = snapshot.clone();
+    standby
+        .nodes
+        .push(node("gw-c", &[("gw", "db")], &["172.18.0.5"]));
+    let standby_plan = snat_plan(&standby, Some("gw-c"));
+    assert_eq!(standby_plan.entries, plan.entries);
+    assert!(standby_plan.egress_ips.is_empty());
     let everything = snat_plan(&snapshot, None);
     // db and dc share 192.0.2.20.
     assert_eq!(everything.egress_ips.len(), 4);
@@ -361,6 +370,21 @@ proptest! {
                         prop_assert_eq!(actual, expected, "node {:?} pod {} {} -> {}", node, pod.key(), src, dst);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn one_node_answers_for_each_egress_ip_the_one_steering_sends_to(snapshot in random_snapshot()) {
+        for gateway in &snapshot.egress_gateways {
+            for &ip in &gateway.egress_ips {
+                let answering: Vec<&str> = (snapshot.nodes.iter())
+                    .filter(|n| snat_plan(&snapshot, Some(&n.name)).egress_ips.contains(&ip))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                let carrier = gateway_node_address(&snapshot, gateway, ip)
+                    .and_then(|a| snapshot.nodes.iter().find(|n| n.addresses.contains(&a)));
+                prop_assert_eq!(answering, carrier.map(|n| n.name.as_str()).into_iter().collect::<Vec<_>>());
             }
         }
     }

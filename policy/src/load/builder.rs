@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 
 use super::convert::{convert_namespace, convert_pod, convert_policy};
 use super::egress::{convert_egress_gateway, convert_node, EgressGatewayObject};
@@ -64,6 +65,19 @@ impl SnapshotBuilder {
             .and_then(|gateway| insert_once(&mut self.egress_gateways, name, gateway));
         if let Err(e) = added {
             self.reject_field(origin, object, e);
+        }
+    }
+
+    /// An EgressGateway in the JSON form the API server serves. One that does not fit the wire
+    /// form is rejected by its name when it has one, so that its last good version stays.
+    pub fn add_egress_gateway_json(&mut self, origin: &Origin, value: serde_json::Value) {
+        match EgressGatewayObject::deserialize(&value) {
+            Ok(gateway) => self.add_egress_gateway(origin, gateway),
+            Err(e) => {
+                let name = value.pointer("/metadata/name").and_then(|n| n.as_str());
+                let object = name.map_or("EgressGateway".into(), |n| format!("EgressGateway {n}"));
+                self.reject(origin, Some(object), "", e.to_string());
+            }
         }
     }
 

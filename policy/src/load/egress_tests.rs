@@ -143,6 +143,23 @@ fn bad_egress_gateways_are_rejected_by_name_and_field() {
 }
 
 #[test]
+fn a_gateway_of_the_wrong_shape_is_still_rejected_by_name() {
+    let loaded = load(&GOOD.replace(
+        r#"egressIPs: ["192.0.2.100", "2001:db8::100"]"#,
+        "egressIPs: 192.0.2.100",
+    ));
+    assert_eq!(
+        loaded.errors[0].identity(),
+        Some(("EgressGateway", "", "prod-egress"))
+    );
+    assert!(
+        loaded.errors[0].message.contains("expected a sequence"),
+        "{}",
+        loaded.errors[0]
+    );
+}
+
+#[test]
 fn a_bad_node_address_is_rejected_by_name() {
     let loaded = load("kind: Node\napiVersion: v1\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: nope}]}\n");
     assert_eq!(

@@ -6,7 +6,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 
 use super::builder::SnapshotBuilder;
-use super::egress::{EgressGatewayObject, EGRESS_GATEWAY_KIND};
+use super::egress::EGRESS_GATEWAY_KIND;
 use super::error::Origin;
 
 #[derive(Deserialize)]
@@ -68,8 +68,9 @@ impl SnapshotBuilder {
                 Ok(node) => self.add_node(origin, node),
                 Err(e) => self.reject(origin, Some("Node".into()), "", e.to_string()),
             },
-            EGRESS_GATEWAY_KIND => match EgressGatewayObject::deserialize(value) {
-                Ok(gateway) => self.add_egress_gateway(origin, gateway),
+            // Through JSON, as the API server serves it: one path, rejections by name.
+            EGRESS_GATEWAY_KIND => match serde_json::to_value(&value) {
+                Ok(json) => self.add_egress_gateway_json(origin, json),
                 Err(e) => self.reject(origin, Some(kind), "", e.to_string()),
             },
             "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "NodeList"
