@@ -66,11 +66,21 @@ pub struct SnatPlan {
 
 /// A policy route a node installs for a local pod: traffic from `source` to `destination` goes
 /// to the gateway node at `via`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SteerRoute {
     pub source: IpAddr,
     pub destination: IpNet,
     pub via: IpAddr,
+}
+
+impl std::fmt::Display for SteerRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "from {} to {} via {}",
+            self.source, self.destination, self.via
+        )
+    }
 }
 
 /// Whether `gateway` selects `pod` (see the module docs).

@@ -41,6 +41,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use portcullis_policy::egress::SteerRoute;
+
 use plan::{Installed, Layout, Rule, TableRoute, MAIN_TABLE};
 use rtnl::Rtnl;
 
@@ -52,25 +54,6 @@ pub const TABLE_SPAN: u32 = 256;
 const MAIN_RULE_PRIORITY: u32 = 32766;
 /// Table ids the kernel reserves: unspec, compat, default, main, local.
 const RESERVED_TABLES: [u32; 5] = [0, 252, 253, 254, 255];
-
-/// Pod `source`'s traffic to `destination` leaves through gateway `via` (the policy crate's
-/// steering output has this shape).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SteerRoute {
-    pub source: IpAddr,
-    pub destination: IpNet,
-    pub via: IpAddr,
-}
-
-impl fmt::Display for SteerRoute {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "from {} to {} via {}",
-            self.source, self.destination, self.via
-        )
-    }
-}
 
 /// Where steering lives and what it must never steer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -57,14 +57,7 @@ impl PodSteering {
             .iter()
             .filter(|p| keys.contains(p.key().as_str()))
             .collect();
-        let routes: Vec<SteerRoute> = steering_routes(snapshot, &pods)
-            .into_iter()
-            .map(|r| SteerRoute {
-                source: r.source,
-                destination: r.destination,
-                via: r.via,
-            })
-            .collect();
+        let routes: Vec<SteerRoute> = steering_routes(snapshot, &pods);
         if self.routes.as_ref() == Some(&routes) && self.error.is_none() {
             return;
         }
