@@ -260,22 +260,27 @@ fn parse_route(m: &RouteMessage, v4: bool) -> Option<TableRoute> {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     };
     let mut table = u32::from(m.header.table);
-    let (mut dst, mut via, mut oif) = (unspecified, None, None);
+    let (mut dst, mut via, mut oif, mut metric) = (unspecified, None, None, 0);
     for a in &m.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Destination(d) => dst = ip_of(d)?,
             RouteAttribute::Gateway(g) => via = ip_of(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
+    let unreachable = m.header.kind == RouteType::Unreachable;
     Some(TableRoute {
         table,
         destination: net(dst, m.header.destination_prefix_length)?,
+        metric,
         via,
-        oif,
+        // IPv6 reports a reject route on `lo`; it has no device of its own.
+        oif: oif.filter(|_| !unreachable),
         onlink: m.header.flags.contains(RouteFlags::Onlink),
+        unreachable,
     })
 }
 
@@ -286,11 +291,18 @@ fn route_message(route: &TableRoute) -> RouteMessage {
     m.header.table = header_table(route.table);
     m.header.protocol = RouteProtocol::Static;
     m.header.scope = RouteScope::Universe;
-    m.header.kind = RouteType::Unicast;
+    m.header.kind = if route.unreachable {
+        RouteType::Unreachable
+    } else {
+        RouteType::Unicast
+    };
     if route.onlink {
         m.header.flags = RouteFlags::Onlink;
     }
     m.attributes.push(RouteAttribute::Table(route.table));
+    if route.metric > 0 {
+        m.attributes.push(RouteAttribute::Priority(route.metric));
+    }
     if route.destination.prefix_len() > 0 {
         m.attributes
             .push(RouteAttribute::Destination(route.destination.addr().into()));
