@@ -315,3 +315,67 @@ fn route_message(route: &TableRoute) -> RouteMessage {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_back_as_written() {
+        let rules = [
+            Rule {
+                priority: 20001,
+                v4: true,
+                source: Some("10.244.1.10/32".parse().unwrap()),
+                destination: None,
+                table: 20000,
+            },
+            Rule {
+                priority: 20002,
+                v4: false,
+                source: None,
+                destination: Some("fd00::/48".parse().unwrap()),
+                table: 254,
+            },
+        ];
+        for rule in rules {
+            let m = rule_message(&rule);
+            // Tables past 255 travel in the attribute only.
+            let in_header = if rule.table <= 255 { rule.table } else { 0 };
+            assert_eq!(u32::from(m.header.table), in_header);
+            assert_eq!(parse_rule(&m, rule.v4), Some(rule.clone()));
+            assert_eq!(parse_rule(&m, !rule.v4), None, "other family");
+        }
+    }
+
+    #[test]
+    fn routes_read_back_as_written() {
+        let gateway = TableRoute {
+            table: 20000,
+            destination: "::/0".parse().unwrap(),
+            metric: 1,
+            via: Some("fe80::a:1".parse().unwrap()),
+            oif: Some(3),
+            onlink: false,
+            unreachable: false,
+        };
+        let fallback = TableRoute {
+            metric: u32::MAX,
+            via: None,
+            oif: None,
+            unreachable: true,
+            ..gateway.clone()
+        };
+        let v4 = TableRoute {
+            destination: "198.51.100.0/24".parse().unwrap(),
+            via: Some("169.254.16.1".parse().unwrap()),
+            onlink: true,
+            ..gateway.clone()
+        };
+        for route in [gateway, fallback, v4] {
+            let m = route_message(&route);
+            let v4 = matches!(route.destination, IpNet::V4(_));
+            assert_eq!(parse_route(&m, v4), Some(route.clone()));
+        }
+    }
+}
