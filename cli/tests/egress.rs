@@ -209,7 +209,11 @@ impl EgressLab {
             .arg("--state-dir")
             .arg(self.gateway_state());
         let out = self.lab.output_in(&self.lab.gateway().netns, cmd).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -261,7 +265,11 @@ fn pod_egress_leaves_through_the_gateway_as_the_egress_ip() {
     );
     assert_eq!(lab.probe(4, Verdict::Allow), ip(EGRESS_V6), "TCP v6");
     assert_eq!(lab.probe(5, Verdict::Allow), ip(EGRESS_V6), "UDP v6");
-    assert_eq!(lab.probe(6, Verdict::Allow), ip(EGRESS_V4), "unselected by policy");
+    assert_eq!(
+        lab.probe(6, Verdict::Allow),
+        ip(EGRESS_V4),
+        "unselected by policy"
+    );
 
     let status = lab.status();
     let served = &lab.published()["egress"]["egress_gateways"];
@@ -297,12 +305,19 @@ fn two_pods_with_the_same_source_port_get_distinct_translations() {
             let mut buf = [0u8; 16];
             s.recv(&mut buf).map(|n| buf[..n].to_vec())
         });
-        assert_eq!(reply.unwrap(), pod.as_bytes(), "pod {pod} got its own reply");
+        assert_eq!(
+            reply.unwrap(),
+            pod.as_bytes(),
+            "pod {pod} got its own reply"
+        );
     }
     echo.join().unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "two distinct translated tuples: {seen:?}");
-    assert!(seen.iter().all(|s| s.ip() == ip(EGRESS_V4).unwrap()), "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.ip() == ip(EGRESS_V4).unwrap()),
+        "{seen:?}"
+    );
 
     let tcp_server: SocketAddr = "192.168.1.20:7201".parse().unwrap();
     let listener = lab.in_external(|| TcpListener::bind(tcp_server)).unwrap();
@@ -324,7 +339,10 @@ fn two_pods_with_the_same_source_port_get_distinct_translations() {
     assert!(streams.iter().all(|s| s.is_ok()), "{streams:?}");
     let peers = peers.join().unwrap();
     assert_eq!(peers.len(), 2, "{peers:?}");
-    assert!(peers.iter().all(|p| p.ip() == ip(EGRESS_V4).unwrap()), "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.ip() == ip(EGRESS_V4).unwrap()),
+        "{peers:?}"
+    );
 }
 
 /// An echo loop on a translated connection keeps working through policy changes, a kill -9 and
@@ -348,7 +366,9 @@ fn translated_connections_survive_changes_restarts_and_bad_input() {
         peer
     });
     let mut conn = lab
-        .run_in_pod("a", || TcpStream::connect_timeout(&server, Duration::from_secs(2)))
+        .run_in_pod("a", || {
+            TcpStream::connect_timeout(&server, Duration::from_secs(2))
+        })
         .expect("the allowed connection opens");
     conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(peer.join().unwrap().ip(), ip(EGRESS_V4).unwrap());
@@ -395,7 +415,11 @@ fn translated_connections_survive_changes_restarts_and_bad_input() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let mut conn = streaming.join().unwrap();
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "the translated connection broke");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the translated connection broke"
+    );
     assert!(round_trip(&mut conn, 1_000_000));
     assert_eq!(lab.probe(0, Verdict::Allow), ip(EGRESS_V4));
 }

@@ -28,8 +28,8 @@
 //! routed on-link from the external namespace towards the gateway's external leg.
 //!
 //! Every neighbour entry is static (permanent), so no ARP/ND has to happen before the first packet
-//! (the egress IPs' excepted);
-//! forwarding is on in node and gateway, rp_filter off, IPv6 DAD off. Servers run on threads that
+//! (the egress IPs' excepted); forwarding is on in nodes, gateway and router, rp_filter off, IPv6
+//! DAD off. Servers run on threads that
 //! `setns` into their namespace; probes run on threads that `setns` into the source namespace.
 //! Nothing is ever run through `ip netns exec` (it remounts /sys, which hides bpffs).
 //!

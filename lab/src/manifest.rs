@@ -98,6 +98,7 @@ mod tests {
                 pod("b", "node-b", &["10.244.2.10", "fd00::b"]),
             ],
             policies: Vec::new(),
+            ..Snapshot::default()
         };
         Topology::plan("t-1-0".into(), &snap, &[], &LabOptions::default()).unwrap()
     }

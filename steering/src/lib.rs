@@ -7,7 +7,9 @@
 //! service and node networks) a rule `to CIDR lookup main` comes first, so pod-to-pod, node-local
 //! and service traffic is never steered. Then, in the caller's order, one rule per steering route
 //! `from POD/32|128 to DESTINATION lookup TABLE`, where each distinct gateway (`via`) has its own
-//! table holding only `default via VIA [dev UPLINK] [onlink]`. IPv4 and IPv6 alike.
+//! table holding only `default via VIA [dev UPLINK] [onlink] metric 1` and, behind it,
+//! `unreachable default metric 4294967295`: should the gateway route vanish (its device deleted,
+//! say), steered traffic fails closed instead of falling through to `main`. IPv4 and IPv6 alike.
 //!
 //! - **Why not GENEVE/VXLAN/IPIP:** packets keep their size and headers, so there is no MTU
 //!   change (pods keep the node network's MTU, no PMTU black holes), the gateway's XDP program sees
@@ -135,6 +137,8 @@ pub struct GatewayStatus {
     /// The interface index of the gateway route, when it names one.
     pub oif: Option<u32>,
     pub onlink: bool,
+    /// The unreachable default is behind the gateway route.
+    pub fail_closed: bool,
     pub rules: usize,
 }
 
@@ -236,7 +240,13 @@ impl Steering {
         }
         let stats = SteeringStats {
             rules: changes.target.rules.len(),
-            tables: changes.target.routes.len(),
+            tables: changes
+                .target
+                .routes
+                .iter()
+                .map(|r| r.table)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
             rules_added: changes.add_rules.len(),
             rules_removed: changes.delete_rules.len(),
             routes_written: changes.write_routes.len(),
@@ -288,8 +298,14 @@ fn status_of(installed: &Installed) -> SteeringStatus {
                 table: r.table,
                 oif: r.oif,
                 onlink: r.onlink,
+                fail_closed: false,
                 rules: 0,
             });
+        }
+    }
+    for r in installed.routes.iter().filter(|r| r.unreachable) {
+        if let (Some(g), 0) = (gateways.get_mut(&r.table), r.destination.prefix_len()) {
+            g.fail_closed = true;
         }
     }
     let mut status = SteeringStatus::default();
@@ -347,7 +363,14 @@ impl fmt::Display for Rule {
 
 impl fmt::Display for TableRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} table {}", self.destination, self.table)?;
+        if self.unreachable {
+            f.write_str("unreachable ")?;
+        }
+        write!(
+            f,
+            "{} table {} metric {}",
+            self.destination, self.table, self.metric
+        )?;
         if let Some(v) = self.via {
             write!(f, " via {v}")?;
         }
@@ -420,14 +443,17 @@ mod tests {
             routes: vec![TableRoute {
                 table: 1000,
                 destination: "0.0.0.0/0".parse().unwrap(),
+                metric: 1,
                 via: Some("192.168.0.2".parse().unwrap()),
                 oif: Some(4),
                 onlink: true,
+                unreachable: false,
             }],
         };
         let s = status_of(&installed);
         assert_eq!((s.cluster_rules, s.stray_rules), (1, 1));
         assert_eq!(s.gateways.len(), 1);
         assert_eq!((s.gateways[0].table, s.gateways[0].rules), (1000, 2));
+        assert!(!s.gateways[0].fail_closed);
     }
 }

@@ -22,16 +22,24 @@ pub(crate) struct Rule {
     pub table: u32,
 }
 
-/// A route of one of the steering tables: the default route (`dst` /0) towards a gateway, or
-/// anything else found there (which a reconcile removes).
+/// A route of one of the steering tables: the default route towards a gateway, the unreachable
+/// default behind it, or anything else found there (which a reconcile removes).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct TableRoute {
     pub table: u32,
     pub destination: IpNet,
+    pub metric: u32,
     pub via: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
+    pub unreachable: bool,
 }
+
+/// The gateway route's metric (explicit: IPv6 would turn 0 into 1024).
+const VIA_METRIC: u32 = 1;
+/// The unreachable default's metric: used only when the gateway route is gone (its device was
+/// deleted, say), so steered traffic fails closed instead of falling through to `main`.
+const FALLBACK_METRIC: u32 = u32::MAX;
 
 /// What is installed in the steering ranges: every rule whose priority is in the priority range
 /// and every route of a table in the table range.
@@ -103,10 +111,24 @@ fn gateway_route(
     Ok(TableRoute {
         table,
         destination,
+        metric: VIA_METRIC,
         via: Some(via),
         oif,
         onlink: oif.is_some() && !(via.is_ipv6() && is_link_local(via)),
+        unreachable: false,
     })
+}
+
+/// The unreachable default behind `gateway`'s route in its table.
+fn fallback_route(gateway: &TableRoute) -> TableRoute {
+    TableRoute {
+        metric: FALLBACK_METRIC,
+        via: None,
+        oif: None,
+        onlink: false,
+        unreachable: true,
+        ..gateway.clone()
+    }
 }
 
 /// Checks one route: source, destination and via of one family, the source a host address.
@@ -197,10 +219,12 @@ pub(crate) fn plan(
         destination: selector(r.destination),
         table: tables[&r.via],
     }));
-    let gateway_routes = tables
-        .iter()
-        .map(|(via, table)| gateway_route(*table, *via, layout.uplink))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut gateway_routes = Vec::new();
+    for (via, table) in &tables {
+        let route = gateway_route(*table, *via, layout.uplink)?;
+        gateway_routes.push(fallback_route(&route));
+        gateway_routes.push(route);
+    }
 
     let have_rules: BTreeSet<&Rule> = installed.rules.iter().collect();
     let want_rules: BTreeSet<&Rule> = rules.iter().collect();
@@ -208,9 +232,9 @@ pub(crate) fn plan(
     let want_routes: BTreeSet<&TableRoute> = gateway_routes.iter().collect();
     // A default route that is not exactly the wanted one is replaced in place (one atomic
     // write); any other route of the range is deleted once no rule needs it.
-    let replaced: BTreeSet<(u32, IpNet)> = gateway_routes
+    let replaced: BTreeSet<(u32, IpNet, u32)> = gateway_routes
         .iter()
-        .map(|r| (r.table, r.destination))
+        .map(|r| (r.table, r.destination, r.metric))
         .collect();
     Ok(Changes {
         write_routes: gateway_routes
@@ -232,7 +256,9 @@ pub(crate) fn plan(
         delete_routes: installed
             .routes
             .iter()
-            .filter(|r| !want_routes.contains(r) && !replaced.contains(&(r.table, r.destination)))
+            .filter(|r| {
+                !want_routes.contains(r) && !replaced.contains(&(r.table, r.destination, r.metric))
+            })
             .cloned()
             .collect(),
         target: Installed {
@@ -285,10 +311,9 @@ mod tests {
             .iter()
             .filter(|r| {
                 !changes.delete_routes.contains(r)
-                    && !changes
-                        .write_routes
-                        .iter()
-                        .any(|w| (w.table, w.destination) == (r.table, r.destination))
+                    && !changes.write_routes.iter().any(|w| {
+                        (w.table, w.destination, w.metric) == (r.table, r.destination, r.metric)
+                    })
             })
             .cloned()
             .chain(changes.write_routes.iter().cloned())
@@ -350,13 +375,29 @@ mod tests {
         assert_eq!(r[4].table, 1001);
         assert_eq!(c.add_rules, c.target.rules);
         assert!(c.delete_rules.is_empty() && c.delete_routes.is_empty());
-        let v6 = c.write_routes.iter().find(|r| r.table == 1002).unwrap();
+        let via = |t: u32| {
+            c.write_routes
+                .iter()
+                .find(|r| r.table == t && !r.unreachable)
+        };
+        let v6 = via(1002).unwrap();
         assert_eq!(
             (v6.via, v6.oif, v6.onlink, v6.destination),
             (Some(ip("fe80::a:1")), Some(7), false, net("::/0"))
         );
-        let v4 = c.write_routes.iter().find(|r| r.table == 1000).unwrap();
+        let v4 = via(1000).unwrap();
         assert_eq!((v4.oif, v4.onlink), (Some(7), true));
+        // Every table fails closed behind its gateway route.
+        assert_eq!(c.write_routes.len(), 6);
+        for t in [1000, 1001, 1002] {
+            let fallback = c
+                .write_routes
+                .iter()
+                .find(|r| r.table == t && r.unreachable);
+            let fallback = fallback.unwrap();
+            assert_eq!((fallback.via, fallback.metric), (None, u32::MAX));
+            assert!(fallback.metric > via(t).unwrap().metric);
+        }
     }
 
     #[test]
@@ -370,8 +411,8 @@ mod tests {
         let again = plan(&l, &routes, &now).unwrap();
         assert!(again.write_routes.is_empty() && again.add_rules.is_empty());
         assert!(again.delete_rules.is_empty() && again.delete_routes.is_empty());
-        assert_eq!(first.write_routes[0].oif, None);
-        assert!(!first.write_routes[0].onlink);
+        let gateway = first.write_routes.iter().find(|r| !r.unreachable).unwrap();
+        assert_eq!((gateway.oif, gateway.onlink), (None, false));
     }
 
     #[test]
@@ -385,8 +426,8 @@ mod tests {
         let moved = [route("10.244.1.10", "0.0.0.0/0", "192.168.0.3")];
         let c = plan(&l, &moved, &before).unwrap();
         // The new table is not the one the stale rule still points at.
-        assert_eq!(c.write_routes.len(), 1);
-        assert_eq!(c.write_routes[0].table, 1001);
+        assert_eq!(c.write_routes.len(), 2);
+        assert!(c.write_routes.iter().all(|r| r.table == 1001));
         assert_eq!(c.add_rules[0].table, 1001);
         assert_eq!(c.delete_rules, before.rules);
         assert_eq!(c.delete_routes, before.routes);
@@ -399,23 +440,27 @@ mod tests {
         let kept = TableRoute {
             table: 1005,
             destination: net("0.0.0.0/0"),
+            metric: VIA_METRIC,
             via: Some(ip("192.168.0.2")),
             oif: Some(3),
             onlink: true,
+            unreachable: false,
         };
         let wrong_dev = TableRoute {
             table: 1006,
             destination: net("::/0"),
             via: Some(ip("fd00:1::2")),
             oif: Some(9),
-            onlink: true,
+            ..kept.clone()
         };
         let junk = TableRoute {
             table: 1007,
             destination: net("198.51.100.0/24"),
+            metric: 0,
             via: None,
             oif: Some(3),
             onlink: false,
+            unreachable: false,
         };
         let stray_rule = Rule {
             priority: 777,
@@ -426,7 +471,12 @@ mod tests {
         };
         let installed = Installed {
             rules: vec![stray_rule.clone()],
-            routes: vec![kept.clone(), wrong_dev.clone(), junk.clone()],
+            routes: vec![
+                kept.clone(),
+                fallback_route(&kept),
+                wrong_dev.clone(),
+                junk.clone(),
+            ],
         };
         let routes = [
             route("10.244.1.10", "0.0.0.0/0", "192.168.0.2"),
@@ -435,12 +485,13 @@ mod tests {
         let c = plan(&l, &routes, &installed).unwrap();
         assert_eq!(c.target.rules[0].table, 1005);
         assert_eq!(c.target.rules[1].table, 1006);
-        // 1006 is rewritten in place (dev changed); 1005 is untouched.
-        assert_eq!(c.write_routes.len(), 1);
-        assert_eq!(
-            (c.write_routes[0].table, c.write_routes[0].oif),
-            (1006, Some(3))
-        );
+        // 1006 is rewritten in place (dev changed) and gains its fallback; 1005 is untouched.
+        let written: Vec<(u32, Option<u32>, bool)> = c
+            .write_routes
+            .iter()
+            .map(|r| (r.table, r.oif, r.unreachable))
+            .collect();
+        assert_eq!(written, [(1006, None, true), (1006, Some(3), false)]);
         assert_eq!(c.delete_routes, vec![junk]);
         assert_eq!(c.delete_rules, vec![stray_rule]);
     }

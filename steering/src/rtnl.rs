@@ -260,22 +260,27 @@ fn parse_route(m: &RouteMessage, v4: bool) -> Option<TableRoute> {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     };
     let mut table = u32::from(m.header.table);
-    let (mut dst, mut via, mut oif) = (unspecified, None, None);
+    let (mut dst, mut via, mut oif, mut metric) = (unspecified, None, None, 0);
     for a in &m.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Destination(d) => dst = ip_of(d)?,
             RouteAttribute::Gateway(g) => via = ip_of(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
+    let unreachable = m.header.kind == RouteType::Unreachable;
     Some(TableRoute {
         table,
         destination: net(dst, m.header.destination_prefix_length)?,
+        metric,
         via,
-        oif,
+        // IPv6 reports a reject route on `lo`; it has no device of its own.
+        oif: oif.filter(|_| !unreachable),
         onlink: m.header.flags.contains(RouteFlags::Onlink),
+        unreachable,
     })
 }
 
@@ -286,11 +291,18 @@ fn route_message(route: &TableRoute) -> RouteMessage {
     m.header.table = header_table(route.table);
     m.header.protocol = RouteProtocol::Static;
     m.header.scope = RouteScope::Universe;
-    m.header.kind = RouteType::Unicast;
+    m.header.kind = if route.unreachable {
+        RouteType::Unreachable
+    } else {
+        RouteType::Unicast
+    };
     if route.onlink {
         m.header.flags = RouteFlags::Onlink;
     }
     m.attributes.push(RouteAttribute::Table(route.table));
+    if route.metric > 0 {
+        m.attributes.push(RouteAttribute::Priority(route.metric));
+    }
     if route.destination.prefix_len() > 0 {
         m.attributes
             .push(RouteAttribute::Destination(route.destination.addr().into()));
@@ -302,4 +314,68 @@ fn route_message(route: &TableRoute) -> RouteMessage {
         m.attributes.push(RouteAttribute::Oif(oif));
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_back_as_written() {
+        let rules = [
+            Rule {
+                priority: 20001,
+                v4: true,
+                source: Some("10.244.1.10/32".parse().unwrap()),
+                destination: None,
+                table: 20000,
+            },
+            Rule {
+                priority: 20002,
+                v4: false,
+                source: None,
+                destination: Some("fd00::/48".parse().unwrap()),
+                table: 254,
+            },
+        ];
+        for rule in rules {
+            let m = rule_message(&rule);
+            // Tables past 255 travel in the attribute only.
+            let in_header = if rule.table <= 255 { rule.table } else { 0 };
+            assert_eq!(u32::from(m.header.table), in_header);
+            assert_eq!(parse_rule(&m, rule.v4), Some(rule.clone()));
+            assert_eq!(parse_rule(&m, !rule.v4), None, "other family");
+        }
+    }
+
+    #[test]
+    fn routes_read_back_as_written() {
+        let gateway = TableRoute {
+            table: 20000,
+            destination: "::/0".parse().unwrap(),
+            metric: 1,
+            via: Some("fe80::a:1".parse().unwrap()),
+            oif: Some(3),
+            onlink: false,
+            unreachable: false,
+        };
+        let fallback = TableRoute {
+            metric: u32::MAX,
+            via: None,
+            oif: None,
+            unreachable: true,
+            ..gateway.clone()
+        };
+        let v4 = TableRoute {
+            destination: "198.51.100.0/24".parse().unwrap(),
+            via: Some("169.254.16.1".parse().unwrap()),
+            onlink: true,
+            ..gateway.clone()
+        };
+        for route in [gateway, fallback, v4] {
+            let m = route_message(&route);
+            let v4 = matches!(route.destination, IpNet::V4(_));
+            assert_eq!(parse_route(&m, v4), Some(route.clone()));
+        }
+    }
 }

@@ -280,7 +280,7 @@ fn pod_egress_follows_the_steering_and_clear_restores_the_default_route() {
     let moved = steering.apply(&routes("192.168.50.3", "fd50::3")).unwrap();
     assert_eq!(
         (moved.rules_added, moved.rules_removed, moved.routes_removed),
-        (2, 2, 2)
+        (2, 2, 4)
     );
     assert_eq!(answered_by(&pod, EXT4), "gw2");
     assert_eq!(answered_by(&pod, EXT6), "gw2");
@@ -294,6 +294,26 @@ fn pod_egress_follows_the_steering_and_clear_restores_the_default_route() {
         adopted.rules_added + adopted.rules_removed + adopted.routes_written,
         0
     );
+
+    // The gateway route gone (as when its device is deleted): steered traffic fails closed
+    // instead of taking the main table to the router; the next apply puts the route back.
+    let status = restarted.status().unwrap();
+    assert!(status.gateways.iter().all(|g| g.fail_closed), "{status:?}");
+    let v4 = status.gateways.iter().find(|g| g.via.is_ipv4()).unwrap();
+    node.run(|| sh(&format!("ip route del default table {} metric 1", v4.table)));
+    let dst = SocketAddr::new(ip(EXT4), PORT);
+    assert_eq!(pod.run(|| udp_ask(ip(POD4), dst)), None);
+    // The gateway now has a fresh table (the rule moves to it, then the husk goes).
+    let healed = restarted.apply(&routes("192.168.50.3", "fd50::3")).unwrap();
+    assert_eq!(
+        (
+            healed.routes_written,
+            healed.rules_added,
+            healed.routes_removed
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(answered_by(&pod, EXT4), "gw2");
 
     // Something stray in the range (a rule of a crashed older version) is removed.
     node.run(|| sh("ip rule add pref 20100 from 10.1.2.3 lookup 20200"));
