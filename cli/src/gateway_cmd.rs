@@ -74,6 +74,9 @@ pub struct GatewayArgs {
     /// `spec.gateway.nodeSelector` selects that Node (default: for every EgressGateway).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Source ports translations to an egress IP use (per egress IP): FIRST-LAST.
+    #[arg(long, value_parser = crate::gateway_egress::parse_ports, default_value = "32768-60999")]
+    snat_ports: std::ops::RangeInclusive<u16>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -140,8 +143,12 @@ impl Enforcer for GatewayEnforcer {
     fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
-        self.egress.plan(snapshot);
+        let snat = self.egress.plan(snapshot);
         let compile = started.elapsed();
+        // Validated as a whole first: a configuration that cannot be enforced changes nothing
+        // and the policy generation in force stays with it.
+        let (snat_written, snat_deleted) = (self.gateway.set_snat(&snat))
+            .context("writing the SNAT tables (EgressGateways)")?;
         let stats = self.gateway.apply(&tables)?;
         (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
         record_apply(
@@ -159,6 +166,8 @@ impl Enforcer for GatewayEnforcer {
             endpoints = stats.tables.endpoints,
             written = stats.written,
             deleted = stats.deleted,
+            snat_written,
+            snat_deleted,
             compile_ms = compile.as_secs_f64() * 1e3,
             write_ms = stats.write.as_secs_f64() * 1e3,
             "gateway tables written"
@@ -226,6 +235,7 @@ impl Enforcer for GatewayEnforcer {
         if let Some(engine) = self.engine.running() {
             crate::engine_events::export_metrics(&engine.status());
         }
+        crate::gateway_egress::export_metrics(&status.snat);
         export_flow_tables("gateway", &status.tables.flows);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
@@ -311,7 +321,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         engine,
         state_dir: state_dir.clone(),
         last_engine_publish: Instant::now(),
-        egress: GatewayEgress::new(args.node_name.clone()),
+        egress: GatewayEgress::new(args.node_name.clone(), args.snat_ports.clone()),
     };
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     let unpin = args

@@ -11,6 +11,7 @@ mod lab_cmd;
 mod node;
 mod probe_cmd;
 mod status_cmd;
+mod status_egress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

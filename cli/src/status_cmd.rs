@@ -144,6 +144,9 @@ struct GatewayView {
     /// The AF_XDP engine's status as the daemon last published it (`--datapath afxdp|hybrid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     engine: Option<serde_json::Value>,
+    /// The EgressGateways this gateway serves (`node`, `egress_gateways`), as published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<serde_json::Value>,
     #[serde(flatten)]
     status: portcullis_gateway::PinnedStatus,
 }
@@ -151,6 +154,9 @@ struct GatewayView {
 #[derive(Serialize)]
 struct NodeView<'a> {
     pods: &'a [node::LocalPod],
+    /// The egress steering (`--cluster-cidr`), as published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steering: Option<&'a serde_json::Value>,
     #[serde(flatten)]
     status: portcullis_node::PinnedStatus,
 }
@@ -189,6 +195,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         GatewayView {
             legs,
             engine,
+            egress: published.egress.clone(),
             status,
         },
     );
@@ -198,6 +205,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             let GatewayView {
                 legs,
                 engine,
+                egress,
                 status: s,
             } = &view.program;
             let c = &s.tables.counters;
@@ -238,6 +246,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             if let Some(engine) = engine {
                 print_engine(engine);
             }
+            crate::status_egress::print_gateway(egress.as_ref(), &s.snat);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -329,6 +338,7 @@ fn node_status(
         published,
         NodeView {
             pods: &published.pods,
+            steering: published.egress.as_ref(),
             status,
         },
     );
@@ -354,6 +364,7 @@ fn node_status(
             );
             print_drops_and_errors(t, published);
             print_local_pods(&published.pods);
+            crate::status_egress::print_node(published.egress.as_ref());
         }
     }
     // A selected pod left unenforced is an error, not a quiet success.
