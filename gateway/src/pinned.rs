@@ -6,14 +6,18 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, MapData};
 use portcullis_bpf::object::open_pinned;
 use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus};
-use portcullis_common::{Legs, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL};
+use portcullis_common::{
+    Legs, CONFIG_FLAG_SNAT, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL,
+};
 use serde::Serialize;
 
-use crate::{DatapathMode, ForwardMode, LINK_PINS};
+use crate::snat_maps::SnatMaps;
+use crate::{DatapathMode, ForwardMode, SnatStatus, LINK_PINS};
 
 pub struct PinnedGateway {
     maps: PolicyMaps,
     legs: Array<MapData, Legs>,
+    snat: SnatMaps,
     dir: PathBuf,
 }
 
@@ -38,6 +42,7 @@ impl PinnedGateway {
         Ok(PinnedGateway {
             maps: PolicyMaps::open_pinned(dir)?,
             legs: open_pinned(dir, MAP_LEGS)?,
+            snat: SnatMaps::open_pinned(dir)?,
             dir: dir.to_path_buf(),
         })
     }
@@ -55,6 +60,12 @@ impl PinnedGateway {
             datapath: DatapathMode::from_config_flags(flags),
             tables: self.maps.status(policies)?,
         })
+    }
+
+    /// The running gateway's translations, pools and SNAT counters.
+    pub fn snat_status(&self) -> Result<SnatStatus> {
+        let enabled = self.maps.config()?.flags & CONFIG_FLAG_SNAT != 0;
+        self.snat.status(enabled)
     }
 
     /// (ifindex, role) of the legs the program is configured for.
