@@ -89,6 +89,8 @@ pub struct Status {
     pub next_hop_epoch: u32,
     #[serde(flatten)]
     pub tables: TableStatus,
+    /// Source NAT: translations, egress addresses and their pools, SNAT counters.
+    pub snat: SnatStatus,
 }
 
 /// Program run through `BPF_PROG_TEST_RUN` by [`Gateway::test_run`].
@@ -116,6 +118,8 @@ pub struct Gateway {
     /// For the AF_XDP engine (`--datapath afxdp|hybrid`), until the caller takes them.
     engine: Option<EngineHandles>,
     snat: snat_maps::SnatMaps,
+    /// The external leg's MAC: the ARP/ND answers for the egress addresses carry it.
+    external_mac: [u8; 6],
 }
 
 /// What the AF_XDP engine needs of the loaded program.
@@ -200,6 +204,7 @@ impl Gateway {
         };
         let xsks = take(&mut ebpf, OBJECT, MAP_XSKS)?;
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
+        let external_mac = interface_mac(&options.external_iface)?;
         let engine = (options.datapath.has_engine()).then(|| EngineHandles {
             xsks,
             epoch: engine_epoch,
@@ -215,6 +220,7 @@ impl Gateway {
             _epoch_watch: epoch_watch,
             engine,
             snat,
+            external_mac,
         })
     }
 
@@ -240,8 +246,7 @@ impl Gateway {
     /// changes), then written new entries first, stale ones after; translations already made keep
     /// their mapping. Returns the entries written and deleted.
     pub fn set_snat(&mut self, cfg: &SnatConfig) -> Result<(usize, usize)> {
-        let mac = interface_mac(&self.attached[1].name)?;
-        let tables = cfg.tables(mac)?;
+        let tables = cfg.tables(self.external_mac)?;
         let (written, deleted) = self.snat.write(&tables)?;
         self.set_snat_flag()?;
         Ok((written, deleted))
@@ -289,6 +294,7 @@ impl Gateway {
             datapath: self.options.datapath,
             next_hop_epoch: self.next_hop_epoch()?,
             tables: (self.core.maps).status(self.core.generations.group_policies())?,
+            snat: self.snat_status()?,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct PinnedStatus {
     pub datapath: DatapathMode,
     #[serde(flatten)]
     pub tables: TableStatus,
+    /// Source NAT: translations, egress addresses and their pools, SNAT counters.
+    pub snat: SnatStatus,
 }
 
 impl PinnedGateway {
@@ -59,6 +61,7 @@ impl PinnedGateway {
             forward: ForwardMode::from_config_flags(flags),
             datapath: DatapathMode::from_config_flags(flags),
             tables: self.maps.status(policies)?,
+            snat: self.snat_status()?,
         })
     }
 

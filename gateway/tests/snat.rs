@@ -72,14 +72,21 @@ fn config(ports: std::ops::RangeInclusive<u16>) -> SnatConfig {
     }
 }
 
-fn gateway(ns: &NetNs, ports: std::ops::RangeInclusive<u16>) -> Gateway {
+/// The two legs (veth pairs) in `ns`.
+fn setup_links(ns: &NetNs) {
     ns.run(|| {
         sh(&format!(
             "ip link add {CLUSTER} type veth peer name {CLUSTER}p && \
              ip link add {EXTERNAL} address {} type veth peer name {EXTERNAL}p && \
              for i in {CLUSTER} {CLUSTER}p {EXTERNAL} {EXTERNAL}p; do ip link set $i up; done",
             EXTERNAL_MAC.map(|b| format!("{b:02x}")).join(":")
-        ));
+        ))
+    });
+}
+
+fn gateway(ns: &NetNs, ports: std::ops::RangeInclusive<u16>) -> Gateway {
+    setup_links(ns);
+    ns.run(|| {
         let mut gw = Gateway::load(GatewayOptions {
             cluster_iface: CLUSTER.into(),
             external_iface: EXTERNAL.into(),
@@ -502,4 +509,50 @@ fn translations_of_flows_gone_are_collected_and_an_empty_config_turns_snat_off()
     assert!(!status.enabled, "nothing left: SNAT costs nothing");
     let after = Packet::tcp(SERVER, 443, EGRESS4, x, TCP_ACK);
     untouched(&ns, g, Leg::External, after);
+}
+
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn translations_survive_a_restart_through_the_pins() {
+    require_root();
+    let ns = NetNs::new("snpin");
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin_dir.clone());
+    let options = GatewayOptions {
+        cluster_iface: CLUSTER.into(),
+        external_iface: EXTERNAL.into(),
+        pin_dir: Some(pin_dir),
+        ..Default::default()
+    };
+    setup_links(&ns);
+    let mut gw = ns.run(|| {
+        let mut gw = Gateway::load(options.clone()).expect("load pinned");
+        gw.apply(&tables()).expect("apply");
+        gw.set_snat(&config(32768..=60999)).expect("set_snat");
+        gw
+    });
+    let syn = Packet::tcp(POD_A, 44000, SERVER, 443, TCP_SYN);
+    let x = leaves_as(&ns, &mut gw, syn, 0, |p| {
+        Packet::tcp(EGRESS4, p, SERVER, 443, TCP_SYN)
+    });
+    drop(gw);
+    // The restarted gateway serves the translation before its first `set_snat`.
+    let mut gw = ns.run(|| Gateway::load(options.clone()).expect("reload"));
+    let status = ns.run(|| gw.snat_status()).unwrap();
+    assert!(status.enabled, "adopted translations keep SNAT on");
+    assert_eq!(status.translations, 1);
+    let reply = Packet::tcp(SERVER, 443, EGRESS4, x, TCP_SYN | TCP_ACK);
+    let to_pod = Packet::tcp(SERVER, 443, POD_A, 44000, TCP_SYN | TCP_ACK);
+    arrives_as(&ns, &mut gw, reply, to_pod);
+    let ack = Packet::tcp(POD_A, 44000, SERVER, 443, TCP_ACK);
+    leaves_as(&ns, &mut gw, ack, 0, |_| {
+        Packet::tcp(EGRESS4, x, SERVER, 443, TCP_ACK)
+    });
+    ns.run(|| gw.unpin()).expect("unpin");
 }
