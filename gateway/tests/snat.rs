@@ -229,6 +229,9 @@ fn tcp_and_udp_are_translated_both_ways_in_both_families() {
         Leg::Cluster,
         Packet::tcp(POD_A, 40001, EXEMPT, 443, TCP_SYN),
     );
+    // A TCP connection open before its pod was selected (no SYN seen) keeps the pod's address.
+    let midstream = Packet::tcp(POD_B, 45000, SERVER, 443, TCP_ACK);
+    untouched(&ns, g, Leg::Cluster, midstream);
 
     // A UDP/IPv4 datagram without checksum keeps none.
     let mut bare = Packet::udp(POD_A, 6000, SERVER, 53).frame();

@@ -13,9 +13,16 @@
 //! inbound key *is* that tuple); the outbound entry follows, also `BPF_NOEXIST`, and a CPU that
 //! loses that race to another one translating the same connection withdraws its inbound entry and
 //! uses the winner's. No free port: the packet is dropped (`DROP_REASON_SNAT_EXHAUSTED`), never
-//! sent untranslated. Translated: TCP, UDP and ICMP/ICMPv6 echo. Other protocols leave
-//! untranslated (their checksums, SCTP's CRC32c over the ports, cannot be fixed incrementally
-//! here) — an external firewall allowlisting the egress address refuses them.
+//! sent untranslated. A TCP connection is translated from its SYN: one already open when its pod
+//! became selected keeps the pod's address (changing it mid-stream would only break it).
+//! Translated: TCP, UDP and ICMP/ICMPv6 echo. Other protocols leave untranslated (their
+//! checksums, SCTP's CRC32c over the ports, cannot be fixed incrementally here) — an external
+//! firewall allowlisting the egress address refuses them.
+//!
+//! Checksums are updated incrementally (RFC 1624), so they must be complete: a packet sent
+//! locally on a veth with checksum offload carries only the pseudo-header sum for the device to
+//! finish, which XDP cannot tell. Packets from a wire are complete; the lab's hosts checksum in
+//! software (as XDP forwarding needs anyway).
 //!
 //! ICMP errors addressed to an egress address (PMTU discovery, unreachables) quote the translated
 //! packet: the outer destination, the quoted source address and port, the quoted IPv4 header
@@ -26,7 +33,7 @@ use aya_ebpf::macros::btf_map;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::*;
-use portcullis_ebpf_common::flow::find_flow;
+use portcullis_ebpf_common::flow::{find_flow, syn_only};
 use portcullis_ebpf_common::maps::{Maps, NO_PREALLOC};
 use portcullis_ebpf_common::parse::{flow_key, Frame, Kind, Packet, Stop};
 use portcullis_ebpf_common::report::report_event;
@@ -217,7 +224,10 @@ fn translate_new(
     let Some(target) = SNAT_ENTRIES.get(&nat.entry) else {
         return Ok(false);
     };
-    if target.flags & SNAT_TARGET_TRANSLATE == 0 || !opened_by_source(pkt, flow) {
+    // A TCP connection is translated from its SYN or not at all: one that was open before its
+    // pod was selected keeps the pod's address rather than change source mid-stream.
+    let tcp_midstream = pkt.proto == PROTO_TCP && !syn_only(pkt);
+    if target.flags & SNAT_TARGET_TRANSLATE == 0 || tcp_midstream || !opened_by_source(pkt, flow) {
         return Ok(false);
     }
     let egress = &target.egress;
