@@ -329,8 +329,23 @@ fn icmp_echo_and_errors_are_translated() {
             Packet::icmp(router, pod, icmp_error(kind, code, short_original)),
         );
     }
+    // A pod's "port unreachable" about a reply it received leaves with the egress address,
+    // quoting the reply as the remote end sent it.
+    for (pod, server, egress, kind, code) in [
+        (POD_A, SERVER, EGRESS4, 3, 3),
+        (POD6, SERVER6, EGRESS6, 1, 4),
+    ] {
+        let query = Packet::udp(pod, 7000, server, 53);
+        let u = leaves_as(&ns, g, query, 0, |p| Packet::udp(egress, p, server, 53));
+        let received = Packet::udp(server, 53, pod, 7000).ip();
+        let sent = Packet::udp(server, 53, egress, u).ip();
+        let error = Packet::icmp(pod, server, icmp_error(kind, code, &received));
+        let translated = Packet::icmp(egress, server, icmp_error(kind, code, &sent));
+        let (action, out) = run(&ns, g, Leg::Cluster, &error.frame());
+        assert_eq!((action, out), (XDP_PASS, translated.frame()), "{error:?}");
+    }
     let counters = ns.run(|| g.snat_status()).unwrap().counters;
-    assert_eq!(counters.icmp_errors, 4, "{counters:?}");
+    assert_eq!(counters.icmp_errors, 6, "{counters:?}");
 }
 
 #[test]

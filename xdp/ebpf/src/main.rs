@@ -163,7 +163,7 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
     // What the pipeline allowed of a selected pod leaves with its egress address.
     if snat
         && role == ROLE_CLUSTER
-        && snat::outbound(ctx, &work.pkt, &mut work.key, nat, work.now) == Snat::Dropped
+        && snat::outbound(ctx, &mut work.pkt, &mut work.key, nat, work.now) == Snat::Dropped
     {
         return XDP_DROP;
     }
