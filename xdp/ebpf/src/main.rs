@@ -23,6 +23,7 @@ mod csum;
 mod forward;
 mod neighbour;
 mod snat;
+mod snat_icmp;
 mod steer;
 
 use aya_ebpf::{

@@ -24,9 +24,9 @@
 //! finish, which XDP cannot tell. Packets from a wire are complete; the lab's hosts checksum in
 //! software (as XDP forwarding needs anyway).
 //!
-//! ICMP errors addressed to an egress address (PMTU discovery, unreachables) quote the translated
-//! packet: the outer destination, the quoted source address and port, the quoted IPv4 header
-//! checksum and L4 checksum (when quoted), and the outer checksums are all translated back.
+//! ICMP errors about a translated connection are translated both ways (`snat_icmp`): those to an
+//! egress address (PMTU discovery, unreachables) back to the pod, a pod's own out to the egress
+//! address.
 
 use aya_ebpf::btf_maps::{HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::macros::btf_map;
@@ -37,10 +37,10 @@ use portcullis_ebpf_common::flow::{find_flow, syn_only};
 use portcullis_ebpf_common::maps::{Maps, NO_PREALLOC};
 use portcullis_ebpf_common::parse::{flow_key, Frame, Kind, Packet, Stop};
 use portcullis_ebpf_common::report::report_event;
-use portcullis_ebpf_common::words::{copy_addr, set_ipv4_mapped};
+use portcullis_ebpf_common::words::copy_addr;
 
-use crate::csum::{at, frame, load16, peek, store16, update, Diff};
-use crate::GatewayMaps;
+use crate::csum::{at, frame, load16, store16, update, Diff};
+use crate::{snat_icmp, GatewayMaps};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -62,7 +62,7 @@ pub static SNAT_EGRESS_IPS: HashMap<[u8; 16], EgressIp, { MAX_SNAT_EGRESS_IPS as
 
 /// See `portcullis_common::maps`. Not preallocated: 512k entries would reserve ~60 MiB.
 #[btf_map]
-static SNAT_TRANSLATIONS: HashMap<
+pub static SNAT_TRANSLATIONS: HashMap<
     NatKey,
     NatValue,
     { MAX_SNAT_TRANSLATIONS as usize },
@@ -76,9 +76,9 @@ static SNAT_COUNTERS: PerCpuArray<u64, { SNAT_COUNTER_COUNT as usize }> = PerCpu
 /// The per-CPU work area of a translation (keys too large for the BPF stack).
 #[repr(C)]
 pub struct NatScratch {
-    inbound: NatKey,
-    outbound: NatKey,
-    value: NatValue,
+    pub inbound: NatKey,
+    pub outbound: NatKey,
+    pub value: NatValue,
     entry: Key<SnatEntryKey>,
 }
 
@@ -104,7 +104,7 @@ pub fn count(idx: u32) {
 /// Where a protocol's checksum and ports are in its header, and whether its checksum covers the
 /// addresses (pseudo-header): (checksum, source port, destination port, pseudo).
 #[inline(always)]
-fn l4_layout(proto: u8) -> Option<(usize, usize, usize, bool)> {
+pub fn l4_layout(proto: u8) -> Option<(usize, usize, usize, bool)> {
     match proto {
         PROTO_TCP => Some((16, 0, 2, true)),
         PROTO_UDP => Some((6, 0, 2, true)),
@@ -115,7 +115,7 @@ fn l4_layout(proto: u8) -> Option<(usize, usize, usize, bool)> {
 }
 
 #[inline(always)]
-fn is_icmp(proto: u8) -> bool {
+pub fn is_icmp(proto: u8) -> bool {
     proto == PROTO_ICMP || proto == PROTO_ICMPV6
 }
 
@@ -176,7 +176,7 @@ pub fn outbound(
 ) -> Snat {
     if pkt.kind == Kind::IcmpError {
         // A pod's error about a reply it received through a translation leaves translated.
-        return match icmp_error(&frame(ctx), pkt, nat, true) {
+        return match snat_icmp::icmp_error(&frame(ctx), pkt, nat, true) {
             Ok(()) => Snat::Translated,
             Err(_) => Snat::Untouched,
         };
@@ -389,7 +389,7 @@ pub fn inbound(ctx: &XdpContext, pkt: &mut Packet, nat: &mut NatScratch) -> Snat
     let f = frame(ctx);
     let done = match pkt.kind {
         Kind::Flow if l4_layout(pkt.proto).is_some() => reply(&f, pkt, nat),
-        Kind::IcmpError => icmp_error(&f, pkt, nat, false),
+        Kind::IcmpError => snat_icmp::icmp_error(&f, pkt, nat, false),
         _ => Err(Stop::Pass),
     };
     match done {
@@ -424,141 +424,4 @@ fn reply(f: &Frame, pkt: &mut Packet, nat: &mut NatScratch) -> Result<(), Stop> 
     }
     count(SNAT_COUNTER_INBOUND);
     Ok(())
-}
-
-/// An ICMP error about a translated connection, either way. To an egress address (`outbound`
-/// false) it quotes a translated packet (egress, port → remote) whose source goes back to the
-/// pod; from a pod (`outbound` true) it quotes a reply the pod received (remote → pod, port)
-/// whose destination becomes the egress address. Rewritten: the outer address, the quoted
-/// address and port, the quoted IPv4 header checksum and L4 checksum (when quoted), the outer
-/// ICMP checksum and the outer IPv4 header checksum.
-#[inline(always)]
-fn icmp_error(
-    f: &Frame,
-    pkt: &mut Packet,
-    nat: &mut NatScratch,
-    outbound: bool,
-) -> Result<(), Stop> {
-    let (l3, l4, v6) = (pkt.l3_off, pkt.l4_off, pkt.is_v6);
-    let inner_l3 = l4 + 8;
-    let (inner_l4, proto) = if v6 {
-        (inner_l3 + 40, peek::<8>(f, inner_l3)?[6])
-    } else {
-        let h = peek::<20>(f, inner_l3)?;
-        (inner_l3 + ((h[0] & 0x0f) as usize) * 4, h[9])
-    };
-    let (_, sport_at, dport_at, _) = l4_layout(proto).ok_or(Stop::Pass)?;
-    // The quoted packet's translated end T (its address offset in the IP header, its port
-    // offset in the L4 header) and its other end O; the outer address offset that is T's.
-    let (src_at, dst_at) = if v6 { (8, 24) } else { (12, 16) };
-    let (t_at, o_at, t_port_at, o_port_at, outer_at) = match outbound {
-        false => (src_at, dst_at, sport_at, dport_at, dst_at),
-        true => (dst_at, src_at, dport_at, sport_at, src_at),
-    };
-    let t_port = load16(f, inner_l4 + t_port_at)?;
-    // An echo identifier is both "ports".
-    let o_port = match is_icmp(proto) {
-        true => t_port,
-        false => load16(f, inner_l4 + o_port_at)?,
-    };
-    // The key of T's translation: (O → T) inbound, (T → O) outbound; T's address is the outer
-    // one (the error travels to / comes from it).
-    let old: &[u8; 16] = if outbound { &pkt.src } else { &pkt.dst };
-    let key = &mut nat.inbound;
-    let (o_field, t_field) = match outbound {
-        false => (&mut key.src, &mut key.dst),
-        true => (&mut key.dst, &mut key.src),
-    };
-    if v6 {
-        *o_field = *peek::<16>(f, inner_l3 + o_at)?;
-    } else {
-        let o = peek::<4>(f, inner_l3 + o_at)?;
-        // SAFETY: NatKey address field.
-        unsafe { set_ipv4_mapped(o_field, *o) };
-    }
-    // SAFETY: NatKey and Packet address fields.
-    unsafe { copy_addr(t_field, old) };
-    (key.sport, key.dport) = if outbound {
-        (t_port, o_port)
-    } else {
-        (o_port, t_port)
-    };
-    key.protocol = proto;
-    key.direction = if outbound { NAT_OUTBOUND } else { NAT_INBOUND };
-    key._pad = [0; 2];
-    let v = SNAT_TRANSLATIONS.get_ptr(&nat.inbound).ok_or(Stop::Pass)?;
-    // SAFETY: value pointer from a successful lookup; copied (as words) into the scratch.
-    nat.value = unsafe { *v };
-    let (new, port) = (&nat.value.addr, nat.value.port);
-
-    // The quoted packet: T's address and port (its IPv4 header checksum, and its L4 checksum
-    // when quoted); every changed word also changes the outer ICMP checksum.
-    let mut outer = Diff::new();
-    if v6 {
-        outer.addr(old, new);
-        // SAFETY: bounds checked by `at`.
-        unsafe { core::ptr::write_unaligned(at::<[u8; 16]>(f, inner_l3 + t_at)?, *new) };
-    } else {
-        let old_check = load16(f, inner_l3 + 10)?;
-        let mut a = Diff::new();
-        a.addr(old, new);
-        let p = at::<[u8; 4]>(f, inner_l3 + t_at)?;
-        // SAFETY: bounds checked by `at`.
-        unsafe { core::ptr::write_unaligned(p, [new[12], new[13], new[14], new[15]]) };
-        update(f, inner_l3 + 10, &a, false)?;
-        outer = a;
-        outer.word(old_check, load16(f, inner_l3 + 10)?);
-    }
-    let quoted = inner_l4_rewrite(f, (inner_l4, proto, t_port_at), old, new, port)?;
-    outer.word(quoted.0, quoted.1);
-    outer.word(quoted.2, quoted.3);
-    // The outer header: T's address (IPv4 header checksum; ICMPv6's pseudo-header).
-    if v6 {
-        outer.addr(old, new);
-        // SAFETY: bounds checked by `at`.
-        unsafe { core::ptr::write_unaligned(at::<[u8; 16]>(f, l3 + outer_at)?, *new) };
-    } else {
-        let mut a = Diff::new();
-        a.addr(old, new);
-        let p = at::<[u8; 4]>(f, l3 + outer_at)?;
-        // SAFETY: bounds checked by `at`.
-        unsafe { core::ptr::write_unaligned(p, [new[12], new[13], new[14], new[15]]) };
-        update(f, l3 + 10, &a, false)?;
-    }
-    update(f, l4 + 2, &outer, false)?;
-    if !outbound {
-        // The pipeline, which runs next, relates the error to the pod's flow.
-        // SAFETY: Packet and NatValue address fields.
-        unsafe { copy_addr(&mut pkt.dst, new) };
-        let remote = &nat.inbound.src;
-        flow_key(&mut pkt.related, new, port, remote, o_port, proto);
-    }
-    count(SNAT_COUNTER_ICMP_ERROR);
-    Ok(())
-}
-
-/// The quoted L4 header of an ICMP error: the port (echo identifier) at `port_at` to `port`
-/// and its checksum, when quoted, for the address `old` → `new`. Returns the two words changed
-/// (port old/new, checksum old/new; zero when not quoted) for the outer checksum.
-#[inline(always)]
-fn inner_l4_rewrite(
-    f: &Frame,
-    (l4, proto, port_at): (usize, u8, usize),
-    old: &[u8; 16],
-    new: &[u8; 16],
-    port: u16,
-) -> Result<(u16, u16, u16, u16), Stop> {
-    let (csum, _, _, pseudo) = l4_layout(proto).ok_or(Stop::Pass)?;
-    let before = load16(f, l4 + port_at)?;
-    store16(f, l4 + port_at, port)?;
-    let Ok(old_csum) = load16(f, l4 + csum) else {
-        return Ok((before, port, 0, 0));
-    };
-    let mut l = Diff::new();
-    if pseudo {
-        l.addr(old, new);
-    }
-    l.word(before, port);
-    update(f, l4 + csum, &l, proto == PROTO_UDP)?;
-    Ok((before, port, old_csum, load16(f, l4 + csum)?))
 }
