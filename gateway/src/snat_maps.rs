@@ -82,9 +82,15 @@ impl SnatMaps {
                 written += 1;
             }
         }
+        // By iteration, not lookup: a trie lookup answers with the longest prefix containing the
+        // key, which may be another entry.
+        let existing: BTreeMap<(u32, [u8; 24]), SnatTarget> =
+            (self.entries.iter().filter_map(|r| r.ok()))
+                .map(|(k, v)| (entry_id(&k), v))
+                .collect();
         for (id, target) in &t.entries {
             let key = entry_from_id(*id);
-            if self.entries.get(&key, 0).ok() != Some(*target) {
+            if existing.get(id) != Some(target) {
                 (self.entries.insert(&key, target, 0)).map_err(map_err(MAP_SNAT_ENTRIES))?;
                 written += 1;
             }
