@@ -17,7 +17,8 @@ use crate::{DatapathMode, ForwardMode, SnatStatus, LINK_PINS};
 pub struct PinnedGateway {
     maps: PolicyMaps,
     legs: Array<MapData, Legs>,
-    snat: SnatMaps,
+    /// `None` for a gateway of a version without SNAT (its pins have no SNAT maps).
+    snat: Option<SnatMaps>,
     dir: PathBuf,
 }
 
@@ -44,7 +45,7 @@ impl PinnedGateway {
         Ok(PinnedGateway {
             maps: PolicyMaps::open_pinned(dir)?,
             legs: open_pinned(dir, MAP_LEGS)?,
-            snat: SnatMaps::open_pinned(dir)?,
+            snat: SnatMaps::open_pinned(dir).ok(),
             dir: dir.to_path_buf(),
         })
     }
@@ -65,10 +66,14 @@ impl PinnedGateway {
         })
     }
 
-    /// The running gateway's translations, pools and SNAT counters.
+    /// The running gateway's translations, pools and SNAT counters (all empty for a gateway of
+    /// a version without SNAT).
     pub fn snat_status(&self) -> Result<SnatStatus> {
         let enabled = self.maps.config()?.flags & CONFIG_FLAG_SNAT != 0;
-        self.snat.status(enabled)
+        match &self.snat {
+            Some(snat) => snat.status(enabled),
+            None => Ok(SnatStatus::default()),
+        }
     }
 
     /// (ifindex, role) of the legs the program is configured for.

@@ -1,6 +1,6 @@
 //! Source NAT in the XDP program, through BPF_PROG_TEST_RUN on the loaded program: what leaves
-//! the cluster leg with an egress address, what comes back to it, ICMP, the port pool, ARP/ND,
-//! configuration refusals, GC and pins. Every translated packet is compared byte for byte with
+//! the cluster leg with an egress address, what comes back to it, ICMP, the port pool and ARP/ND
+//! (the configuration over time: `snat_config.rs`). Every translated packet is compared byte for byte with
 //! the same packet built from scratch with the translated addresses (so every checksum is
 //! recomputed in the test, not updated the program's way).
 
