@@ -128,6 +128,10 @@ fn translations_survive_a_restart_through_the_pins() {
     let status = ns.run(|| gw.snat_status()).unwrap();
     assert!(status.enabled, "adopted translations keep SNAT on");
     assert_eq!(status.translations, 1);
+    // `status` in another process sees the same through the pins.
+    let dir = options.pin_dir.clone().unwrap();
+    let pinned = portcullis_gateway::PinnedGateway::open(&dir).expect("pinned view");
+    assert_eq!(pinned.snat_status().expect("pinned status"), status);
     let reply = Packet::tcp(SERVER, 443, EGRESS4, x, TCP_SYN | TCP_ACK);
     let to_pod = Packet::tcp(SERVER, 443, POD_A, 44000, TCP_SYN | TCP_ACK);
     arrives_as(&ns, &mut gw, reply, to_pod);
