@@ -102,7 +102,7 @@ fn engine_keeps_out_of_translated_traffic(datapath: DatapathMode, tag: &str) {
     require_root();
     let t = topology(tag);
     let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
-    let (mut gw, engine) = t.gw.run(|| {
+    let (gw, engine) = t.gw.run(|| {
         let mut gw = Gateway::load(GatewayOptions {
             cluster_iface: "gc".into(),
             external_iface: "ge".into(),
