@@ -248,12 +248,12 @@ fn translate_new(
     }
     let size = last - first + 1;
     let start = tuple_hash(pkt) % size;
-    // Inbound: (remote, remote port → egress, candidate) → the pod.
-    let remote_port = if is_icmp(pkt.proto) { 0 } else { pkt.dport };
+    // Inbound: (remote, remote port → egress, candidate) → the pod; ICMP echo: (candidate,
+    // candidate), the reply's identifier.
     set_key(
         &mut nat.inbound,
         &pkt.dst,
-        (remote_port, 0),
+        (pkt.dport, 0),
         pkt.proto,
         NAT_INBOUND,
     );
@@ -281,11 +281,10 @@ fn translate_new(
                 break;
             }
             Err(e) if e == -EEXIST => {}
-            Err(_) => return Err(full()),
+            Err(_) => return Err(DROP_REASON_SNAT_TABLE_FULL),
         }
     }
     let Some(port) = port else {
-        count(SNAT_COUNTER_EXHAUSTED);
         return Err(DROP_REASON_SNAT_EXHAUSTED);
     };
     // SAFETY: NatValue address field; `egress` points into the trie's value.
@@ -306,17 +305,10 @@ fn translate_new(
                     nat.value = unsafe { *v };
                     Ok(true)
                 }
-                _ => Err(full()),
+                _ => Err(DROP_REASON_SNAT_TABLE_FULL),
             }
         }
     }
-}
-
-/// Counts a full translation table; its drop reason.
-#[inline(always)]
-fn full() -> u8 {
-    count(SNAT_COUNTER_TABLE_FULL);
-    DROP_REASON_SNAT_TABLE_FULL
 }
 
 /// Whether `pkt`'s source opened its flow (the flow the pipeline found or just recorded).
@@ -357,9 +349,14 @@ fn tuple_hash(pkt: &Packet) -> u32 {
     h ^ (h >> 13)
 }
 
-/// Reports a SNAT drop with the pod's egress group (for `monitor`) and drops.
+/// Counts a SNAT drop of a pod's packet and reports it with the pod's egress group (for
+/// `monitor`); not charged to the group's policy.
 #[inline(always)]
 fn dropped(ctx: &XdpContext, pkt: &Packet, reason: u8) -> Snat {
+    count(match reason {
+        DROP_REASON_SNAT_TABLE_FULL => SNAT_COUNTER_TABLE_FULL,
+        _ => SNAT_COUNTER_EXHAUSTED,
+    });
     let (g, _) = portcullis_ebpf_common::maps::config::<GatewayMaps>();
     let key = EndpointKey {
         addr: pkt.src,
