@@ -181,6 +181,17 @@ impl SnatConfig {
                 _ => {}
             }
         }
+        for (what, n, max) in [
+            ("pod addresses", t.classes.len(), MAX_SNAT_CLASSES),
+            ("entries", t.entries.len(), MAX_SNAT_ENTRIES),
+            ("egress addresses", t.egress_ips.len(), MAX_SNAT_EGRESS_IPS),
+        ] {
+            if n > max as usize {
+                return Err(refuse(format!(
+                    "{n} {what}, more than the {max} the gateway holds"
+                )));
+            }
+        }
         Ok(t)
     }
 }
@@ -247,4 +258,95 @@ pub struct SnatStatus {
     pub translations: usize,
     pub egress_ips: Vec<EgressIpStatus>,
     pub counters: SnatCounters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn valid() -> SnatConfig {
+        SnatConfig {
+            classes: vec![(ip("10.0.0.1"), 1), (ip("fd00::1"), 1), (ip("10.0.0.2"), 2)],
+            entries: vec![
+                (1, "0.0.0.0/0".parse().unwrap(), Some(ip("192.0.2.1"))),
+                (1, "10.96.0.0/12".parse().unwrap(), None),
+                (1, "::/0".parse().unwrap(), Some(ip("2001:db8::1"))),
+                (2, "198.51.100.0/24".parse().unwrap(), Some(ip("192.0.2.1"))),
+            ],
+            egress_ips: vec![ip("192.0.2.1"), ip("2001:db8::1")],
+            ports: 1000..=1999,
+        }
+    }
+
+    #[test]
+    fn a_valid_configuration_becomes_its_tables() {
+        let t = valid().tables([2, 0, 0, 0, 0, 9]).unwrap();
+        assert_eq!(
+            (t.classes.len(), t.entries.len(), t.egress_ips.len()),
+            (3, 4, 2)
+        );
+        let pool = t.egress_ips[&key_of(ip("192.0.2.1"))];
+        assert_eq!(
+            (pool.port_first, pool.port_last, pool.configured),
+            (1000, 1999, 1)
+        );
+        assert_eq!(pool.mac, [2, 0, 0, 0, 0, 9]);
+        // The prefix lengths count class and family first; IPv4 lives in the mapped space.
+        let v4 = entry_key(2, "198.51.100.0/24".parse().unwrap());
+        assert_eq!(v4.prefix_len(), 64 + 96 + 24);
+        assert_eq!(entry_key(1, "::/0".parse().unwrap()).prefix_len(), 64);
+        let exempt = t.entries[&entry_id(&entry_key(1, "10.96.0.0/12".parse().unwrap()))];
+        assert_eq!(exempt, SnatTarget::default());
+        assert_eq!(entry_from_id(entry_id(&v4)).data(), v4.data());
+        // Host bits of a destination are not part of its key.
+        let host_bits = entry_key(2, "198.51.100.7/24".parse().unwrap());
+        assert_eq!(entry_id(&host_bits), entry_id(&v4));
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused_with_the_reason() {
+        type Breaks = Box<dyn Fn(&mut SnatConfig)>;
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty: Breaks = Box::new(|c| c.ports = 2000..=1999);
+        let cases: Vec<(&str, Breaks)> = vec![
+            ("empty", empty),
+            (
+                "not of the family",
+                Box::new(|c| c.entries[0].2 = Some(ip("2001:db8::1"))),
+            ),
+            ("which no pod has", Box::new(|c| c.entries[1].0 = 9)),
+            ("not in egress_ips", Box::new(|c| c.egress_ips.truncate(1))),
+            (
+                "two classes",
+                Box::new(|c| c.classes.push((ip("10.0.0.1"), 2))),
+            ),
+            (
+                "two different answers",
+                Box::new(|c| c.entries.push((1, "0.0.0.0/0".parse().unwrap(), None))),
+            ),
+            (
+                "cannot be an egress",
+                Box::new(|c| c.egress_ips.push(ip("0.0.0.0"))),
+            ),
+        ];
+        for (reason, break_it) in cases {
+            let mut cfg = valid();
+            break_it(&mut cfg);
+            match cfg.tables([0; 6]) {
+                Err(Error::InvalidSnat(m)) => assert!(m.contains(reason), "{reason}: {m}"),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_round_trip_through_keys() {
+        for a in ["192.0.2.1", "2001:db8::1", "::ffff:0:1"] {
+            assert_eq!(addr_of(key_of(ip(a))), ip(a).to_canonical(), "{a}");
+        }
+    }
 }

@@ -266,3 +266,55 @@ fn flow_key(k: &NatKey) -> FlowKey {
         _pad: [0; 3],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, protocol: u8) -> NatKey {
+        NatKey {
+            src: ipv4_mapped(src),
+            dst: ipv4_mapped(dst),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            protocol,
+            direction: NAT_OUTBOUND,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn the_flow_key_is_normalised_as_the_programs_do() {
+        // The pod is the smaller endpoint: it is `lo`.
+        let k = flow_key(&key([10, 0, 0, 1], 40000, [192, 0, 2, 1], 443, PROTO_TCP));
+        assert_eq!(
+            (k.addr_lo, k.port_lo),
+            (ipv4_mapped([10, 0, 0, 1]), 40000u16.to_be())
+        );
+        // Larger: `hi`; same address: the smaller port (host order) first.
+        let k = flow_key(&key([203, 0, 113, 1], 1, [192, 0, 2, 1], 443, PROTO_UDP));
+        assert_eq!(k.addr_lo, ipv4_mapped([192, 0, 2, 1]));
+        let k = flow_key(&key([10, 0, 0, 1], 256, [10, 0, 0, 1], 2, PROTO_UDP));
+        assert_eq!((k.port_lo, k.port_hi), (2u16.to_be(), 256u16.to_be()));
+    }
+
+    #[test]
+    fn the_inbound_key_is_the_reply_as_it_arrives() {
+        let out = key([10, 0, 0, 1], 40000, [192, 0, 2, 1], 443, PROTO_TCP);
+        let v = NatValue {
+            addr: ipv4_mapped([203, 0, 113, 9]),
+            port: 33000u16.to_be(),
+            ..Default::default()
+        };
+        let i = inbound_key(&out, &v);
+        assert_eq!((i.src, i.dst), (out.dst, v.addr));
+        assert_eq!(
+            (i.sport, i.dport, i.direction),
+            (out.dport, v.port, NAT_INBOUND)
+        );
+        // Echo: the translated identifier both ways.
+        let echo = key([10, 0, 0, 1], 7, [192, 0, 2, 1], 7, PROTO_ICMP);
+        let i = inbound_key(&echo, &v);
+        assert_eq!((i.sport, i.dport), (v.port, v.port));
+    }
+}
