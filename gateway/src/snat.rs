@@ -7,7 +7,9 @@
 //! first (egress addresses, then destination entries, then pod classes), stale ones removed after,
 //! so a packet sees either the old or the new answer for each key. Translations already made keep
 //! their mapping whatever the update says; an egress address dropped from the configuration stays
-//! answered for (ARP/ND, replies) while translations use it, until the GC removes the last one.
+//! answered for (ARP/ND, replies) while translations use it, and a pod dropped from it stays known
+//! (with a class no entry has: its new connections leave untranslated) so that its translated ones
+//! stay in XDP, until the GC removes the last translation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -140,6 +142,11 @@ impl SnatConfig {
             t.egress_ips.insert(key_of(*ip), pool);
         }
         for (pod, class) in &self.classes {
+            if *class == SNAT_CLASS_RETIRED {
+                return Err(refuse(format!(
+                    "pod address {pod}: class {class} is reserved"
+                )));
+            }
             match t.classes.insert(key_of(*pod), *class) {
                 Some(other) if other != *class => {
                     return Err(refuse(format!(
@@ -252,6 +259,9 @@ pub struct SnatStatus {
     pub enabled: bool,
     /// Pod addresses with a class.
     pub pods: usize,
+    /// Pods no configuration selects any more whose translations remain (kept translating them
+    /// until the GC removes the last one).
+    pub retired_pods: usize,
     /// `SNAT_ENTRIES` entries.
     pub entries: usize,
     /// Translated connections (outbound entries).

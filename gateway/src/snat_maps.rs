@@ -7,7 +7,9 @@
 //! expired, and it is older than [`SNAT_GC_GRACE_NS`] (a new translation's flow is written just
 //! before it; the grace keeps the GC from racing a connection being set up). Both halves are
 //! removed, the inbound one (the translated tuple) last, so the tuple is free only once no
-//! outbound entry points at it. Inbound entries without their outbound half (a program killed
+//! outbound entry points at it. A pod the configuration dropped keeps a retired class
+//! (`SNAT_CLASS_RETIRED`) while its translations remain, and loses it with the last one. Inbound
+//! entries without their outbound half (a program killed
 //! between the two inserts cannot happen, but a table written by hand can) go the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -102,12 +104,19 @@ impl SnatMaps {
             }
         }
         let mut deleted = 0;
-        let stale: Vec<[u8; 16]> = (self.classes.keys().filter_map(|k| k.ok()))
-            .filter(|k| !t.classes.contains_key(k))
+        let translated = self.pods_translated();
+        let stale: Vec<([u8; 16], SnatClass)> = (self.classes.iter().filter_map(|r| r.ok()))
+            .filter(|(k, _)| !t.classes.contains_key(k))
             .collect();
-        for pod in stale {
-            (self.classes.remove(&pod)).map_err(map_err(MAP_SNAT_CLASSES))?;
-            deleted += 1;
+        for (pod, class) in stale {
+            if !translated.contains(&pod) {
+                (self.classes.remove(&pod)).map_err(map_err(MAP_SNAT_CLASSES))?;
+                deleted += 1;
+            } else if class != SNAT_CLASS_RETIRED {
+                let retired = SNAT_CLASS_RETIRED;
+                (self.classes.insert(pod, retired, 0)).map_err(map_err(MAP_SNAT_CLASSES))?;
+                written += 1;
+            }
         }
         let stale: Vec<Key<SnatEntryKey>> = (self.entries.keys().filter_map(|k| k.ok()))
             .filter(|k| !t.entries.contains_key(&entry_id(k)))
@@ -128,6 +137,27 @@ impl SnatMaps {
         }
         deleted += self.remove_retired_egress()?;
         Ok((written, deleted))
+    }
+
+    /// Pods with outbound translations.
+    fn pods_translated(&self) -> BTreeSet<[u8; 16]> {
+        (self.translations.keys().filter_map(|k| k.ok()))
+            .filter(|k| k.direction == NAT_OUTBOUND)
+            .map(|k| k.src)
+            .collect()
+    }
+
+    /// Removes the retired classes of pods without translations left.
+    fn remove_retired_classes(&mut self) -> Result<()> {
+        let translated = self.pods_translated();
+        let stale: Vec<[u8; 16]> = (self.classes.iter().filter_map(|r| r.ok()))
+            .filter(|(pod, class)| *class == SNAT_CLASS_RETIRED && !translated.contains(pod))
+            .map(|(pod, _)| pod)
+            .collect();
+        for pod in &stale {
+            (self.classes.remove(pod)).map_err(map_err(MAP_SNAT_CLASSES))?;
+        }
+        Ok(())
     }
 
     /// Removes the egress addresses the configuration dropped that no translation uses any more.
@@ -164,6 +194,9 @@ impl SnatMaps {
                 translations += 1;
             }
         }
+        let classes: Vec<SnatClass> = (self.classes.iter().filter_map(|r| r.ok()))
+            .map(|(_, c)| c)
+            .collect();
         let egress_ips = (self.egress_ips.iter().filter_map(|r| r.ok()))
             .map(|(ip, pool)| {
                 let (n, ports) = per_ip.remove(&ip).unwrap_or_default();
@@ -178,7 +211,8 @@ impl SnatMaps {
             .collect();
         Ok(SnatStatus {
             enabled,
-            pods: self.classes.keys().count(),
+            pods: classes.iter().filter(|c| **c != SNAT_CLASS_RETIRED).count(),
+            retired_pods: classes.iter().filter(|c| **c == SNAT_CLASS_RETIRED).count(),
             entries: self.entries.keys().count(),
             translations,
             egress_ips,
@@ -227,6 +261,7 @@ impl SnatMaps {
         }
         if !doomed.is_empty() {
             self.remove_retired_egress()?;
+            self.remove_retired_classes()?;
         }
         Ok(doomed.len())
     }

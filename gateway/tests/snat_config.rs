@@ -66,9 +66,11 @@ fn translations_of_flows_gone_are_collected_and_an_empty_config_turns_snat_off()
     let status = ns.run(|| g.snat_status()).unwrap();
     assert!(status.enabled, "translations remain");
     assert_eq!(
-        (status.pods, status.translations, status.egress_ips.len()),
-        (0, 1, 1)
+        (status.pods, status.retired_pods, status.translations),
+        (0, 1, 1),
+        "the pod stays known while its translation remains"
     );
+    assert_eq!(status.egress_ips.len(), 1);
     let reply = Packet::tcp(SERVER, 443, EGRESS4, x, TCP_SYN | TCP_ACK);
     arrives_as(
         &ns,
@@ -86,6 +88,10 @@ fn translations_of_flows_gone_are_collected_and_an_empty_config_turns_snat_off()
     assert_eq!(ns.run(|| g.gc_flows()).unwrap(), 0);
     let status = ns.run(|| g.snat_status()).unwrap();
     assert_eq!((status.translations, status.egress_ips.len()), (0, 0));
+    assert_eq!(
+        status.retired_pods, 0,
+        "the retired pod goes with its last translation"
+    );
     assert!(g.snat_translations().is_empty());
     assert!(!status.enabled, "nothing left: SNAT costs nothing");
     let after = Packet::tcp(SERVER, 443, EGRESS4, x, TCP_ACK);

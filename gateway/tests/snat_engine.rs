@@ -98,11 +98,46 @@ fn peer_seen(t: &Topology, source: &str) -> String {
     seen
 }
 
+/// A connection from the classed pod to an echo server that first sends the peer it sees.
+fn echo_connection(t: &Topology) -> (TcpStream, String) {
+    let server = SocketAddr::new(ip(SERVER), 8081);
+    let listener = t.ext.run(|| TcpListener::bind(server).expect("bind"));
+    std::thread::spawn(move || {
+        if let Ok((mut conn, peer)) = listener.accept() {
+            let _ = conn.write_all(format!("{:<16}", peer.ip()).as_bytes());
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut conn = t.pod.run(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::new(ip(CLASSED), 0).into())
+            .expect("bind source");
+        (socket.connect_timeout(&server.into(), Duration::from_secs(5))).expect("connect");
+        TcpStream::from(socket)
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut seen = [0u8; 16];
+    conn.read_exact(&mut seen).expect("peer");
+    (conn, String::from_utf8_lossy(&seen).trim().to_string())
+}
+
+fn echoes(conn: &mut TcpStream, line: &[u8]) -> bool {
+    let mut back = vec![0u8; line.len()];
+    conn.write_all(line).is_ok() && conn.read_exact(&mut back).is_ok() && back == line
+}
+
 fn engine_keeps_out_of_translated_traffic(datapath: DatapathMode, tag: &str) {
     require_root();
     let t = topology(tag);
     let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
-    let (gw, engine) = t.gw.run(|| {
+    let (mut gw, engine) = t.gw.run(|| {
         let mut gw = Gateway::load(GatewayOptions {
             cluster_iface: "gc".into(),
             external_iface: "ge".into(),
@@ -175,6 +210,21 @@ fn engine_keeps_out_of_translated_traffic(datapath: DatapathMode, tag: &str) {
     assert!(c.arp_replies >= 1, "{c:?}");
     let after = gw.status().unwrap().tables.counters.to_engine;
     assert_eq!(after, to_engine, "no translated packet went to the engine");
+
+    // The pod's selection ends while a translated connection streams: the connection keeps its
+    // translation (and stays in XDP: the engine would send it untranslated).
+    let (mut conn, seen) = echo_connection(&t);
+    assert_eq!(seen, EGRESS);
+    assert!(echoes(&mut conn, b"before"));
+    gw.set_snat(&SnatConfig::default()).expect("no selection");
+    assert_eq!(gw.snat_status().unwrap().retired_pods, 1);
+    for i in 0..3 {
+        assert!(
+            echoes(&mut conn, format!("after {i}").as_bytes()),
+            "after {i}"
+        );
+    }
+    drop(conn);
     drop(engine);
     t.gw.run(|| gw.unpin()).expect("unpin");
 }

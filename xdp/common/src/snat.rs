@@ -58,6 +58,12 @@ const _: () = assert!(core::mem::size_of::<NatValue>() == 32);
 /// class, host byte order. Pods without a class are never translated.
 pub type SnatClass = u32;
 
+/// The class of a pod no configuration selects any more whose translations remain: no entry has
+/// it (new connections leave untranslated), but the program still knows the pod as one whose
+/// packets it translates (the AF_XDP engine must not take them). The loader's GC removes it with
+/// the pod's last translation. Not a class a configuration may use.
+pub const SNAT_CLASS_RETIRED: SnatClass = u32::MAX;
+
 /// `SNAT_ENTRIES` key data (LPM trie, after the kernel's 32-bit prefix length): a destination
 /// prefix of one class. The prefix length counts `class` and `family` (64 bits) before the
 /// address bits, so an entry only matches its own class and family (an IPv6 `::/0` does not
