@@ -34,7 +34,9 @@ pub struct SnatConfig {
     /// from a pod of the class, the longest destination of the packet's family containing its
     /// destination decides; no entry: untranslated.
     pub entries: Vec<(u32, IpNet, Option<IpAddr>)>,
-    /// The egress addresses; the gateway answers ARP/ND for them on its external leg.
+    /// The egress addresses the gateway answers ARP/ND for on its external leg (those whose
+    /// traffic it carries). An egress address the entries name but this list lacks still
+    /// translates (it has a pool), unanswered: another gateway answers for it.
     pub egress_ips: Vec<IpAddr>,
     /// Source ports (ICMP echo identifiers) translations use, per egress address.
     pub ports: RangeInclusive<u16>,
@@ -128,7 +130,9 @@ impl SnatConfig {
             )));
         }
         let mut t = SnatTables::default();
-        for ip in &self.egress_ips {
+        // Every egress address the entries name gets a pool; those of `egress_ips` are answered.
+        let named = (self.entries.iter()).filter_map(|(_, _, ip)| ip.map(|ip| (ip, 0)));
+        for (ip, answer) in named.chain(self.egress_ips.iter().map(|ip| (*ip, 1))) {
             if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
                 return Err(refuse(format!("{ip} cannot be an egress address")));
             }
@@ -137,9 +141,9 @@ impl SnatConfig {
                 port_first: *self.ports.start(),
                 port_last: *self.ports.end(),
                 configured: 1,
-                _pad: 0,
+                answer,
             };
-            t.egress_ips.insert(key_of(*ip), pool);
+            t.egress_ips.insert(key_of(ip), pool);
         }
         for (pod, class) in &self.classes {
             if *class == SNAT_CLASS_RETIRED {
@@ -168,11 +172,6 @@ impl SnatConfig {
                 if ip.is_ipv4() != matches!(dst, IpNet::V4(_)) {
                     return Err(refuse(format!(
                         "class {class}: egress address {ip} is not of the family of {dst}"
-                    )));
-                }
-                if !t.egress_ips.contains_key(&key_of(*ip)) {
-                    return Err(refuse(format!(
-                        "class {class}: egress address {ip} (for {dst}) is not in egress_ips"
                     )));
                 }
                 target.egress = key_of(*ip);
@@ -304,7 +303,12 @@ mod tests {
             (pool.port_first, pool.port_last, pool.configured),
             (1000, 1999, 1)
         );
-        assert_eq!(pool.mac, [2, 0, 0, 0, 0, 9]);
+        assert_eq!((pool.mac, pool.answer), ([2, 0, 0, 0, 0, 9], 1));
+        // Named by an entry only: a pool, no ARP/ND answers.
+        let mut unlisted = valid();
+        unlisted.egress_ips.truncate(1);
+        let t = unlisted.tables([0; 6]).unwrap();
+        assert_eq!(t.egress_ips[&key_of(ip("2001:db8::1"))].answer, 0);
         // The prefix lengths count class and family first; IPv4 lives in the mapped space.
         let v4 = entry_key(2, "198.51.100.0/24".parse().unwrap());
         assert_eq!(v4.prefix_len(), 64 + 96 + 24);
@@ -329,7 +333,6 @@ mod tests {
                 Box::new(|c| c.entries[0].2 = Some(ip("2001:db8::1"))),
             ),
             ("which no pod has", Box::new(|c| c.entries[1].0 = 9)),
-            ("not in egress_ips", Box::new(|c| c.egress_ips.truncate(1))),
             (
                 "two classes",
                 Box::new(|c| c.classes.push((ip("10.0.0.1"), 2))),

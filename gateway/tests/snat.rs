@@ -303,4 +303,11 @@ fn arp_and_neighbour_solicitations_for_egress_addresses_are_answered() {
     assert_eq!(verify_checksums(&out), Ok(()));
     let counters = ns.run(|| gw.snat_status()).unwrap().counters;
     assert_eq!((counters.arp_replies, counters.nd_replies), (1, 1));
+    // An egress address this gateway does not answer for (its traffic goes to another one):
+    // the solicitation is left to the kernel.
+    let mut elsewhere = config(32768..=60999);
+    elsewhere.egress_ips.retain(|e| *e != ip(EGRESS6));
+    ns.run(|| gw.set_snat(&elsewhere)).expect("set_snat");
+    let frame = solicitation.frame();
+    assert_eq!(run(&ns, &mut gw, Leg::External, &frame), (XDP_PASS, frame));
 }

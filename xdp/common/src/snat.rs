@@ -98,8 +98,9 @@ pub struct SnatTarget {
 }
 const _: () = assert!(core::mem::size_of::<SnatTarget>() == 20);
 
-/// `SNAT_EGRESS_IPS` value (hash keyed by the egress address, 16 bytes, IPv4 mapped): the MAC the
-/// gateway answers ARP/ND with for it and the pool of ports its translations use.
+/// `SNAT_EGRESS_IPS` value (hash keyed by the egress address, 16 bytes, IPv4 mapped): the pool
+/// of ports its translations use, and whether and with which MAC the gateway answers ARP/ND for
+/// it (only where this gateway carries its traffic; another gateway may answer for it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EgressIp {
@@ -111,7 +112,8 @@ pub struct EgressIp {
     /// 1 while the configuration names it; 0 for an address dropped from the configuration
     /// that translations still use (answered for until the loader's GC removes the last one).
     pub configured: u8,
-    pub _pad: u8,
+    /// 1: answer ARP requests / Neighbor Solicitations for it on the external leg.
+    pub answer: u8,
 }
 const _: () = assert!(core::mem::size_of::<EgressIp>() == 12);
 

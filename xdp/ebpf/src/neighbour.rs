@@ -71,7 +71,10 @@ fn arp(f: &Frame) -> Result<(), Stop> {
     let target = ipv4_mapped([a[24], a[25], a[26], a[27]]);
     let egress = SNAT_EGRESS_IPS.get_ptr(&target).ok_or(Stop::Pass)?;
     // SAFETY: value pointer from a successful lookup.
-    let mac = unsafe { (*egress).mac };
+    let (mac, answer) = unsafe { ((*egress).mac, (*egress).answer) };
+    if answer == 0 {
+        return Err(Stop::Pass);
+    }
     let (sha, spa) = (
         [a[8], a[9], a[10], a[11], a[12], a[13]],
         [a[14], a[15], a[16], a[17]],
@@ -101,7 +104,10 @@ fn solicitation(f: &Frame) -> Result<(), Stop> {
     target.copy_from_slice(&ns[8..24]);
     let egress = SNAT_EGRESS_IPS.get_ptr(&target).ok_or(Stop::Pass)?;
     // SAFETY: value pointer from a successful lookup.
-    let mac = unsafe { (*egress).mac };
+    let (mac, answer) = unsafe { ((*egress).mac, (*egress).answer) };
+    if answer == 0 {
+        return Err(Stop::Pass);
+    }
     let requester = *bytes::<16>(f, 22)?;
     // IPv6: hop limit 255, from the target to the soliciting address.
     put(f, 21, [255u8])?;
