@@ -68,6 +68,9 @@ pub struct PublishedState {
     /// Gateway with the AF_XDP engine: its status (mode, queues, rings, counters).
     #[serde(default)]
     pub engine: Option<serde_json::Value>,
+    /// Egress: the node's steering, or the gateway's EgressGateways and translations.
+    #[serde(default)]
+    pub egress: Option<serde_json::Value>,
 }
 
 impl PublishedState {
@@ -127,6 +130,10 @@ pub trait Enforcer {
     /// The AF_XDP engine's status (gateway with `--datapath afxdp|hybrid`), published for
     /// `status`.
     fn engine_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Egress: the node's steering or the gateway's translations, published for `status`.
+    fn egress_status(&mut self) -> Option<serde_json::Value> {
         None
     }
 }
@@ -256,6 +263,7 @@ impl<E: Enforcer> Reloader<'_, E> {
                 );
                 self.state.groups = applied.groups;
                 self.state.pods = self.enforcer.pods();
+                self.state.egress = self.enforcer.egress_status();
                 self.state.generation = applied.generation;
                 self.state.entries = applied.entries;
                 self.state.rejected = rejected;
@@ -417,6 +425,7 @@ pub fn serve<E: Enforcer>(
         if !first && reloader.enforcer.poll() {
             reloader.state.pods = reloader.enforcer.pods();
             reloader.state.engine = reloader.enforcer.engine_status();
+            reloader.state.egress = reloader.enforcer.egress_status();
             if let Err(e) = reloader.state.write(&reloader.state_dir) {
                 warn!(error = format!("{e:#}"), "could not publish state");
             }

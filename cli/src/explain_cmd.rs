@@ -65,16 +65,32 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
             Ok((probe, verdict))
         });
         match answer {
-            Ok((probe, verdict)) => match args.output {
-                OutputFormat::Json => println!("{}", explain::to_json(&probe, &verdict)),
-                OutputFormat::Table => rows.push([
-                    probe.from.to_string(),
-                    probe.to.to_string(),
-                    format!("{}/{}", probe.protocol, probe.port),
-                    if verdict.allowed() { "allow" } else { "DENY" }.to_string(),
-                    explain::reason(&probe, &verdict),
-                ]),
-            },
+            Ok((probe, verdict)) => {
+                // Probes from a pod to outside the cluster also say how they leave.
+                let egress = explain::egress_explained(&snapshot, &probe, &verdict);
+                match args.output {
+                    OutputFormat::Json => {
+                        let mut object = explain::to_json(&probe, &verdict);
+                        if let Some(egress) = &egress {
+                            explain::add_egress_json(&mut object, egress);
+                        }
+                        println!("{object}");
+                    }
+                    OutputFormat::Table => {
+                        let mut why = explain::reason(&probe, &verdict);
+                        if let Some(text) = egress.as_ref().and_then(explain::egress_text) {
+                            why = format!("{why}; {text}");
+                        }
+                        rows.push([
+                            probe.from.to_string(),
+                            probe.to.to_string(),
+                            format!("{}/{}", probe.protocol, probe.port),
+                            if verdict.allowed() { "allow" } else { "DENY" }.to_string(),
+                            why,
+                        ]);
+                    }
+                }
+            }
             Err(why) => {
                 unanswered = true;
                 let error = format!("probe {spec}: {why}");

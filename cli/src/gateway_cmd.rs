@@ -24,6 +24,7 @@ use crate::daemon::{
     export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
     DaemonArgs, Enforcer,
 };
+use crate::gateway_egress::{GatewayEgress, Served};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/gateway";
@@ -69,6 +70,10 @@ pub struct GatewayArgs {
     /// Detach the program and remove the pins on exit (default: keep enforcing).
     #[arg(long)]
     unpin_on_exit: bool,
+    /// The Node this gateway runs on: it translates for the EgressGateways whose
+    /// `spec.gateway.nodeSelector` selects that Node (default: for every EgressGateway).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -95,6 +100,7 @@ struct GatewayEnforcer {
     engine: EngineState,
     state_dir: PathBuf,
     last_engine_publish: Instant,
+    egress: GatewayEgress,
 }
 
 /// The AF_XDP engine (`--datapath afxdp|hybrid`): started with the first generation in force, so
@@ -134,6 +140,7 @@ impl Enforcer for GatewayEnforcer {
     fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
+        self.egress.plan(snapshot);
         let compile = started.elapsed();
         let stats = self.gateway.apply(&tables)?;
         (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
@@ -195,6 +202,14 @@ impl Enforcer for GatewayEnforcer {
         serde_json::to_value(status).ok()
     }
 
+    fn egress_status(&mut self) -> Option<serde_json::Value> {
+        serde_json::to_value(EgressStatus {
+            node: self.egress.node(),
+            egress_gateways: self.egress.served(),
+        })
+        .ok()
+    }
+
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
         let Ok(status) = self.gateway.status() else {
             return;
@@ -219,6 +234,13 @@ impl Enforcer for GatewayEnforcer {
             groups,
         );
     }
+}
+
+/// The egress side as `status` shows it.
+#[derive(serde::Serialize)]
+struct EgressStatus<'a> {
+    node: Option<&'a str>,
+    egress_gateways: &'a [Served],
 }
 
 /// `portcullis_gateway_packets_total{verdict, judged_by}`: packets by verdict, counted by the XDP
@@ -289,6 +311,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         engine,
         state_dir: state_dir.clone(),
         last_engine_publish: Instant::now(),
+        egress: GatewayEgress::new(args.node_name.clone()),
     };
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     let unpin = args

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use portcullis_gateway::{DatapathMode, ForwardMode};
-use portcullis_lab::{Lab, LabChild, LabOptions, Observation, Verdict};
+use portcullis_lab::{
+    Lab, LabChild, LabOptions, Observation, Verdict, GATEWAY_NODE, NODE_UPLINK_IFACE,
+};
 use portcullis_policy::model::Snapshot;
 use portcullis_policy::probe::{parse_probes, Probe};
 use serde_json::json;
@@ -107,6 +109,13 @@ impl EnforcingLab {
         let options = LabOptions {
             timeout: Duration::from_millis(flags.timeout_ms),
             unscheduled_nodes: flags.nodes,
+            // Only the nodes' steering brings pod egress to the gateway (issue 14).
+            steer_via_router: true,
+            egress_ips: snapshot
+                .egress_gateways
+                .iter()
+                .flat_map(|g| g.egress_ips.iter().copied())
+                .collect(),
             ..LabOptions::default()
         };
         let mut lab = Lab::build(snapshot, probes, options).context("building the lab")?;
@@ -114,10 +123,18 @@ impl EnforcingLab {
             pin_dir: PathBuf::from("/sys/fs/bpf/portcullis-lab").join(lab.id()),
             state_dir: std::env::temp_dir().join("portcullis-lab").join(lab.id()),
         };
-        let manifests: Vec<PathBuf> = manifests
+        let mut manifests: Vec<PathBuf> = manifests
             .iter()
             .map(|p| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display())))
             .collect::<Result<_>>()?;
+        // The lab's nodes and its gateway (labelled as the default egress gateway) as Node
+        // objects, beside the user's manifests.
+        std::fs::create_dir_all(&pins.state_dir)
+            .with_context(|| format!("creating {}", pins.state_dir.display()))?;
+        let nodes_manifest = pins.state_dir.join("lab-nodes.yaml");
+        std::fs::write(&nodes_manifest, lab.node_manifest())
+            .with_context(|| format!("writing {}", nodes_manifest.display()))?;
+        manifests.push(nodes_manifest);
         let exe = std::env::current_exe().context("locating portcullis")?;
         let log = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "warn".into());
         let daemon = |subcommand: &str, pin_dir: PathBuf, state_dir: &Path| {
@@ -145,6 +162,7 @@ impl EnforcingLab {
             &legs.external_iface,
         ])
         .args(["--forward", &flags.forward.to_string()])
+        .args(["--node-name", GATEWAY_NODE])
         .args(["--datapath", &flags.datapath.to_string()]);
         let mut daemons = vec![(
             lab.spawn_in(&legs.netns, cmd)
@@ -152,13 +170,18 @@ impl EnforcingLab {
             gateway_state,
         )];
         let nodes = lab.nodes().to_vec();
+        let cluster_cidrs = lab.cluster_cidrs();
         for node in &nodes {
             let state = pins.state_dir.join(format!("node-{}", node.name));
-            let cmd = daemon(
+            let mut cmd = daemon(
                 "node",
                 pins.pin_dir.join(format!("node-{}", node.name)),
                 &state,
             );
+            for cidr in &cluster_cidrs {
+                cmd.arg("--cluster-cidr").arg(cidr.to_string());
+            }
+            cmd.args(["--egress-uplink", NODE_UPLINK_IFACE]);
             let child = lab
                 .spawn_in(&node.netns, cmd)
                 .with_context(|| format!("starting the node hook of {}", node.name))?;
@@ -263,6 +286,7 @@ fn observation_json(
             value["verdict"] = json!(verdict_text(o.verdict));
             value["detail"] = json!(o.detail);
             value["attempts"] = json!(o.attempts);
+            value["source_seen"] = json!(o.source_seen.map(|a| a.to_string()));
         }
         Err(e) => {
             value["verdict"] = json!("error");

@@ -5,6 +5,7 @@ mod daemon;
 mod engine_events;
 mod explain_cmd;
 mod gateway_cmd;
+mod gateway_egress;
 mod graph_cmd;
 mod lab_cmd;
 mod node;

@@ -122,6 +122,7 @@ fn snapshot(rng: &mut SmallRng) -> Snapshot {
             ingress: Some(rules.clone()),
             egress: Some(rules),
         }],
+        ..Default::default()
     }
 }
 

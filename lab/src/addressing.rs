@@ -14,8 +14,18 @@ pub const GATEWAY_EXTERNAL_IFACE: &str = "external";
 pub const NODE_UPLINK_IFACE: &str = "gw0";
 /// The external namespace's interface towards the gateway.
 pub const EXT_IFACE: &str = "eth0";
-/// Name of the bridge in the fabric namespace (only with more than one node).
+/// Name of the bridge in the fabric namespace (with more than one node, or a router).
 pub const FABRIC_BRIDGE: &str = "br0";
+/// The router's leg on the cluster segment (with `steer_via_router`).
+pub const ROUTER_CLUSTER_IFACE: &str = "cluster";
+/// The router's leg towards the external namespace.
+pub const ROUTER_EXTERNAL_IFACE: &str = "external";
+/// The external namespace's interface towards the router.
+pub const EXT_ROUTER_IFACE: &str = "rt0";
+/// The node name of the gateway in [`Lab::node_manifest`](crate::Lab::node_manifest).
+pub const GATEWAY_NODE: &str = "gateway";
+/// The label that makes the gateway's Node an egress gateway.
+pub const EGRESS_GATEWAY_LABEL: &str = "portcullis.io/egress-gateway";
 
 /// The next hop pods use (on-link, answered by a static neighbour entry for the node's MAC).
 pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -25,6 +35,14 @@ pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 pub(crate) const GW_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 16, 1);
 pub(crate) const GW_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1);
 pub(crate) const CLUSTER_PREFIX_V4: u8 = 20;
+// The router: the last address of the cluster segment (nodes count up from its first).
+pub(crate) const RT_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 31, 254);
+pub(crate) const RT_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 0xfffe);
+// Router to external namespace: a /30 beside the gateway's and fe80::c:/64 addresses.
+pub(crate) const RT_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 9);
+pub(crate) const RT_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 1);
+pub(crate) const EXT_RT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 10);
+pub(crate) const EXT_RT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 2);
 // External segment: the gateway's external leg and the external namespace, a /30 and fe80::/64.
 pub(crate) const GW_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 5);
 pub(crate) const GW_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1);
@@ -35,6 +53,9 @@ pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
 pub(crate) const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
 pub(crate) const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];
 pub(crate) const MAC_EXT: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x02];
+pub(crate) const MAC_RT_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x05, 0x00, 0x01];
+pub(crate) const MAC_RT_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x06, 0x00, 0x01];
+pub(crate) const MAC_EXT_RT: [u8; 6] = [0x02, 0x70, 0x63, 0x06, 0x00, 0x02];
 
 /// One end of a transit link: its addresses (IPv6 in a /64) and MAC.
 pub(crate) struct TransitEnd {
@@ -61,6 +82,25 @@ pub(crate) const EXTERNAL_END: TransitEnd = TransitEnd {
     prefix_v4: EXTERNAL_PREFIX_V4,
     v6: EXT_V6,
     mac: MAC_EXT,
+};
+
+pub(crate) const ROUTER_CLUSTER_END: TransitEnd = TransitEnd {
+    v4: RT_CLUSTER_V4,
+    prefix_v4: CLUSTER_PREFIX_V4,
+    v6: RT_CLUSTER_V6,
+    mac: MAC_RT_CLUSTER,
+};
+pub(crate) const ROUTER_EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: RT_EXTERNAL_V4,
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: RT_EXTERNAL_V6,
+    mac: MAC_RT_EXTERNAL,
+};
+pub(crate) const EXTERNAL_ROUTER_END: TransitEnd = TransitEnd {
+    v4: EXT_RT_V4,
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: EXT_RT_V6,
+    mac: MAC_EXT_RT,
 };
 
 /// Node `i`'s uplink address (the gateway's cluster leg is the first of the segment).

@@ -18,6 +18,33 @@ pub(crate) enum Outcome {
     Timeout(String),
 }
 
+/// One attempt: how it ended and the source address the server saw, if the probe reached it.
+pub(crate) struct Attempt {
+    pub outcome: Outcome,
+    pub source_seen: Option<IpAddr>,
+}
+
+/// The start of a UDP probe's payload; the token follows as 8 hex digits.
+const UDP_TOKEN_PREFIX: &str = "portcullis-lab probe ";
+
+fn udp_token(token: u32) -> String {
+    format!("{UDP_TOKEN_PREFIX}{token:08x}")
+}
+
+/// The token of a UDP probe's payload.
+pub(crate) fn udp_token_of(payload: &[u8]) -> Option<u32> {
+    let hex = payload.strip_prefix(UDP_TOKEN_PREFIX.as_bytes())?;
+    u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Takes what a server recorded for `token`.
+fn take_seen(arrivals: &Arrivals, token: u32) -> Option<IpAddr> {
+    arrivals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&token)
+}
+
 /// A number unique within this process (and likely across processes), never 0.
 pub(crate) fn unique() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -39,13 +66,24 @@ pub(crate) fn attempt(
     dst: SocketAddr,
     timeout: Duration,
     arrivals: &Arrivals,
-) -> Outcome {
+) -> Attempt {
+    let token = unique();
     let r = match protocol {
         Protocol::Tcp => tcp(src, dst, timeout),
-        Protocol::Udp => udp(src, dst, timeout),
-        Protocol::Sctp => sctp_probe(src, dst, timeout, arrivals),
+        Protocol::Udp => udp(src, dst, timeout, token).map(|o| (o, None)),
+        Protocol::Sctp => sctp_probe(src, dst, timeout, token, arrivals).map(|o| (o, None)),
     };
-    r.unwrap_or_else(|e| Outcome::Final(Verdict::Deny, format!("local error: {e}")))
+    let (outcome, in_band) = r.unwrap_or_else(|e| {
+        (
+            Outcome::Final(Verdict::Deny, format!("local error: {e}")),
+            None,
+        )
+    });
+    Attempt {
+        outcome,
+        // TCP's answer carries it; UDP's and SCTP's server recorded it under the token.
+        source_seen: in_band.or_else(|| take_seen(arrivals, token)),
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -59,7 +97,8 @@ fn unreachable(e: &io::Error) -> bool {
     )
 }
 
-fn tcp(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Outcome> {
+/// The outcome and the source the server said it saw.
+fn tcp(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<(Outcome, Option<IpAddr>)> {
     let sock = Socket::new(
         Domain::for_address(dst),
         Type::STREAM,
@@ -68,31 +107,51 @@ fn tcp(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Outcome> {
     sock.bind(&SocketAddr::new(src, 0).into())?;
     match sock.connect_timeout(&dst.into(), timeout) {
         Ok(()) => {}
-        Err(e) if is_timeout(&e) => return Ok(Outcome::Timeout("timeout".into())),
+        Err(e) if is_timeout(&e) => return Ok((Outcome::Timeout("timeout".into()), None)),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
             // A RST came back: the SYN reached the destination host.
-            return Ok(Outcome::Final(Verdict::Allow, "refused".into()));
+            return Ok((Outcome::Final(Verdict::Allow, "refused".into()), None));
         }
         Err(e) if unreachable(&e) => {
-            return Ok(Outcome::Final(Verdict::Deny, format!("unreachable: {e}")))
+            let o = Outcome::Final(Verdict::Deny, format!("unreachable: {e}"));
+            return Ok((o, None));
         }
-        Err(e) => return Ok(Outcome::Final(Verdict::Deny, format!("connect: {e}"))),
+        Err(e) => return Ok((Outcome::Final(Verdict::Deny, format!("connect: {e}")), None)),
     }
     sock.set_read_timeout(Some(timeout))?;
     let mut stream: std::net::TcpStream = sock.into();
-    let mut b = [0u8; 1];
-    Ok(match stream.read(&mut b) {
-        Ok(1) => Outcome::Final(Verdict::Allow, "connected".into()),
-        Ok(_) => Outcome::Final(Verdict::Deny, "connected, closed before data".into()),
-        Err(e) if is_timeout(&e) => Outcome::Timeout("connected, no data came back".into()),
-        Err(e) => Outcome::Final(Verdict::Deny, format!("connected, then {e}")),
-    })
+    // "P" and the source address seen, up to a newline.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 64];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.contains(&b'\n') || answer.len() > 64 {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let seen = answer
+        .strip_prefix(b"P")
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .and_then(|rest| rest.trim_end().parse().ok());
+    let outcome = match (answer.first(), ended) {
+        (Some(_), _) => Outcome::Final(Verdict::Allow, "connected".into()),
+        (None, Ok(())) => Outcome::Final(Verdict::Deny, "connected, closed before data".into()),
+        (None, Err(e)) if is_timeout(&e) => Outcome::Timeout("connected, no data came back".into()),
+        (None, Err(e)) => Outcome::Final(Verdict::Deny, format!("connected, then {e}")),
+    };
+    Ok((outcome, seen))
 }
 
-fn udp(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Outcome> {
+fn udp(src: IpAddr, dst: SocketAddr, timeout: Duration, token: u32) -> io::Result<Outcome> {
     let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
     sock.connect(dst)?;
-    let token = format!("portcullis-lab probe {:08x}", unique());
+    let token = udp_token(token);
     match sock.send(token.as_bytes()) {
         Ok(_) => {}
         Err(e) if unreachable(&e) => {
@@ -132,10 +191,10 @@ fn sctp_probe(
     src: IpAddr,
     dst: SocketAddr,
     timeout: Duration,
+    tag: u32,
     arrivals: &Arrivals,
 ) -> io::Result<Outcome> {
     let sock = raw_sctp(src)?;
-    let tag = unique();
     let sport = 20000 + (unique() % 40000) as u16;
     let init = sctp::init(sport, dst.port(), tag);
     match sock.send_to(&init, &SockAddr::from(SocketAddr::new(dst.ip(), 0))) {
@@ -191,7 +250,7 @@ fn sctp_probe(
     let arrived = arrivals
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(&tag);
+        .contains_key(&tag);
     Ok(Outcome::Timeout(if arrived {
         "init arrived, no init ack came back".into()
     } else {

@@ -11,8 +11,25 @@
 //! are ports of a bridge in a fabric namespace instead; nodes route each other's pods straight
 //! across it (pod-to-pod traffic never crosses the gateway, as in a real cluster).
 //!
-//! Every neighbour entry is static (permanent), so no ARP/ND has to happen before the first packet;
-//! forwarding is on in node and gateway, rp_filter off, IPv6 DAD off. Servers run on threads that
+//! With [`LabOptions::steer_via_router`] the nodes' default routes go to a plain router instead,
+//! so only steering (policy routing on the nodes, `portcullis-steering`) brings pod egress to the
+//! gateway, whose cluster leg is a node of the lab ([`Lab::node_manifest`]):
+//!
+//! ```text
+//!  node netns gw0 ──┐ fabric netns (br0)       ┌── gateway netns ── external ──┐
+//!  node netns gw0 ──┼── n0 n1 … gw rt ─────────┤   169.254.16.1, fe80::a:1     ├── ext netns
+//!   default → rt    │                          └── router netns (ID-rt) ───────┘   eth0 (gateway)
+//!                                                  169.254.31.254, fe80::a:fffe    rt0 (router),
+//!                                                  default → ext                   default → gateway
+//! ```
+//!
+//! Traffic that escapes steering still reaches the external hosts (through the router); replies
+//! to pod addresses always come back through the gateway. Each of [`LabOptions::egress_ips`] is
+//! routed on-link from the external namespace towards the gateway's external leg.
+//!
+//! Every neighbour entry is static (permanent), so no ARP/ND has to happen before the first packet
+//! (the egress IPs' excepted); forwarding is on in nodes, gateway and router, rp_filter off, IPv6
+//! DAD off. Servers run on threads that
 //! `setns` into their namespace; probes run on threads that `setns` into the source namespace.
 //! Nothing is ever run through `ip netns exec` (it remounts /sys, which hides bpffs).
 //!
@@ -25,6 +42,7 @@ pub mod command;
 mod error;
 mod exec;
 pub mod iface;
+mod manifest;
 pub mod netns;
 mod observation;
 mod options;
@@ -44,11 +62,13 @@ use portcullis_policy::model::{Protocol, Snapshot};
 use portcullis_policy::probe::Probe;
 
 pub use addressing::{
-    format_mac, EXT_IFACE, FABRIC_BRIDGE, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE,
-    NODE_UPLINK_IFACE, POD_GATEWAY_V4, POD_GATEWAY_V6, POD_IFACE,
+    format_mac, EGRESS_GATEWAY_LABEL, EXT_IFACE, EXT_ROUTER_IFACE, FABRIC_BRIDGE,
+    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE, NODE_UPLINK_IFACE, POD_GATEWAY_V4,
+    POD_GATEWAY_V6, POD_IFACE, ROUTER_CLUSTER_IFACE, ROUTER_EXTERNAL_IFACE,
 };
 pub use error::LabError;
 pub use exec::LabChild;
+pub use ipnet::IpNet;
 pub use netns::cleanup_stale;
 pub use observation::{Observation, Verdict};
 pub use options::LabOptions;
@@ -97,7 +117,7 @@ impl Lab {
             std::process::id(),
             next_lab_number()
         );
-        let topo = Topology::plan(id, snapshot, probes, opts.unscheduled_nodes)?;
+        let topo = Topology::plan(id, snapshot, probes, &opts)?;
         let mut lab = Lab {
             topo,
             opts,
@@ -157,11 +177,36 @@ impl Lab {
         &self.topo.nodes
     }
 
-    /// With more than one node, the namespace whose bridge ([`FABRIC_BRIDGE`]) joins the nodes'
-    /// uplinks and the gateway's cluster leg; `None` with one node (uplink and cluster leg are
-    /// the two ends of one veth).
+    /// With more than one node or a router, the namespace whose bridge ([`FABRIC_BRIDGE`]) joins
+    /// the nodes' uplinks, the gateway's cluster leg and the router's; `None` with one node and no
+    /// router (uplink and cluster leg are the two ends of one veth).
     pub fn fabric_netns(&self) -> Option<&str> {
         self.topo.fabric_netns.as_deref()
+    }
+
+    /// With [`LabOptions::steer_via_router`], the nodes' default router (legs
+    /// [`ROUTER_CLUSTER_IFACE`] and [`ROUTER_EXTERNAL_IFACE`]).
+    pub fn router_netns(&self) -> Option<&str> {
+        self.topo.router_netns.as_deref()
+    }
+
+    /// A v1 `Node` per lab node (InternalIP: its uplink's IPv4 and IPv6 addresses) and one named
+    /// [`GATEWAY_NODE`] for the gateway (InternalIP: its cluster leg's addresses, label
+    /// [`EGRESS_GATEWAY_LABEL`]` = "true"`), as multi-document YAML.
+    pub fn node_manifest(&self) -> String {
+        self.topo.node_manifest()
+    }
+
+    /// What steering on the nodes must never steer: every pod address (/32, /128) and the
+    /// cluster segment (169.254.16.0/20, fe80::/64). The steering device is
+    /// [`NODE_UPLINK_IFACE`]; it is required, since the gateway's IPv6 next hop is link-local.
+    pub fn cluster_cidrs(&self) -> Vec<IpNet> {
+        self.topo.cluster_cidrs()
+    }
+
+    /// The egress IPs the external namespace routes towards the gateway, in address order.
+    pub fn egress_ips(&self) -> impl Iterator<Item = &IpAddr> {
+        self.topo.egress_ips.iter()
     }
 
     /// The namespace holding every external address.

@@ -32,6 +32,10 @@ pub struct Observation {
     pub detail: String,
     pub from_addr: IpAddr,
     pub to: SocketAddr,
+    /// The source address the destination's server saw for this probe (the pod's, or the egress
+    /// IP a gateway translated it to); `None` when nothing arrived (a TCP connection that was
+    /// refused, or whose answer never came back, counts as nothing).
+    pub source_seen: Option<IpAddr>,
     pub attempts: u32,
     pub elapsed: Duration,
 }

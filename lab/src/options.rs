@@ -1,5 +1,6 @@
 //! How to build and probe a lab.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// How to build and probe a lab.
@@ -18,6 +19,14 @@ pub struct LabOptions {
     /// Nodes that pods naming no node are spread over (round-robin), so both same-node and
     /// cross-node paths carry traffic.
     pub unscheduled_nodes: usize,
+    /// The nodes' default routes go to a plain router (`ID-rt`) on the cluster segment instead
+    /// of the gateway, so only steering (policy routing on the nodes) brings pod egress to the
+    /// gateway; traffic that escapes it reaches the external hosts through the router.
+    pub steer_via_router: bool,
+    /// Addresses the gateway translates pod sources to: the external namespace routes each
+    /// on-link towards the gateway's external leg with no static neighbour entry, so the
+    /// gateway's ARP/ND answers for them are exercised.
+    pub egress_ips: Vec<IpAddr>,
 }
 
 impl Default for LabOptions {
@@ -29,6 +38,8 @@ impl Default for LabOptions {
             parallelism: 128,
             cleanup_stale: true,
             unscheduled_nodes: 1,
+            steer_via_router: false,
+            egress_ips: Vec::new(),
         }
     }
 }

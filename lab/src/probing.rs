@@ -140,9 +140,12 @@ impl Lab {
     fn attempt_here(&self, protocol: Protocol, r: &Resolved) -> Observation {
         let started = Instant::now();
         let mut attempts = 0;
+        let mut source_seen = None;
         let (verdict, detail) = loop {
             attempts += 1;
-            match client::attempt(protocol, r.src, r.dst, self.opts.timeout, &self.arrivals) {
+            let a = client::attempt(protocol, r.src, r.dst, self.opts.timeout, &self.arrivals);
+            source_seen = a.source_seen.or(source_seen);
+            match a.outcome {
                 Outcome::Final(v, d) => break (v, d),
                 Outcome::Timeout(d) if attempts > self.opts.retries => break (Verdict::Deny, d),
                 Outcome::Timeout(d) => {
@@ -155,6 +158,7 @@ impl Lab {
             detail,
             from_addr: r.src,
             to: r.dst,
+            source_seen,
             attempts,
             elapsed: started.elapsed(),
         }

@@ -1,8 +1,10 @@
 //! Servers: one thread per destination namespace, entered with `setns`, serving every probed
-//! address and port there. TCP: accept, write one byte, close. UDP: echo each datagram. SCTP: a raw
-//! socket per address answers an INIT for a probed port with an INIT ACK and records its arrival.
+//! address and port there. TCP: accept, write `P` and the source address seen, close. UDP: echo
+//! each datagram and record the source address seen under the probe's token. SCTP: a raw socket per
+//! address answers an INIT for a probed port with an INIT ACK and records its arrival and source
+//! under the INIT's tag. The source seen is what a translating gateway left of the probe's.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
@@ -13,6 +15,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol as SockProtocol, SockAddr, Socket, Type};
 
+use crate::client::udp_token_of;
 use crate::error::LabError;
 use crate::netns;
 use crate::sctp;
@@ -32,8 +35,16 @@ impl ServerSpec {
     }
 }
 
-/// Tags of SCTP INITs that reached a server (shared by every server of a lab).
-pub(crate) type Arrivals = Arc<Mutex<HashSet<u32>>>;
+/// The source address a server saw, by probe token (UDP) or INIT tag (SCTP), for every probe that
+/// reached one (shared by every server of a lab; the prober takes its entry out).
+pub(crate) type Arrivals = Arc<Mutex<HashMap<u32, IpAddr>>>;
+
+fn record(arrivals: &Arrivals, token: u32, seen: IpAddr) {
+    arrivals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token, seen);
+}
 
 pub(crate) struct Server {
     pub netns: String,
@@ -125,7 +136,9 @@ fn serve_one(ep: &Endpoint, arrivals: &Arrivals) {
             match l.accept() {
                 Ok((mut conn, peer)) => {
                     use std::io::Write;
-                    if let Err(e) = conn.write_all(b"P") {
+                    // One write: the prober reads up to the newline.
+                    let answer = format!("P{}\n", peer.ip());
+                    if let Err(e) = conn.write_all(answer.as_bytes()) {
                         tracing::debug!(%peer, "tcp server write: {e}");
                     }
                 }
@@ -141,6 +154,9 @@ fn serve_one(ep: &Endpoint, arrivals: &Arrivals) {
             loop {
                 match u.recv_from(&mut buf) {
                     Ok((n, peer)) => {
+                        if let Some(token) = udp_token_of(&buf[..n]) {
+                            record(arrivals, token, peer.ip());
+                        }
                         if let Err(e) = u.send_to(&buf[..n], peer) {
                             tracing::debug!(%peer, "udp echo: {e}");
                         }
@@ -176,13 +192,10 @@ fn serve_one(ep: &Endpoint, arrivals: &Arrivals) {
                     if pkt.chunk_type != sctp::CHUNK_INIT || !ports.contains(&pkt.dst_port) {
                         continue;
                     }
-                    arrivals
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(pkt.initiate_tag);
                     let Some(peer) = from.as_socket() else {
                         continue;
                     };
+                    record(arrivals, pkt.initiate_tag, peer.ip());
                     let ack = sctp::init_ack(&pkt, pkt.initiate_tag.rotate_left(13) | 1);
                     let to = SockAddr::from(SocketAddr::new(peer.ip(), 0));
                     if let Err(e) = sock.send_to(&ack, &to) {

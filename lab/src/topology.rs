@@ -10,9 +10,9 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 use crate::addressing::{
     cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
     pod_mac, TransitEnd, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE,
-    NODE_UPLINK_IFACE, POD_IFACE,
+    GATEWAY_NODE, GW_CLUSTER_V4, GW_CLUSTER_V6, NODE_UPLINK_IFACE, POD_IFACE,
 };
-use crate::LabError;
+use crate::{LabError, LabOptions};
 
 /// More nodes than this would run out of node uplink MACs and cluster-segment addresses.
 const MAX_NODES: usize = 4000;
@@ -24,6 +24,10 @@ pub struct GatewayLegs {
     pub netns: String,
     pub cluster_iface: String,
     pub external_iface: String,
+    /// The cluster leg's addresses: the next hop nodes steer pod egress to (the IPv6 one is
+    /// link-local, so a route to it needs the node's uplink device).
+    pub cluster_ipv4: Ipv4Addr,
+    pub cluster_ipv6: Ipv6Addr,
 }
 
 /// A node namespace.
@@ -32,8 +36,8 @@ pub struct NodeInfo {
     /// The pods' `node` (or "node-0" when pods name none).
     pub name: String,
     pub netns: String,
-    /// Interface towards the gateway's cluster leg (directly, or through the fabric bridge when
-    /// there is more than one node).
+    /// Interface on the cluster segment, towards the gateway's cluster leg (directly with one
+    /// node and no router, else through the fabric bridge).
     pub uplink_iface: String,
     pub uplink_ipv4: Ipv4Addr,
     pub uplink_ipv6: Ipv6Addr,
@@ -78,8 +82,13 @@ pub(crate) struct Topology {
     pub gateway: GatewayLegs,
     /// The namespace holding every external address.
     pub ext_netns: String,
-    /// With more than one node: the namespace whose bridge joins the nodes and the gateway.
+    /// With more than one node, or a router: the namespace whose bridge joins the nodes, the
+    /// gateway and the router.
     pub fabric_netns: Option<String>,
+    /// With `steer_via_router`: the nodes' default router.
+    pub router_netns: Option<String>,
+    /// Routed on-link towards the gateway's external leg by the external namespace.
+    pub egress_ips: BTreeSet<IpAddr>,
     /// By `namespace/name`.
     pub pods: BTreeMap<String, PodAttachment>,
     pub externals: BTreeSet<IpAddr>,
@@ -91,21 +100,21 @@ pub(crate) fn pod_key(namespace: &str, name: &str) -> String {
 
 impl Topology {
     /// Plans every pod of `snapshot` that has addresses (host-network pods are not modelled), its
-    /// node, the gateway and the external hosts named by `probes`. A pod that names no node goes
-    /// to one of `unscheduled_nodes` nodes ("node-0", "node-1", ...), round-robin in manifest
-    /// order.
+    /// node, the gateway, the router (with `steer_via_router`) and the external hosts named by
+    /// `probes`. A pod that names no node goes to one of `unscheduled_nodes` nodes ("node-0",
+    /// "node-1", ...), round-robin in manifest order.
     pub fn plan(
         id: String,
         snapshot: &Snapshot,
         probes: &[Probe],
-        unscheduled_nodes: usize,
+        opts: &LabOptions,
     ) -> Result<Topology, LabError> {
         let modelled: Vec<&Pod> = snapshot
             .pods
             .iter()
             .filter(|p| !p.host_network && !p.ips.is_empty())
             .collect();
-        let spread = unscheduled_nodes.max(1);
+        let spread = opts.unscheduled_nodes.max(1);
         let node_names: Vec<String> = modelled
             .iter()
             .enumerate()
@@ -118,14 +127,20 @@ impl Topology {
         let nodes = plan_nodes(&id, &node_names)?;
         let (pods, owner) = plan_pods(&id, &modelled, &node_names, &nodes)?;
         let externals = plan_externals(probes, &owner)?;
+        let egress_ips = plan_egress_ips(&opts.egress_ips, &owner, &externals)?;
+        let router = opts.steer_via_router;
         Ok(Topology {
             gateway: GatewayLegs {
                 netns: format!("{id}-gw"),
                 cluster_iface: GATEWAY_CLUSTER_IFACE.into(),
                 external_iface: GATEWAY_EXTERNAL_IFACE.into(),
+                cluster_ipv4: GW_CLUSTER_V4,
+                cluster_ipv6: GW_CLUSTER_V6,
             },
             ext_netns: format!("{id}-ext"),
-            fabric_netns: (nodes.len() > 1).then(|| format!("{id}-fab")),
+            fabric_netns: (nodes.len() > 1 || router).then(|| format!("{id}-fab")),
+            router_netns: router.then(|| format!("{id}-rt")),
+            egress_ips,
             nodes,
             id,
             pods,
@@ -137,6 +152,7 @@ impl Topology {
     pub fn namespaces(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.nodes.iter().map(|n| n.netns.as_str()).collect();
         names.extend([self.gateway.netns.as_str(), self.ext_netns.as_str()]);
+        names.extend(self.router_netns.as_deref());
         names.extend(self.fabric_netns.as_deref());
         names.extend(self.pods.values().map(|p| p.netns.as_str()));
         names
@@ -161,6 +177,11 @@ fn plan_nodes(id: &str, node_names: &[String]) -> Result<Vec<NodeInfo>, LabError
     let mut names: BTreeSet<&str> = node_names.iter().map(String::as_str).collect();
     if names.is_empty() {
         names.insert("node-0");
+    }
+    if names.contains(GATEWAY_NODE) {
+        return Err(LabError::Unsupported(format!(
+            "a pod on node {GATEWAY_NODE:?}: the lab's gateway is that node"
+        )));
     }
     if names.len() > MAX_NODES {
         return Err(LabError::Unsupported(format!("{} nodes", names.len())));
@@ -256,4 +277,29 @@ fn plan_externals(
         }
     }
     Ok(externals)
+}
+
+/// The egress IPs: none may be a pod's, an external host's or one the lab reserves.
+fn plan_egress_ips(
+    ips: &[IpAddr],
+    owner: &BTreeMap<IpAddr, String>,
+    externals: &BTreeSet<IpAddr>,
+) -> Result<BTreeSet<IpAddr>, LabError> {
+    let mut out = BTreeSet::new();
+    for ip in ips {
+        let conflict = |detail: String| LabError::AddressConflict { addr: *ip, detail };
+        if let Some(pod) = owner.get(ip) {
+            return Err(conflict(format!("egress IP is pod {pod}'s")));
+        }
+        if externals.contains(ip) {
+            return Err(conflict(
+                "egress IP is an external host a probe names".into(),
+            ));
+        }
+        if is_lab_reserved(*ip) || cannot_host(*ip) {
+            return Err(conflict("the lab cannot route this egress IP".into()));
+        }
+        out.insert(*ip);
+    }
+    Ok(out)
 }

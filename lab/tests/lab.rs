@@ -1,81 +1,17 @@
 //! The lab on real traffic (needs root). Every packet stays inside namespaces these tests create.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Instant;
 
 use portcullis_lab::{Lab, LabError, LabOptions, Verdict};
-use portcullis_policy::model::{ContainerPort, Namespace, Pod, Protocol, Snapshot};
-use portcullis_policy::probe::{Probe, ProbeEndpoint};
+use portcullis_policy::model::Protocol;
+use portcullis_policy::probe::Probe;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "portcullis_lab=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn pod(ns: &str, name: &str, ips: &[&str]) -> Pod {
-    Pod {
-        namespace: ns.into(),
-        name: name.into(),
-        labels: [("pod".to_string(), name.to_string())].into(),
-        ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-        ports: vec![ContainerPort {
-            name: Some("serve-80-tcp".into()),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }],
-        host_network: false,
-        node: None,
-    }
-}
-
-/// Namespaces x and y; x/a IPv4, x/b dual-stack, y/c IPv6 only.
-fn snapshot() -> Snapshot {
-    let namespaces: BTreeMap<String, Namespace> = ["x", "y"]
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                Namespace {
-                    name: n.to_string(),
-                    labels: [("kubernetes.io/metadata.name".to_string(), n.to_string())].into(),
-                },
-            )
-        })
-        .collect();
-    Snapshot {
-        namespaces,
-        pods: vec![
-            pod("x", "a", &["10.244.1.10"]),
-            pod("x", "b", &["10.244.1.20", "fd00:10:244:1::20"]),
-            pod("y", "c", &["fd00:10:244:2::30"]),
-        ],
-        policies: Vec::new(),
-    }
-}
-
-const EXT4: &str = "203.0.113.1";
-const EXT6: &str = "2001:db8::1";
-
-fn ep(s: &str) -> ProbeEndpoint {
-    ProbeEndpoint::parse(s).unwrap()
-}
-
-fn probe(from: &str, to: &str, protocol: Protocol, port: u16) -> Probe {
-    Probe {
-        from: ep(from),
-        to: ep(to),
-        protocol,
-        port,
-    }
-}
+use support::{init_tracing, nft, probe, snapshot, EXT4, EXT6};
 
 /// Pod→pod (v4 and v6), self, pod→external and external→pod (v4 and v6), over TCP, UDP and SCTP.
 fn probes() -> Vec<Probe> {
@@ -103,20 +39,6 @@ fn probes() -> Vec<Probe> {
 /// Every network namespace's name, one a line.
 fn netns_names() -> String {
     portcullis_lab::netns::list().join("\n")
-}
-
-fn nft(lab: &Lab, netns: &str, script: &str) {
-    let path = std::env::temp_dir().join(format!("{}-nft", lab.id()));
-    std::fs::write(&path, script).unwrap();
-    let mut cmd2 = Command::new("nft");
-    cmd2.arg("-f").arg(&path);
-    let out = lab.output_in(netns, cmd2).unwrap();
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "nft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -151,6 +73,8 @@ fn every_probe_is_allowed_without_enforcement_and_teardown_is_clean() {
         if o.verdict != Verdict::Allow {
             failures.push(format!("{p}: {} ({})", o.verdict, o.detail));
         }
+        // Nothing translates here: the server saw the probe's own source.
+        assert_eq!(o.source_seen, Some(o.from_addr), "{p}");
     }
     assert!(
         failures.is_empty(),
@@ -259,6 +183,17 @@ fn gateway_drop_rules_show_up_as_deny() {
         "init arrived, no init ack came back"
     );
     assert_eq!(detail(&reply_dropped_tcp), "timeout");
+    let seen = |p: &Probe| {
+        let i = probes.iter().position(|q| q == p).unwrap();
+        results[i].as_ref().unwrap().source_seen
+    };
+    // What was dropped on the way there arrived nowhere; an INIT whose answer was dropped did.
+    assert_eq!(seen(&dropped_udp), None);
+    assert_eq!(seen(&dropped_sctp), None);
+    assert_eq!(
+        seen(&reply_dropped_sctp),
+        Some("10.244.1.10".parse().unwrap())
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Audit: what in a cluster's policies is likely a gap or a mistake — namespaces without a default
 //! deny, rules that allow everything, ipBlocks that also match pods, excepts that carve nothing,
-//! policies that select no pod.
+//! policies that select no pod, and EgressGateway mistakes ([`crate::egress`]).
 
 use std::fmt;
 
@@ -45,7 +45,7 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable identifier of the check, e.g. `no-default-deny-ingress`.
     pub check: &'static str,
-    /// The namespace or `namespace/policy` concerned.
+    /// The namespace, `namespace/policy`, `EgressGateway name` or `cluster` concerned.
     pub object: String,
     pub message: String,
 }
@@ -225,6 +225,7 @@ pub fn audit(snapshot: &Snapshot) -> Vec<Finding> {
     for policy in &snapshot.policies {
         audit_policy(snapshot, policy, &mut findings);
     }
+    findings.extend(crate::egress::audit::findings(snapshot));
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.object.cmp(&b.object)));
     findings
 }

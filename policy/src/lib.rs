@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod compile;
+pub mod egress;
 pub mod eval;
 pub mod explain;
 pub mod graph;

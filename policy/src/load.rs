@@ -1,10 +1,13 @@
-//! Turns manifest text (multi-document YAML of Namespace, Pod and NetworkPolicy objects, or `List`s
-//! of them) into a validated [`Snapshot`]. Validation follows the API server's rules; an invalid
+//! Turns manifest text (multi-document YAML of Namespace, Pod, NetworkPolicy, Node and
+//! EgressGateway objects, or `List`s of them) into a validated [`Snapshot`]. Validation follows the API server's rules; an invalid
 //! object is rejected with its source, document, name and field path while the others still load.
 //! Reading files is the caller's job: this module never touches the file system.
 
 mod builder;
 mod convert;
+mod egress;
+#[cfg(test)]
+mod egress_tests;
 mod error;
 mod last_good;
 #[cfg(test)]
@@ -13,6 +16,10 @@ mod validate;
 mod yaml;
 
 pub use builder::{snapshot_with_implicit_namespaces, SnapshotBuilder};
+pub use egress::{
+    EgressGatewayObject, EgressGatewaySpec, EgressSelectorSpec, GatewaySpec, EGRESS_GATEWAY_GROUP,
+    EGRESS_GATEWAY_KIND, EGRESS_GATEWAY_PLURAL, EGRESS_GATEWAY_VERSION,
+};
 pub use error::{LoadError, Origin, UnattributedError};
 
 use crate::model::Snapshot;

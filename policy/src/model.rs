@@ -236,10 +236,60 @@ impl Policy {
     }
 }
 
-/// A consistent view of namespaces, pods and policies.
+/// Label whose value `"true"` marks the default egress gateway nodes: where pod traffic to
+/// non-cluster addresses goes when no EgressGateway decides for it.
+pub const EGRESS_GATEWAY_LABEL: &str = "portcullis.io/egress-gateway";
+
+/// A v1 Node, as far as egress steering needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    /// `status.addresses`: InternalIP ones first, then ExternalIP, without duplicates.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Node {
+    /// The node's first address of the family of `like`.
+    pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == like.is_ipv4())
+    }
+}
+
+/// One item of `EgressGateway.spec.selectors`: both selectors must match (at least one is set).
+/// An absent namespaceSelector means every namespace (the object is cluster-scoped), an absent
+/// podSelector every pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressSelector {
+    pub namespace_selector: Option<Selector>,
+    pub pod_selector: Option<Selector>,
+}
+
+/// A cluster-scoped `portcullis.io/v1alpha1` EgressGateway: which pods leave through which
+/// gateway nodes, to which destinations, with which source address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressGateway {
+    pub name: String,
+    /// A pod is selected when any item matches it.
+    pub selectors: Vec<EgressSelector>,
+    /// Canonical (host bits cleared), non-empty.
+    pub destination_cidrs: Vec<IpNet>,
+    /// Canonical; destinations here are not decided by this EgressGateway.
+    pub excluded_cidrs: Vec<IpNet>,
+    pub node_selector: Selector,
+    /// One or two addresses, at most one per family.
+    pub egress_ips: Vec<IpAddr>,
+}
+
+/// A consistent view of namespaces, pods, policies, nodes and egress gateways.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+    pub nodes: Vec<Node>,
+    pub egress_gateways: Vec<EgressGateway>,
 }

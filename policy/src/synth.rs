@@ -124,6 +124,7 @@ pub fn ipblock_snapshot(scale: IpBlockScale) -> Snapshot {
         )]),
         pods,
         policies,
+        ..Default::default()
     }
 }
 

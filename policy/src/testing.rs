@@ -181,5 +181,6 @@ pub fn snapshot(namespaces: &[&str], pods: Vec<Pod>, policies: Vec<Policy>) -> S
             .collect(),
         pods,
         policies,
+        ..Default::default()
     }
 }

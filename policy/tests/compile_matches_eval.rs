@@ -158,6 +158,7 @@ fn snapshot(policies: Vec<Policy>) -> Snapshot {
         )]),
         pods,
         policies,
+        ..Default::default()
     }
 }
 

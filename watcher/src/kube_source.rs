@@ -1,4 +1,5 @@
-//! The Kubernetes source: list-then-watch of Namespace, Pod and NetworkPolicy.
+//! The Kubernetes source: list-then-watch of Namespace, Pod, NetworkPolicy, Node and the
+//! EgressGateway custom resource.
 //!
 //! Each kind runs its own loop: a paginated list (a consistent read), then watches from the list's
 //! resourceVersion, following every event's and bookmark's resourceVersion so that a reconnect
@@ -6,7 +7,7 @@
 //! event (an event may have been lost) cause a relist; any other failure (connection refused or
 //! reset, a stream that stalls past the server-side timeout) a reconnect after an exponential
 //! backoff with jitter. A relist replaces that kind's whole store, so deletions missed while
-//! disconnected are reconciled. An aggregator publishes once all three kinds have been listed, then
+//! disconnected are reconciled. An aggregator publishes once every kind has been listed, then
 //! at most once per short window: an isolated change at once, a burst coalesced.
 
 mod convert;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use portcullis_policy::load::{Loaded, SnapshotBuilder};
@@ -29,8 +30,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{Publisher, Result, State, DEFAULT_COALESCE};
-use convert::{origin, Kind, Watched};
-use list_watch::{list_all, run_kind};
+use convert::{egress_gateway_resource, origin, Kind, Watched};
+use list_watch::{list_all, list_all_if_served, run_kind};
 use publish::aggregate;
 
 #[derive(Clone, Debug)]
@@ -50,6 +51,9 @@ pub struct KubeOptions {
     pub stall_timeout: Duration,
     /// `limit` of list requests (pagination).
     pub page_size: u32,
+    /// How often a kind the server does not serve (the EgressGateway CRD not installed) is
+    /// listed again; until then it has no objects.
+    pub absent_retry: Duration,
 }
 
 impl Default for KubeOptions {
@@ -61,6 +65,7 @@ impl Default for KubeOptions {
             watch_timeout: Duration::from_secs(290),
             stall_timeout: Duration::from_secs(320),
             page_size: 500,
+            absent_retry: Duration::from_secs(60),
         }
     }
 }
@@ -112,7 +117,7 @@ impl KubeSource {
     }
 
     /// Starts watching with `client`. Must be called within a Tokio runtime. The first state with
-    /// `source_ready` comes after the first complete list of all three kinds.
+    /// `source_ready` comes after the first complete list of every kind.
     pub fn spawn(client: Client, options: KubeOptions) -> KubeSource {
         let (tx, msg_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(KubeStats::default());
@@ -131,7 +136,19 @@ impl KubeSource {
                 stats.clone(),
             )),
             tokio::spawn(run_kind(
-                Api::<net::NetworkPolicy>::all(client),
+                Api::<net::NetworkPolicy>::all(client.clone()),
+                tx.clone(),
+                options.clone(),
+                stats.clone(),
+            )),
+            tokio::spawn(run_kind(
+                Api::<core::Node>::all(client.clone()),
+                tx.clone(),
+                options.clone(),
+                stats.clone(),
+            )),
+            tokio::spawn(run_kind(
+                Api::<DynamicObject>::all_with(client, &egress_gateway_resource()),
                 tx,
                 options.clone(),
                 stats.clone(),
@@ -156,7 +173,8 @@ impl KubeSource {
     }
 }
 
-/// Lists namespaces, pods and network policies once and validates them, for one-shot commands
+/// Lists namespaces, pods, network policies, nodes and EgressGateways (none when the CRD is not
+/// installed) once and validates them, for one-shot commands
 /// (`explain --kubeconfig`, `audit --kubeconfig`). Terminating pods are left out, as the watcher
 /// does.
 pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
@@ -168,7 +186,11 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
         |p: core::Pod| (!p.is_gone()).then_some(p),
     )
     .await?;
-    let (policies, _) = list_all(&Api::<net::NetworkPolicy>::all(client), 500, Some).await?;
+    let (policies, _) =
+        list_all(&Api::<net::NetworkPolicy>::all(client.clone()), 500, Some).await?;
+    let nodes = list_all_if_served(&Api::<core::Node>::all(client.clone())).await?;
+    let gateway_api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
+    let gateways = list_all_if_served(&gateway_api).await?;
     let mut builder = SnapshotBuilder::new();
     for ns in namespaces {
         builder.add_namespace(&origin(Kind::Namespace), ns);
@@ -178,6 +200,13 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
     }
     for policy in policies {
         builder.add_policy(&origin(Kind::Policy), policy);
+    }
+    for node in nodes {
+        builder.add_node(&origin(Kind::Node), node);
+    }
+    for gateway in gateways {
+        let value = serde_json::to_value(&gateway).unwrap_or_default();
+        builder.add_egress_gateway_json(&origin(Kind::EgressGateway), value);
     }
     let mut loaded = builder.build();
     loaded.errors.sort_by_key(|e| e.to_string());

@@ -1,12 +1,14 @@
 //! Inputs for Portcullis. Two sources publish the same [`State`] through a
 //! [`tokio::sync::watch`] channel:
 //!
-//! - [`FileSource`]: Namespace, Pod and NetworkPolicy manifests in files and directories
+//! - [`FileSource`]: Namespace, Pod, NetworkPolicy, Node and EgressGateway manifests in files and
+//!   directories
 //!   (recursive; `.yaml`, `.yml`, `.json`), reloaded when they change (events coalesced over a short
 //!   window).
-//! - [`KubeSource`]: list-then-watch of NetworkPolicy, Pod and Namespace on a Kubernetes API server,
-//!   resuming from the last resourceVersion, relisting on `410 Gone`, reconnecting with exponential
-//!   backoff and jitter.
+//! - [`KubeSource`]: list-then-watch of NetworkPolicy, Pod, Namespace, Node and EgressGateway on a
+//!   Kubernetes API server, resuming from the last resourceVersion, relisting on `410 Gone`,
+//!   reconnecting with exponential backoff and jitter; without the EgressGateway CRD, no
+//!   EgressGateways.
 //!
 //! Both validate through [`portcullis_policy::load::SnapshotBuilder`]: an invalid object is rejected
 //! by name and the rest still load. Neither ever publishes a partial view as ready, and neither
@@ -50,8 +52,8 @@ pub struct State {
     pub errors: Vec<LoadError>,
     /// 0 before the first publish; then 1, 2, ...
     pub revision: u64,
-    /// True once the source has been read completely (for Kubernetes: the first full list of all
-    /// three kinds). Never true for a partial view.
+    /// True once the source has been read completely (for Kubernetes: the first full list of
+    /// every kind). Never true for a partial view.
     pub source_ready: bool,
     /// The source cannot be read right now (API server unreachable, a file unreadable); the
     /// snapshot is the last good one.

@@ -266,6 +266,8 @@ fn options() -> KubeOptions {
         watch_timeout: Duration::from_secs(1),
         stall_timeout: Duration::from_secs(2),
         page_size: 500,
+        // The fake serves no nodes nor EgressGateways (404): they are none.
+        absent_retry: Duration::from_millis(500),
     }
 }
 

@@ -184,3 +184,48 @@ async fn single_file_and_missing_path() {
     );
     wait_for(&mut rx, "two", |s| policy_names(s) == ["one", "two"]).await;
 }
+
+const EGRESS: &str = r#"
+apiVersion: portcullis.io/v1alpha1
+kind: EgressGateway
+metadata: {name: prod-egress}
+spec:
+  selectors: [{podSelector: {}}]
+  destinationCIDRs: [0.0.0.0/0]
+  gateway: {nodeSelector: {}, egressIPs: [EGRESS_IPS]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: gw-1}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateways_and_nodes_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("egress.yaml");
+    std::fs::write(&path, EGRESS.replace("EGRESS_IPS", "192.0.2.100")).unwrap();
+    let options = FileOptions {
+        debounce: Duration::from_millis(100),
+        max_delay: Duration::from_millis(500),
+    };
+    let source = FileSource::spawn(vec![dir.path().to_path_buf()], options).unwrap();
+    let mut rx = source.subscribe();
+    let first = rx.borrow_and_update().clone();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(first.snapshot.egress_gateways[0].name, "prod-egress");
+    assert_eq!(first.snapshot.nodes[0].name, "gw-1");
+
+    write(
+        &path,
+        &EGRESS.replace("EGRESS_IPS", "192.0.2.100, 192.0.2.101"),
+    );
+    let s = wait_for(&mut rx, "the rejection", |s| !s.errors.is_empty()).await;
+    let msg = s.errors[0].to_string();
+    assert!(
+        msg.contains("(EgressGateway prod-egress): spec.gateway.egressIPs[1]"),
+        "{msg}"
+    );
+    assert!(s.snapshot.egress_gateways.is_empty());
+    assert_eq!(s.snapshot.nodes.len(), 1, "the node still loads");
+}

@@ -7,6 +7,7 @@
 mod cni;
 pub(crate) mod discover;
 mod routes;
+mod steer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -63,6 +64,14 @@ pub struct NodeArgs {
     cni_bin_dir: Option<PathBuf>,
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// Steer the local pods' traffic to every address outside these CIDRs (pod, service and node
+    /// networks; repeatable) to their egress gateway by policy routing. Without it nothing is
+    /// steered.
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// The interface egress gateways are reached on (needed when their addresses are link-local).
+    #[arg(long, requires = "cluster_cidrs")]
+    egress_uplink: Option<String>,
 }
 
 /// A pod of this node and how it is enforced, as `status --node` shows it.
@@ -124,6 +133,8 @@ struct NodeEnforcer {
     snapshot: Option<Arc<Snapshot>>,
     /// A CNI ADD reported the address of a pod the API shows without one: apply again.
     reapply: bool,
+    /// `--cluster-cidr`: pod egress steered to the egress gateways.
+    steering: Option<steer::PodSteering>,
 }
 
 impl NodeEnforcer {
@@ -302,6 +313,13 @@ impl NodeEnforcer {
         metrics::gauge!("portcullis_node_unenforced_selected_pods").set(unenforced(true));
     }
 
+    /// Steers the local pods found so far (`--cluster-cidr`).
+    fn sync_steering(&mut self) {
+        if let (Some(steering), Some(snapshot)) = (self.steering.as_mut(), self.snapshot.as_ref()) {
+            steering.sync(snapshot, &self.pods);
+        }
+    }
+
     fn save_cni(&self) {
         let write = || -> Result<()> {
             if let Some(dir) = self.cni_file.parent() {
@@ -409,6 +427,7 @@ impl Enforcer for NodeEnforcer {
         // Tables first: a newly attached pod is never seen by a program without its policies.
         self.candidates = self.local_candidates(snapshot, &tables);
         self.sync_attachments();
+        self.sync_steering();
         Ok(Applied {
             generation: stats.generation,
             groups: group_names(
@@ -459,8 +478,12 @@ impl Enforcer for NodeEnforcer {
             self.sync_host_addrs();
         }
         // Pods whose interface was not found yet (or not attachable) are looked for again.
-        if self.last_sync.elapsed() >= RESYNC && self.pods.iter().any(|p| !p.attached) {
-            changed |= self.sync_attachments();
+        if self.last_sync.elapsed() >= RESYNC
+            && self.pods.iter().any(|p| !p.attached)
+            && self.sync_attachments()
+        {
+            self.sync_steering();
+            changed = true;
         }
         changed
     }
@@ -475,6 +498,10 @@ impl Enforcer for NodeEnforcer {
 
     fn pods(&self) -> Vec<LocalPod> {
         self.pods.clone()
+    }
+
+    fn egress_status(&mut self) -> Option<serde_json::Value> {
+        self.steering.as_mut()?.status()
     }
 
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
@@ -544,8 +571,20 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         last_host_sync: Instant::now(),
         snapshot: None,
         reapply: false,
+        steering: match args.cluster_cidrs.is_empty() {
+            true => None,
+            false => Some(steer::PodSteering::new(
+                args.cluster_cidrs.clone(),
+                args.egress_uplink.clone(),
+            )?),
+        },
     };
     serve(&mut enforcer, &args.daemon, "node", state_dir)?;
+    if args.unpin_on_exit {
+        if let Some(steering) = enforcer.steering.as_mut() {
+            steering.clear()?;
+        }
+    }
     let unpin = args.unpin_on_exit.then_some(move || enforcer.hook.unpin());
     stop(unpin, &args.pin_dir)?;
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,10 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::addressing::{EXT_IFACE, FABRIC_BRIDGE, NODE_UPLINK_IFACE, POD_IFACE};
+use crate::addressing::{
+    EXT_IFACE, EXT_ROUTER_IFACE, FABRIC_BRIDGE, NODE_UPLINK_IFACE, POD_IFACE, ROUTER_CLUSTER_IFACE,
+    ROUTER_EXTERNAL_IFACE,
+};
 use crate::iface::link_running;
 use crate::netns::{self, Netns};
 use crate::topology::Topology;
@@ -27,7 +30,15 @@ fn links(topo: &Topology) -> Vec<(&str, Vec<String>)> {
         gw.netns.as_str(),
         vec![gw.cluster_iface.clone(), gw.external_iface.clone()],
     ));
-    links.push((topo.ext_netns.as_str(), vec![EXT_IFACE.into()]));
+    let mut ext = vec![EXT_IFACE.to_string()];
+    if let Some(rt) = &topo.router_netns {
+        ext.push(EXT_ROUTER_IFACE.into());
+        links.push((
+            rt.as_str(),
+            vec![ROUTER_CLUSTER_IFACE.into(), ROUTER_EXTERNAL_IFACE.into()],
+        ));
+    }
+    links.push((topo.ext_netns.as_str(), ext));
     if let Some(f) = &topo.fabric_netns {
         let mut l = super::fabric::ports(topo);
         l.push(FABRIC_BRIDGE.into());

@@ -1,15 +1,19 @@
 //! The external tier: one namespace holding every external address the probes name, behind the
-//! gateway's external leg.
+//! gateway's external leg (and, with a router, the router's, which it only receives from).
 
 use std::net::IpAddr;
 
-use super::default_route_leg;
 use super::ip_batch::Batch;
-use crate::addressing::{EXTERNAL_END, EXT_IFACE, GATEWAY_EXTERNAL_END};
+use super::{default_route_leg, neigh};
+use crate::addressing::{
+    EXTERNAL_END, EXTERNAL_ROUTER_END, EXT_IFACE, EXT_ROUTER_IFACE, GATEWAY_EXTERNAL_END,
+    ROUTER_EXTERNAL_END,
+};
 use crate::topology::Topology;
 
-/// The transit addresses, a default route to the gateway, and every external address as a host
-/// address of the one interface.
+/// The transit addresses, a default route to the gateway (replies to pods always go back
+/// through it), every external address as a host address of the one interface, and each egress
+/// IP on-link towards the gateway with no static neighbour: the gateway must answer ARP/ND.
 pub(super) fn configure(topo: &Topology) -> Batch {
     let mut lines = vec![
         "link set lo up".to_string(),
@@ -20,6 +24,22 @@ pub(super) fn configure(topo: &Topology) -> Batch {
         &EXTERNAL_END,
         &GATEWAY_EXTERNAL_END,
     ));
+    if topo.router_netns.is_some() {
+        let (own, rt, dev) = (&EXTERNAL_ROUTER_END, &ROUTER_EXTERNAL_END, EXT_ROUTER_IFACE);
+        lines.extend([
+            format!("link set {dev} up"),
+            format!("addr add {}/{} dev {dev}", own.v4, own.prefix_v4),
+            format!("addr add {}/64 dev {dev} nodad", own.v6),
+            neigh(&rt.v4, &rt.mac, dev),
+            neigh(&rt.v6, &rt.mac, dev),
+        ]);
+    }
+    for ip in &topo.egress_ips {
+        lines.push(match ip {
+            IpAddr::V4(a) => format!("route add {a}/32 dev {EXT_IFACE} scope link"),
+            IpAddr::V6(a) => format!("route add {a}/128 dev {EXT_IFACE}"),
+        });
+    }
     for ip in &topo.externals {
         lines.push(match ip {
             IpAddr::V4(a) => format!("addr add {a}/32 dev {EXT_IFACE}"),

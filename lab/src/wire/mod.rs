@@ -1,7 +1,7 @@
 //! Creating and wiring the namespaces of a planned [`Topology`], one step per tier: nodes (with
-//! their pods' veths), the gateway, the external hosts, the pods, and with more than one node the
-//! fabric bridge. Every neighbour entry is static, so no ARP/ND has to happen before the first
-//! packet.
+//! their pods' veths), the gateway, the router, the external hosts, the pods, and the fabric
+//! bridge. Every neighbour entry is static, so no ARP/ND has to happen before the first packet
+//! (except the egress IPs', which the gateway must answer).
 
 mod carrier;
 mod external;
@@ -11,6 +11,7 @@ mod ip_batch;
 mod node;
 mod offload;
 mod pod;
+mod router;
 mod sysctl;
 
 use std::fmt;
@@ -39,13 +40,18 @@ pub(crate) fn wire(topo: &Topology, namespaces: &mut Vec<Netns>) -> Result<(), L
     carrier::wait_running(topo, namespaces)
 }
 
-/// Phase 1: the veth pairs, each end created straight in its namespace. One node: its uplink is
-/// the peer of the gateway's cluster leg. More: both go to ports of the fabric bridge.
+/// Phase 1: the veth pairs, each end created straight in its namespace. One node and no router:
+/// its uplink is the peer of the gateway's cluster leg. Else every cluster-segment leg is the
+/// peer of a port of the fabric bridge.
 fn create_links(topo: &Topology) -> Result<(), LabError> {
     for (i, node) in topo.nodes.iter().enumerate() {
         ip_batch::run(&node::links(topo, i, node))?;
     }
-    ip_batch::run(&gateway::links(topo))
+    ip_batch::run(&gateway::links(topo))?;
+    if let (Some(rt), Some(fab)) = (&topo.router_netns, &topo.fabric_netns) {
+        ip_batch::run(&router::links(topo, rt, fab))?;
+    }
+    Ok(())
 }
 
 /// Phase 2: addresses, routes and static neighbours, every namespace at once.
@@ -57,6 +63,11 @@ fn configure(topo: &Topology) -> Result<(), LabError> {
         .collect();
     batches.push(gateway::configure(topo));
     batches.push(external::configure(topo));
+    batches.extend(
+        topo.router_netns
+            .as_deref()
+            .map(|rt| router::configure(topo, rt)),
+    );
     batches.extend(topo.pods.values().map(pod::configure));
     ip_batch::run_all(&batches)?;
     // The bridge last, once every node uplink and the cluster leg are up: a port whose peer came

@@ -1,12 +1,13 @@
 //! The node tier: one namespace per node, routing between its pods (a veth each, host side
-//! `podN`) and its uplink towards the gateway. Pods on other nodes are reached straight across
-//! the fabric, never through the gateway, as in a real cluster.
+//! `podN`) and its uplink on the cluster segment, whose default route is the gateway (or the
+//! router, with `steer_via_router`). Pods on other nodes are reached straight across the fabric,
+//! never through the gateway, as in a real cluster.
 
 use super::ip_batch::Batch;
 use super::{default_route_leg, fabric, first_v4, first_v6, neigh};
 use crate::addressing::{
-    format_mac, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, MAC_GW_CLUSTER, NODE_UPLINK_IFACE,
-    POD_IFACE,
+    format_mac, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6,
+    MAC_GW_CLUSTER, NODE_UPLINK_IFACE, POD_IFACE, ROUTER_CLUSTER_END,
 };
 use crate::topology::{NodeInfo, PodAttachment, Topology};
 
@@ -38,16 +39,22 @@ pub(super) fn links(topo: &Topology, i: usize, node: &NodeInfo) -> Batch {
     Batch::new(&node.netns, "create node links", lines)
 }
 
-/// The uplink with a default route to the gateway, static neighbours for the gateway and the
-/// other nodes, and a route to every pod: its own pods on their veths, the others via their node.
+/// The uplink with a default route to the gateway (or the router), static neighbours for the
+/// gateway, the router and the other nodes, and a route to every pod: its own pods on their
+/// veths, the others via their node.
 pub(super) fn configure(topo: &Topology, node: &NodeInfo) -> Batch {
     let up = NODE_UPLINK_IFACE;
     let mut lines = vec!["link set lo up".to_string(), format!("link set {up} up")];
-    lines.extend(default_route_leg(
-        up,
-        &node.uplink_end(),
-        &GATEWAY_CLUSTER_END,
-    ));
+    let default_hop = match topo.router_netns {
+        Some(_) => &ROUTER_CLUSTER_END,
+        None => &GATEWAY_CLUSTER_END,
+    };
+    lines.extend(default_route_leg(up, &node.uplink_end(), default_hop));
+    if topo.router_netns.is_some() {
+        // Steering's next hop.
+        lines.push(neigh(&GW_CLUSTER_V4, &MAC_GW_CLUSTER, up));
+        lines.push(neigh(&GW_CLUSTER_V6, &MAC_GW_CLUSTER, up));
+    }
     for other in topo.nodes.iter().filter(|o| o.netns != node.netns) {
         lines.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));
         lines.push(neigh(&other.uplink_ipv6, &other.uplink_mac, up));

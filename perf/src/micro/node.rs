@@ -227,6 +227,7 @@ fn cluster() -> Snapshot {
             ),
             policy("a-in", "a", Vec::new()),
         ],
+        ..Default::default()
     }
 }
 

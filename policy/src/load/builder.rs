@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 
 use super::convert::{convert_namespace, convert_pod, convert_policy};
+use super::egress::{convert_egress_gateway, convert_node, EgressGatewayObject};
 use super::error::{field_error, FieldError, LoadError, Origin};
 use super::{Loaded, NAMESPACE_NAME_LABEL};
-use crate::model::{Namespace, Pod, Policy, Snapshot};
+use crate::model::{EgressGateway, Namespace, Node, Pod, Policy, Snapshot};
 
 /// Accumulates objects from any number of sources and builds the snapshot.
 #[derive(Default)]
@@ -19,6 +21,8 @@ pub struct SnapshotBuilder {
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<(String, String), Pod>,
     policies: BTreeMap<(String, String), Policy>,
+    nodes: BTreeMap<String, Node>,
+    egress_gateways: BTreeMap<String, EgressGateway>,
     errors: Vec<LoadError>,
 }
 
@@ -37,6 +41,43 @@ impl SnapshotBuilder {
             .and_then(|ns| insert_once(&mut self.namespaces, name, ns));
         if let Err(e) = added {
             self.reject_field(origin, object, e);
+        }
+    }
+
+    pub fn add_node(&mut self, origin: &Origin, node: core::Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return self.reject_unnamed(origin, "Node");
+        };
+        let object = format!("Node {name}");
+        let added = convert_node(name.clone(), node)
+            .and_then(|node| insert_once(&mut self.nodes, name, node));
+        if let Err(e) = added {
+            self.reject_field(origin, object, e);
+        }
+    }
+
+    pub fn add_egress_gateway(&mut self, origin: &Origin, gateway: EgressGatewayObject) {
+        let Some(name) = gateway.metadata.name.clone() else {
+            return self.reject_unnamed(origin, "EgressGateway");
+        };
+        let object = format!("EgressGateway {name}");
+        let added = convert_egress_gateway(name.clone(), gateway)
+            .and_then(|gateway| insert_once(&mut self.egress_gateways, name, gateway));
+        if let Err(e) = added {
+            self.reject_field(origin, object, e);
+        }
+    }
+
+    /// An EgressGateway in the JSON form the API server serves. One that does not fit the wire
+    /// form is rejected by its name when it has one, so that its last good version stays.
+    pub fn add_egress_gateway_json(&mut self, origin: &Origin, value: serde_json::Value) {
+        match EgressGatewayObject::deserialize(&value) {
+            Ok(gateway) => self.add_egress_gateway(origin, gateway),
+            Err(e) => {
+                let name = value.pointer("/metadata/name").and_then(|n| n.as_str());
+                let object = name.map_or("EgressGateway".into(), |n| format!("EgressGateway {n}"));
+                self.reject(origin, Some(object), "", e.to_string());
+            }
         }
     }
 
@@ -109,11 +150,15 @@ impl SnapshotBuilder {
     /// The snapshot of every accepted object, with [implicit namespaces](snapshot_with_implicit_namespaces).
     pub fn build(self) -> Loaded {
         Loaded {
-            snapshot: snapshot_with_implicit_namespaces(
-                self.namespaces,
-                self.pods.into_values().collect(),
-                self.policies.into_values().collect(),
-            ),
+            snapshot: Snapshot {
+                nodes: self.nodes.into_values().collect(),
+                egress_gateways: self.egress_gateways.into_values().collect(),
+                ..snapshot_with_implicit_namespaces(
+                    self.namespaces,
+                    self.pods.into_values().collect(),
+                    self.policies.into_values().collect(),
+                )
+            },
             errors: self.errors,
         }
     }
@@ -121,7 +166,8 @@ impl SnapshotBuilder {
 
 /// The snapshot of these accepted objects. Namespaces that pods or policies name but no object
 /// defines are added with only their name label, as if they existed unlabelled. Every source
-/// builds its snapshot through this, so they all see the same namespaces.
+/// builds its snapshot through this, so they all see the same namespaces. Nodes and
+/// EgressGateways are left empty for the caller to fill.
 pub fn snapshot_with_implicit_namespaces(
     mut namespaces: BTreeMap<String, Namespace>,
     pods: Vec<Pod>,
@@ -139,6 +185,7 @@ pub fn snapshot_with_implicit_namespaces(
         namespaces,
         pods,
         policies,
+        ..Snapshot::default()
     }
 }
 

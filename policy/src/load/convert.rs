@@ -270,14 +270,17 @@ fn parse_protocol(text: Option<&str>, field: &str) -> Result<Protocol, FieldErro
 }
 
 /// Parses a CIDR as the API server accepts it: host bits may be set (`192.168.1.77/24` is the /24).
-fn parse_cidr(text: &str, field: &str) -> Result<IpNet, FieldError> {
+pub(super) fn parse_cidr(text: &str, field: &str) -> Result<IpNet, FieldError> {
     text.trim()
         .parse::<IpNet>()
         .map(|net| net.trunc())
         .map_err(|_| field_error(field, format!("{text:?} is not a CIDR")))
 }
 
-fn convert_selector(selector: Option<&LabelSelector>, field: &str) -> Result<Selector, FieldError> {
+pub(super) fn convert_selector(
+    selector: Option<&LabelSelector>,
+    field: &str,
+) -> Result<Selector, FieldError> {
     let Some(selector) = selector else {
         return Ok(Selector::default());
     };

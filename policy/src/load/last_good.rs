@@ -43,6 +43,22 @@ impl Loaded {
                         snapshot.policies.push(previous.policies[i].clone());
                     }
                 }
+                "Node" => {
+                    let find = |s: &Snapshot| s.nodes.iter().position(|n| n.name == name);
+                    if let (None, Some(i)) = (find(&snapshot), find(previous)) {
+                        snapshot.nodes.push(previous.nodes[i].clone());
+                        snapshot.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                }
+                "EgressGateway" => {
+                    let find = |s: &Snapshot| s.egress_gateways.iter().position(|g| g.name == name);
+                    if let (None, Some(i)) = (find(&snapshot), find(previous)) {
+                        snapshot
+                            .egress_gateways
+                            .push(previous.egress_gateways[i].clone());
+                        snapshot.egress_gateways.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                }
                 _ => return Err(UnattributedError(error)),
             }
         }

@@ -43,7 +43,7 @@ fn is_label_name(s: &str) -> bool {
 }
 
 /// A DNS-1123 subdomain: at most 253 lowercase alphanumerics, '-' and '.'.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|part| {

@@ -6,6 +6,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 
 use super::builder::SnapshotBuilder;
+use super::egress::EGRESS_GATEWAY_KIND;
 use super::error::Origin;
 
 #[derive(Deserialize)]
@@ -63,16 +64,24 @@ impl SnapshotBuilder {
                 Ok(policy) => self.add_policy(origin, policy),
                 Err(e) => self.reject(origin, Some("NetworkPolicy".into()), "", e.to_string()),
             },
-            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
-                match ListItems::deserialize(value) {
-                    Ok(list) => {
-                        for item in list.items {
-                            self.add_value(origin, item);
-                        }
+            "Node" => match core::Node::deserialize(value) {
+                Ok(node) => self.add_node(origin, node),
+                Err(e) => self.reject(origin, Some("Node".into()), "", e.to_string()),
+            },
+            // Through JSON, as the API server serves it: one path, rejections by name.
+            EGRESS_GATEWAY_KIND => match serde_json::to_value(&value) {
+                Ok(json) => self.add_egress_gateway_json(origin, json),
+                Err(e) => self.reject(origin, Some(kind), "", e.to_string()),
+            },
+            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "NodeList"
+            | "EgressGatewayList" => match ListItems::deserialize(value) {
+                Ok(list) => {
+                    for item in list.items {
+                        self.add_value(origin, item);
                     }
-                    Err(e) => self.reject(origin, Some(kind), "items", e.to_string()),
                 }
-            }
+                Err(e) => self.reject(origin, Some(kind), "items", e.to_string()),
+            },
             // Other kinds (Services, Deployments, ...) may share a manifest; they do not affect policy.
             _ => {}
         }

@@ -141,5 +141,6 @@ pub(super) fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
         )]),
         pods,
         policies,
+        ..Default::default()
     }
 }

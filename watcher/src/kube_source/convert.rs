@@ -6,8 +6,12 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Resource;
-use portcullis_policy::load::{LoadError, Origin, SnapshotBuilder};
+use portcullis_policy::load::{
+    LoadError, Origin, SnapshotBuilder, EGRESS_GATEWAY_GROUP, EGRESS_GATEWAY_KIND,
+    EGRESS_GATEWAY_PLURAL, EGRESS_GATEWAY_VERSION,
+};
 use portcullis_policy::model::{self, Snapshot};
 use serde::de::DeserializeOwned;
 
@@ -16,7 +20,12 @@ pub(super) enum Kind {
     Namespace = 0,
     Pod = 1,
     Policy = 2,
+    Node = 3,
+    EgressGateway = 4,
 }
+
+/// How many kinds are watched.
+pub(super) const KINDS: usize = 5;
 
 impl Kind {
     pub(super) fn name(self) -> &'static str {
@@ -24,8 +33,26 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::Policy => "NetworkPolicy",
+            Kind::Node => "Node",
+            Kind::EgressGateway => EGRESS_GATEWAY_KIND,
         }
     }
+
+    /// Kinds only egress steering needs: when the server forbids reading them (a deployment whose
+    /// RBAC predates them), policy enforcement goes on without them.
+    pub(super) fn optional(self) -> bool {
+        matches!(self, Kind::Node | Kind::EgressGateway)
+    }
+}
+
+/// The EgressGateway custom resource, watched as a [`DynamicObject`].
+pub(super) fn egress_gateway_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk(
+        EGRESS_GATEWAY_GROUP,
+        EGRESS_GATEWAY_VERSION,
+        EGRESS_GATEWAY_KIND,
+    );
+    ApiResource::from_gvk_with_plural(&gvk, EGRESS_GATEWAY_PLURAL)
 }
 
 /// `(namespace, name)`; namespaces have an empty namespace.
@@ -39,6 +66,8 @@ pub(super) enum Obj {
     Namespace(Converted<model::Namespace>),
     Pod(Converted<model::Pod>),
     Policy(Converted<model::Policy>),
+    Node(Converted<model::Node>),
+    EgressGateway(Converted<model::EgressGateway>),
 }
 
 pub(super) type Converted<M> = std::result::Result<M, Vec<LoadError>>;
@@ -97,6 +126,32 @@ impl Watched for net::NetworkPolicy {
             Self::KIND,
             |builder, origin| builder.add_policy(origin, self),
             |s| s.policies.into_iter().next(),
+        ))
+    }
+}
+
+impl Watched for core::Node {
+    const KIND: Kind = Kind::Node;
+    fn convert(self) -> Obj {
+        Obj::Node(convert_one(
+            Self::KIND,
+            |builder, origin| builder.add_node(origin, self),
+            |s| s.nodes.into_iter().next(),
+        ))
+    }
+}
+
+impl Watched for DynamicObject {
+    const KIND: Kind = Kind::EgressGateway;
+    fn convert(self) -> Obj {
+        Obj::EgressGateway(convert_one(
+            Self::KIND,
+            // A DynamicObject is JSON already; were it not, the Null would be rejected.
+            |builder, origin| {
+                let value = serde_json::to_value(&self).unwrap_or_default();
+                builder.add_egress_gateway_json(origin, value)
+            },
+            |s| s.egress_gateways.into_iter().next(),
         ))
     }
 }

@@ -1,5 +1,7 @@
 //! One loop per kind: a paginated list, then watches from the list's resourceVersion, relisting
 //! when the history is gone or an event was lost and reconnecting after a backoff on failure.
+//! A kind the server does not serve (404: the EgressGateway CRD is not installed; 403 for the
+//! kinds only egress steering needs) counts as listed and empty, and is listed again later.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,8 +73,27 @@ pub(super) async fn list_all<K: Watched, T>(
     }
 }
 
+/// [`list_all`] of every object, or none when the server does not serve the kind.
+pub(super) async fn list_all_if_served<K: Watched>(api: &Api<K>) -> kube::Result<Vec<K>> {
+    match list_all(api, 500, Some).await {
+        Ok((items, _)) => Ok(items),
+        Err(e) if not_served(K::KIND, &e) => {
+            tracing::warn!(kind = K::KIND.name(), "not served ({e}): none");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn is_gone_error(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 410)
+}
+
+/// The server does not serve `kind` to us: it does not know it, or (for a kind that is only
+/// needed for egress steering) our role may not read it.
+fn not_served(kind: Kind, e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status)
+        if status.code == 404 || (status.code == 403 && kind.optional()))
 }
 
 enum WatchEnd {
@@ -95,6 +116,7 @@ pub(super) async fn run_kind<K: Watched>(
     let kind = K::KIND;
     let mut backoff = Backoff::new(&options);
     let mut listed_once = false;
+    let mut reported_absent = false;
     let watch_secs = options.watch_timeout.as_secs().clamp(1, u32::MAX as u64) as u32;
     loop {
         let listed = list_all(&api, options.page_size, |o: K| {
@@ -103,17 +125,37 @@ pub(super) async fn run_kind<K: Watched>(
         .await;
         let (objects, mut version) = match listed {
             Ok(listed) => listed,
+            Err(e) if not_served(kind, &e) => {
+                // Once per absence: the store learns the kind is empty, the log says why.
+                if !std::mem::replace(&mut reported_absent, true) {
+                    tracing::warn!(
+                        kind = kind.name(),
+                        "not served ({e}): treated as having no objects; listing again every {:?}",
+                        options.absent_retry
+                    );
+                    if tx.send(Msg::Listed(kind, Vec::new())).is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(options.absent_retry).await;
+                continue;
+            }
             Err(e) => {
                 let delay = backoff.next();
                 tracing::warn!(
                     kind = kind.name(),
                     "list failed: {e}; retrying in {delay:?}"
                 );
+                // The next "not served" must clear the down state this sets.
+                reported_absent = false;
                 disconnected(kind, &stats, &tx);
                 tokio::time::sleep(delay).await;
                 continue;
             }
         };
+        if std::mem::replace(&mut reported_absent, false) {
+            tracing::info!(kind = kind.name(), "served now");
+        }
         if listed_once {
             stats.relists.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(RELISTS_TOTAL, "kind" => kind.name()).increment(1);
@@ -174,7 +216,8 @@ async fn watch_from<K: Watched>(
 ) -> WatchEnd {
     let kind = K::KIND;
     let stream = match api.watch(params, version).await {
-        Err(e) if is_gone_error(&e) => return WatchEnd::Relist,
+        // A kind no longer served (its CRD deleted): the list finds out.
+        Err(e) if is_gone_error(&e) || not_served(kind, &e) => return WatchEnd::Relist,
         Err(e) => {
             tracing::warn!(kind = kind.name(), "watch failed: {e}");
             return WatchEnd::Failed;

@@ -1,5 +1,5 @@
-//! The aggregator: applies the watch loops' messages to the stores and publishes once all three
-//! kinds have been listed, then at most once per coalescing window.
+//! The aggregator: applies the watch loops' messages to the stores and publishes once every kind
+//! has been listed, then at most once per coalescing window.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

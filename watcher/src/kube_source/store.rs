@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use portcullis_policy::load::{snapshot_with_implicit_namespaces, LoadError, Loaded};
 use portcullis_policy::model;
 
-use super::convert::{Converted, Key, Kind, Obj};
+use super::convert::{Converted, Key, Kind, Obj, KINDS};
 
 /// What a kind's watch loop tells the store.
 pub(super) enum Msg {
@@ -23,8 +23,10 @@ pub(super) struct Stores {
     namespaces: BTreeMap<Key, Converted<model::Namespace>>,
     pods: BTreeMap<Key, Converted<model::Pod>>,
     policies: BTreeMap<Key, Converted<model::Policy>>,
-    listed: [bool; 3],
-    down: [bool; 3],
+    nodes: BTreeMap<Key, Converted<model::Node>>,
+    egress_gateways: BTreeMap<Key, Converted<model::EgressGateway>>,
+    listed: [bool; KINDS],
+    down: [bool; KINDS],
 }
 
 impl Stores {
@@ -40,6 +42,10 @@ impl Stores {
                     Kind::Namespace => replace_if_changed(&mut self.namespaces, fresh.namespaces),
                     Kind::Pod => replace_if_changed(&mut self.pods, fresh.pods),
                     Kind::Policy => replace_if_changed(&mut self.policies, fresh.policies),
+                    Kind::Node => replace_if_changed(&mut self.nodes, fresh.nodes),
+                    Kind::EgressGateway => {
+                        replace_if_changed(&mut self.egress_gateways, fresh.egress_gateways)
+                    }
                 };
                 if self.listed[kind as usize] {
                     tracing::info!(kind = kind.name(), changed, "relisted");
@@ -53,6 +59,8 @@ impl Stores {
                 Kind::Namespace => self.namespaces.remove(&key).is_some(),
                 Kind::Pod => self.pods.remove(&key).is_some(),
                 Kind::Policy => self.policies.remove(&key).is_some(),
+                Kind::Node => self.nodes.remove(&key).is_some(),
+                Kind::EgressGateway => self.egress_gateways.remove(&key).is_some(),
             },
             // Connection state is published through `stale()`, not as a content change.
             Msg::Connected(kind) => {
@@ -71,6 +79,8 @@ impl Stores {
             Obj::Namespace(o) => upsert(&mut self.namespaces, key, o),
             Obj::Pod(o) => upsert(&mut self.pods, key, o),
             Obj::Policy(o) => upsert(&mut self.policies, key, o),
+            Obj::Node(o) => upsert(&mut self.nodes, key, o),
+            Obj::EgressGateway(o) => upsert(&mut self.egress_gateways, key, o),
         }
     }
 
@@ -91,9 +101,15 @@ impl Stores {
             .collect();
         let pods = collect_ok(&self.pods, &mut errors);
         let policies = collect_ok(&self.policies, &mut errors);
+        let nodes = collect_ok(&self.nodes, &mut errors);
+        let egress_gateways = collect_ok(&self.egress_gateways, &mut errors);
         errors.sort_by_key(|e| e.to_string());
         Loaded {
-            snapshot: snapshot_with_implicit_namespaces(namespaces, pods, policies),
+            snapshot: model::Snapshot {
+                nodes,
+                egress_gateways,
+                ..snapshot_with_implicit_namespaces(namespaces, pods, policies)
+            },
             errors,
         }
     }
