@@ -14,7 +14,7 @@ use portcullis_afxdp::rings::{RingConfig, ZeroCopy};
 use portcullis_afxdp::tables::PolicyTables;
 use portcullis_gateway::{
     generation_id, AttachMode, Counters, Datapath, DatapathMode, EngineHandles, ForwardMode,
-    Gateway, GatewayOptions,
+    Gateway, GatewayOptions, SnatConfig,
 };
 use portcullis_policy::compile::GatewayCompiler;
 use portcullis_policy::model::Snapshot;
@@ -74,6 +74,20 @@ pub struct GatewayArgs {
     /// `spec.gateway.nodeSelector` selects that Node (default: for every EgressGateway).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Source ports (ICMP echo identifiers) SNAT translations use, per egress IP: FIRST-LAST.
+    #[arg(long, default_value = "32768-60999", value_parser = parse_port_range)]
+    snat_ports: std::ops::RangeInclusive<u16>,
+}
+
+/// `FIRST-LAST` (inclusive, FIRST <= LAST).
+fn parse_port_range(text: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = text.split_once('-').ok_or("expected FIRST-LAST")?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first > last {
+        return Err(format!("{first}-{last} is empty"));
+    }
+    Ok(first..=last)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +115,7 @@ struct GatewayEnforcer {
     state_dir: PathBuf,
     last_engine_publish: Instant,
     egress: GatewayEgress,
+    snat_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// The AF_XDP engine (`--datapath afxdp|hybrid`): started with the first generation in force, so
@@ -140,9 +155,21 @@ impl Enforcer for GatewayEnforcer {
     fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
-        self.egress.plan(snapshot);
+        let plan = self.egress.plan(snapshot);
         let compile = started.elapsed();
         let stats = self.gateway.apply(&tables)?;
+        // Translation follows the policy in force: what it allows of a selected pod leaves with
+        // the egress IP.
+        (self.gateway)
+            .set_snat(&SnatConfig {
+                classes: plan.classes.into_iter().collect(),
+                entries: (plan.entries.iter())
+                    .map(|e| (e.class, e.destination, e.egress_ip))
+                    .collect(),
+                egress_ips: plan.egress_ips.into_iter().collect(),
+                ports: self.snat_ports.clone(),
+            })
+            .context("writing the SNAT tables")?;
         (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
         record_apply(
             "gateway",
@@ -312,6 +339,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         state_dir: state_dir.clone(),
         last_engine_publish: Instant::now(),
         egress: GatewayEgress::new(args.node_name.clone()),
+        snat_ports: args.snat_ports.clone(),
     };
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     let unpin = args
