@@ -47,6 +47,7 @@ pub fn new_packet() -> Packet {
         tcp_flags: 0,
         kind: Kind::Flow,
         l3_off: 0,
+        l4_off: 0,
         is_v6: false,
         vlan: false,
         related: zero_key,

@@ -12,7 +12,8 @@ use clap::ValueEnum;
 use portcullis_common::{
     DropEvent, COUNTER_DROP_FRAGMENT, COUNTER_DROP_MALFORMED, COUNTER_DROP_POLICY,
     COUNTER_PASS_FLOW, COUNTER_PASS_POLICY, COUNTER_PASS_UNSELECTED, DIRECTION_EGRESS,
-    DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED, DROP_REASON_UNKNOWN_POD,
+    DROP_REASON_FRAGMENT, DROP_REASON_MALFORMED, DROP_REASON_SNAT_EXHAUSTED,
+    DROP_REASON_SNAT_NO_MAPPING, DROP_REASON_SNAT_TABLE_FULL, DROP_REASON_UNKNOWN_POD,
 };
 use portcullis_gateway::{PinnedGateway, TableStatus};
 use portcullis_node::PinnedNode;
@@ -507,6 +508,9 @@ fn reason_name(event: &DropEvent) -> &'static str {
         DROP_REASON_MALFORMED => "malformed",
         DROP_REASON_FRAGMENT => "fragment",
         DROP_REASON_UNKNOWN_POD => "unknown-pod-address",
+        DROP_REASON_SNAT_EXHAUSTED => "snat-pool-exhausted",
+        DROP_REASON_SNAT_NO_MAPPING => "snat-no-mapping",
+        DROP_REASON_SNAT_TABLE_FULL => "snat-table-full",
         _ => "policy",
     }
 }

@@ -3,12 +3,15 @@
 //! with compiled [`GatewayTables`] through the shared update protocol
 //! ([`portcullis_bpf::Generations`]). The maps both programs have, their status, flow GC and drop
 //! events come from the loader core `portcullis-bpf`; what is here is the gateway's own: its legs
-//! (`LEGS`), its attach modes and the forwarding mode.
+//! (`LEGS`), its attach modes and the forwarding mode, and source NAT to egress addresses
+//! ([`Gateway::set_snat`], `snat`).
 
 mod attach;
 mod mode;
 mod next_hops;
 mod pinned;
+mod snat;
+mod snat_maps;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +37,8 @@ use serde::Serialize;
 pub use attach::{AttachMode, AttachedInterface};
 pub use mode::{DatapathMode, ForwardMode};
 pub use pinned::{PinnedGateway, PinnedStatus};
+pub use snat::{EgressIpStatus, SnatConfig, SnatCounters, SnatStatus, DEFAULT_SNAT_PORTS};
+pub use snat_maps::SNAT_GC_GRACE_NS;
 
 /// The XDP object built by `build.rs` from `xdp/ebpf`.
 static PROGRAM_OBJECT: &[u8] =
@@ -52,6 +57,7 @@ fn pinned_maps() -> impl Iterator<Item = &'static str> {
     SHARED_PINNED_MAPS
         .into_iter()
         .chain([MAP_LEGS, MAP_NEXT_HOP_EPOCH, MAP_HOST_ADDRS])
+        .chain(SNAT_PINNED_MAPS)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -83,6 +89,8 @@ pub struct Status {
     pub next_hop_epoch: u32,
     #[serde(flatten)]
     pub tables: TableStatus,
+    /// Source NAT: translations, egress addresses and their pools, SNAT counters.
+    pub snat: SnatStatus,
 }
 
 /// Program run through `BPF_PROG_TEST_RUN` by [`Gateway::test_run`].
@@ -109,6 +117,9 @@ pub struct Gateway {
     _epoch_watch: Option<next_hops::EpochWatch>,
     /// For the AF_XDP engine (`--datapath afxdp|hybrid`), until the caller takes them.
     engine: Option<EngineHandles>,
+    snat: snat_maps::SnatMaps,
+    /// The external leg's MAC: the ARP/ND answers for the egress addresses carry it.
+    external_mac: [u8; 6],
 }
 
 /// What the AF_XDP engine needs of the loaded program.
@@ -128,6 +139,13 @@ impl Datapath for Gateway {
     }
     fn core_mut(&mut self) -> &mut Core<GatewayTables> {
         &mut self.core
+    }
+
+    /// Deletes expired flows, then the translations of the flows gone; returns how many flows.
+    fn gc_flows(&mut self) -> Result<usize> {
+        let deleted = self.core.maps.gc_flows()?;
+        self.gc_snat()?;
+        Ok(deleted)
     }
 }
 
@@ -160,6 +178,11 @@ impl Gateway {
         if options.revalidate {
             flags |= CONFIG_FLAG_REVALIDATE;
         }
+        // Adopted translations keep being served before the daemon's first `set_snat`.
+        let snat = snat_maps::SnatMaps::take(&mut ebpf)?;
+        if snat.in_use() {
+            flags |= CONFIG_FLAG_SNAT;
+        }
         let core = Core::take(&mut ebpf, OBJECT, adopting, flags)?;
         let (next_hop_epoch, watched) = epoch_handles(&mut ebpf)?;
         let engine_epoch = Arc::new(AtomicU32::new(0));
@@ -181,6 +204,7 @@ impl Gateway {
         };
         let xsks = take(&mut ebpf, OBJECT, MAP_XSKS)?;
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
+        let external_mac = interface_mac(&options.external_iface)?;
         let engine = (options.datapath.has_engine()).then(|| EngineHandles {
             xsks,
             epoch: engine_epoch,
@@ -195,6 +219,8 @@ impl Gateway {
             next_hop_epoch,
             _epoch_watch: epoch_watch,
             engine,
+            snat,
+            external_mac,
         })
     }
 
@@ -215,6 +241,51 @@ impl Gateway {
         (core.generations).apply(&mut core.maps, tables, |_, _| Ok(Default::default()))
     }
 
+    /// Replaces the SNAT configuration (see [`SnatConfig`]): validated as a whole first (a
+    /// configuration that cannot be enforced is refused with [`Error::InvalidSnat`] and nothing
+    /// changes), then written new entries first, stale ones after; translations already made keep
+    /// their mapping. Returns the entries written and deleted.
+    pub fn set_snat(&mut self, cfg: &SnatConfig) -> Result<(usize, usize)> {
+        let tables = cfg.tables(self.external_mac)?;
+        let (written, deleted) = self.snat.write(&tables)?;
+        self.set_snat_flag()?;
+        Ok((written, deleted))
+    }
+
+    /// `CONFIG_FLAG_SNAT` on while some pod has a class or translations remain, off otherwise
+    /// (SNAT then costs the program nothing).
+    fn set_snat_flag(&mut self) -> Result<()> {
+        let config = self.core.maps.config()?;
+        let flags = match self.snat.in_use() {
+            true => config.flags | CONFIG_FLAG_SNAT,
+            false => config.flags & !CONFIG_FLAG_SNAT,
+        };
+        if flags != config.flags {
+            self.core.maps.set_flags(flags)?;
+        }
+        Ok(())
+    }
+
+    /// Translations in use, per egress address the pool's use, and the SNAT counters.
+    pub fn snat_status(&self) -> Result<SnatStatus> {
+        let enabled = self.core.maps.config()?.flags & CONFIG_FLAG_SNAT != 0;
+        self.snat.status(enabled)
+    }
+
+    /// Every translation, both directions (outbound: pod → remote keyed, egress address and port
+    /// as value; inbound: remote → egress keyed, pod and port as value).
+    pub fn snat_translations(&self) -> Vec<(NatKey, NatValue)> {
+        self.snat.translations()
+    }
+
+    /// Deletes the translations whose pod flow is gone (see `snat_maps`); returns how many
+    /// connections'. [`Datapath::gc_flows`] runs it after the flow GC.
+    pub fn gc_snat(&mut self) -> Result<usize> {
+        let deleted = self.snat.gc(&self.core.maps)?;
+        self.set_snat_flag()?;
+        Ok(deleted)
+    }
+
     pub fn status(&self) -> Result<Status> {
         Ok(Status {
             attached: self.attached.clone(),
@@ -223,6 +294,7 @@ impl Gateway {
             datapath: self.options.datapath,
             next_hop_epoch: self.next_hop_epoch()?,
             tables: (self.core.maps).status(self.core.generations.group_policies())?,
+            snat: self.snat_status()?,
         })
     }
 
@@ -271,6 +343,49 @@ impl Gateway {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
     }
+}
+
+/// The MAC address of interface `name` in the calling thread's network namespace
+/// (`SIOCGIFHWADDR`; sysfs may show another namespace's interfaces).
+fn interface_mac(name: &str) -> Result<[u8; 6]> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        family: u16,
+        addr: [u8; 14],
+        _pad: [u8; 8],
+    }
+    let io = |source| Error::Io {
+        path: PathBuf::from(format!("SIOCGIFHWADDR {name}")),
+        source,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        family: 0,
+        addr: [0; 14],
+        _pad: [0; 8],
+    };
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return Err(Error::UnknownInterface(name.to_owned()));
+    }
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: plain socket call; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `req` is a valid `struct ifreq` for SIOCGIFHWADDR; fd is ours.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req as *mut IfReq) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(io(err));
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&req.addr[..6]);
+    Ok(mac)
 }
 
 /// Two handles on `NEXT_HOP_EPOCH` (the watcher thread owns one).

@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, MapData};
 use portcullis_bpf::object::open_pinned;
 use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus};
-use portcullis_common::{Legs, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL};
+use portcullis_common::{
+    Legs, CONFIG_FLAG_SNAT, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL,
+};
 use serde::Serialize;
 
-use crate::{DatapathMode, ForwardMode, LINK_PINS};
+use crate::snat_maps::SnatMaps;
+use crate::{DatapathMode, ForwardMode, SnatStatus, LINK_PINS};
 
 pub struct PinnedGateway {
     maps: PolicyMaps,
     legs: Array<MapData, Legs>,
+    /// `None` for a gateway of a version without SNAT (its pins have no SNAT maps).
+    snat: Option<SnatMaps>,
     dir: PathBuf,
 }
 
@@ -30,6 +35,8 @@ pub struct PinnedStatus {
     pub datapath: DatapathMode,
     #[serde(flatten)]
     pub tables: TableStatus,
+    /// Source NAT: translations, egress addresses and their pools, SNAT counters.
+    pub snat: SnatStatus,
 }
 
 impl PinnedGateway {
@@ -38,6 +45,7 @@ impl PinnedGateway {
         Ok(PinnedGateway {
             maps: PolicyMaps::open_pinned(dir)?,
             legs: open_pinned(dir, MAP_LEGS)?,
+            snat: SnatMaps::open_pinned(dir).ok(),
             dir: dir.to_path_buf(),
         })
     }
@@ -54,7 +62,18 @@ impl PinnedGateway {
             forward: ForwardMode::from_config_flags(flags),
             datapath: DatapathMode::from_config_flags(flags),
             tables: self.maps.status(policies)?,
+            snat: self.snat_status()?,
         })
+    }
+
+    /// The running gateway's translations, pools and SNAT counters (all empty for a gateway of
+    /// a version without SNAT).
+    pub fn snat_status(&self) -> Result<SnatStatus> {
+        let enabled = self.maps.config()?.flags & CONFIG_FLAG_SNAT != 0;
+        match &self.snat {
+            Some(snat) => snat.status(enabled),
+            None => Ok(SnatStatus::default()),
+        }
     }
 
     /// (ifindex, role) of the legs the program is configured for.

@@ -217,6 +217,9 @@ pub const CONFIG_FLAG_AFXDP: u32 = 1 << 2;
 /// Gateway `--datapath hybrid`: packets of known flows stay in XDP; a routable packet no flow
 /// vouches for goes to the AF_XDP engine, which judges it and writes its flow.
 pub const CONFIG_FLAG_HYBRID: u32 = 1 << 3;
+/// Gateway: source NAT is in force (some pod has an SNAT class, or translations remain): the
+/// program looks up `SNAT_*` maps. Clear, SNAT costs nothing per packet.
+pub const CONFIG_FLAG_SNAT: u32 = 1 << 4;
 
 /// `XSKS` index of the socket of `queue` on the leg with `role` (`ROLE_CLUSTER` or
 /// `ROLE_EXTERNAL`): the cluster leg's queues first, then the external leg's.
@@ -411,6 +414,15 @@ pub const DROP_REASON_FRAGMENT: u8 = 3;
 /// identity and policy are not in force yet (fail closed from its first packet), or a spoofed
 /// address.
 pub const DROP_REASON_UNKNOWN_POD: u8 = 4;
+/// Gateway: a new translation found no free port of its egress address's pool
+/// (`SNAT_COUNTER_EXHAUSTED`); reported with the pod's egress group.
+pub const DROP_REASON_SNAT_EXHAUSTED: u8 = 5;
+/// Gateway: a packet to an egress address that no translation knows (`SNAT_COUNTER_NO_MAPPING`):
+/// the kernel does not own egress addresses, so passing it would loop it back out.
+pub const DROP_REASON_SNAT_NO_MAPPING: u8 = 6;
+/// Gateway: `SNAT_TRANSLATIONS` is full (`SNAT_COUNTER_TABLE_FULL`); never an LRU eviction,
+/// which could let two connections share a translated tuple.
+pub const DROP_REASON_SNAT_TABLE_FULL: u8 = 7;
 
 /// Drop events the program reports per second and per CPU; further drops in the same second are
 /// only counted (`COUNTERS`, `DROPS_BY_GROUP`).
@@ -515,7 +527,9 @@ pub fn is_pod_unicast(addr: &[u8; 16]) -> bool {
 
 pub mod actions;
 pub mod maps;
+pub mod snat;
 pub use maps::*;
+pub use snat::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -538,6 +552,11 @@ mod pod {
     unsafe impl aya::Pod for IdentityValue {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for PeerValue {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for SnatEntryKey {}
+    unsafe impl aya::Pod for SnatTarget {}
+    unsafe impl aya::Pod for EgressIp {}
 }
 
 #[cfg(test)]

@@ -43,6 +43,18 @@
 //!   (a socket dies with its process).
 //! - `HOST_ADDRS` (also the node hook's): the gateway's own addresses, whose packets the program
 //!   never steers to the engine (the kernel delivers them). Written by the gateway daemon.
+//! - `SNAT_CLASSES`: pod address → its SNAT class (`SnatClass`), for pods an EgressGateway
+//!   selects. Written by the gateway loader (`set_snat`).
+//! - `SNAT_ENTRIES`: (class, family, destination prefix) → egress address or exemption
+//!   (`SnatTarget`; LPM trie: the longest prefix decides). Written by the gateway loader.
+//! - `SNAT_EGRESS_IPS`: egress address → the external leg's MAC (ARP/ND answers) and its port
+//!   pool (`EgressIp`). Written by the gateway loader.
+//! - `SNAT_TRANSLATIONS`: both directions of every translated connection (`NatKey` →
+//!   `NatValue`). A plain hash, not an LRU: evicting one half could let two connections share a
+//!   translated tuple; when full a new translation is dropped (`DROP_REASON_SNAT_TABLE_FULL`).
+//!   Written by the program (new translations: inbound entry first, with `BPF_NOEXIST`, then the
+//!   outbound one) and by the gateway loader's GC (both halves, once the pod's flow is gone).
+//! - `SNAT_COUNTERS`: `SNAT_COUNTER_*` → packets, per CPU. Written by the program.
 //!
 //! Node hook only:
 //! - `IDENTITIES`: (pod address, generation) → identity of every pod of the cluster. Written by
@@ -69,6 +81,20 @@ pub const MAP_IDENTITIES: &str = "IDENTITIES";
 pub const MAP_PEERS: &str = "PEERS";
 pub const MAP_HOST_ADDRS: &str = "HOST_ADDRS";
 pub const MAP_XSKS: &str = "XSKS";
+pub const MAP_SNAT_CLASSES: &str = "SNAT_CLASSES";
+pub const MAP_SNAT_ENTRIES: &str = "SNAT_ENTRIES";
+pub const MAP_SNAT_EGRESS_IPS: &str = "SNAT_EGRESS_IPS";
+pub const MAP_SNAT_TRANSLATIONS: &str = "SNAT_TRANSLATIONS";
+pub const MAP_SNAT_COUNTERS: &str = "SNAT_COUNTERS";
+
+/// The gateway's SNAT maps, all pinned (a restarted gateway keeps its translations).
+pub const SNAT_PINNED_MAPS: [&str; 5] = [
+    MAP_SNAT_CLASSES,
+    MAP_SNAT_ENTRIES,
+    MAP_SNAT_EGRESS_IPS,
+    MAP_SNAT_TRANSLATIONS,
+    MAP_SNAT_COUNTERS,
+];
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
 pub const SHARED_PINNED_MAPS: [&str; 11] = [
@@ -110,5 +136,13 @@ pub const MAX_IDENTITIES: u32 = 262_144;
 pub const MAX_PEERS: u32 = 1_048_576;
 /// `HOST_ADDRS` capacity: addresses of the node's own interfaces.
 pub const MAX_HOST_ADDRS: u32 = 1024;
+/// `SNAT_CLASSES` capacity: pod addresses an EgressGateway selects.
+pub const MAX_SNAT_CLASSES: u32 = 262_144;
+/// `SNAT_ENTRIES` capacity: (class, destination prefix) entries.
+pub const MAX_SNAT_ENTRIES: u32 = 65_536;
+/// `SNAT_EGRESS_IPS` capacity.
+pub const MAX_SNAT_EGRESS_IPS: u32 = 1024;
+/// `SNAT_TRANSLATIONS` capacity: two entries per translated connection.
+pub const MAX_SNAT_TRANSLATIONS: u32 = 524_288;
 /// Receive queues per leg the AF_XDP engine can serve (`XSKS` holds both legs').
 pub const MAX_XSK_QUEUES: u32 = 64;

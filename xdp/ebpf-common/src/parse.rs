@@ -54,6 +54,9 @@ pub struct Packet {
     pub kind: Kind,
     /// Offset of the IP header.
     pub l3_off: usize,
+    /// Offset of the L4 header (after IPv4 options / IPv6 extension headers); SNAT rewrites
+    /// ports and checksums there.
+    pub l4_off: usize,
     pub is_v6: bool,
     pub vlan: bool,
     /// For `Kind::IcmpError`: normalised key of the embedded packet's flow.
@@ -320,6 +323,7 @@ fn try_parse(ctx: &Frame, pkt: &mut Packet, short: Stop) -> Result<(), Stop> {
                 set_ipv4_mapped(&mut pkt.src, [h[12], h[13], h[14], h[15]]);
                 set_ipv4_mapped(&mut pkt.dst, [h[16], h[17], h[18], h[19]]);
             }
+            pkt.l4_off = off + ihl;
             parse_l4(ctx, off + ihl, pkt)?;
         }
         ETH_P_IPV6 => {
@@ -365,6 +369,7 @@ fn try_parse(ctx: &Frame, pkt: &mut Packet, short: Stop) -> Result<(), Stop> {
                 return Err(Stop::Malformed);
             }
             pkt.proto = next;
+            pkt.l4_off = l4;
             parse_l4(ctx, l4, pkt)?;
         }
         _ => return Err(Stop::Pass),

@@ -19,9 +19,8 @@ fn drop_counter(reason: u8) -> u32 {
     }
 }
 
-/// Counts a drop, charges it to `group` (0: none) and, within `DROP_EVENTS_PER_SECOND` per CPU,
-/// reports it with the packet's addresses (`pkt`, when parsed). `ifindex` is the interface the
-/// packet was seen on. The caller then drops the packet.
+/// Counts a drop, charges it to `group` (0: none) and reports it ([`report_event`]). `ifindex`
+/// is the interface the packet was seen on. The caller then drops the packet.
 #[inline(never)]
 pub fn report_drop<M: Maps>(
     ifindex: u32,
@@ -40,6 +39,20 @@ pub fn report_drop<M: Maps>(
             }
         }
     }
+    report_event::<M>(ifindex, pkt, reason, group, direction);
+}
+
+/// Within `DROP_EVENTS_PER_SECOND` per CPU, reports a drop with the packet's addresses (`pkt`,
+/// when parsed) and `group` (for `monitor`), without counting it: a drop that is no policy's
+/// (SNAT) is counted by its own counters, not charged to the group.
+#[inline(never)]
+pub fn report_event<M: Maps>(
+    ifindex: u32,
+    pkt: Option<&Packet>,
+    reason: u8,
+    group: u32,
+    direction: u8,
+) {
     // SAFETY: helper without preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let Some(w) = M::drop_event_window().get_ptr_mut(0) else {

@@ -6,6 +6,10 @@
 //! policy. Allowed packets are forwarded in XDP when configured (`forward`), else passed to the
 //! kernel. With the AF_XDP engine (`steer`), routable packets go to the engine's socket of their
 //! queue instead: all of them (`--datapath afxdp`), or those no flow vouches for (`hybrid`).
+//! Source NAT (`snat`, under `CONFIG_FLAG_SNAT`) translates what the pipeline allowed of selected
+//! pods to their egress address on the cluster leg, and replies back before the pipeline on the
+//! external leg, which also answers ARP/ND for the egress addresses (`neighbour`); translated
+//! traffic never goes to the engine (`steer`).
 //! `xdp_pass` is a bare `XDP_PASS` program, loaded only as the baseline of the benchmarks.
 // The program is only meaningful for the BPF target; `cargo test --workspace` and clippy still
 // compile it for the host (with std and an empty `main`) so it is type-checked and linted there.
@@ -15,11 +19,15 @@
 // 512-byte BPF stack (several live in the per-CPU SCRATCH map for that reason).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod csum;
 mod forward;
+mod neighbour;
+mod snat;
+mod snat_icmp;
 mod steer;
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
     btf_maps::{Array, HashMap, PerCpuArray, XskMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -29,9 +37,10 @@ use portcullis_common::*;
 use portcullis_ebpf_common::datapath_maps;
 use portcullis_ebpf_common::flow::{classify, Admit, Outcome};
 use portcullis_ebpf_common::maps::{config, count, Work};
-use portcullis_ebpf_common::parse::{parse, Frame, Stop};
+use portcullis_ebpf_common::parse::{parse, Frame, Stop, PARSE_PASS};
 
 use forward::{Forwarded, HopCache};
+use snat::{NatScratch, Snat};
 
 datapath_maps!(GatewayMaps, selectors: none);
 
@@ -59,6 +68,7 @@ static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 struct Scratch {
     work: Work,
     fib: FibParams,
+    nat: NatScratch,
 }
 
 #[xdp]
@@ -86,12 +96,17 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
         Some(p) => unsafe { &mut *p },
         None => return XDP_PASS,
     };
-    let Scratch { work, fib } = scratch;
+    let Scratch { work, fib, nat } = scratch;
     let parsed = parse(
         &Frame::new(ctx.data(), ctx.data_end()),
         &mut work.pkt,
         Stop::Malformed,
     );
+    let (_, flags) = config::<GatewayMaps>();
+    let snat = flags & CONFIG_FLAG_SNAT != 0;
+    if snat && role == ROLE_EXTERNAL && parsed == PARSE_PASS && neighbour::answer(ctx) {
+        return xdp_action::XDP_TX;
+    }
     // Cluster leg: a pod leaving the cluster (its egress policy); external leg: a pod being
     // reached (its ingress policy).
     let sides = if role == ROLE_CLUSTER {
@@ -99,10 +114,9 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
     } else {
         CHECK_INGRESS_OF_DST
     };
-    let (_, engine) = config::<GatewayMaps>();
-    let engine = engine & (CONFIG_FLAG_AFXDP | CONFIG_FLAG_HYBRID);
+    let engine = flags & (CONFIG_FLAG_AFXDP | CONFIG_FLAG_HYBRID);
     let slot = xsk_slot(role, ctx.rx_queue_index());
-    if engine == CONFIG_FLAG_AFXDP && parsed == 0 && steer::routable(ctx, &work.pkt) {
+    if engine == CONFIG_FLAG_AFXDP && parsed == 0 && steer::routable(ctx, &work.pkt, snat) {
         // Without a socket on this queue (the engine is not running) the pipeline below judges
         // the packet, as `--datapath xdp` would.
         if let Ok(action) = XSKS.redirect(slot, 0) {
@@ -110,8 +124,21 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
             return action;
         }
     }
+    // A reply to an egress address becomes the pod's before the pipeline judges it.
+    let mut translated = false;
+    if snat && role == ROLE_EXTERNAL && parsed == 0 {
+        match snat::inbound(ctx, &mut work.pkt, nat) {
+            Snat::Dropped => return XDP_DROP,
+            Snat::Translated => translated = true,
+            Snat::Untouched => {}
+        }
+    }
     let admit = |pkt: &_, _| {
-        if engine == CONFIG_FLAG_HYBRID && XSKS.get(slot).is_some() && steer::routable(ctx, pkt) {
+        if engine == CONFIG_FLAG_HYBRID
+            && !translated
+            && XSKS.get(slot).is_some()
+            && steer::routable(ctx, pkt, snat)
+        {
             Admit::Divert
         } else {
             Admit::Check
@@ -134,6 +161,13 @@ fn try_portcullis_gateway(ctx: &XdpContext) -> u32 {
             now: work.now,
         }),
     };
+    // What the pipeline allowed of a selected pod leaves with its egress address.
+    if snat
+        && role == ROLE_CLUSTER
+        && snat::outbound(ctx, &mut work.pkt, &mut work.key, nat, work.now) == Snat::Dropped
+    {
+        return XDP_DROP;
+    }
     if work.flags & CONFIG_FLAG_XDP_FORWARD != 0 && !work.pkt.vlan {
         match forward::forward(ctx, &work.pkt, fib, cache) {
             Forwarded::Cached(action) => {

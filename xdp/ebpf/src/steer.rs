@@ -1,17 +1,24 @@
 //! Which packets the AF_XDP engine may take: routed unicast IP with a TTL left, not addressed to
 //! the gateway itself. The rest stays with the XDP pipeline and the kernel (local delivery,
 //! multicast and broadcast, TTL expiring with its ICMP time exceeded, VLAN-tagged frames), as in
-//! `--datapath xdp`.
+//! `--datapath xdp`. Under SNAT, packets of a pod with an SNAT class and packets to an egress
+//! address stay in XDP too: translation happens there only.
 
 use aya_ebpf::programs::XdpContext;
 use portcullis_ebpf_common::parse::{bytes, Frame, Packet};
 
+use crate::snat::{SNAT_CLASSES, SNAT_EGRESS_IPS};
 use crate::HOST_ADDRS;
 
-/// Whether the parsed `pkt` is for the engine.
+/// Whether the parsed `pkt` is for the engine (`snat`: `CONFIG_FLAG_SNAT` is set).
 #[inline(always)]
-pub fn routable(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn routable(ctx: &XdpContext, pkt: &Packet, snat: bool) -> bool {
     if pkt.vlan {
+        return false;
+    }
+    if snat
+        && (SNAT_CLASSES.get_ptr(&pkt.src).is_some() || SNAT_EGRESS_IPS.get_ptr(&pkt.dst).is_some())
+    {
         return false;
     }
     let frame = Frame::new(ctx.data(), ctx.data_end());

@@ -33,6 +33,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A gateway SNAT configuration that cannot be enforced; nothing of it was written.
+    #[error("SNAT configuration refused, nothing changed: {0}")]
+    InvalidSnat(String),
     #[error("netlink route socket (the gateway follows route and neighbour changes with it): {0}")]
     Netlink(#[source] std::io::Error),
     #[error(
