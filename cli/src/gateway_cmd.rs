@@ -147,8 +147,8 @@ impl Enforcer for GatewayEnforcer {
         let compile = started.elapsed();
         // Validated as a whole first: a configuration that cannot be enforced changes nothing
         // and the policy generation in force stays with it.
-        let (snat_written, snat_deleted) = (self.gateway.set_snat(&snat))
-            .context("writing the SNAT tables (EgressGateways)")?;
+        let (snat_written, snat_deleted) =
+            (self.gateway.set_snat(&snat)).context("writing the SNAT tables (EgressGateways)")?;
         let stats = self.gateway.apply(&tables)?;
         (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
         record_apply(

@@ -9,8 +9,14 @@ use serde_json::Value;
 pub fn print_gateway(published: Option<&Value>, snat: &SnatStatus) {
     if let Some(egress) = published {
         let node = egress["node"].as_str().unwrap_or("(every EgressGateway)");
-        let served = egress["egress_gateways"].as_array().cloned().unwrap_or_default();
-        println!("  egress gateway node: {node}   EgressGateways served: {}", served.len());
+        let served = egress["egress_gateways"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        println!(
+            "  egress gateway node: {node}   EgressGateways served: {}",
+            served.len()
+        );
         for g in &served {
             let ips: Vec<&str> = (g["egress_ips"].as_array().into_iter().flatten())
                 .filter_map(Value::as_str)

@@ -217,6 +217,32 @@ impl EgressLab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The first drop event `monitor --type drop` reports while `act` runs (15 s at most).
+    fn first_drop_event(&mut self, act: impl FnOnce(&EgressLab)) -> serde_json::Value {
+        let mut monitor = Command::new(BIN);
+        monitor
+            .args([
+                "monitor", "--type", "drop", "--output", "json", "--count", "1",
+            ])
+            .args(["--duration", "15s", "--pin-dir"])
+            .arg(self.pin_dir.join("gateway"))
+            .arg("--state-dir")
+            .arg(self.gateway_state())
+            .stdout(Stdio::piped());
+        let netns = self.lab.gateway().netns.clone();
+        let monitor = self.lab.spawn_in(&netns, monitor).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        act(self);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while monitor.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "monitor saw no drop event");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
+        serde_json::from_str(out.lines().next().expect("one event")).unwrap()
+    }
+
     /// What the external server saw for probe `i`, after checking its verdict.
     fn probe(&self, i: usize, verdict: Verdict) -> Option<IpAddr> {
         let o = self.lab.probe(&self.probes[i]).unwrap();
@@ -254,7 +280,7 @@ fn ip(text: &str) -> Option<IpAddr> {
 /// excluded destination and ... see the module docs.
 #[test]
 fn pod_egress_leaves_through_the_gateway_as_the_egress_ip() {
-    let lab = EgressLab::start("snat", &[]);
+    let mut lab = EgressLab::start("snat", &[]);
     assert_eq!(lab.probe(0, Verdict::Allow), ip(EGRESS_V4), "TCP v4");
     assert_eq!(lab.probe(1, Verdict::Allow), ip(EGRESS_V4), "UDP v4");
     assert_eq!(lab.probe(2, Verdict::Deny), None, "denied by policy");
@@ -271,10 +297,144 @@ fn pod_egress_leaves_through_the_gateway_as_the_egress_ip() {
         "unselected by policy"
     );
 
+    // The denied probe is dropped at the gateway on the pod's own address and attributed to the
+    // pod's policy.
+    let event = lab.first_drop_event(|lab| {
+        lab.probe(2, Verdict::Deny);
+    });
+    assert_eq!(event["src"], "10.244.7.10", "{event}");
+    assert_eq!(event["dst"], "192.168.1.10", "{event}");
+    assert_eq!(event["reason"], "policy", "{event}");
+    assert_eq!(event["policies"][0], "x/egress-lan", "{event}");
+
     let status = lab.status();
-    let served = &lab.published()["egress"]["egress_gateways"];
-    assert_eq!(served[0]["name"], "prod-egress", "{served}");
-    assert!(status.to_string().contains(EGRESS_V4), "{status}");
+    let served = &status["egress"]["egress_gateways"];
+    assert_eq!(served[0]["name"], "prod-egress", "{status}");
+    let snat = &status["snat"];
+    assert_eq!(snat["enabled"], true, "{status}");
+    assert!(
+        snat["counters"]["new_translations"].as_u64().unwrap() >= 5,
+        "{status}"
+    );
+    assert!(
+        snat["counters"]["arp_replies"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(
+        snat["counters"]["nd_replies"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let ips: Vec<&str> = (snat["egress_ips"].as_array().unwrap().iter())
+        .filter_map(|e| e["ip"].as_str())
+        .collect();
+    assert!(
+        ips.contains(&EGRESS_V4) && ips.contains(&EGRESS_V6),
+        "{status}"
+    );
+}
+
+/// A pool of two source ports: two connections to one server get them, the third is dropped with
+/// its own reason (never given a port another connection holds), counted, and reported by
+/// `monitor` with the pod's policy.
+#[test]
+fn an_exhausted_port_pool_drops_with_its_own_reason() {
+    let mut lab = EgressLab::start("pool", &["--snat-ports", "40000-40001"]);
+    let server: SocketAddr = "192.168.1.20:7400".parse().unwrap();
+    let listener = lab.in_external(|| TcpListener::bind(server)).unwrap();
+    let accepted = std::thread::spawn(move || {
+        (0..2)
+            .map(|_| listener.accept().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let connect = |lab: &EgressLab| {
+        lab.run_in_pod("a", || {
+            TcpStream::connect_timeout(&server, Duration::from_secs(1))
+        })
+    };
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(&lab).unwrap()).collect();
+    let accepted = accepted.join().unwrap();
+    let ports: BTreeSet<u16> = accepted.iter().map(|(_, peer)| peer.port()).collect();
+    assert_eq!(ports, BTreeSet::from([40000, 40001]), "{accepted:?}");
+    let event = lab.first_drop_event(|lab| {
+        assert!(connect(lab).is_err(), "a third connection got a port");
+    });
+    assert_eq!(event["reason"], "snat-pool-exhausted", "{event}");
+    assert_eq!(event["src"], "10.244.7.10", "{event}");
+    let status = lab.status();
+    assert!(
+        status["snat"]["counters"]["pool_exhausted"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+    drop(held);
+}
+
+/// Every conformance probe with an external address keeps its expected verdict with an
+/// EgressGateway selecting every pod in force (`lab run` reads it from the manifests like the other
+/// kinds), and an allowed pod → external probe arrives from the egress IP.
+#[test]
+fn conformance_external_probes_with_every_pod_translated() {
+    let cases = portcullis_testkit::shared_dir().join("conformance/cases");
+    let root = std::env::temp_dir().join(format!("pcltest-{}-eg-conformance", std::process::id()));
+    let egress = "apiVersion: portcullis.io/v1alpha1\nkind: EgressGateway\nmetadata: {name: everyone}\nspec:\n  selectors:\n  - namespaceSelector: {}\n  destinationCIDRs: [\"0.0.0.0/0\", \"::/0\"]\n  gateway:\n    nodeSelector: {matchLabels: {portcullis.io/egress-gateway: \"true\"}}\n    egressIPs: [\"198.18.0.200\", \"2001:db8:e::200\"]\n";
+    for case in std::fs::read_dir(&cases).unwrap().flatten() {
+        let dir = root.join(case.file_name());
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["policies.yaml", "probes.yaml"] {
+            std::fs::copy(case.path().join(file), dir.join(file)).unwrap();
+        }
+        let cluster = std::fs::read_to_string(case.path().join("cluster.yaml")).unwrap();
+        std::fs::write(
+            dir.join("cluster.yaml"),
+            format!("{cluster}\n---\n{egress}"),
+        )
+        .unwrap();
+    }
+    let runner = portcullis_testkit::shared_dir().join("conformance/run");
+    let out = Command::new(&runner)
+        .args(["--lab", "--quiet", "--only", "external", "--bin", BIN])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains(" 0 failed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One case by hand: its allowed pod → external probes were seen from the egress IP.
+    let case = root.join("005-seed-egress-ipblock-except");
+    let out = Command::new(BIN)
+        .args(["lab", "run", "--output", "json", "--manifests"])
+        .arg(case.join("cluster.yaml"))
+        .arg(case.join("policies.yaml"))
+        .arg("--probes")
+        .arg(case.join("probes.yaml"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let translated: Vec<&serde_json::Value> = (lines.iter())
+        .filter(|l| l["verdict"] == "allow" && l["from"].as_str().unwrap().contains('/'))
+        .filter(|l| !l["to"].as_str().unwrap().contains('/'))
+        .collect();
+    assert!(!translated.is_empty(), "{lines:?}");
+    for l in translated {
+        let v6 = l["to"].as_str().unwrap().contains(':');
+        let egress_ip = if v6 {
+            "2001:db8:e::200"
+        } else {
+            "198.18.0.200"
+        };
+        assert_eq!(l["source_seen"], egress_ip, "{l}");
+    }
 }
 
 /// Two pods using the same source port to the same destination get different translated ports,
