@@ -67,10 +67,15 @@ pub struct NodeArgs {
     /// Steer the local pods' traffic to every address outside these CIDRs (pod, service and node
     /// networks; repeatable) to their egress gateway by policy routing. Without it nothing is
     /// steered.
-    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    #[arg(
+        long = "cluster-cidr",
+        value_name = "CIDR",
+        env = "PORTCULLIS_CLUSTER_CIDRS",
+        value_delimiter = ','
+    )]
     cluster_cidrs: Vec<ipnet::IpNet>,
     /// The interface egress gateways are reached on (needed when their addresses are link-local).
-    #[arg(long, requires = "cluster_cidrs")]
+    #[arg(long, requires = "cluster_cidrs", env = "PORTCULLIS_EGRESS_UPLINK")]
     egress_uplink: Option<String>,
 }
 
