@@ -12,6 +12,7 @@ use portcullis_gateway::{DatapathMode, ForwardMode};
 use portcullis_lab::{
     Lab, LabChild, LabOptions, Observation, Verdict, GATEWAY_NODE, NODE_UPLINK_IFACE,
 };
+use portcullis_policy::explain::egress_explained;
 use portcullis_policy::model::Snapshot;
 use portcullis_policy::probe::{parse_probes, Probe};
 use serde_json::json;
@@ -43,7 +44,7 @@ pub struct LabRunArgs {
 
 #[derive(clap::Args)]
 pub struct LabDemoArgs {
-    #[arg(long, num_args = 1.., default_value = "configs/examples")]
+    #[arg(long, num_args = 1.., default_values = ["configs/examples", "configs/egress"])]
     manifests: Vec<PathBuf>,
     #[arg(long, default_value = "configs/demo-probes.yaml")]
     probes: PathBuf,
@@ -323,18 +324,40 @@ fn lab_run(args: LabRunArgs) -> Result<ExitCode> {
                 probe.to.to_string(),
                 format!("{}/{}", probe.protocol, probe.port),
                 value["verdict"].as_str().unwrap_or("").to_string(),
+                value["source_seen"].as_str().unwrap_or("-").to_string(),
                 value["detail"].as_str().unwrap_or("").to_string(),
             ]),
         }
     }
     if args.output == OutputFormat::Table {
-        print_table(&["FROM", "TO", "PORT", "OBSERVED", "DETAIL"], &rows);
+        print_table(
+            &["FROM", "TO", "PORT", "OBSERVED", "SEEN AS", "DETAIL"],
+            &rows,
+        );
     }
     Ok(if rejected {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The source address an external server must see for an allowed probe from a pod to an address
+/// outside the cluster: the deciding EgressGateway's egress IP, else the pod's own; `None` for
+/// other probes.
+fn expected_source(snapshot: &Snapshot, probe: &Probe) -> Option<std::net::IpAddr> {
+    let verdict = snapshot.evaluate_probe(probe).ok()?;
+    let egress = egress_explained(snapshot, probe, &verdict)?;
+    if !verdict.allowed() {
+        return None;
+    }
+    let pod_source = snapshot.flow_of(probe).ok()?.src_ip;
+    Some(
+        egress
+            .choice
+            .and_then(|c| c.egress_ip)
+            .unwrap_or(pod_source),
+    )
 }
 
 fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
@@ -383,14 +406,20 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
             .unwrap_or("error");
         let value = observation_json(probe, o);
         let seen = value["verdict"].as_str().unwrap_or("error").to_string();
-        let agrees = seen == predicted;
+        // Pod → outside and allowed: the source the external server must see.
+        let leaves_as = expected_source(&snapshot, probe);
+        let seen_as = o.as_ref().ok().and_then(|o| o.source_seen);
+        let agrees = seen == predicted && (leaves_as.is_none() || seen_as == leaves_as);
         mismatches += usize::from(!agrees);
+        let show = |a: Option<std::net::IpAddr>| a.map_or("-".to_string(), |a| a.to_string());
         rows.push([
             probe.from.to_string(),
             probe.to.to_string(),
             format!("{}/{}", probe.protocol, probe.port),
             predicted.to_string(),
             seen,
+            show(leaves_as),
+            show(seen_as.filter(|_| leaves_as.is_some())),
             if agrees { "yes".into() } else { "NO".into() },
             value["detail"].as_str().unwrap_or("").to_string(),
         ]);
@@ -406,7 +435,15 @@ fn lab_demo(args: LabDemoArgs) -> Result<ExitCode> {
     );
     print_table(
         &[
-            "FROM", "TO", "PORT", "EXPLAIN", "OBSERVED", "AGREE", "DETAIL",
+            "FROM",
+            "TO",
+            "PORT",
+            "EXPLAIN",
+            "OBSERVED",
+            "LEAVES AS",
+            "SEEN AS",
+            "AGREE",
+            "DETAIL",
         ],
         &rows,
     );
