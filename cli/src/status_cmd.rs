@@ -400,6 +400,8 @@ fn print_local_pods(pods: &[crate::node::LocalPod]) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EventType {
     Drop,
+    /// The gateway's source translations (EgressGateway) as they are made and removed.
+    Translation,
 }
 
 #[derive(clap::Args)]
@@ -428,7 +430,7 @@ pub(crate) fn event_addr(bytes: [u8; 16]) -> IpAddr {
     }
 }
 
-fn protocol_name(p: u8) -> String {
+pub(crate) fn protocol_name(p: u8) -> String {
     match p {
         1 => "ICMP".into(),
         6 => "TCP".into(),
@@ -440,8 +442,14 @@ fn protocol_name(p: u8) -> String {
 }
 
 pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
-    let EventType::Drop = args.event_type;
     let (pin_dir, state_dir) = args.pins.dirs();
+    if args.event_type == EventType::Translation {
+        anyhow::ensure!(
+            !args.pins.node,
+            "translations are the gateway's: drop --node"
+        );
+        return crate::monitor_snat::run(&pin_dir, args.output, args.count, args.duration);
+    }
     let mut events = if args.pins.node {
         PinnedNode::open(&pin_dir)
             .with_context(|| not_running("node", &pin_dir))?

@@ -307,6 +307,33 @@ fn pod_egress_leaves_through_the_gateway_as_the_egress_ip() {
     assert_eq!(event["reason"], "policy", "{event}");
     assert_eq!(event["policies"][0], "x/egress-lan", "{event}");
 
+    // `monitor --type translation` lists the translations in use (the probes' flows are live).
+    let mut monitor = Command::new(BIN);
+    monitor
+        .args(["monitor", "--type", "translation", "--output", "json"])
+        .args(["--duration", "300ms", "--pin-dir"])
+        .arg(lab.pin_dir.join("gateway"));
+    let out = lab
+        .lab
+        .output_in(&lab.lab.gateway().netns, monitor)
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let translations: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        translations.iter().any(|t| t["event"] == "active"
+            && t["pod"] == "10.244.7.10"
+            && t["egress_ip"] == EGRESS_V4
+            && t["remote"] == "192.168.1.20"),
+        "{translations:?}"
+    );
+
     let status = lab.status();
     let served = &status["egress"]["egress_gateways"];
     assert_eq!(served[0]["name"], "prod-egress", "{status}");

@@ -7,7 +7,8 @@ use aya::maps::{Array, MapData};
 use portcullis_bpf::object::open_pinned;
 use portcullis_bpf::{DropEvents, GroupPolicies, PolicyMaps, Result, TableStatus};
 use portcullis_common::{
-    Legs, CONFIG_FLAG_SNAT, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER, ROLE_EXTERNAL,
+    Legs, NatKey, NatValue, CONFIG_FLAG_SNAT, MAP_DROP_EVENTS, MAP_LEGS, ROLE_CLUSTER,
+    ROLE_EXTERNAL,
 };
 use serde::Serialize;
 
@@ -74,6 +75,15 @@ impl PinnedGateway {
             Some(snat) => snat.status(enabled),
             None => Ok(SnatStatus::default()),
         }
+    }
+
+    /// Every translation of the running gateway, both directions (see
+    /// [`crate::Gateway::snat_translations`]); none for a gateway of a version without SNAT.
+    pub fn snat_translations(&self) -> Vec<(NatKey, NatValue)> {
+        self.snat
+            .as_ref()
+            .map(SnatMaps::translations)
+            .unwrap_or_default()
     }
 
     /// (ifindex, role) of the legs the program is configured for.
