@@ -19,6 +19,8 @@ use portcullis_policy::probe::{parse_probes, Probe};
 
 #[path = "support/applied.rs"]
 mod applied;
+#[path = "support/monitor.rs"]
+mod monitor;
 use applied::{applied_unix_ms, wait_until_applied};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -217,30 +219,17 @@ impl EgressLab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The first drop event `monitor --type drop` reports while `act` runs (15 s at most).
-    fn first_drop_event(&mut self, act: impl FnOnce(&EgressLab)) -> serde_json::Value {
+    /// The first drop event `monitor --type drop` reports while `act` runs.
+    fn first_drop_event(&mut self, act: impl FnOnce(&Lab)) -> serde_json::Value {
         let mut monitor = Command::new(BIN);
         monitor
-            .args([
-                "monitor", "--type", "drop", "--output", "json", "--count", "1",
-            ])
+            .args(["monitor", "--type", "drop", "--output", "json", "--count", "1"])
             .args(["--duration", "15s", "--pin-dir"])
             .arg(self.pin_dir.join("gateway"))
             .arg("--state-dir")
-            .arg(self.gateway_state())
-            .stdout(Stdio::piped());
+            .arg(self.gateway_state());
         let netns = self.lab.gateway().netns.clone();
-        let monitor = self.lab.spawn_in(&netns, monitor).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        act(self);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while monitor.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "monitor saw no drop event");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut out = String::new();
-        monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
-        serde_json::from_str(out.lines().next().expect("one event")).unwrap()
+        monitor::first_event(&mut self.lab, &netns, monitor, act)
     }
 
     /// What the external server saw for probe `i`, after checking its verdict.
@@ -299,8 +288,9 @@ fn pod_egress_leaves_through_the_gateway_as_the_egress_ip() {
 
     // The denied probe is dropped at the gateway on the pod's own address and attributed to the
     // pod's policy.
+    let denied = lab.probes[2].clone();
     let event = lab.first_drop_event(|lab| {
-        lab.probe(2, Verdict::Deny);
+        assert_eq!(lab.probe(&denied).unwrap().verdict, Verdict::Deny);
     });
     assert_eq!(event["src"], "10.244.7.10", "{event}");
     assert_eq!(event["dst"], "192.168.1.10", "{event}");
@@ -373,12 +363,14 @@ fn an_exhausted_port_pool_drops_with_its_own_reason() {
             .map(|_| listener.accept().unwrap())
             .collect::<Vec<_>>()
     });
-    let connect = |lab: &EgressLab| {
-        lab.run_in_pod("a", || {
+    let pod = lab.lab.pod("x", "a").unwrap().netns.clone();
+    let connect = |lab: &Lab| {
+        lab.run_in_netns(&pod, || {
             TcpStream::connect_timeout(&server, Duration::from_secs(1))
         })
+        .unwrap()
     };
-    let held: Vec<TcpStream> = (0..2).map(|_| connect(&lab).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(&lab.lab).unwrap()).collect();
     let accepted = accepted.join().unwrap();
     let ports: BTreeSet<u16> = accepted.iter().map(|(_, peer)| peer.port()).collect();
     assert_eq!(ports, BTreeSet::from([40000, 40001]), "{accepted:?}");

@@ -16,6 +16,8 @@ use portcullis_policy::probe::{parse_probes, Probe};
 
 #[path = "support/applied.rs"]
 mod applied;
+#[path = "support/monitor.rs"]
+mod monitor;
 use applied::wait_until_applied;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -397,7 +399,9 @@ fn status_and_monitor(datapath: &str) {
         "--duration",
         "15s",
     ]);
-    let event = first_drop_event(&mut lab, &gw_netns, monitor, &probes[0]);
+    let event = monitor::first_event(&mut lab, &gw_netns, monitor, |lab| {
+        assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny)
+    });
     assert_eq!(event["src"], "10.244.7.10", "{event}");
     assert_eq!(event["dst"], "192.168.1.10");
     assert_eq!(event["dst_port"], 443);
@@ -524,7 +528,9 @@ fn node_status_and_monitor_read_the_running_node_hook() {
         "--duration",
         "15s",
     ]);
-    let event = first_drop_event(&mut lab, &node_netns, monitor, &probes[0]);
+    let event = monitor::first_event(&mut lab, &node_netns, monitor, |lab| {
+        assert_eq!(lab.probe(&probes[0]).unwrap().verdict, Verdict::Deny)
+    });
     assert_eq!(event["src"], "10.244.7.10", "{event}");
     assert_eq!(event["dst"], "10.244.7.20");
     assert_eq!(event["dst_port"], 443);
@@ -552,26 +558,4 @@ fn node_status_and_monitor_read_the_running_node_hook() {
     assert_eq!(status["identities"], 13, "{status}");
     node.kill().unwrap();
     lab.teardown().unwrap();
-}
-
-/// Starts `monitor` (a `portcullis monitor --type drop --count 1 ...` command) in `netns`, sends
-/// the denied `probe`, and returns the event it printed.
-fn first_drop_event(
-    lab: &mut Lab,
-    netns: &str,
-    mut monitor: Command,
-    probe: &Probe,
-) -> serde_json::Value {
-    monitor.stdout(Stdio::piped());
-    let monitor = lab.spawn_in(netns, monitor).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.probe(probe).unwrap().verdict, Verdict::Deny);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while monitor.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "monitor saw no drop event");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    monitor.with(|c| c.stdout.take().unwrap().read_to_string(&mut out).unwrap());
-    serde_json::from_str(out.lines().next().expect("one event")).unwrap()
 }

@@ -173,6 +173,15 @@ impl KubeSource {
     }
 }
 
+/// Whether the API server serves EgressGateways (the CRD is installed), from its API groups.
+async fn egress_gateways_served(client: &Client) -> Result<bool> {
+    let resource = egress_gateway_resource();
+    let groups = client.list_api_groups().await?;
+    Ok(groups.groups.iter().any(|g| {
+        g.name == resource.group && g.versions.iter().any(|v| v.version == resource.version)
+    }))
+}
+
 /// Lists namespaces, pods, network policies, nodes and EgressGateways (none when the CRD is not
 /// installed) once and validates them, for one-shot commands
 /// (`explain --kubeconfig`, `audit --kubeconfig`). Terminating pods are left out, as the watcher
@@ -189,8 +198,16 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
     let (policies, _) =
         list_all(&Api::<net::NetworkPolicy>::all(client.clone()), 500, Some).await?;
     let nodes = list_all_if_served(&Api::<core::Node>::all(client.clone())).await?;
-    let gateway_api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
-    let gateways = list_all_if_served(&gateway_api).await?;
+    // Discovery first, so that a cluster without the CRD answers no 404 here: a 404 for the
+    // DynamicObject list crashed this one-shot path in release builds of the CLI (rustc 1.95,
+    // kube 5: the error's status came back as a dangling box), never the watcher's.
+    let gateways = if egress_gateways_served(&client).await? {
+        let gateway_api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
+        list_all_if_served(&gateway_api).await?
+    } else {
+        tracing::warn!("EgressGateway is not served (CRD not installed): none");
+        Vec::new()
+    };
     let mut builder = SnapshotBuilder::new();
     for ns in namespaces {
         builder.add_namespace(&origin(Kind::Namespace), ns);
