@@ -3,13 +3,17 @@
 //! object is rejected with its source, document, name and field path while the others still load.
 //! Reading files is the caller's job: this module never touches the file system.
 
+#[cfg(test)]
+mod api_validation_tests;
 mod builder;
+mod cidr;
 mod convert;
 mod egress;
 #[cfg(test)]
 mod egress_tests;
 mod error;
 mod last_good;
+mod meta;
 #[cfg(test)]
 mod tests;
 mod validate;
