@@ -93,7 +93,7 @@ fn upstream_error_cases_are_rejected_at_their_field() {
         |path: &str| -> &'static str { format!("{path}.matchLabels[{SELECTOR_KEY}]").leak() };
     check(vec![
         ("namespaceSelector and ipBlock",
-         policy(&format!("ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{c: d}}}}, ipBlock: {{cidr: 192.168.0.0/16}}}}]}}]")),
+         policy("ingress: [{from: [{namespaceSelector: {matchLabels: {c: d}}, ipBlock: {cidr: 192.168.0.0/16}}]}]"),
          Reject("spec.ingress[0].from[0]")),
         ("podSelector and ipBlock",
          policy("egress: [{to: [{podSelector: {matchLabels: {c: d}}, ipBlock: {cidr: 192.168.0.0/16}}]}]"),
