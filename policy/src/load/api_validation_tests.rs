@@ -299,6 +299,11 @@ fn namespaces_as_the_api_server_checks_them() {
             Reject("metadata.labels[a]"),
         ),
         (
+            "name label is overwritten first",
+            ns("{name: a, labels: {kubernetes.io/metadata.name: '!'}}"),
+            Accept,
+        ),
+        (
             "annotations over 256 KiB",
             ns(&format!(
                 "{{name: a, annotations: {{k: '{}'}}}}",
@@ -384,5 +389,16 @@ fn ipv4_mapped_blocks_are_ipv4() {
             cidr: "10.0.0.0/8".parse().unwrap(),
             except: vec!["10.1.0.0/16".parse().unwrap()],
         }
+    );
+}
+
+/// `SetDefaults_Namespace` sets `kubernetes.io/metadata.name` to the name, whatever was written.
+#[test]
+fn the_namespace_name_label_is_the_name() {
+    let text = "kind: Namespace\nmetadata: {name: a, labels: {kubernetes.io/metadata.name: b}}\n";
+    let loaded = load_sources([("t.yaml", text)]);
+    assert_eq!(
+        loaded.snapshot.namespaces["a"].labels[NAMESPACE_NAME_LABEL],
+        "a"
     );
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use super::convert::{convert_namespace, convert_pod, convert_policy};
+use super::convert::{convert_pod, convert_policy};
 use super::egress::{convert_egress_gateway, convert_node, EgressGatewayObject};
 use super::error::{field_error, FieldError, LoadError, Origin};
 use super::meta::{validate_object_meta, NameRule};
@@ -37,12 +37,16 @@ impl SnapshotBuilder {
             return self.reject_unnamed(origin, "Namespace");
         };
         let object = format!("Namespace {name}");
-        let added = validate_object_meta(&ns.metadata, NameRule::Label, None).and_then(|()| {
-            let labels = ns.metadata.labels.unwrap_or_default();
+        let mut metadata = ns.metadata;
+        // SetDefaults_Namespace (before validation): the API server sets this label to the
+        // name, whatever the manifest says; a manifest may leave it out.
+        (metadata.labels.get_or_insert_default()).insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+        let added = validate_object_meta(&metadata, NameRule::Label, None).and_then(|()| {
+            let labels = metadata.labels.unwrap_or_default();
             insert_once(
                 &mut self.namespaces,
                 name.clone(),
-                convert_namespace(name, labels),
+                Namespace { name, labels },
             )
         });
         if let Err(e) = added {

@@ -13,19 +13,10 @@ use super::error::{field_error, FieldError};
 use super::validate::{
     is_dns_subdomain, validate_label_key, validate_label_value, validate_labels, validate_port_name,
 };
-use super::NAMESPACE_NAME_LABEL;
 use crate::model::{
-    ContainerPort, Labels, Namespace, Operator, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol,
-    Requirement, Rule, Selector,
+    ContainerPort, Operator, Peer, Pod, Policy, PolicyPort, PortMatch, Protocol, Requirement, Rule,
+    Selector,
 };
-
-pub(super) fn convert_namespace(name: String, mut labels: Labels) -> Namespace {
-    // The API server sets this label on every namespace; a manifest may leave it out.
-    labels
-        .entry(NAMESPACE_NAME_LABEL.to_string())
-        .or_insert_with(|| name.clone());
-    Namespace { name, labels }
-}
 
 pub(super) fn convert_pod(
     namespace: String,
