@@ -264,6 +264,10 @@ fn object_meta_as_the_api_server_checks_it() {
         ("bad finalizer", meta("{name: foo, finalizers: ['-x/y']}"), Reject("metadata.finalizers")),
         ("orphan and foreground", meta("{name: foo, finalizers: [orphan, foregroundDeletion]}"), Reject("metadata.finalizers")),
         ("owner", meta("{name: foo, ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: d, uid: u, controller: true}]}"), Accept),
+        ("Event owner written /v1", meta("{name: foo, ownerReferences: [{apiVersion: /v1, kind: Event, name: d, uid: u}]}"), Reject("metadata.ownerReferences[0]")),
+        ("Event owner elsewhere", meta("{name: foo, ownerReferences: [{apiVersion: events.k8s.io/v1, kind: Event, name: d, uid: u}]}"), Accept),
+        // Go's strings.ToLower maps 'İ' to 'i'.
+        ("annotation key lowercased as Go does", meta("{name: foo, annotations: {İx: v}}"), Accept),
         ("owner without uid", meta("{name: foo, ownerReferences: [{apiVersion: v1, kind: Pod, name: d, uid: ''}]}"), Reject("metadata.ownerReferences[0].uid")),
         ("owner without version", meta("{name: foo, ownerReferences: [{apiVersion: apps/, kind: Pod, name: d, uid: u}]}"), Reject("metadata.ownerReferences[0].apiVersion")),
         ("Event owner", meta("{name: foo, ownerReferences: [{apiVersion: v1, kind: Event, name: d, uid: u}]}"), Reject("metadata.ownerReferences[0]")),

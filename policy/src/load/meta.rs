@@ -86,10 +86,11 @@ fn validate_owner_references(meta: &ObjectMeta) -> Result<(), FieldError> {
     let mut controller: Option<String> = None;
     for (i, owner) in meta.owner_references.iter().flatten().enumerate() {
         let field = |child: &str| format!("{FIELD}[{i}].{child}");
-        // `schema.ParseGroupVersion`: "v", "group/v"; more than one '/' is no version at all.
-        let version = match owner.api_version.split('/').collect::<Vec<_>>()[..] {
-            [version] | [_, version] => version,
-            _ => "",
+        // `schema.ParseGroupVersion`: "v" or "group/v"; more than one '/' is no version at all.
+        let (group, version) = match owner.api_version.split('/').collect::<Vec<_>>()[..] {
+            [version] => ("", version),
+            [group, version] => (group, version),
+            _ => ("", ""),
         };
         if version.is_empty() {
             return Err(field_error(field("apiVersion"), "has no version"));
@@ -103,7 +104,7 @@ fn validate_owner_references(meta: &ObjectMeta) -> Result<(), FieldError> {
                 return Err(field_error(field(child), "must not be empty"));
             }
         }
-        if owner.api_version == "v1" && owner.kind == "Event" {
+        if (group, version, owner.kind.as_str()) == ("", "v1", "Event") {
             let message = "an Event may not be an owner";
             return Err(field_error(format!("{FIELD}[{i}]"), message));
         }

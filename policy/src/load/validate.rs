@@ -40,7 +40,12 @@ pub(super) fn validate_labels(labels: &Labels, field: &str) -> Result<(), FieldE
 pub(super) fn validate_annotations(annotations: &Labels, field: &str) -> Result<(), FieldError> {
     let mut total = 0;
     for (k, v) in annotations {
-        if !is_qualified_name(&k.to_lowercase()) {
+        // Go's `strings.ToLower` maps each character alone ('İ' is 'i', not "i\u{307}").
+        let lower: String = k
+            .chars()
+            .map(|c| c.to_lowercase().next().unwrap_or(c))
+            .collect();
+        if !is_qualified_name(&lower) {
             let message = format!("{k:?} is not a valid annotation key");
             return Err(field_error(format!("{field}[{k}]"), message));
         }
