@@ -14,6 +14,7 @@ mod egress_tests;
 mod error;
 mod last_good;
 mod meta;
+mod size;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -406,3 +406,54 @@ fn the_namespace_name_label_is_the_name() {
         "a"
     );
 }
+
+/// Objects at the API server's limits load: a 3 MiB request with a 253-character name, 256 KiB
+/// of annotations and 63-character label values; one byte more is rejected by name.
+#[test]
+fn objects_at_the_size_limits() {
+    use super::size::{request_body_bytes, MAX_REQUEST_BODY_BYTES};
+    let name = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    // 256 KiB of annotations, keys and values: 16 keys of 2 characters.
+    let value = "v".repeat(256 * 1024 / 16 - 2);
+    let annotations: Vec<String> = (0..16).map(|i| format!("k{i:x}: {value}")).collect();
+    let object = |labels: &[String]| {
+        format!(
+            "kind: NetworkPolicy\nmetadata: {{name: {name}, namespace: bar, annotations: {{{}}}}}\n\
+             spec: {{podSelector: {{matchLabels: {{{}}}}}}}\n",
+            annotations.join(", "),
+            labels.join(", ")
+        )
+    };
+    let size = |text: &str| request_body_bytes(&serde_yaml_ng::from_str(text).unwrap());
+    for extra in [0, 1] {
+        // Fill with labels `kNNNNNN: v...`: 12 bytes and the value's, and a comma after the first.
+        let mut labels: Vec<String> = Vec::new();
+        let mut left = MAX_REQUEST_BODY_BYTES + extra - size(&object(&labels));
+        while left > 0 {
+            let cost = if labels.is_empty() { 12 } else { 13 };
+            let len = if left - cost <= 63 {
+                left - cost
+            } else {
+                (left - cost - 13).min(63)
+            };
+            labels.push(format!("k{:06}: '{}'", labels.len(), "v".repeat(len)));
+            left -= cost + len;
+        }
+        let text = object(&labels);
+        assert_eq!(size(&text), MAX_REQUEST_BODY_BYTES + extra);
+        let loaded = load_sources([("t.yaml", text.as_str())]);
+        if extra == 0 {
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        } else {
+            let identity = Some(("NetworkPolicy", "bar", name.as_str()));
+            assert_eq!(loaded.errors[0].identity(), identity);
+            assert!(loaded.snapshot.policies.is_empty());
+        }
+    }
+}
