@@ -341,6 +341,8 @@ fn pods_as_the_api_server_checks_them() {
         ("name in two containers", pod("{containers: [{name: a, ports: [{name: web, containerPort: 80}]}, {name: b, ports: [{name: web, containerPort: 81}]}]}", "{}"), Accept),
         ("containerPort 0", ports("{containerPort: 0}"), Reject("spec.containers[0].ports[0].containerPort")),
         ("hostPort", ports("{containerPort: 80, hostPort: 8080}"), Accept),
+        ("host network, hostPort unset", pod("{hostNetwork: true, containers: [{name: c, ports: [{containerPort: 80}]}]}", "{}"), Accept),
+        ("host network, hostPort elsewhere", pod("{hostNetwork: true, containers: [{name: c, ports: [{containerPort: 80, hostPort: 81}]}]}", "{}"), Reject("spec.containers[0].ports[0].hostPort")),
         ("hostPort 70000", ports("{containerPort: 80, hostPort: 70000}"), Reject("spec.containers[0].ports[0].hostPort")),
         ("bad nodeName", pod("{nodeName: Node_1}", "{}"), Reject("spec.nodeName")),
         ("dual stack", ips("{ip: 10.0.0.1}, {ip: 'fd00::1'}"), Accept),

@@ -29,6 +29,7 @@ pub(super) fn convert_pod(
     for (c, container) in spec.containers.iter().enumerate() {
         ports.extend(convert_container_ports(
             container.ports.as_deref().unwrap_or_default(),
+            spec.host_network == Some(true),
             &format!("spec.containers[{c}].ports"),
         )?);
     }
@@ -53,9 +54,11 @@ pub(super) fn convert_pod(
 }
 
 /// `validateContainerPorts`: names valid and unique in the container, containerPort and a set
-/// hostPort 1-65535, protocol TCP, UDP or SCTP (TCP when empty, as v1 defaults it).
+/// hostPort 1-65535, protocol TCP, UDP or SCTP (TCP when empty, as v1 defaults it); and
+/// `validateHostNetwork`: on the host network a set hostPort is the containerPort.
 fn convert_container_ports(
     ports: &[core::ContainerPort],
+    host_network: bool,
     field: &str,
 ) -> Result<Vec<ContainerPort>, FieldError> {
     let mut converted: Vec<ContainerPort> = Vec::new();
@@ -73,6 +76,10 @@ fn convert_container_ports(
         if let Some(host) = port.host_port.filter(|h| *h != 0) {
             port_number(host)
                 .ok_or_else(|| field_error(format!("{field}.hostPort"), "must be 1-65535"))?;
+            if host_network && host != port.container_port {
+                let message = "must be containerPort on the host network";
+                return Err(field_error(format!("{field}.hostPort"), message));
+            }
         }
         let protocol = port.protocol.as_deref().filter(|p| !p.is_empty());
         let protocol = parse_protocol(protocol, &format!("{field}.protocol"))?;
