@@ -1,15 +1,23 @@
 //! Turns manifest text (multi-document YAML of Namespace, Pod, NetworkPolicy, Node and
-//! EgressGateway objects, or `List`s of them) into a validated [`Snapshot`]. Validation follows the API server's rules; an invalid
-//! object is rejected with its source, document, name and field path while the others still load.
+//! EgressGateway objects, or `List`s of them) into a validated [`Snapshot`]. Validation follows
+//! the Kubernetes v1.33 API server's (ObjectMeta, the NetworkPolicy spec, the Namespace and Pod
+//! fields the loader uses, the 3 MiB request limit; `api_validation_tests.rs` holds upstream's
+//! cases); an invalid object is rejected with its source, document, name and field path while
+//! the others still load.
 //! Reading files is the caller's job: this module never touches the file system.
 
+#[cfg(test)]
+mod api_validation_tests;
 mod builder;
+mod cidr;
 mod convert;
 mod egress;
 #[cfg(test)]
 mod egress_tests;
 mod error;
 mod last_good;
+mod meta;
+mod size;
 #[cfg(test)]
 mod tests;
 mod validate;

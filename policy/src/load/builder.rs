@@ -9,9 +9,10 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use super::convert::{convert_namespace, convert_pod, convert_policy};
+use super::convert::{convert_pod, convert_policy};
 use super::egress::{convert_egress_gateway, convert_node, EgressGatewayObject};
 use super::error::{field_error, FieldError, LoadError, Origin};
+use super::meta::{validate_object_meta, NameRule};
 use super::{Loaded, NAMESPACE_NAME_LABEL};
 use crate::model::{EgressGateway, Namespace, Node, Pod, Policy, Snapshot};
 
@@ -32,13 +33,22 @@ impl SnapshotBuilder {
     }
 
     pub fn add_namespace(&mut self, origin: &Origin, ns: core::Namespace) {
-        let Some(name) = ns.metadata.name.clone() else {
+        let Some(name) = ns.metadata.name.clone().filter(|n| !n.is_empty()) else {
             return self.reject_unnamed(origin, "Namespace");
         };
         let object = format!("Namespace {name}");
-        let labels = ns.metadata.labels.unwrap_or_default();
-        let added = convert_namespace(name.clone(), labels)
-            .and_then(|ns| insert_once(&mut self.namespaces, name, ns));
+        let mut metadata = ns.metadata;
+        // SetDefaults_Namespace (before validation): the API server sets this label to the
+        // name, whatever the manifest says; a manifest may leave it out.
+        (metadata.labels.get_or_insert_default()).insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+        let added = validate_object_meta(&metadata, NameRule::Label, None).and_then(|()| {
+            let labels = metadata.labels.unwrap_or_default();
+            insert_once(
+                &mut self.namespaces,
+                name.clone(),
+                Namespace { name, labels },
+            )
+        });
         if let Err(e) = added {
             self.reject_field(origin, object, e);
         }
@@ -83,10 +93,12 @@ impl SnapshotBuilder {
 
     pub fn add_pod(&mut self, origin: &Origin, pod: core::Pod) {
         let key = namespaced_key(&pod.metadata);
+        let meta = validate_object_meta(&pod.metadata, NameRule::Subdomain, Some(&key.0));
         self.add_namespaced(
             origin,
             "Pod",
             key,
+            meta,
             |b| &mut b.pods,
             |namespace, name| convert_pod(namespace, name, pod),
         );
@@ -94,22 +106,26 @@ impl SnapshotBuilder {
 
     pub fn add_policy(&mut self, origin: &Origin, policy: net::NetworkPolicy) {
         let key = namespaced_key(&policy.metadata);
+        let meta = validate_object_meta(&policy.metadata, NameRule::Subdomain, Some(&key.0));
         let spec = policy.spec.unwrap_or_default();
         self.add_namespaced(
             origin,
             "NetworkPolicy",
             key,
+            meta,
             |b| &mut b.policies,
             |namespace, name| convert_policy(namespace, name, spec),
         );
     }
 
-    /// Converts one namespaced object of `kind` and stores it, or rejects it by name.
+    /// Converts one namespaced object of `kind` whose metadata was validated (`meta`) and
+    /// stores it, or rejects it by name.
     fn add_namespaced<M>(
         &mut self,
         origin: &Origin,
         kind: &str,
         (namespace, name): (String, Option<String>),
+        meta: Result<(), FieldError>,
         store: fn(&mut SnapshotBuilder) -> &mut BTreeMap<(String, String), M>,
         convert: impl FnOnce(String, String) -> Result<M, FieldError>,
     ) {
@@ -118,7 +134,9 @@ impl SnapshotBuilder {
         };
         let object = format!("{kind} {namespace}/{name}");
         let key = (namespace.clone(), name.clone());
-        let added = convert(namespace, name).and_then(|m| insert_once(store(self), key, m));
+        let added = meta
+            .and_then(|()| convert(namespace, name))
+            .and_then(|m| insert_once(store(self), key, m));
         if let Err(e) = added {
             self.reject_field(origin, object, e);
         }
@@ -189,12 +207,13 @@ pub fn snapshot_with_implicit_namespaces(
     }
 }
 
-/// Namespace (`default` when unset, as the API server defaults it) and name of an object.
+/// Namespace (`default` when unset or empty, as kubectl and the API server default it) and name
+/// (`None` when unset or empty) of an object.
 fn namespaced_key(metadata: &ObjectMeta) -> (String, Option<String>) {
-    let namespace = metadata.namespace.clone();
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     (
-        namespace.unwrap_or_else(|| "default".into()),
-        metadata.name.clone(),
+        non_empty(&metadata.namespace).unwrap_or_else(|| "default".into()),
+        non_empty(&metadata.name),
     )
 }
 

@@ -168,7 +168,7 @@ fn convert_selectors(items: Vec<EgressSelectorSpec>) -> Result<Vec<EgressSelecto
 fn convert_cidrs(texts: Vec<String>, field: &str) -> Result<Vec<IpNet>, FieldError> {
     let mut cidrs = Vec::new();
     for (i, text) in texts.iter().enumerate() {
-        let cidr = parse_cidr(text, &format!("{field}[{i}]"))?;
+        let cidr = parse_cidr(text, &format!("{field}[{i}]"))?.net;
         if !cidrs.contains(&cidr) {
             cidrs.push(cidr);
         }

@@ -8,6 +8,16 @@ use serde::Deserialize;
 use super::builder::SnapshotBuilder;
 use super::egress::EGRESS_GATEWAY_KIND;
 use super::error::Origin;
+use super::size::{request_body_bytes, MAX_REQUEST_BODY_BYTES};
+
+/// The kinds loaded as objects (each one a request to the API server).
+const OBJECT_KINDS: [&str; 5] = [
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Node",
+    EGRESS_GATEWAY_KIND,
+];
 
 #[derive(Deserialize)]
 struct TypeMeta {
@@ -51,6 +61,16 @@ impl SnapshotBuilder {
             }
             Err(e) => return self.reject(origin, None, "", format!("not an object: {e}")),
         };
+        if OBJECT_KINDS.contains(&kind.as_str()) {
+            let bytes = request_body_bytes(&value);
+            if bytes > MAX_REQUEST_BODY_BYTES {
+                let message = format!(
+                    "{bytes} bytes as a request, more than the API server's \
+                     {MAX_REQUEST_BODY_BYTES}"
+                );
+                return self.reject(origin, Some(object_label(&kind, &value)), "", message);
+            }
+        }
         match kind.as_str() {
             "Namespace" => match core::Namespace::deserialize(value) {
                 Ok(ns) => self.add_namespace(origin, ns),
@@ -85,5 +105,23 @@ impl SnapshotBuilder {
             // Other kinds (Services, Deployments, ...) may share a manifest; they do not affect policy.
             _ => {}
         }
+    }
+}
+
+/// The object as the builder names it: `Kind namespace/name`, `Kind name` or `Kind`.
+fn object_label(kind: &str, value: &serde_yaml_ng::Value) -> String {
+    let metadata = |key: &str| {
+        let text = value.get("metadata").and_then(|m| m.get(key));
+        text.and_then(|t| t.as_str()).filter(|t| !t.is_empty())
+    };
+    match (metadata("name"), kind) {
+        (None, _) => kind.to_string(),
+        (Some(name), "Pod" | "NetworkPolicy") => {
+            format!(
+                "{kind} {}/{name}",
+                metadata("namespace").unwrap_or("default")
+            )
+        }
+        (Some(name), _) => format!("{kind} {name}"),
     }
 }
