@@ -5,7 +5,7 @@
 //! and repeats of earlier packets), and every decision compared with the policy evaluator plus a
 //! model of the flow table ([`FlowModel`]). [`check`] drives a [`DiffDatapath`] and reports each
 //! disagreement with the seed, the update's and packet's numbers, the frame and the policies: a
-//! reproducer; [`run`] is the tests' form of it (`PORTCULLIS_DIFF_PACKETS`, default 100k, and
+//! reproducer (`Settings::update` judges that update alone); [`run`] is the tests' form of it (`PORTCULLIS_DIFF_PACKETS`, default 100k, and
 //! `PORTCULLIS_DIFF_SEED`). [`node`] is the same for the node hook's pod-to-pod delivery.
 
 use std::collections::HashMap;
@@ -23,7 +23,11 @@ use crate::packet::*;
 use snapshots::random_snapshot;
 
 pub mod node;
+mod schedule;
 mod snapshots;
+
+use schedule::Schedule;
+pub use schedule::{Disagreement, Settings, Summary};
 
 /// Packets judged under one snapshot (the flow table starts empty with each).
 const PACKETS_PER_SNAPSHOT: usize = 2000;
@@ -104,65 +108,6 @@ fn flow_id(src: (IpAddr, u16), dst: (IpAddr, u16), protocol: u8) -> FlowId {
     (lo.0, lo.1, hi.0, hi.1, protocol)
 }
 
-/// The size and seed of a run.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    pub packets: usize,
-    pub seed: u64,
-}
-
-impl Settings {
-    /// `PORTCULLIS_DIFF_PACKETS` (default 100k) and `PORTCULLIS_DIFF_SEED`.
-    pub fn from_env() -> Settings {
-        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
-        Settings {
-            packets: var("PORTCULLIS_DIFF_PACKETS").map_or(100_000, |n: u64| n as usize),
-            seed: var("PORTCULLIS_DIFF_SEED").unwrap_or(0x5eed),
-        }
-    }
-}
-
-/// What a run checked: packets judged, policy updates put in force (the first tables included)
-/// and disagreements with the oracle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub packets: usize,
-    pub updates: usize,
-    pub disagreements: usize,
-}
-
-/// A datapath's decision that differs from the oracle's. The run is deterministic from its
-/// seed: the same seed with `packets` = `packet + 1` replays it up to this packet, which it
-/// ends with.
-#[derive(Clone, Debug)]
-pub struct Disagreement {
-    pub seed: u64,
-    /// Number of the packet in the run (from 0).
-    pub packet: usize,
-    /// Number of the update (snapshot) in force (from 0).
-    pub update: usize,
-    /// The packet, its frame and what each side decided.
-    pub detail: String,
-    /// The policies in force.
-    pub policies: String,
-}
-
-impl fmt::Display for Disagreement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seed {} update #{} packet #{} (rerun: --seed {} --packets {}): {}\npolicies: {}",
-            self.seed,
-            self.update,
-            self.packet,
-            self.seed,
-            self.packet + 1,
-            self.detail,
-            self.policies
-        )
-    }
-}
-
 /// Runs the differential test on `datapath` for `settings.packets` packets, a new snapshot (a
 /// delta of the previous one half the time) every `PACKETS_PER_SNAPSHOT`; hands every
 /// disagreement to `report`.
@@ -174,34 +119,30 @@ pub fn check(
     let mut traffic = Traffic::new(settings.seed);
     let mut compiler = GatewayCompiler::default();
     let mut snapshot = traffic.snapshot(None);
-    let mut summary = Summary::default();
-    while summary.packets < settings.packets {
-        if summary.packets > 0 {
+    let mut schedule = Schedule::new(settings);
+    while let Some(packets) = schedule.next_update() {
+        if schedule.update() > 0 {
             snapshot = traffic.snapshot(Some(snapshot));
         }
         let tables = compiler.compile(&snapshot).expect("small rule sets fit");
         datapath.apply(&tables);
-        summary.updates += 1;
         let selected = |d: Direction, ip: IpAddr| tables.endpoints.contains_key(&(d, ip));
         let mut model = FlowModel::default();
-        for _ in 0..PACKETS_PER_SNAPSHOT.min(settings.packets - summary.packets) {
+        let judged = schedule.judged();
+        for _ in 0..packets {
             let p = traffic.packet(&snapshot);
-            let want = model.expected(&snapshot, &p, &selected);
-            let got = datapath.judge(&p);
-            if got != want {
-                summary.disagreements += 1;
-                report(Disagreement {
-                    seed: settings.seed,
-                    packet: summary.packets,
-                    update: summary.updates - 1,
-                    detail: format!("want {want:?} got {got:?}: {p:?}"),
-                    policies: format!("{:?}", snapshot.policies),
-                });
+            let mut disagreement = None;
+            if judged {
+                let want = model.expected(&snapshot, &p, &selected);
+                let got = datapath.judge(&p);
+                if got != want {
+                    disagreement = Some(format!("want {want:?} got {got:?}: {p:?}"));
+                }
             }
-            summary.packets += 1;
+            schedule.count(judged, disagreement, &snapshot, report);
         }
     }
-    summary
+    schedule.summary()
 }
 
 /// [`check`] as a test runs it: [`Settings::from_env`], a panic with the first ten reproducers

@@ -28,6 +28,10 @@ struct Args {
     /// Seed of the random snapshots and packets (a disagreement names the one to rerun with).
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
+    /// Judge only the packets of this update (a disagreement's `--update`): the run up to it is
+    /// generated and applied as before, so the case is the same, found again quickly.
+    #[arg(long)]
+    update: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,6 +81,7 @@ fn main() -> Result<ExitCode> {
     let settings = Settings {
         packets: args.packets,
         seed: args.seed,
+        update: args.update,
     };
     let mut lines = Vec::new();
     let mut failed = false;

@@ -9,9 +9,11 @@ use std::net::IpAddr;
 
 use portcullis_policy::compile::node::{NodeCompiler, NodeTables};
 use portcullis_policy::eval::{Flow, Side};
+use portcullis_policy::model::Pod;
+use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::{Disagreement, Settings, Summary, Traffic, PACKETS_PER_SNAPSHOT};
+use super::{Disagreement, Schedule, Settings, Summary, Traffic};
 use crate::packet::*;
 
 /// The node hook under test.
@@ -31,71 +33,73 @@ pub fn check(
     let mut traffic = Traffic::new(settings.seed);
     let mut compiler = NodeCompiler::default();
     let mut snapshot = traffic.snapshot(None);
-    let mut summary = Summary::default();
-    while summary.packets < settings.packets {
-        if summary.packets > 0 {
+    let mut schedule = Schedule::new(settings);
+    while let Some(packets) = schedule.next_update() {
+        if schedule.update() > 0 {
             snapshot = traffic.snapshot(Some(snapshot));
         }
         let tables = compiler.compile(&snapshot).expect("small rule sets fit");
         datapath.apply(&tables);
-        summary.updates += 1;
-        for sport in (1024..).take(PACKETS_PER_SNAPSHOT.min(settings.packets - summary.packets)) {
-            let rng = &mut traffic.rng;
-            let pods = &snapshot.pods;
-            let (src, dst) = (
-                rng.random_range(0..pods.len()),
-                rng.random_range(0..pods.len()),
-            );
-            let (src, dst) = (&pods[src], &pods[dst]);
-            let v4 = rng.random_bool(0.6);
-            let ip = |pod: &portcullis_policy::model::Pod| -> IpAddr {
-                *pod.ips.iter().find(|ip| ip.is_ipv4() == v4).unwrap()
-            };
-            let (src_ip, dst_ip) = (ip(src), ip(dst));
-            let icmp_proto = if v4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-            let (protocol, port, l4) = match rng.random_range(0..4) {
-                0 => {
-                    let port = rng.random_range(1..12);
-                    (IPPROTO_TCP, port, tcp(sport, port, TCP_SYN))
+        let judged = schedule.judged();
+        for sport in (1024..).take(packets) {
+            let (src, dst, bytes, flow) = new_flow(&mut traffic.rng, &snapshot.pods, sport);
+            let mut disagreement = None;
+            if judged {
+                let want = snapshot.evaluate(&flow).allowed();
+                let got = datapath.delivers(&bytes);
+                if got != want {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    disagreement = Some(format!(
+                        "want delivered={want} got {got}: {}/{} {}:{sport} -> {}/{} {}:{} \
+                         proto {}, frame {hex}",
+                        src.namespace,
+                        src.name,
+                        flow.src_ip,
+                        dst.namespace,
+                        dst.name,
+                        flow.dst_ip,
+                        flow.port,
+                        flow.protocol
+                    ));
                 }
-                1 => {
-                    let port = rng.random_range(1..12);
-                    (IPPROTO_UDP, port, udp(sport, port))
-                }
-                2 => {
-                    let port = rng.random_range(1..12);
-                    (IPPROTO_SCTP, port, sctp(sport, port))
-                }
-                _ => (icmp_proto, 0, icmp(if v4 { 8 } else { 128 }, sport, &[])),
-            };
-            let bytes = frame(&src_ip.to_string(), &dst_ip.to_string(), protocol, l4);
-            let flow = Flow {
-                src: Side::Pod(src),
-                src_ip,
-                dst: Side::Pod(dst),
-                dst_ip,
-                protocol,
-                port,
-            };
-            let want = snapshot.evaluate(&flow).allowed();
-            let got = datapath.delivers(&bytes);
-            if got != want {
-                summary.disagreements += 1;
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                report(Disagreement {
-                    seed: settings.seed,
-                    packet: summary.packets,
-                    update: summary.updates - 1,
-                    detail: format!(
-                        "want delivered={want} got {got}: {}/{} {src_ip}:{sport} -> {}/{} \
-                         {dst_ip}:{port} proto {protocol}, frame {hex}",
-                        src.namespace, src.name, dst.namespace, dst.name
-                    ),
-                    policies: format!("{:?}", snapshot.policies),
-                });
             }
-            summary.packets += 1;
+            schedule.count(judged, disagreement, &snapshot, report);
         }
     }
-    summary
+    schedule.summary()
+}
+
+/// A new flow from a random pod to a random pod (itself now and then) from `sport`: the two
+/// pods, the frame and the flow the evaluator judges.
+fn new_flow<'a>(
+    rng: &mut SmallRng,
+    pods: &'a [Pod],
+    sport: u16,
+) -> (&'a Pod, &'a Pod, Vec<u8>, Flow<'a>) {
+    let (src, dst) = (
+        rng.random_range(0..pods.len()),
+        rng.random_range(0..pods.len()),
+    );
+    let (src, dst) = (&pods[src], &pods[dst]);
+    let v4 = rng.random_bool(0.6);
+    let ip = |pod: &Pod| -> IpAddr { *pod.ips.iter().find(|ip| ip.is_ipv4() == v4).unwrap() };
+    let (src_ip, dst_ip) = (ip(src), ip(dst));
+    let port = rng.random_range(1..12);
+    let (protocol, port, l4) = match rng.random_range(0..4) {
+        0 => (IPPROTO_TCP, port, tcp(sport, port, TCP_SYN)),
+        1 => (IPPROTO_UDP, port, udp(sport, port)),
+        2 => (IPPROTO_SCTP, port, sctp(sport, port)),
+        _ if v4 => (IPPROTO_ICMP, 0, icmp(8, sport, &[])),
+        _ => (IPPROTO_ICMPV6, 0, icmp(128, sport, &[])),
+    };
+    let bytes = frame(&src_ip.to_string(), &dst_ip.to_string(), protocol, l4);
+    let flow = Flow {
+        src: Side::Pod(src),
+        src_ip,
+        dst: Side::Pod(dst),
+        dst_ip,
+        protocol,
+        port,
+    };
+    (src, dst, bytes, flow)
 }
