@@ -3,9 +3,10 @@
 //! the tables change as deltas), random frames (malformed, later fragments, IPv6 extension
 //! headers, VLAN tags, non-IP, ICMP errors and untracked ICMP, both legs, TCP flag mixes, replies
 //! and repeats of earlier packets), and every decision compared with the policy evaluator plus a
-//! model of the flow table ([`FlowModel`]). [`run`] drives a [`DiffDatapath`]; a disagreement
-//! fails with the seed, the packet's number and bytes and the policies: a reproducer.
-//! `PORTCULLIS_DIFF_PACKETS` (default 100k) and `PORTCULLIS_DIFF_SEED` set the run.
+//! model of the flow table ([`FlowModel`]). [`check`] drives a [`DiffDatapath`] and reports each
+//! disagreement with the seed, the update's and packet's numbers, the frame and the policies: a
+//! reproducer (`Settings::update` judges that update alone); [`run`] is the tests' form of it (`PORTCULLIS_DIFF_PACKETS`, default 100k, and
+//! `PORTCULLIS_DIFF_SEED`). [`node`] is the same for the node hook's pod-to-pod delivery.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +22,12 @@ use rand::{Rng, SeedableRng};
 use crate::packet::*;
 use snapshots::random_snapshot;
 
+pub mod node;
+mod schedule;
 mod snapshots;
+
+use schedule::Schedule;
+pub use schedule::{Disagreement, Settings, Summary};
 
 /// Packets judged under one snapshot (the flow table starts empty with each).
 const PACKETS_PER_SNAPSHOT: usize = 2000;
@@ -102,52 +108,63 @@ fn flow_id(src: (IpAddr, u16), dst: (IpAddr, u16), protocol: u8) -> FlowId {
     (lo.0, lo.1, hi.0, hi.1, protocol)
 }
 
-/// `PORTCULLIS_DIFF_PACKETS` (default 100k) and `PORTCULLIS_DIFF_SEED`.
-fn run_settings() -> (usize, u64) {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
-    (
-        var("PORTCULLIS_DIFF_PACKETS").map_or(100_000, |n: u64| n as usize),
-        var("PORTCULLIS_DIFF_SEED").unwrap_or(0x5eed),
-    )
-}
-
-/// Runs the differential test on `datapath`; panics with reproducers on any disagreement, else
-/// returns the number of packets checked.
-pub fn run(datapath: &mut impl DiffDatapath) -> usize {
-    let (total, seed) = run_settings();
-    let mut traffic = Traffic::new(seed);
+/// Runs the differential test on `datapath` for `settings.packets` packets, a new snapshot (a
+/// delta of the previous one half the time) every `PACKETS_PER_SNAPSHOT`; hands every
+/// disagreement to `report`.
+pub fn check(
+    datapath: &mut impl DiffDatapath,
+    settings: Settings,
+    report: &mut dyn FnMut(Disagreement),
+) -> Summary {
+    let mut traffic = Traffic::new(settings.seed);
     let mut compiler = GatewayCompiler::default();
     let mut snapshot = traffic.snapshot(None);
-    let mut checked = 0;
-    let mut disagreements = Vec::new();
-    while checked < total {
-        if checked > 0 {
+    let mut schedule = Schedule::new(settings);
+    while let Some(packets) = schedule.next_update() {
+        if schedule.update() > 0 {
             snapshot = traffic.snapshot(Some(snapshot));
         }
         let tables = compiler.compile(&snapshot).expect("small rule sets fit");
         datapath.apply(&tables);
         let selected = |d: Direction, ip: IpAddr| tables.endpoints.contains_key(&(d, ip));
         let mut model = FlowModel::default();
-        for _ in 0..PACKETS_PER_SNAPSHOT.min(total - checked) {
+        let judged = schedule.judged();
+        for _ in 0..packets {
             let p = traffic.packet(&snapshot);
-            let want = model.expected(&snapshot, &p, &selected);
-            let got = datapath.judge(&p);
-            if got != want && disagreements.len() < 10 {
-                disagreements.push(format!(
-                    "packet #{checked}: want {want:?} got {got:?}: {p:?}\npolicies: {:?}",
-                    snapshot.policies
-                ));
+            let mut disagreement = None;
+            if judged {
+                let want = model.expected(&snapshot, &p, &selected);
+                let got = datapath.judge(&p);
+                if got != want {
+                    disagreement = Some(format!("want {want:?} got {got:?}: {p:?}"));
+                }
             }
-            checked += 1;
+            schedule.count(judged, disagreement, &snapshot, report);
         }
     }
+    schedule.summary()
+}
+
+/// [`check`] as a test runs it: [`Settings::from_env`], a panic with the first ten reproducers
+/// on any disagreement; returns the number of packets checked.
+pub fn run(datapath: &mut impl DiffDatapath) -> usize {
+    let mut first = Vec::new();
+    let summary = check(datapath, Settings::from_env(), &mut |d| {
+        if first.len() < 10 {
+            first.push(d.to_string());
+        }
+    });
     assert!(
-        disagreements.is_empty(),
-        "disagreements (seed {seed}, PORTCULLIS_DIFF_SEED={seed} reproduces), first:\n{}",
-        disagreements.join("\n\n")
+        summary.disagreements == 0,
+        "{} disagreements, first:\n{}",
+        summary.disagreements,
+        first.join("\n\n")
     );
-    println!("{checked} packets, 0 disagreements (seed {seed})");
-    checked
+    println!(
+        "{} packets over {} updates, 0 disagreements",
+        summary.packets, summary.updates
+    );
+    summary.packets
 }
 
 /// The flow table as the datapath must keep it: who opened each flow and whether it is closing

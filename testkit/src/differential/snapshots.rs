@@ -1,5 +1,6 @@
 //! Random snapshots for the differential test: four pods (two labels, both families, a named
-//! port) and up to four policies of random ipBlock (with excepts) and pod peers and port rules.
+//! port) and up to four policies of random ipBlock (with excepts; now and then around the pods'
+//! addresses) and pod peers (all pods or by label) and port rules.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -29,18 +30,55 @@ fn random_cidr(rng: &mut SmallRng, v4: bool) -> IpNet {
     }
 }
 
+/// A block around the pods' addresses (10.244.0.1-4, fd00::1-4), for peers on the node.
+fn pod_cidr(rng: &mut SmallRng) -> IpNet {
+    let (addr, len) = if rng.random_bool(0.5) {
+        (
+            IpAddr::V4(Ipv4Addr::new(10, 244, 0, 0)),
+            rng.random_range(29..=32),
+        )
+    } else {
+        let addr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0));
+        (addr, rng.random_range(125..=128))
+    };
+    let (first, last) = if len == 32 || len == 128 {
+        (1, 4)
+    } else {
+        (0, 0)
+    };
+    let host = rng.random_range(first..=last);
+    let addr = match addr {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) | host)),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) | u128::from(host))),
+    };
+    IpNet::new(addr, len).unwrap().trunc()
+}
+
+fn app(value: &str) -> Selector {
+    Selector {
+        match_labels: BTreeMap::from([("app".to_string(), value.to_string())]),
+        match_expressions: Vec::new(),
+    }
+}
+
 fn random_rule(rng: &mut SmallRng) -> Rule {
     let mut peers = Vec::new();
     for _ in 0..rng.random_range(0..4) {
-        if rng.random_bool(0.1) {
+        if rng.random_bool(0.15) {
+            let pod_selector = match rng.random_range(0..3) {
+                0 => None,
+                _ => Some(app(if rng.random_bool(0.5) { "a" } else { "b" })),
+            };
             peers.push(Peer::Pods {
-                pod_selector: None,
+                pod_selector,
                 namespace_selector: None,
             });
             continue;
         }
         let cidr = if rng.random_bool(0.05) {
             "0.0.0.0/0".parse().unwrap()
+        } else if rng.random_bool(0.15) {
+            pod_cidr(rng)
         } else {
             let v4 = rng.random_bool(0.7);
             random_cidr(rng, v4)
@@ -117,14 +155,8 @@ pub(super) fn random_snapshot(rng: &mut SmallRng) -> Snapshot {
                 name: format!("p{i}"),
                 pod_selector: match rng.random_range(0..3) {
                     0 => Selector::default(),
-                    1 => Selector {
-                        match_labels: labels("a"),
-                        match_expressions: Vec::new(),
-                    },
-                    _ => Selector {
-                        match_labels: labels("b"),
-                        match_expressions: Vec::new(),
-                    },
+                    1 => app("a"),
+                    _ => app("b"),
                 },
                 ingress: rules(rng),
                 egress: rules(rng),
