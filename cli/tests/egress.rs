@@ -223,7 +223,9 @@ impl EgressLab {
     fn first_drop_event(&mut self, act: impl FnOnce(&Lab)) -> serde_json::Value {
         let mut monitor = Command::new(BIN);
         monitor
-            .args(["monitor", "--type", "drop", "--output", "json", "--count", "1"])
+            .args([
+                "monitor", "--type", "drop", "--output", "json", "--count", "1",
+            ])
             .args(["--duration", "15s", "--pin-dir"])
             .arg(self.pin_dir.join("gateway"))
             .arg("--state-dir")

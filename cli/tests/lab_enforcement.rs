@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_lab::{Lab, LabChild, LabOptions, Verdict};
 use portcullis_policy::load::load_sources;
-use portcullis_policy::probe::{parse_probes, Probe};
+use portcullis_policy::probe::parse_probes;
 
 #[path = "support/applied.rs"]
 mod applied;
