@@ -14,9 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use ahash::AHashMap;
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_ALIGNTO, NLM_F_REQUEST,
-};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -25,8 +22,8 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use portcullis_common::{hop_fresh, hop_stamp};
+use portcullis_netlink::Rtnl;
 
 /// How long a negative answer (no route, neighbour not resolved) is kept: short, since the
 /// kernel path is resolving the neighbour meanwhile and its answer should be taken up soon
@@ -315,56 +312,4 @@ fn route_addr(addr: IpAddr) -> RouteAddress {
 /// The 16-byte form of an IPv4 address (`::ffff:a.b.c.d`).
 pub fn mapped(addr: Ipv4Addr) -> [u8; 16] {
     addr.to_ipv6_mapped().octets()
-}
-
-/// A blocking rtnetlink socket for single request/reply exchanges (no dumps).
-pub(crate) struct Rtnl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl Rtnl {
-    pub(crate) fn new() -> io::Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Rtnl {
-            sock,
-            seq: 0,
-            buf: vec![0; 32 * 1024],
-        })
-    }
-
-    /// Sends `msg` and returns the kernel's reply; a netlink error comes back as the OS error.
-    pub(crate) fn request(&mut self, msg: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        req.finalize();
-        let mut out = vec![0; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        loop {
-            let len = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < len {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..len])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let align = usize::from(NLMSG_ALIGNTO);
-                off += (reply.header.length as usize).div_ceil(align).max(1) * align;
-                // A reply to an earlier request that timed out or errored is skipped.
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(inner) => return Ok(inner),
-                    NetlinkPayload::Error(err) => return Err(err.to_io()),
-                    _ => return Err(io::Error::other("unexpected netlink reply")),
-                }
-            }
-        }
-    }
 }

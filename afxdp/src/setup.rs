@@ -9,8 +9,7 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
-
-use crate::next_hop::Rtnl;
+use portcullis_netlink::Rtnl;
 
 /// Why a queue's AF_XDP sockets could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -6,16 +6,17 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use portcullis_afxdp::engine::{Engine, EngineError, EngineOptions, EngineStatus};
 use portcullis_afxdp::rings::RingConfig;
 use portcullis_afxdp::tables::PolicyTables;
-use portcullis_gateway::{DatapathMode, ForwardMode, Gateway, GatewayOptions};
+use portcullis_gateway::{DatapathMode, Gateway, GatewayOptions};
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
 use portcullis_testkit::*;
+
+mod with_gateway;
 
 const POD: &str = "10.96.0.1";
 const SERVER: &str = "10.95.0.1";
@@ -59,31 +60,8 @@ fn tables() -> GatewayTables {
 /// checksum in software (`tx off`), as packets from a real wire always are: a frame that crosses
 /// user space loses a veth's "checksum to be completed" mark. GRO on the hosts' ends runs their
 /// NAPI, without which a veth does not receive frames the XDP program redirects (hybrid).
-struct Topology {
-    pod: NetNs,
-    gw: NetNs,
-    ext: NetNs,
-}
-
-fn topology(tag: &str, cluster_queues: u32, external_queues: u32) -> Topology {
-    let t = Topology {
-        pod: NetNs::new(&format!("{tag}p")),
-        gw: NetNs::new(&format!("{tag}g")),
-        ext: NetNs::new(&format!("{tag}x")),
-    };
-    let q = |n: u32| format!("numrxqueues {n} numtxqueues {n}");
-    sh(&format!(
-        "ip link add p0 netns {} {} type veth peer name gc netns {} {} && \
-         ip link add x0 netns {} {} type veth peer name ge netns {} {}",
-        t.pod.name,
-        q(cluster_queues),
-        t.gw.name,
-        q(cluster_queues),
-        t.ext.name,
-        q(external_queues),
-        t.gw.name,
-        q(external_queues)
-    ));
+fn topology(tag: &str, cluster_queues: u32, external_queues: u32) -> EdgeNs {
+    let t = EdgeNs::with_queues(tag, cluster_queues, external_queues);
     t.pod.run(|| {
         sh(&format!(
             "ip addr add {POD}/24 dev p0 && ip link set p0 up && ip route add default via 10.96.0.254 && \
@@ -104,58 +82,24 @@ fn topology(tag: &str, cluster_queues: u32, external_queues: u32) -> Topology {
     t
 }
 
-/// A bpffs pin directory of the test's own, removed when dropped.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Loads the gateway in `datapath` mode and starts its engine on every queue.
 fn gateway(
-    t: &Topology,
+    t: &EdgeNs,
     datapath: DatapathMode,
     pins: &PinDir,
     revalidate: bool,
 ) -> (Gateway, Engine) {
     t.gw.run(|| {
-        let mut gw = Gateway::load(GatewayOptions {
-            cluster_iface: "gc".into(),
-            external_iface: "ge".into(),
-            forward: ForwardMode::Xdp,
-            datapath,
-            pin_dir: Some(pins.0.clone()),
-            ..Default::default()
-        })
-        .expect("load");
         let tables = tables();
-        let generation = gw.apply(&tables).expect("apply").generation;
-        let handles = gw.engine_handles().expect("engine handles");
-        let engine = Engine::start(
-            EngineOptions {
-                cluster_iface: "gc".into(),
-                external_iface: "ge".into(),
-                legs: handles.legs,
-                queues: None,
-                rings: RingConfig::default(),
-                hybrid_pins: (datapath == DatapathMode::Hybrid).then(|| pins.0.clone()),
-                mirror_pins: Some(pins.0.clone()),
-                revalidate,
-                pin_threads: false,
-            },
-            handles.xsks,
-            handles.epoch,
-            PolicyTables::new(&tables, u64::from(generation)),
-        )
-        .expect("engine");
+        let (mut gw, generation) = with_gateway::load(datapath, pins, &tables);
+        let engine =
+            with_gateway::start_engine(&mut gw, datapath, pins, revalidate, &tables, generation);
         (gw, engine)
     })
 }
 
 /// Echo servers on both ports in the external namespace.
-fn serve(t: &Topology) {
+fn serve(t: &EdgeNs) {
     for port in [ALLOWED_PORT, DENIED_PORT] {
         let listener = t
             .ext
@@ -176,7 +120,7 @@ fn serve(t: &Topology) {
 }
 
 /// Connects from the pod and exchanges a few lines; false when it cannot connect.
-fn round_trips(t: &Topology, port: u16) -> bool {
+fn round_trips(t: &EdgeNs, port: u16) -> bool {
     let addr = SocketAddr::new(SERVER.parse().unwrap(), port);
     let Ok(mut conn) = t
         .pod
@@ -200,7 +144,7 @@ fn settled(engine: &Engine) -> EngineStatus {
     engine.status()
 }
 
-fn check_traffic(t: &Topology) {
+fn check_traffic(t: &EdgeNs) {
     serve(t);
     for i in 0..CONNECTIONS {
         assert!(
@@ -221,7 +165,7 @@ fn check_traffic(t: &Topology) {
 fn afxdp_engine_judges_and_forwards_over_two_queues() {
     require_root();
     let t = topology("ea", 2, 2);
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let pins = PinDir::of(&t.gw);
     let (gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins, false);
     check_traffic(&t);
     let status = settled(&engine);
@@ -258,7 +202,7 @@ fn afxdp_engine_judges_and_forwards_over_two_queues() {
 fn hybrid_engine_writes_flows_that_xdp_then_serves() {
     require_root();
     let t = topology("eh", 2, 2);
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let pins = PinDir::of(&t.gw);
     let (gw, engine) = gateway(&t, DatapathMode::Hybrid, &pins, false);
     check_traffic(&t);
     let status = settled(&engine);
@@ -286,7 +230,7 @@ fn hybrid_engine_writes_flows_that_xdp_then_serves() {
 fn revalidate_cuts_an_established_connection_the_new_generation_forbids() {
     require_root();
     let t = topology("er", 1, 1);
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let pins = PinDir::of(&t.gw);
     let (_gw, engine) = gateway(&t, DatapathMode::Afxdp, &pins, true);
     serve(&t);
     let addr = SocketAddr::new(SERVER.parse().unwrap(), ALLOWED_PORT);

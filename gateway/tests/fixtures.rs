@@ -394,22 +394,6 @@ fn too_many_port_ranges_is_rejected_and_nothing_applied() {
     });
 }
 
-/// A bpffs pin directory of the test's own (named after its namespace), removed when dropped,
-/// even when the test fails.
-struct PinDir(std::path::PathBuf);
-
-impl PinDir {
-    fn of(ns: &NetNs) -> PinDir {
-        PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name)))
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 #[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn pinned_maps_and_links_are_adopted_on_restart() {

@@ -7,15 +7,6 @@ use std::path::PathBuf;
 use portcullis_gateway::{DatapathMode, Error, Gateway, GatewayOptions};
 use portcullis_testkit::*;
 
-/// A bpffs pin directory of the test's own, removed when dropped.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn pinned_files(dir: &PathBuf) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -31,7 +22,7 @@ fn pinned_files(dir: &PathBuf) -> Vec<String> {
 fn a_leg_without_native_xdp_is_refused_and_nothing_stays_attached() {
     require_root();
     let ns = NetNs::new("noxdp");
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", ns.name)));
+    let pins = PinDir::of(&ns);
     ns.run(|| {
         sh(
             "ip link add gc type veth peer name gcp && ip link set gc up && ip link set gcp up && \

@@ -77,12 +77,7 @@ fn random_connections_get_unique_tuples_and_their_own_replies() {
             ..Default::default()
         })
         .expect("load");
-        let open = GatewayTables {
-            endpoints: Default::default(),
-            groups: vec![],
-            rule_sets: vec![],
-        };
-        gw.apply(&open).expect("apply");
+        gw.apply(&GatewayTables::default()).expect("apply");
         let pods: Vec<(IpAddr, u32)> = (1..=8).map(|p| (ip(&format!("10.244.9.{p}")), 1)).collect();
         gw.set_snat(&SnatConfig {
             classes: pods,

@@ -12,6 +12,9 @@ use portcullis_gateway::{ForwardMode, Gateway, GatewayOptions, SnatConfig};
 use portcullis_policy::compile::GatewayTables;
 use portcullis_testkit::*;
 
+mod xdp_pass;
+use xdp_pass::attach_pass;
+
 const POD4: &str = "10.96.0.1";
 const POD6: &str = "fd00:96::1";
 const SERVER4: &str = "192.0.2.50";
@@ -90,14 +93,7 @@ fn external_servers_see_the_egress_address_with_xdp_forwarding() {
 
 fn external_servers_see_the_egress_address_with(forward: ForwardMode) {
     require_root();
-    let pod = NetNs::new("spod");
-    let gwns = NetNs::new("sgw");
-    let ext = NetNs::new("sext");
-    sh(&format!(
-        "ip link add p0 netns {} type veth peer name gc netns {} && \
-         ip link add x0 netns {} type veth peer name ge netns {}",
-        pod.name, gwns.name, ext.name, gwns.name
-    ));
+    let EdgeNs { pod, gw: gwns, ext } = EdgeNs::new("s");
     pod.run(|| {
         sh(
             "ip addr add 10.96.0.1/24 dev p0 && ip -6 addr add fd00:96::1/64 dev p0 nodad && \
@@ -135,12 +131,7 @@ fn external_servers_see_the_egress_address_with(forward: ForwardMode) {
         })
         .expect("load")
     });
-    let open = GatewayTables {
-        endpoints: Default::default(),
-        groups: vec![],
-        rule_sets: vec![],
-    };
-    gw.apply(&open).expect("apply");
+    gw.apply(&GatewayTables::default()).expect("apply");
     gw.set_snat(&SnatConfig {
         classes: vec![(ip(POD4), 7), (ip(POD6), 7)],
         entries: vec![
@@ -180,19 +171,4 @@ fn external_servers_see_the_egress_address_with(forward: ForwardMode) {
             "translated packets forwarded in XDP: {forwarded}"
         );
     }
-}
-
-static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-xdp-ebpf"));
-
-/// Attaches the object's `xdp_pass` program to `iface` (in the calling thread's namespace); it
-/// stays attached while the returned handle lives.
-fn attach_pass(iface: &str) -> aya::Ebpf {
-    let mut ebpf = aya::Ebpf::load(OBJECT).expect("load object");
-    let prog: &mut aya::programs::Xdp = (ebpf.program_mut("xdp_pass").expect("xdp_pass"))
-        .try_into()
-        .expect("xdp program");
-    prog.load().expect("load xdp_pass");
-    (prog.attach(iface, aya::programs::XdpMode::Driver)).expect("attach xdp_pass");
-    ebpf
 }

@@ -10,6 +10,9 @@ use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::Direction;
 use portcullis_testkit::*;
 
+mod xdp_pass;
+use xdp_pass::attach_pass;
+
 fn tables(allowed: &str) -> GatewayTables {
     let mut endpoints = BTreeMap::new();
     endpoints.insert(
@@ -114,14 +117,7 @@ fn ping_through_xdp_attached_veth_passes_and_drops_as_tables_say() {
 #[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn xdp_forwarding_between_legs() {
     require_root();
-    let pod = NetNs::new("fpod");
-    let gwns = NetNs::new("fgw");
-    let ext = NetNs::new("fext");
-    sh(&format!(
-        "ip link add p0 netns {} type veth peer name gc netns {} && \
-         ip link add x0 netns {} type veth peer name ge netns {}",
-        pod.name, gwns.name, ext.name, gwns.name
-    ));
+    let EdgeNs { pod, gw: gwns, ext } = EdgeNs::new("f");
     pod.run(|| {
         sh("ip addr add 10.98.0.1/24 dev p0 && ip link set p0 up && \
             ip route add default via 10.98.0.254")
@@ -170,22 +166,4 @@ fn xdp_forwarding_between_legs() {
         "expected most packets forwarded in XDP: {:?}",
         status.tables.counters
     );
-}
-
-static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-xdp-ebpf"));
-
-/// Attaches the object's `xdp_pass` program to `iface` (in the calling thread's namespace); it
-/// stays attached while the returned handle lives.
-fn attach_pass(iface: &str) -> aya::Ebpf {
-    let mut ebpf = aya::Ebpf::load(OBJECT).expect("load object");
-    let prog: &mut aya::programs::Xdp = ebpf
-        .program_mut("xdp_pass")
-        .expect("xdp_pass")
-        .try_into()
-        .expect("xdp program");
-    prog.load().expect("load xdp_pass");
-    prog.attach(iface, aya::programs::XdpMode::Driver)
-        .expect("attach xdp_pass");
-    ebpf
 }

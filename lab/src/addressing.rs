@@ -31,32 +31,6 @@ pub const EGRESS_GATEWAY_LABEL: &str = "portcullis.io/egress-gateway";
 pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
-// Cluster segment (gateway's cluster leg and every node's uplink): 169.254.16.0/20, fe80::/64.
-pub(crate) const GW_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 16, 1);
-pub(crate) const GW_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1);
-pub(crate) const CLUSTER_PREFIX_V4: u8 = 20;
-// The router: the last address of the cluster segment (nodes count up from its first).
-pub(crate) const RT_CLUSTER_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 31, 254);
-pub(crate) const RT_CLUSTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 0xfffe);
-// Router to external namespace: a /30 beside the gateway's and fe80::c:/64 addresses.
-pub(crate) const RT_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 9);
-pub(crate) const RT_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 1);
-pub(crate) const EXT_RT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 10);
-pub(crate) const EXT_RT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 2);
-// External segment: the gateway's external leg and the external namespace, a /30 and fe80::/64.
-pub(crate) const GW_EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 5);
-pub(crate) const GW_EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1);
-pub(crate) const EXT_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 6);
-pub(crate) const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2);
-pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
-
-pub(crate) const MAC_GW_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x03, 0x00, 0x00];
-pub(crate) const MAC_GW_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x01];
-pub(crate) const MAC_EXT: [u8; 6] = [0x02, 0x70, 0x63, 0x04, 0x00, 0x02];
-pub(crate) const MAC_RT_CLUSTER: [u8; 6] = [0x02, 0x70, 0x63, 0x05, 0x00, 0x01];
-pub(crate) const MAC_RT_EXTERNAL: [u8; 6] = [0x02, 0x70, 0x63, 0x06, 0x00, 0x01];
-pub(crate) const MAC_EXT_RT: [u8; 6] = [0x02, 0x70, 0x63, 0x06, 0x00, 0x02];
-
 /// One end of a transit link: its addresses (IPv6 in a /64) and MAC.
 pub(crate) struct TransitEnd {
     pub v4: Ipv4Addr,
@@ -65,51 +39,58 @@ pub(crate) struct TransitEnd {
     pub mac: [u8; 6],
 }
 
+// Cluster segment (gateway's cluster leg and every node's uplink): 169.254.16.0/20, fe80::/64.
+pub(crate) const CLUSTER_PREFIX_V4: u8 = 20;
 pub(crate) const GATEWAY_CLUSTER_END: TransitEnd = TransitEnd {
-    v4: GW_CLUSTER_V4,
+    v4: Ipv4Addr::new(169, 254, 16, 1),
     prefix_v4: CLUSTER_PREFIX_V4,
-    v6: GW_CLUSTER_V6,
-    mac: MAC_GW_CLUSTER,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1),
+    mac: [0x02, 0x70, 0x63, 0x03, 0x00, 0x00],
 };
-pub(crate) const GATEWAY_EXTERNAL_END: TransitEnd = TransitEnd {
-    v4: GW_EXTERNAL_V4,
-    prefix_v4: EXTERNAL_PREFIX_V4,
-    v6: GW_EXTERNAL_V6,
-    mac: MAC_GW_EXTERNAL,
-};
-pub(crate) const EXTERNAL_END: TransitEnd = TransitEnd {
-    v4: EXT_V4,
-    prefix_v4: EXTERNAL_PREFIX_V4,
-    v6: EXT_V6,
-    mac: MAC_EXT,
+// The router: the last address of the cluster segment (nodes count up from its first).
+pub(crate) const ROUTER_CLUSTER_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 31, 254),
+    prefix_v4: CLUSTER_PREFIX_V4,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 0xfffe),
+    mac: [0x02, 0x70, 0x63, 0x05, 0x00, 0x01],
 };
 
-pub(crate) const ROUTER_CLUSTER_END: TransitEnd = TransitEnd {
-    v4: RT_CLUSTER_V4,
-    prefix_v4: CLUSTER_PREFIX_V4,
-    v6: RT_CLUSTER_V6,
-    mac: MAC_RT_CLUSTER,
-};
-pub(crate) const ROUTER_EXTERNAL_END: TransitEnd = TransitEnd {
-    v4: RT_EXTERNAL_V4,
+// External segment: the gateway's external leg and the external namespace, a /30 and fe80::/64.
+pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
+pub(crate) const GATEWAY_EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 0, 5),
     prefix_v4: EXTERNAL_PREFIX_V4,
-    v6: RT_EXTERNAL_V6,
-    mac: MAC_RT_EXTERNAL,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1),
+    mac: [0x02, 0x70, 0x63, 0x04, 0x00, 0x01],
+};
+pub(crate) const EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 0, 6),
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2),
+    mac: [0x02, 0x70, 0x63, 0x04, 0x00, 0x02],
+};
+
+// Router to external namespace: a /30 beside the gateway's and fe80::c:/64 addresses.
+pub(crate) const ROUTER_EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 0, 9),
+    prefix_v4: EXTERNAL_PREFIX_V4,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 1),
+    mac: [0x02, 0x70, 0x63, 0x06, 0x00, 0x01],
 };
 pub(crate) const EXTERNAL_ROUTER_END: TransitEnd = TransitEnd {
-    v4: EXT_RT_V4,
+    v4: Ipv4Addr::new(169, 254, 0, 10),
     prefix_v4: EXTERNAL_PREFIX_V4,
-    v6: EXT_RT_V6,
-    mac: MAC_EXT_RT,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xc, 2),
+    mac: [0x02, 0x70, 0x63, 0x06, 0x00, 0x02],
 };
 
 /// Node `i`'s uplink address (the gateway's cluster leg is the first of the segment).
 pub(crate) fn node_uplink_v4(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(GW_CLUSTER_V4) + 1 + i as u32)
+    Ipv4Addr::from(u32::from(GATEWAY_CLUSTER_END.v4) + 1 + i as u32)
 }
 
 pub(crate) fn node_uplink_v6(i: usize) -> Ipv6Addr {
-    Ipv6Addr::from(u128::from(GW_CLUSTER_V6) + 1 + i as u128)
+    Ipv6Addr::from(u128::from(GATEWAY_CLUSTER_END.v6) + 1 + i as u128)
 }
 
 pub(crate) fn node_uplink_mac(i: usize) -> [u8; 6] {

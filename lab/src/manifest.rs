@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::addressing::{
-    CLUSTER_PREFIX_V4, EGRESS_GATEWAY_LABEL, GATEWAY_NODE, GW_CLUSTER_V4, GW_CLUSTER_V6,
+    CLUSTER_PREFIX_V4, EGRESS_GATEWAY_LABEL, GATEWAY_CLUSTER_END, GATEWAY_NODE,
 };
 use crate::topology::Topology;
 
@@ -47,7 +47,7 @@ impl Topology {
             &mut out,
             GATEWAY_NODE,
             &[(EGRESS_GATEWAY_LABEL, "true")],
-            &[GW_CLUSTER_V4.into(), GW_CLUSTER_V6.into()],
+            &[GATEWAY_CLUSTER_END.v4.into(), GATEWAY_CLUSTER_END.v6.into()],
         );
         out
     }
@@ -60,7 +60,7 @@ impl Topology {
             .flat_map(|p| p.ips.iter().map(|ip| IpNet::from(*ip)))
             .collect();
         cidrs.extend([
-            IpNet::new(GW_CLUSTER_V4.into(), CLUSTER_PREFIX_V4)
+            IpNet::new(GATEWAY_CLUSTER_END.v4.into(), CLUSTER_PREFIX_V4)
                 .expect("a valid prefix")
                 .trunc(),
             "fe80::/64".parse().expect("a valid prefix"),

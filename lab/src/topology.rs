@@ -9,8 +9,8 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 
 use crate::addressing::{
     cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
-    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE,
-    GATEWAY_NODE, GW_CLUSTER_V4, GW_CLUSTER_V6, NODE_UPLINK_IFACE, POD_IFACE,
+    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE,
+    GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE, NODE_UPLINK_IFACE, POD_IFACE,
 };
 use crate::{LabError, LabOptions};
 
@@ -134,8 +134,8 @@ impl Topology {
                 netns: format!("{id}-gw"),
                 cluster_iface: GATEWAY_CLUSTER_IFACE.into(),
                 external_iface: GATEWAY_EXTERNAL_IFACE.into(),
-                cluster_ipv4: GW_CLUSTER_V4,
-                cluster_ipv6: GW_CLUSTER_V6,
+                cluster_ipv4: GATEWAY_CLUSTER_END.v4,
+                cluster_ipv6: GATEWAY_CLUSTER_END.v6,
             },
             ext_netns: format!("{id}-ext"),
             fabric_netns: (nodes.len() > 1 || router).then(|| format!("{id}-fab")),

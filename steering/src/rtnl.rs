@@ -5,10 +5,7 @@ use std::io;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_ALIGNTO, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -16,18 +13,13 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::plan::{Rule, TableRoute};
 
 /// Table ids above this travel in an attribute only (the header's byte says "compat").
 const MAX_HEADER_TABLE: u32 = 255;
 
-pub(crate) struct Rtnl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
+pub(crate) struct Rtnl(portcullis_netlink::Rtnl);
 
 fn family(v4: bool) -> AddressFamily {
     if v4 {
@@ -51,67 +43,15 @@ fn net(addr: IpAddr, len: u8) -> Option<IpNet> {
 
 impl Rtnl {
     pub fn new() -> io::Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Rtnl {
-            sock,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
-    }
-
-    /// Sends `msg` with `flags` and collects every reply message until the request is done: the
-    /// parts of a dump, or nothing for an acknowledged change. A netlink error is the OS error.
-    fn exchange(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        req.finalize();
-        let mut out = vec![0; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut parts = Vec::new();
-        loop {
-            let len = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < len {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..len])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let align = usize::from(NLMSG_ALIGNTO);
-                off += (reply.header.length as usize).div_ceil(align).max(1) * align;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    // A get answers with one message and no ack.
-                    NetlinkPayload::InnerMessage(inner) if !dump && flags & NLM_F_ACK == 0 => {
-                        return Ok(vec![inner])
-                    }
-                    NetlinkPayload::InnerMessage(inner) => parts.push(inner),
-                    NetlinkPayload::Done(_) => return Ok(parts),
-                    NetlinkPayload::Error(err) if err.code.is_none() => return Ok(parts),
-                    NetlinkPayload::Error(err) => return Err(err.to_io()),
-                    _ => {}
-                }
-            }
-        }
+        portcullis_netlink::Rtnl::new().map(Rtnl)
     }
 
     /// The index of interface `name` in the socket's namespace (not the calling thread's).
     pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
         let mut req = LinkMessage::default();
         req.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let reply = self.exchange(RouteNetlinkMessage::GetLink(req), 0)?;
-        match reply.first() {
-            Some(RouteNetlinkMessage::NewLink(link)) => Ok(link.header.index),
+        match self.0.request(RouteNetlinkMessage::GetLink(req))? {
+            RouteNetlinkMessage::NewLink(link) => Ok(link.header.index),
             _ => Err(io::Error::other("RTM_GETLINK: no link in the reply")),
         }
     }
@@ -122,7 +62,7 @@ impl Rtnl {
         for v4 in [true, false] {
             let mut req = RuleMessage::default();
             req.header.family = family(v4);
-            for msg in self.exchange(RouteNetlinkMessage::GetRule(req), NLM_F_DUMP)? {
+            for msg in self.0.dump(RouteNetlinkMessage::GetRule(req))? {
                 let RouteNetlinkMessage::NewRule(m) = msg else {
                     continue;
                 };
@@ -142,7 +82,7 @@ impl Rtnl {
         for v4 in [true, false] {
             let mut req = RouteMessage::default();
             req.header.address_family = family(v4);
-            for msg in self.exchange(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)? {
+            for msg in self.0.dump(RouteNetlinkMessage::GetRoute(req))? {
                 let RouteNetlinkMessage::NewRoute(m) = msg else {
                     continue;
                 };
@@ -158,20 +98,18 @@ impl Rtnl {
 
     pub fn add_rule(&mut self, rule: &Rule) -> io::Result<()> {
         let msg = RouteNetlinkMessage::NewRule(rule_message(rule));
-        self.exchange(msg, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
-            .map(drop)
+        self.0.change(msg, NLM_F_CREATE | NLM_F_EXCL)
     }
 
     pub fn delete_rule(&mut self, rule: &Rule) -> io::Result<()> {
         let msg = RouteNetlinkMessage::DelRule(rule_message(rule));
-        ignore_missing(self.exchange(msg, NLM_F_ACK))
+        ignore_missing(self.0.change(msg, 0))
     }
 
     /// Adds the route, or replaces the one of the same table and destination in one write.
     pub fn write_route(&mut self, route: &TableRoute) -> io::Result<()> {
         let msg = RouteNetlinkMessage::NewRoute(route_message(route));
-        self.exchange(msg, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
-            .map(drop)
+        self.0.change(msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 
     pub fn delete_route(&mut self, route: &TableRoute) -> io::Result<()> {
@@ -180,15 +118,15 @@ impl Rtnl {
         m.header.kind = RouteType::Unspec;
         m.header.scope = RouteScope::NoWhere;
         let msg = RouteNetlinkMessage::DelRoute(m);
-        ignore_missing(self.exchange(msg, NLM_F_ACK))
+        ignore_missing(self.0.change(msg, 0))
     }
 }
 
 /// Something already gone is deleted.
-fn ignore_missing(r: io::Result<Vec<RouteNetlinkMessage>>) -> io::Result<()> {
+fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
     match r {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
-        r => r.map(drop),
+        r => r,
     }
 }
 

@@ -1,7 +1,9 @@
-//! Test helpers shared by the tests of every crate: throw-away network namespaces, commands, and
-//! hand-built packets. A dev-dependency only. Entering a namespace, running a command and looking
-//! up an interface are `portcullis-lab`'s (`netns`, `command`, `iface`), which the lab, perf and
-//! these helpers share; here they panic instead of returning errors, as tests want.
+//! Test helpers shared by the tests of every crate: throw-away network namespaces (one, or the
+//! pod / gateway / external line of the gateway's traffic tests), bpffs pin directories,
+//! commands, and hand-built packets. A dev-dependency only. Entering a namespace, running a
+//! command and looking up an interface are `portcullis-lab`'s (`netns`, `command`, `iface`),
+//! which the lab, perf and these helpers share; here they panic instead of returning errors, as
+//! tests want.
 
 mod cmd;
 pub mod differential;
@@ -9,7 +11,7 @@ mod netns;
 pub mod packet;
 
 pub use cmd::{ifindex, require_root, run, sh};
-pub use netns::NetNs;
+pub use netns::{EdgeNs, NetNs, PinDir};
 pub use packet::*;
 
 use std::path::PathBuf;

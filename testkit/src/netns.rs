@@ -1,5 +1,6 @@
 //! Throw-away network namespaces for kernel tests.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,6 +41,58 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A pod, a gateway and an external namespace in a line, as the gateway's traffic tests wire
+/// them: veth `p0` (pod) to `gc` (the gateway's cluster leg), veth `ge` (its external leg) to `x0`
+/// (external). The links are down and have no addresses.
+pub struct EdgeNs {
+    pub pod: NetNs,
+    pub gw: NetNs,
+    pub ext: NetNs,
+}
+
+impl EdgeNs {
+    /// Namespaces `pcl-{tag}p-…`, `pcl-{tag}g-…` and `pcl-{tag}x-…`.
+    pub fn new(tag: &str) -> EdgeNs {
+        EdgeNs::wire(tag, "", "")
+    }
+
+    /// With `cluster` queues on both ends of the cluster veth and `external` on the external's.
+    pub fn with_queues(tag: &str, cluster: u32, external: u32) -> EdgeNs {
+        let q = |n: u32| format!(" numrxqueues {n} numtxqueues {n}");
+        EdgeNs::wire(tag, &q(cluster), &q(external))
+    }
+
+    fn wire(tag: &str, cluster_queues: &str, external_queues: &str) -> EdgeNs {
+        let t = EdgeNs {
+            pod: NetNs::new(&format!("{tag}p")),
+            gw: NetNs::new(&format!("{tag}g")),
+            ext: NetNs::new(&format!("{tag}x")),
+        };
+        sh(&format!(
+            "ip link add p0 netns {}{cluster_queues} type veth peer name gc netns {}{cluster_queues} && \
+             ip link add x0 netns {}{external_queues} type veth peer name ge netns {}{external_queues}",
+            t.pod.name, t.gw.name, t.ext.name, t.gw.name
+        ));
+        t
+    }
+}
+
+/// A bpffs pin directory of a test's own (named after its namespace), removed when dropped,
+/// even when the test fails.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn of(ns: &NetNs) -> PinDir {
+        PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", ns.name)))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1,14 +1,11 @@
 //! The gateway tier: one namespace with a cluster leg (towards the nodes) and an external leg
 //! (towards the external hosts), routing between them. Each pod is reached via its node.
 
-use std::net::IpAddr;
-
 use super::ip_batch::Batch;
-use super::{default_route_leg, fabric, neigh};
+use super::{edge_tier, fabric};
 use crate::addressing::{
-    format_mac, CLUSTER_PREFIX_V4, EXTERNAL_END, EXT_IFACE, GATEWAY_CLUSTER_IFACE,
-    GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6, MAC_EXT,
-    MAC_GW_CLUSTER, MAC_GW_EXTERNAL,
+    format_mac, EXTERNAL_END, EXT_IFACE, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE,
+    GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE,
 };
 use crate::topology::Topology;
 
@@ -19,13 +16,13 @@ pub(super) fn links(topo: &Topology) -> Batch {
     let ext = &topo.ext_netns;
     let mut lines = vec![format!(
         "link add {GATEWAY_EXTERNAL_IFACE} address {} type veth peer name {EXT_IFACE} address {} netns {ext}",
-        format_mac(&MAC_GW_EXTERNAL),
-        format_mac(&MAC_EXT)
+        format_mac(&GATEWAY_EXTERNAL_END.mac),
+        format_mac(&EXTERNAL_END.mac)
     )];
     if let Some(f) = &topo.fabric_netns {
         lines.push(format!(
             "link add {GATEWAY_CLUSTER_IFACE} address {} type veth peer name {} netns {f}",
-            format_mac(&MAC_GW_CLUSTER),
+            format_mac(&GATEWAY_CLUSTER_END.mac),
             fabric::GW_PORT
         ));
     }
@@ -35,27 +32,13 @@ pub(super) fn links(topo: &Topology) -> Batch {
 /// Both legs addressed, a default route to the external namespace, static neighbours for it
 /// and every node, and a route to every pod address via its node.
 pub(super) fn configure(topo: &Topology) -> Batch {
-    let (cl, ex) = (GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE);
-    let mut lines = vec![
-        "link set lo up".to_string(),
-        format!("link set {cl} up"),
-        format!("link set {ex} up"),
-        format!("addr add {GW_CLUSTER_V4}/{CLUSTER_PREFIX_V4} dev {cl}"),
-        format!("addr add {GW_CLUSTER_V6}/64 dev {cl} nodad"),
-    ];
-    lines.extend(default_route_leg(ex, &GATEWAY_EXTERNAL_END, &EXTERNAL_END));
-    for node in &topo.nodes {
-        lines.push(neigh(&node.uplink_ipv4, &node.uplink_mac, cl));
-        lines.push(neigh(&node.uplink_ipv6, &node.uplink_mac, cl));
-    }
-    for p in topo.pods.values() {
-        let node = topo.node_of(p);
-        for ip in &p.ips {
-            lines.push(match ip {
-                IpAddr::V4(a) => format!("route add {a}/32 via {} dev {cl}", node.uplink_ipv4),
-                IpAddr::V6(a) => format!("route add {a}/128 via {} dev {cl}", node.uplink_ipv6),
-            });
-        }
-    }
+    let lines = edge_tier(
+        topo,
+        GATEWAY_CLUSTER_IFACE,
+        &GATEWAY_CLUSTER_END,
+        GATEWAY_EXTERNAL_IFACE,
+        &GATEWAY_EXTERNAL_END,
+        &EXTERNAL_END,
+    );
     Batch::new(&topo.gateway.netns, "configure gateway", lines)
 }

@@ -101,6 +101,42 @@ fn default_route_leg(dev: &str, own: &TransitEnd, hop: &TransitEnd) -> Vec<Strin
     ]
 }
 
+/// `ip` lines of a tier between the cluster segment and the external namespace (the gateway, the
+/// router): both legs up, cluster leg `cl` addressed as `own`, external leg `ex` addressed as
+/// `ex_own` with its default route via `hop`, static neighbours for every node on the cluster
+/// leg, and each pod address via its node.
+fn edge_tier(
+    topo: &Topology,
+    cl: &str,
+    own: &TransitEnd,
+    ex: &str,
+    ex_own: &TransitEnd,
+    hop: &TransitEnd,
+) -> Vec<String> {
+    let mut lines = vec![
+        "link set lo up".to_string(),
+        format!("link set {cl} up"),
+        format!("link set {ex} up"),
+        format!("addr add {}/{} dev {cl}", own.v4, own.prefix_v4),
+        format!("addr add {}/64 dev {cl} nodad", own.v6),
+    ];
+    lines.extend(default_route_leg(ex, ex_own, hop));
+    for node in &topo.nodes {
+        lines.push(neigh(&node.uplink_ipv4, &node.uplink_mac, cl));
+        lines.push(neigh(&node.uplink_ipv6, &node.uplink_mac, cl));
+    }
+    for p in topo.pods.values() {
+        let node = topo.node_of(p);
+        for ip in &p.ips {
+            lines.push(match ip {
+                IpAddr::V4(a) => format!("route add {a}/32 via {} dev {cl}", node.uplink_ipv4),
+                IpAddr::V6(a) => format!("route add {a}/128 via {} dev {cl}", node.uplink_ipv6),
+            });
+        }
+    }
+    lines
+}
+
 fn first_v4(ips: &[IpAddr]) -> Option<Ipv4Addr> {
     ips.iter().find_map(|a| match a {
         IpAddr::V4(a) => Some(*a),

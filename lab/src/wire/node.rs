@@ -6,8 +6,8 @@
 use super::ip_batch::Batch;
 use super::{default_route_leg, fabric, first_v4, first_v6, neigh};
 use crate::addressing::{
-    format_mac, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, GW_CLUSTER_V4, GW_CLUSTER_V6,
-    MAC_GW_CLUSTER, NODE_UPLINK_IFACE, POD_IFACE, ROUTER_CLUSTER_END,
+    format_mac, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, NODE_UPLINK_IFACE, POD_IFACE,
+    ROUTER_CLUSTER_END,
 };
 use crate::topology::{NodeInfo, PodAttachment, Topology};
 
@@ -19,7 +19,7 @@ pub(super) fn links(topo: &Topology, i: usize, node: &NodeInfo) -> Batch {
     let mut lines = vec![match &topo.fabric_netns {
         None => format!(
             "link add {up} address {mac} type veth peer name {GATEWAY_CLUSTER_IFACE} address {} netns {}",
-            format_mac(&MAC_GW_CLUSTER),
+            format_mac(&GATEWAY_CLUSTER_END.mac),
             topo.gateway.netns
         ),
         Some(f) => format!(
@@ -52,8 +52,8 @@ pub(super) fn configure(topo: &Topology, node: &NodeInfo) -> Batch {
     lines.extend(default_route_leg(up, &node.uplink_end(), default_hop));
     if topo.router_netns.is_some() {
         // Steering's next hop.
-        lines.push(neigh(&GW_CLUSTER_V4, &MAC_GW_CLUSTER, up));
-        lines.push(neigh(&GW_CLUSTER_V6, &MAC_GW_CLUSTER, up));
+        lines.push(neigh(&GATEWAY_CLUSTER_END.v4, &GATEWAY_CLUSTER_END.mac, up));
+        lines.push(neigh(&GATEWAY_CLUSTER_END.v6, &GATEWAY_CLUSTER_END.mac, up));
     }
     for other in topo.nodes.iter().filter(|o| o.netns != node.netns) {
         lines.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));

@@ -5,15 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use portcullis_afxdp::engine::{Engine, EngineOptions};
-use portcullis_afxdp::rings::RingConfig;
-use portcullis_afxdp::tables::PolicyTables;
-use portcullis_gateway::{DatapathMode, ForwardMode, Gateway, GatewayOptions, SnatConfig};
+use portcullis_gateway::{DatapathMode, SnatConfig};
 use portcullis_policy::compile::GatewayTables;
 use portcullis_testkit::*;
+
+mod with_gateway;
 
 const CLASSED: &str = "10.94.0.1";
 const UNCLASSED: &str = "10.94.0.2";
@@ -24,25 +22,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-struct Topology {
-    pod: NetNs,
-    gw: NetNs,
-    ext: NetNs,
-}
-
 /// The hosts checksum in software and run GRO (their NAPI receives redirected frames), as in
 /// the engine's own tests (`afxdp/tests/engine.rs`).
-fn topology(tag: &str) -> Topology {
-    let t = Topology {
-        pod: NetNs::new(&format!("{tag}p")),
-        gw: NetNs::new(&format!("{tag}g")),
-        ext: NetNs::new(&format!("{tag}x")),
-    };
-    sh(&format!(
-        "ip link add p0 netns {} type veth peer name gc netns {} && \
-         ip link add x0 netns {} type veth peer name ge netns {}",
-        t.pod.name, t.gw.name, t.ext.name, t.gw.name
-    ));
+fn topology(tag: &str) -> EdgeNs {
+    let t = EdgeNs::new(tag);
     t.pod.run(|| {
         sh(&format!(
             "ip addr add {CLASSED}/24 dev p0 && ip addr add {UNCLASSED}/24 dev p0 && \
@@ -64,16 +47,8 @@ fn topology(tag: &str) -> Topology {
     t
 }
 
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What the server says the peer of a connection from `source` is.
-fn peer_seen(t: &Topology, source: &str) -> String {
+fn peer_seen(t: &EdgeNs, source: &str) -> String {
     let server = SocketAddr::new(ip(SERVER), 8080);
     let listener = t.ext.run(|| TcpListener::bind(server).expect("bind"));
     let accepting = std::thread::spawn(move || {
@@ -99,7 +74,7 @@ fn peer_seen(t: &Topology, source: &str) -> String {
 }
 
 /// A connection from the classed pod to an echo server that first sends the peer it sees.
-fn echo_connection(t: &Topology) -> (TcpStream, String) {
+fn echo_connection(t: &EdgeNs) -> (TcpStream, String) {
     let server = SocketAddr::new(ip(SERVER), 8081);
     let listener = t.ext.run(|| TcpListener::bind(server).expect("bind"));
     std::thread::spawn(move || {
@@ -136,23 +111,10 @@ fn echoes(conn: &mut TcpStream, line: &[u8]) -> bool {
 fn engine_keeps_out_of_translated_traffic(datapath: DatapathMode, tag: &str) {
     require_root();
     let t = topology(tag);
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", t.gw.name)));
+    let pins = PinDir::of(&t.gw);
     let (mut gw, engine) = t.gw.run(|| {
-        let mut gw = Gateway::load(GatewayOptions {
-            cluster_iface: "gc".into(),
-            external_iface: "ge".into(),
-            forward: ForwardMode::Xdp,
-            datapath,
-            pin_dir: Some(pins.0.clone()),
-            ..Default::default()
-        })
-        .expect("load");
-        let open = GatewayTables {
-            endpoints: Default::default(),
-            groups: vec![],
-            rule_sets: vec![],
-        };
-        let generation = gw.apply(&open).expect("apply").generation;
+        let open = GatewayTables::default();
+        let (mut gw, generation) = with_gateway::load(datapath, &pins, &open);
         gw.set_snat(&SnatConfig {
             classes: vec![(ip(CLASSED), 1)],
             entries: vec![(1, "0.0.0.0/0".parse().unwrap(), Some(ip(EGRESS)))],
@@ -160,24 +122,7 @@ fn engine_keeps_out_of_translated_traffic(datapath: DatapathMode, tag: &str) {
             ..Default::default()
         })
         .expect("set_snat");
-        let handles = gw.engine_handles().expect("engine handles");
-        let engine = Engine::start(
-            EngineOptions {
-                cluster_iface: "gc".into(),
-                external_iface: "ge".into(),
-                legs: handles.legs,
-                queues: None,
-                rings: RingConfig::default(),
-                hybrid_pins: (datapath == DatapathMode::Hybrid).then(|| pins.0.clone()),
-                mirror_pins: Some(pins.0.clone()),
-                revalidate: false,
-                pin_threads: false,
-            },
-            handles.xsks,
-            handles.epoch,
-            PolicyTables::new(&open, u64::from(generation)),
-        )
-        .expect("engine");
+        let engine = with_gateway::start_engine(&mut gw, datapath, &pins, false, &open, generation);
         (gw, engine)
     });
     assert_eq!(
