@@ -124,6 +124,22 @@ pub(super) fn convert_egress_gateway(
         None => return Err(field_error("spec.gateway.nodeSelector", "missing")),
     };
     let egress_ips = convert_egress_ips(gateway.egress_ips.unwrap_or_default())?;
+    // An egress IP is only ever used for destinations of its family: one without such a
+    // destination CIDR is a mistake (a typo'd address or a missing CIDR), not something to ignore.
+    for (i, ip) in egress_ips.iter().enumerate() {
+        if !destination_cidrs
+            .iter()
+            .any(|c| c.addr().is_ipv4() == ip.is_ipv4())
+        {
+            return Err(field_error(
+                format!("spec.gateway.egressIPs[{i}]"),
+                format!(
+                    "{ip}: no destinationCIDR is {}, so it would never be used",
+                    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+    }
     Ok(EgressGateway {
         name,
         selectors,

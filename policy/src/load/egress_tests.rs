@@ -64,6 +64,11 @@ fn bad_egress_gateways_are_rejected_by_name_and_field() {
             "spec.gateway.egressIPs[1]: 192.0.2.101: at most one egress IP per address family",
         ),
         (
+            r#"  destinationCIDRs: ["0.0.0.0/0", "::/0", "203.0.113.77/24"]"#,
+            r#"  destinationCIDRs: ["0.0.0.0/0"]"#,
+            "spec.gateway.egressIPs[1]: 2001:db8::100: no destinationCIDR is IPv6, so it would never be used",
+        ),
+        (
             r#"    egressIPs: ["192.0.2.100", "2001:db8::100"]"#,
             r#"    egressIPs: ["192.0.2.300"]"#,
             r#"spec.gateway.egressIPs[0]: "192.0.2.300" is not an IP address"#,
