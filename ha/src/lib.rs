@@ -22,4 +22,5 @@
 //!
 //! [`replica`]: crate::replica
 
+pub mod protocol;
 pub mod replica;
