@@ -17,9 +17,13 @@
 //!   releases. Nodes steer to the live claimant.
 //! - **Sync** ([`replica`], [`protocol`]): each gateway pushes its flow table and translations to
 //!   every peer over a TCP stream: a full dump when the stream opens, then every entry that
-//!   changed since the previous scan. A gateway is ready once it has a complete dump from every
-//!   live peer; until then it claims nothing.
+//!   changed since the previous scan. A gateway is ready once it has listened for one detection
+//!   time and has a complete dump from every live peer; until then it claims nothing. Readiness
+//!   is latched ([`election::SyncState`]): the active gateway stays ready when a restarted peer
+//!   opens a new stream.
 //!
 //! [`replica`]: crate::replica
 
+pub mod election;
+pub mod protocol;
 pub mod replica;
