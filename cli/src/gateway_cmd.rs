@@ -283,7 +283,7 @@ impl GatewayEnforcer {
         };
         let owned = match ha.poll(&mut self.gateway, self.snapshot.as_deref()) {
             Ok(Some(owned)) => owned,
-            Ok(None) => return false,
+            Ok(None) => return ha.agent().publish_due(),
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "failover turn failed");
                 return false;

@@ -154,6 +154,8 @@ pub struct HaAgent {
     pub(crate) shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     sync: Option<sync::SyncStreams>,
+    /// When `status` last got the agent's state (see [`HaAgent::publish_due`]).
+    published: Mutex<Instant>,
 }
 
 impl HaAgent {
@@ -204,6 +206,7 @@ impl HaAgent {
             shared,
             threads,
             sync,
+            published: Mutex::new(Instant::now()),
         })
     }
 
@@ -242,6 +245,17 @@ impl HaAgent {
         if let Some(sync) = &self.sync {
             sync.send(entries, full_to);
         }
+    }
+
+    /// Whether the daemon should publish its state again for `status` (the health, lag and
+    /// counters change without a decision): once a second.
+    pub fn publish_due(&self) -> bool {
+        let mut last = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.elapsed() >= std::time::Duration::from_secs(1);
+        if due {
+            *last = Instant::now();
+        }
+        due
     }
 
     /// The agent as `status` shows it.

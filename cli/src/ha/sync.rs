@@ -196,6 +196,11 @@ fn read_stream(shared: &Shared, mut stream: TcpStream, from: SocketAddr) {
                         warn!(%from, version, "sync stream of another protocol version refused");
                         return;
                     }
+                    if !shared.lock().membership.sync_peers().contains(&sender) {
+                        shared.lock().refused("stranger");
+                        warn!(%from, peer = %sender, "sync stream from a gateway of none of this gateway's groups refused");
+                        return;
+                    }
                     info!(%from, peer = %sender, "sync stream from a peer");
                     shared.lock().sync.stream_reset(&sender);
                     peer = Some(sender);

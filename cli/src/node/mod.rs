@@ -495,7 +495,9 @@ impl Enforcer for NodeEnforcer {
         if self.last_host_sync.elapsed() >= HOST_RESYNC {
             self.sync_host_addrs();
         }
-        if let Some(actives) = self.ha.as_ref().map(crate::ha::HaAgent::actives) {
+        if let Some(ha) = &self.ha {
+            let actives = ha.actives();
+            changed |= ha.publish_due();
             if actives != self.actives {
                 self.actives = actives;
                 self.sync_steering();
