@@ -264,6 +264,9 @@ impl Enforcer for GatewayEnforcer {
             crate::engine_events::export_metrics(&engine.status());
         }
         crate::gateway_egress::export_metrics(&status.snat);
+        if let Some(ha) = &self.ha {
+            ha.agent().export_metrics();
+        }
         export_flow_tables("gateway", &status.tables.flows);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(

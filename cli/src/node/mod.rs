@@ -541,6 +541,9 @@ impl Enforcer for NodeEnforcer {
         };
         export_flow_tables("node", &status.tables.flows);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
+        if let Some(ha) = &self.ha {
+            ha.export_metrics();
+        }
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(
             "portcullis_node_policy_drops_total",
