@@ -3,8 +3,8 @@
 //! (`parse::{parse, flow_key}`, `flow::{touch, flow_live, opens_flow, syn_only}`): flow-table hit
 //! with revalidation against a new generation, ICMP errors related to a known flow, the policy
 //! check (the gateway's admission: always checked), flow creation and confirmation, the same
-//! `COUNTER_*` counters and per-group drop counts, and a drop event for every drop (rate limiting
-//! is the caller's). See `flow.rs` for the rules themselves.
+//! `COUNTER_*` counters and per-group drop counts, a drop event for every drop and an allow record
+//! for every new flow (rate limiting is the caller's). See `flow.rs` for the rules themselves.
 
 use ahash::AHashMap;
 use portcullis_common::*;
@@ -22,6 +22,9 @@ use crate::tables::PolicyTables;
 pub enum Outcome {
     /// Allowed: the engine forwards it.
     Allowed,
+    /// Allowed, and it opened a new flow: the engine forwards it and reports the flow's allow
+    /// record (the kernel's `report_flow`; timestamp: the pipeline's clock).
+    Opened(DropEvent),
     /// Not an IP packet the gateway judges (non-IP, neighbour discovery): for the kernel.
     NotIp,
     /// Dropped, with the event the kernel would report (timestamp: the pipeline's clock).
@@ -124,6 +127,10 @@ impl<F: FlowStore> Pipeline<F> {
             Outcome::Dropped(mut event) => {
                 event.timestamp_ns = now_ns;
                 Outcome::Dropped(event)
+            }
+            Outcome::Opened(mut record) => {
+                record.timestamp_ns = now_ns;
+                Outcome::Opened(record)
             }
             other => other,
         }
@@ -252,6 +259,24 @@ impl<F: FlowStore> Pipeline<F> {
                     self.count(COUNTER_EMBRYONIC_REUSED);
                 }
             }
+            self.count(COUNTER_FLOW_RECORDS);
+            return Outcome::Opened(DropEvent {
+                ifindex,
+                group: v.group(),
+                src: pkt.src,
+                dst: pkt.dst,
+                src_port: u16::from_be(pkt.sport),
+                dst_port: u16::from_be(pkt.dport),
+                protocol: pkt.proto,
+                direction: v.direction(),
+                kind: if v.is_unselected() {
+                    EVENT_KIND_ALLOW_UNSELECTED
+                } else {
+                    EVENT_KIND_ALLOW_POLICY
+                },
+                sides,
+                ..DropEvent::default()
+            });
         }
         Outcome::Allowed
     }
