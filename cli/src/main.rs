@@ -8,6 +8,7 @@ mod gateway_cmd;
 mod gateway_egress;
 mod graph_cmd;
 mod lab_cmd;
+mod monitor_verdict;
 mod node;
 mod probe_cmd;
 mod status_cmd;
