@@ -433,10 +433,17 @@ pub struct MonitorArgs {
     /// `--summary`'s window.
     #[arg(long, value_parser = crate::daemon::parse_duration, default_value = "10s")]
     pub(crate) window: Duration,
-    /// `--type verdict`: the cluster (as the daemon reads it), to name the rule that allowed each
-    /// flow. Without it, records name the admitting policies only.
-    #[command(flatten)]
-    source: crate::SourceArgs,
+    /// `--type verdict`: the cluster's manifests (as the daemon reads them), to name the rule
+    /// that allowed each flow. Without a cluster, records name the admitting policies only.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["kubeconfig", "kube"])]
+    manifests: Vec<PathBuf>,
+    /// `--type verdict`: read the cluster through this kubeconfig (see `--manifests`).
+    #[arg(long, conflicts_with = "kube")]
+    kubeconfig: Option<PathBuf>,
+    /// `--type verdict`: read the cluster through the in-cluster service account (see
+    /// `--manifests`).
+    #[arg(long)]
+    kube: bool,
 }
 
 pub(crate) fn event_addr(bytes: [u8; 16]) -> IpAddr {
@@ -473,10 +480,15 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
     // The gateway's AF_XDP engine reports its drops through the state directory.
     let mut engine_events = (!args.pins.node).then(|| EngineEvents::follow(&state_dir));
     if args.event_type == EventType::Verdict {
-        let snapshot = if args.source.manifests.is_empty() && !args.source.is_kube() {
+        let source = crate::SourceArgs {
+            manifests: args.manifests.clone(),
+            kubeconfig: args.kubeconfig.clone(),
+            kube: args.kube,
+        };
+        let snapshot = if source.manifests.is_empty() && !source.is_kube() {
             None
         } else {
-            Some(crate::load_reporting(&args.source)?.0)
+            Some(crate::load_reporting(&source)?.0)
         };
         return crate::monitor_verdict::run(&args, events, engine_events, &state_dir, snapshot);
     }

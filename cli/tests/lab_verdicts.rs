@@ -158,7 +158,18 @@ fn record_to<'a>(records: &'a [Value], dst: &str, port: u16) -> &'a Value {
 
 #[test]
 fn verdict_records_on_the_gateway_name_the_policy_and_rule() {
-    let dirs = Dirs::new("verdict-gw");
+    gateway_records("xdp");
+}
+
+/// The same with the AF_XDP engine judging: its records reach `monitor` through the daemon's
+/// event file.
+#[test]
+fn verdict_records_of_the_af_xdp_engine_name_the_policy_and_rule() {
+    gateway_records("afxdp");
+}
+
+fn gateway_records(datapath: &str) {
+    let dirs = Dirs::new(&format!("verdict-gw-{datapath}"));
     let (mut lab, probes) = lab(
         &dirs,
         r#"- {"from": "x/a", "to": "192.168.1.20", "port": 443, "protocol": "TCP"}
@@ -171,6 +182,8 @@ fn verdict_records_on_the_gateway_name_the_policy_and_rule() {
         &legs.cluster_iface,
         "--external-iface",
         &legs.external_iface,
+        "--datapath",
+        datapath,
     ];
     let gateway = lab
         .spawn_in(&legs.netns, dirs.daemon(&gateway_args))
@@ -199,6 +212,21 @@ fn verdict_records_on_the_gateway_name_the_policy_and_rule() {
     assert_eq!(denied["src_pod"], "x/a");
     assert_eq!(denied["reason"], "policy");
     assert_eq!(denied["policies"][0], "x/egress-lan");
+
+    // `--summary`: one line per (source, destination, port, protocol, verdict) and window.
+    let summary = ["--summary", "--window", "2s"];
+    let lines = verdict_records(&mut lab, &dirs, &legs.netns, &summary, &runs);
+    for (dst, verdict) in [("192.168.1.20", "allow"), ("192.168.1.10", "deny")] {
+        let line = lines
+            .iter()
+            .find(|l| l["dst"] == dst && l["verdict"] == verdict)
+            .unwrap_or_else(|| panic!("no {verdict} summary to {dst} in {lines:#?}"));
+        assert_eq!(line["src"], "x/a", "{line}");
+        assert_eq!(line["dst_port"], 443);
+        assert_eq!(line["protocol"], "TCP");
+        assert_eq!(line["policies"][0], "x/egress-lan");
+        assert!(line["flows"].as_u64().unwrap() >= 1, "{line}");
+    }
     gateway.kill().unwrap();
     lab.teardown().unwrap();
 }
