@@ -307,20 +307,21 @@ fn new_flows_write_rate_limited_allow_records() {
     let c = hook.status().expect("status").tables.counters;
     assert_eq!((c.flow_records, c.flow_records_lost), (1, 0));
 
-    // One CPU, at most two windows during the burst: at least `sent - 2 * limit` are lost.
+    // One CPU: a burst of T seconds spans at most T + 2 windows of `limit` records each; the
+    // rest are lost (at least 3000 of 5000 when it takes less than a second).
     pin_to_one_cpu();
-    let sent = 3 * FLOW_RECORDS_PER_SECOND;
+    let sent = 5 * FLOW_RECORDS_PER_SECOND;
     let started = std::time::Instant::now();
     for i in 0..sent {
         let frame: Vec<u8> = syn(CLIENT, 1000 + i as u16, WEB, 8080).into();
         hook.test_run(TestProgram::Deliver, &frame, 1)
             .expect("test run");
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let elapsed = started.elapsed();
     let c = hook.status().expect("status").tables.counters;
     assert_eq!(c.flow_records + c.flow_records_lost, 1 + sent);
-    assert!(
-        c.flow_records_lost >= sent - 2 * FLOW_RECORDS_PER_SECOND,
-        "{c:?}"
-    );
+    let windows = elapsed.as_secs() + 2;
+    let at_least = sent.saturating_sub(windows * FLOW_RECORDS_PER_SECOND);
+    assert!(c.flow_records_lost >= at_least, "{elapsed:?}: {c:?}");
+    eprintln!("{sent} new flows in {elapsed:?}: {c:?}");
 }
