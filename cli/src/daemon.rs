@@ -206,8 +206,14 @@ pub fn export_group_drops(
 }
 
 /// Publishes the flow tables of a datapath (`side`: "gateway", "node"): entries, capacity and
-/// LRU evictions per table.
-pub fn export_flow_tables(side: &str, flows: &portcullis_gateway::FlowCounts) {
+/// LRU evictions per table, and the flow records written and lost (`monitor --type verdict`).
+pub fn export_flow_tables(side: &str, tables: &portcullis_gateway::TableStatus) {
+    let flows = &tables.flows;
+    let records = &tables.counters;
+    metrics::counter!(format!("portcullis_{side}_flow_records_total"))
+        .absolute(records.flow_records);
+    metrics::counter!(format!("portcullis_{side}_flow_records_lost_total"))
+        .absolute(records.flow_records_lost);
     for (table, entries, capacity, evicted) in [
         (
             "confirmed",
