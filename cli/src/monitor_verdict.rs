@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use portcullis_common::*;
@@ -40,20 +40,38 @@ use crate::OutputFormat;
 struct Names {
     groups: BTreeMap<u32, Vec<String>>,
     addresses: BTreeMap<IpAddr, String>,
+    /// Modification time of the state file read.
+    read_at: Option<SystemTime>,
 }
 
 impl Names {
     fn read(state_dir: &Path) -> Names {
+        let read_at = modified(state_dir);
         let state = PublishedState::read(state_dir).unwrap_or_default();
         Names {
             groups: state.groups,
             addresses: state.addresses,
+            read_at,
+        }
+    }
+
+    /// Reads the state again when the daemon has published since (a new generation: new groups
+    /// and pods).
+    fn refresh(&mut self, state_dir: &Path) {
+        if modified(state_dir) != self.read_at {
+            *self = Names::read(state_dir);
         }
     }
 
     fn pod(&self, addr: IpAddr) -> Option<&str> {
         self.addresses.get(&addr).map(String::as_str)
     }
+}
+
+fn modified(state_dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(PublishedState::path(state_dir))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 /// The `CHECK_*` sides of a record as words.
@@ -212,12 +230,7 @@ pub fn run(
             continue;
         };
         seen += 1;
-        let (src, dst) = (event_addr(record.src), event_addr(record.dst));
-        if !names.groups.contains_key(&record.group)
-            || !(names.addresses.contains_key(&src) || names.addresses.contains_key(&dst))
-        {
-            names = Names::read(state_dir);
-        }
+        names.refresh(state_dir);
         if args.summary {
             let key = FlowKey {
                 src: endpoint_name(&names, record.src),

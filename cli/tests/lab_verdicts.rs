@@ -106,11 +106,8 @@ fn lab(dirs: &Dirs, probes: &str) -> (Lab, Vec<portcullis_policy::probe::Probe>)
     let probes = parse_probes(probes).unwrap();
     let cluster = std::fs::read_to_string(dirs.manifests.join("cluster.yaml")).unwrap();
     let snapshot = load_sources([("cluster.yaml", cluster.as_str())]).snapshot;
-    let options = LabOptions {
-        timeout: Duration::from_millis(300),
-        retries: 0,
-        ..LabOptions::default()
-    };
+    // The default timeout and retry: an allowed probe must not fail for a slow first packet.
+    let options = LabOptions::default();
     (Lab::build(&snapshot, &probes, options).unwrap(), probes)
 }
 
