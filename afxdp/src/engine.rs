@@ -118,7 +118,7 @@ pub struct EngineStatus {
     /// Entries of the engine's own flow table (afxdp; in hybrid the flows are the program's).
     pub embryonic_flows: usize,
     pub confirmed_flows: usize,
-    /// Drop events not kept because the daemon did not read them in time.
+    /// Drop events and allow records not kept because the daemon did not read them in time.
     pub drop_events_lost: u64,
 }
 
@@ -393,6 +393,10 @@ impl Worker {
                     .classify(&tables, frame, sides, ifindex, now, revalidate, &mut pkt);
                 match outcome {
                     Outcome::Allowed => fwd.forward(frame, &pkt, leg, now),
+                    Outcome::Opened(record) => {
+                        self.report(record);
+                        fwd.forward(frame, &pkt, leg, now)
+                    }
                     Outcome::Dropped(event) => {
                         self.report(event);
                         Action::Drop

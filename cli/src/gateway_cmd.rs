@@ -236,7 +236,7 @@ impl Enforcer for GatewayEnforcer {
             crate::engine_events::export_metrics(&engine.status());
         }
         crate::gateway_egress::export_metrics(&status.snat);
-        export_flow_tables("gateway", &status.tables.flows);
+        export_flow_tables("gateway", &status.tables);
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

@@ -9,6 +9,7 @@ mod gateway_egress;
 mod graph_cmd;
 mod lab_cmd;
 mod monitor_snat;
+mod monitor_verdict;
 mod node;
 mod probe_cmd;
 mod status_cmd;

@@ -5,6 +5,8 @@
 
 #[path = "fixtures/fast_path.rs"]
 mod fast_path;
+#[path = "fixtures/flow_records.rs"]
+mod flow_records;
 #[path = "fixtures/forwarding.rs"]
 mod forwarding;
 #[path = "fixtures/policy.rs"]

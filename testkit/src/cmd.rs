@@ -34,3 +34,21 @@ pub fn require_root() {
         "this kernel test needs root (CAP_BPF, CAP_NET_ADMIN)"
     );
 }
+
+/// Keeps the calling thread on the CPU it runs on (per-CPU state, e.g. the programs' rate limits,
+/// then sees every packet the test sends).
+pub fn pin_to_one_cpu() {
+    // SAFETY: plain syscalls on the calling thread's own affinity mask.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}

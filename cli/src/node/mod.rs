@@ -513,7 +513,7 @@ impl Enforcer for NodeEnforcer {
         let Ok(status) = self.hook.status() else {
             return;
         };
-        export_flow_tables("node", &status.tables.flows);
+        export_flow_tables("node", &status.tables);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(

@@ -25,9 +25,12 @@
 //!   (create, refresh, promote = delete) and by the loader's flow GC.
 //! - `COUNTERS`: `COUNTER_*` → packets, per CPU. Written by the programs, summed by the loader.
 //! - `DROPS_BY_GROUP`: group → packets dropped by its policy, per CPU. Written by the programs.
-//! - `DROP_EVENTS`: drop reports (ring buffer), at most `DROP_EVENTS_PER_SECOND` per CPU. Written
-//!   by the programs, read by the loader.
-//! - `DROP_EVENT_WINDOW`: per CPU `[window start ns, events sent]` of that rate limit. Programs only.
+//! - `DROP_EVENTS`: the event ring (ring buffer of `DropEvent`): drop reports, at most
+//!   `DROP_EVENTS_PER_SECOND` per CPU, and the allow record of every new flow, at most
+//!   `FLOW_RECORDS_PER_SECOND` per CPU (`DropEvent::kind` tells them apart). Written by the
+//!   programs, read by `monitor` and the loaders' tests.
+//! - `DROP_EVENT_WINDOW`: per CPU, per kind of record (`EVENT_WINDOW_*`), `[window start ns,
+//!   records sent]` of those rate limits. Programs only.
 //! - `SCRATCH`: per CPU, the packet being processed (too large for the 512-byte BPF stack).
 //!   Programs only; never pinned.
 //!

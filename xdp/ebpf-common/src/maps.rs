@@ -21,7 +21,7 @@ pub type EmbryonicFlowMap = LruHashMap<FlowKey, FlowValue, { MAX_EMBRYONIC_FLOWS
 pub type CounterMap = PerCpuArray<u64, { COUNTER_COUNT as usize }>;
 pub type GroupDropMap = PerCpuHashMap<u32, u64, { MAX_GROUP_DROPS as usize }>;
 pub type DropEventRing = RingBuf<DropEvent, { DROP_EVENTS_BYTES as usize }>;
-pub type DropWindowMap = PerCpuArray<[u64; 2], 1>;
+pub type DropWindowMap = PerCpuArray<[u64; 2], { EVENT_WINDOW_SLOTS as usize }>;
 pub type IdentityMap =
     HashMap<IdentityKey, IdentityValue, { MAX_IDENTITIES as usize }, NO_PREALLOC>;
 pub type PeerMap = HashMap<PeerKey, PeerValue, { MAX_PEERS as usize }, NO_PREALLOC>;

@@ -42,6 +42,10 @@ pub struct Counters {
     pub gc_confirmed: u64,
     /// Gateway: packets handed to the AF_XDP engine.
     pub to_engine: u64,
+    /// Allow records of new flows written to the event ring (`monitor --type verdict`), and those
+    /// not written (over the per-CPU rate limit, or the ring full).
+    pub flow_records: u64,
+    pub flow_records_lost: u64,
 }
 
 impl Counters {
@@ -71,6 +75,8 @@ impl Counters {
             gc_embryonic: c(COUNTER_GC_EMBRYONIC),
             gc_confirmed: c(COUNTER_GC_CONFIRMED),
             to_engine: c(COUNTER_TO_ENGINE),
+            flow_records: c(COUNTER_FLOW_RECORDS),
+            flow_records_lost: c(COUNTER_FLOW_RECORDS_LOST),
         }
     }
 }
