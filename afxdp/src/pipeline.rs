@@ -4,8 +4,10 @@
 //! with revalidation against a new generation, ICMP errors related to a known flow, the policy
 //! check (the gateway's admission: always checked), flow creation and confirmation, the same
 //! `COUNTER_*` counters and per-group drop counts, a drop event for every drop (rate limiting is
-//! the caller's) and an allow record for every new flow, at most `FLOW_RECORDS_PER_SECOND` for the
-//! whole engine (the kernel's limit is per CPU), the others counted in `COUNTER_FLOW_RECORDS_LOST`. See `flow.rs` for the rules themselves.
+//! the caller's) and an allow record for every new flow, at most `FLOW_RECORDS_PER_SECOND` for
+//! the whole engine (the kernel's limit is per CPU), counted as the kernel's
+//! `FLOW_RECORD_COUNTERS` (those over the limit in `FLOW_RECORD_COUNTER_LOST`). See `flow.rs` for
+//! the rules themselves.
 
 use ahash::AHashMap;
 use portcullis_common::*;
@@ -67,6 +69,8 @@ pub struct Pipeline<F: FlowStore> {
     pub counters: [u64; COUNTER_COUNT as usize],
     /// Drops charged to each group id, as the kernel's `DROPS_BY_GROUP`.
     pub drops_by_group: AHashMap<u32, u64>,
+    /// Indexed by `FLOW_RECORD_COUNTER_*`, as the kernel's `FLOW_RECORD_COUNTERS`.
+    pub flow_record_counters: [u64; FLOW_RECORD_COUNTER_COUNT as usize],
     /// `[window start ns, records sent]` of the allow records' rate limit
     /// (`FLOW_RECORDS_PER_SECOND` for the whole engine: one pipeline serves every queue).
     record_window: [u64; 2],
@@ -78,6 +82,7 @@ impl<F: FlowStore> Pipeline<F> {
             flows,
             counters: [0; COUNTER_COUNT as usize],
             drops_by_group: AHashMap::new(),
+            flow_record_counters: [0; FLOW_RECORD_COUNTER_COUNT as usize],
             record_window: [0; 2],
         }
     }
@@ -270,11 +275,11 @@ impl<F: FlowStore> Pipeline<F> {
                 self.record_window = [now, 0];
             }
             if self.record_window[1] >= FLOW_RECORDS_PER_SECOND {
-                self.count(COUNTER_FLOW_RECORDS_LOST);
+                self.flow_record_counters[FLOW_RECORD_COUNTER_LOST as usize] += 1;
                 return Outcome::Allowed;
             }
             self.record_window[1] += 1;
-            self.count(COUNTER_FLOW_RECORDS);
+            self.flow_record_counters[FLOW_RECORD_COUNTER_WRITTEN as usize] += 1;
             return Outcome::Opened(DropEvent {
                 ifindex,
                 group: v.group(),

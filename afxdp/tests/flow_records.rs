@@ -54,10 +54,13 @@ fn new_flows_get_one_rate_limited_allow_record() {
         })
         .count() as u64;
     assert_eq!(opened, FLOW_RECORDS_PER_SECOND - 1);
-    let c = &pipeline.counters;
-    assert_eq!(c[COUNTER_FLOW_RECORDS as usize], FLOW_RECORDS_PER_SECOND);
+    let c = &pipeline.flow_record_counters;
     assert_eq!(
-        c[COUNTER_FLOW_RECORDS_LOST as usize],
+        c[FLOW_RECORD_COUNTER_WRITTEN as usize],
+        FLOW_RECORDS_PER_SECOND
+    );
+    assert_eq!(
+        c[FLOW_RECORD_COUNTER_LOST as usize],
         sent + 1 - FLOW_RECORDS_PER_SECOND
     );
     // The next second's window admits records again.

@@ -205,15 +205,23 @@ pub fn export_group_drops(
     }
 }
 
+/// Publishes the flow records of a datapath (`side`: "gateway", "node"; `labels`: the gateway's
+/// `judged_by`, "xdp" or "engine"): `portcullis_{side}_flow_records_total` and `_lost_total`, the
+/// allow records of new flows written and lost (`monitor --type verdict`).
+pub fn export_flow_records(
+    side: &str,
+    labels: &[(&'static str, &'static str)],
+    records: &portcullis_gateway::FlowRecordCounters,
+) {
+    metrics::counter!(format!("portcullis_{side}_flow_records_total"), labels)
+        .absolute(records.written);
+    metrics::counter!(format!("portcullis_{side}_flow_records_lost_total"), labels)
+        .absolute(records.lost);
+}
+
 /// Publishes the flow tables of a datapath (`side`: "gateway", "node"): entries, capacity and
-/// LRU evictions per table, and the flow records written and lost (`monitor --type verdict`).
-pub fn export_flow_tables(side: &str, tables: &portcullis_gateway::TableStatus) {
-    let flows = &tables.flows;
-    let records = &tables.counters;
-    metrics::counter!(format!("portcullis_{side}_flow_records_total"))
-        .absolute(records.flow_records);
-    metrics::counter!(format!("portcullis_{side}_flow_records_lost_total"))
-        .absolute(records.flow_records_lost);
+/// LRU evictions per table.
+pub fn export_flow_tables(side: &str, flows: &portcullis_gateway::FlowCounts) {
     for (table, entries, capacity, evicted) in [
         (
             "confirmed",

@@ -76,8 +76,7 @@ impl EngineEvents {
         self.offset += whole as u64;
         bytes[..whole]
             .chunks_exact(RECORD)
-            // SAFETY: RECORD bytes of a DropEvent written by `append`; read unaligned.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const DropEvent) })
+            .filter_map(DropEvent::from_record)
             .collect()
     }
 }
@@ -86,6 +85,7 @@ impl EngineEvents {
 pub fn export_metrics(status: &EngineStatus) {
     let c = portcullis_gateway::Counters::from_sums(&status.counters());
     crate::gateway_cmd::export_verdicts(&c, "engine");
+    crate::daemon::export_flow_records("gateway", &[("judged_by", "engine")], &status.flow_records);
     for q in &status.queues {
         let queue = q.queue.to_string();
         for (leg, s) in [

@@ -21,8 +21,8 @@ use portcullis_policy::model::Snapshot;
 use tracing::info;
 
 use crate::daemon::{
-    export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
-    DaemonArgs, Enforcer,
+    export_flow_records, export_flow_tables, export_group_drops, group_names, record_apply, serve,
+    stop, Applied, DaemonArgs, Enforcer,
 };
 use crate::gateway_egress::{GatewayEgress, Served};
 
@@ -236,7 +236,12 @@ impl Enforcer for GatewayEnforcer {
             crate::engine_events::export_metrics(&engine.status());
         }
         crate::gateway_egress::export_metrics(&status.snat);
-        export_flow_tables("gateway", &status.tables);
+        export_flow_tables("gateway", &status.tables.flows);
+        export_flow_records(
+            "gateway",
+            &[("judged_by", "xdp")],
+            &status.tables.flow_records,
+        );
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

@@ -3,7 +3,7 @@
 //!
 //! Sources: the event ring (`DROP_EVENTS`) carries both the programs' drop events (a denied first
 //! packet) and their allow records (`EVENT_KIND_ALLOW_*`, written by the pipeline when it opens a
-//! flow, rate-limited per CPU: `COUNTER_FLOW_RECORDS_LOST` counts what was not written); the
+//! flow, rate-limited per CPU: `FLOW_RECORD_COUNTER_LOST` counts what was not written); the
 //! gateway's AF_XDP engine writes the same records to its event file.
 //!
 //! Names: the policies of a record's group come from the daemon's published state (`groups`);
@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -220,13 +219,7 @@ pub fn run(
             }
         }
         let Some(record) = pending.pop_front().or_else(|| ring.next_record()) else {
-            let mut fd = libc::pollfd {
-                fd: ring.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fd, 1, 200) };
+            crate::status_cmd::wait_readable(&ring);
             continue;
         };
         seen += 1;

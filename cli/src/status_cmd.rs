@@ -241,12 +241,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 c.to_engine
             );
             println!(
-                "  dropped: policy {} malformed {} fragment {}   flow records: {} (lost {})",
-                c.drop_policy,
-                c.drop_malformed,
-                c.drop_fragment,
-                c.flow_records,
-                c.flow_records_lost
+                "  dropped: policy {} malformed {} fragment {}   flow records: {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment, s.tables.flow_records
             );
             print_drops_and_errors(&s.tables, &published);
             if let Some(engine) = engine {
@@ -271,13 +267,15 @@ fn print_engine(engine: &serde_json::Value) {
         num(&engine["drop_events_lost"])
     );
     println!(
-        "    passed: flow {} policy {} unselected {}   dropped: policy {} malformed {} fragment {}",
+        "    passed: flow {} policy {} unselected {}   dropped: policy {} malformed {} fragment {}   flow records: {} (lost {})",
         counter(COUNTER_PASS_FLOW),
         counter(COUNTER_PASS_POLICY),
         counter(COUNTER_PASS_UNSELECTED),
         counter(COUNTER_DROP_POLICY),
         counter(COUNTER_DROP_MALFORMED),
-        counter(COUNTER_DROP_FRAGMENT)
+        counter(COUNTER_DROP_FRAGMENT),
+        num(&engine["flow_records"]["written"]),
+        num(&engine["flow_records"]["lost"])
     );
     for q in engine["queues"].as_array().into_iter().flatten() {
         println!(
@@ -365,8 +363,8 @@ fn node_status(
                 c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.pass_host, c.origin_recorded
             );
             println!(
-                "  dropped: policy {} malformed {} fragment {} unknown pod address {}   flow records: {} (lost {})",
-                c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod, c.flow_records, c.flow_records_lost
+                "  dropped: policy {} malformed {} fragment {} unknown pod address {}   flow records: {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod, t.flow_records
             );
             print_drops_and_errors(t, published);
             print_local_pods(&published.pods);
@@ -448,6 +446,18 @@ pub struct MonitorArgs {
     kube: bool,
 }
 
+/// Waits until the event ring `ring` has records, 200 ms at most (the engine's event file is
+/// read between waits).
+pub(crate) fn wait_readable(ring: &impl AsFd) {
+    let mut fd = libc::pollfd {
+        fd: ring.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut fd, 1, 200) };
+}
+
 pub(crate) fn event_addr(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     match v6.to_ipv4_mapped() {
@@ -518,13 +528,7 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
             }
         }
         let Some(event) = from_engine.pop_front().or_else(|| events.next_event()) else {
-            let mut fd = libc::pollfd {
-                fd: events.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fd, 1, 200) };
+            wait_readable(&events);
             continue;
         };
         seen += 1;

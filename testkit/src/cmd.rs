@@ -37,7 +37,7 @@ pub fn require_root() {
 
 /// Keeps the calling thread on the CPU it runs on (per-CPU state, e.g. the programs' rate limits,
 /// then sees every packet the test sends).
-pub fn pin_to_one_cpu() {
+fn pin_to_one_cpu() {
     // SAFETY: plain syscalls on the calling thread's own affinity mask.
     unsafe {
         let cpu = libc::sched_getcpu();
@@ -51,4 +51,34 @@ pub fn pin_to_one_cpu() {
             "sched_setaffinity"
         );
     }
+}
+
+/// Opens `sent` new flows through `datapath` on one CPU (`open(datapath, i)`, `i` in `0..sent`,
+/// e.g. a test run of a SYN each) and checks what the program's per-CPU rate limit made of their
+/// allow records (`records(datapath)`: written, lost): every flow is counted once, and since a
+/// burst of T seconds spans at most T + 2 one-second windows of `FLOW_RECORDS_PER_SECOND` records,
+/// at least the rest is lost.
+pub fn check_flow_record_limit<D>(
+    datapath: &mut D,
+    sent: u64,
+    mut open: impl FnMut(&mut D, u64),
+    records: impl Fn(&D) -> (u64, u64),
+) {
+    let before = records(datapath);
+    pin_to_one_cpu();
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        open(datapath, i);
+    }
+    let elapsed = started.elapsed();
+    let after = records(datapath);
+    let (written, lost) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(written + lost, sent, "{elapsed:?}: {before:?} → {after:?}");
+    let windows = elapsed.as_secs() + 2;
+    let at_least = sent.saturating_sub(windows * portcullis_common::FLOW_RECORDS_PER_SECOND);
+    assert!(
+        lost >= at_least,
+        "{elapsed:?}: {written} written, {lost} lost"
+    );
+    eprintln!("{sent} new flows in {elapsed:?}: {written} records written, {lost} lost");
 }

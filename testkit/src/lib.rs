@@ -10,7 +10,7 @@ pub mod differential;
 mod netns;
 pub mod packet;
 
-pub use cmd::{ifindex, pin_to_one_cpu, require_root, run, sh};
+pub use cmd::{check_flow_record_limit, ifindex, require_root, run, sh};
 pub use netns::{EdgeNs, NetNs, PinDir};
 pub use packet::*;
 

@@ -20,18 +20,23 @@ pub const DROP_REASON_SNAT_NO_MAPPING: u8 = 6;
 /// which could let two connections share a translated tuple.
 pub const DROP_REASON_SNAT_TABLE_FULL: u8 = 7;
 
-/// Drop events the program reports per second and per CPU; further drops in the same second are
-/// only counted (`COUNTERS`, `DROPS_BY_GROUP`).
+/// Drop events the program reports per second and per CPU (window: `DROP_EVENT_WINDOW`); further
+/// drops in the same second are only counted (`COUNTERS`, `DROPS_BY_GROUP`).
 pub const DROP_EVENTS_PER_SECOND: u64 = 100;
 /// Allow records (the `EVENT_KIND_ALLOW_*` kinds) the program writes per second and per CPU;
-/// further new flows in the same second are only counted (`COUNTER_FLOW_RECORDS_LOST`). Its own
-/// window: a burst of new flows never silences the drop events.
+/// further new flows in the same second are only counted ([`FLOW_RECORD_COUNTER_LOST`]). Its own
+/// window (`FLOW_RECORD_WINDOW`): a burst of new flows never silences the drop events.
 pub const FLOW_RECORDS_PER_SECOND: u64 = 1000;
 
-/// `DROP_EVENT_WINDOW` slots: one rate-limit window per kind of record.
-pub const EVENT_WINDOW_DROPS: u32 = 0;
-pub const EVENT_WINDOW_FLOWS: u32 = 1;
-pub const EVENT_WINDOW_SLOTS: u32 = 2;
+/// Indexes of the `FLOW_RECORD_COUNTERS` per-CPU array (the AF_XDP engine counts its own records
+/// in the same index space, in its own memory). A map of their own rather than new `COUNTER_*`
+/// indexes: `COUNTERS` is pinned and keeps its size (see `COUNTER_COUNT`).
+/// Allow records written to the event ring.
+pub const FLOW_RECORD_COUNTER_WRITTEN: u32 = 0;
+/// Allow records not written: over [`FLOW_RECORDS_PER_SECOND`] on that CPU, or the ring full.
+pub const FLOW_RECORD_COUNTER_LOST: u32 = 1;
+/// Size of the `FLOW_RECORD_COUNTERS` array.
+pub const FLOW_RECORD_COUNTER_COUNT: u32 = 2;
 
 /// [`DropEvent::kind`]: a dropped packet (`reason` says why).
 pub const EVENT_KIND_DROP: u8 = 0;
@@ -50,6 +55,11 @@ pub const EVENT_KIND_ALLOW_HOST: u8 = 3;
 /// [`DROP_EVENTS_PER_SECOND`] per CPU. `EVENT_KIND_ALLOW_*`: one per new flow the pipeline admits
 /// (the packet that opens it), at most [`FLOW_RECORDS_PER_SECOND`] per CPU. The AF_XDP engine
 /// writes the same records to its event file.
+///
+/// Records are variable-size and the ring is defined by its bytes (`DROP_EVENTS_BYTES`), so the
+/// record growing from 56 bytes (before flow records) to 64 left the pinned ring as it was. The
+/// older record is this one's first [`DROP_EVENT_V1_BYTES`] bytes, its last byte (`_pad`, 0)
+/// where `kind` is now: a reader takes it as a drop ([`DropEvent::from_record`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DropEvent {
@@ -78,7 +88,32 @@ pub struct DropEvent {
 }
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 64);
 
+/// Size of a `DropEvent` written by a version before flow records (no `kind`, `sides`): a ring
+/// adopted from one, or an older program still attached during an upgrade, may hold them.
+pub const DROP_EVENT_V1_BYTES: usize = 56;
+
 impl DropEvent {
+    /// The record in `bytes` (a ring or event-file record): a whole `DropEvent`, or the
+    /// [`DROP_EVENT_V1_BYTES`] of an older version's drop event (read as a drop, no sides);
+    /// `None` when shorter.
+    pub fn from_record(bytes: &[u8]) -> Option<DropEvent> {
+        let n = bytes.len().min(core::mem::size_of::<DropEvent>());
+        if n < DROP_EVENT_V1_BYTES {
+            return None;
+        }
+        let mut event = DropEvent::default();
+        // SAFETY: DropEvent is plain old data (repr(C), every byte pattern valid); `n` bytes fit
+        // both the source and the destination.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                &mut event as *mut DropEvent as *mut u8,
+                n,
+            )
+        };
+        Some(event)
+    }
+
     /// Whether the record is a drop (else the allow record of a new flow).
     pub fn is_drop(&self) -> bool {
         self.kind == EVENT_KIND_DROP

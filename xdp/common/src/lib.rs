@@ -402,12 +402,10 @@ pub const COUNTER_GC_CONFIRMED: u32 = 19;
 /// Gateway (`--datapath afxdp|hybrid`): packets handed to the AF_XDP engine (`XSKS`); the
 /// engine counts what it decides in the same index space, in its own memory.
 pub const COUNTER_TO_ENGINE: u32 = 20;
-/// Flow records ([`EVENT_KIND_FLOW`]) written to the event ring.
-pub const COUNTER_FLOW_RECORDS: u32 = 21;
-/// Flow records not written: over [`FLOW_RECORDS_PER_SECOND`] on that CPU, or the event ring full.
-pub const COUNTER_FLOW_RECORDS_LOST: u32 = 22;
-/// Size of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 23;
+/// Size of the `COUNTERS` array. Fixed: `COUNTERS` is pinned, and a daemon upgraded in place
+/// must adopt the running one's pins (`check_pins` refuses a pin of another size). Counters added
+/// later go into maps of their own (`SNAT_COUNTERS`, `FLOW_RECORD_COUNTERS`).
+pub const COUNTER_COUNT: u32 = 21;
 
 // ---- Node hook (`portcullis-node-ebpf`): types of its own maps. The node program also uses
 // `EndpointKey`/`EndpointValue`, `PrefixKey`/`PrefixValue`, `PrefixLengths`, `RuleSet`, `Config`, `FlowKey`/

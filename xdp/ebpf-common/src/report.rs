@@ -1,10 +1,10 @@
 //! The event ring's records: dropping a packet (its counter, its group's drop count and the
 //! rate-limited drop report) and the rate-limited allow record of a new flow ([`report_flow`]).
-//! Each kind has its own per-CPU one-second window (`DROP_EVENT_WINDOW` slot `EVENT_WINDOW_*`).
+//! Each kind has its own per-CPU one-second window (`DROP_EVENT_WINDOW`, `FLOW_RECORD_WINDOW`).
 
 use portcullis_common::*;
 
-use crate::maps::{count, Maps};
+use crate::maps::{count, count_flow_record, Maps, RateWindowMap};
 use crate::parse::Packet;
 use crate::policy::Verdict;
 use crate::words::copy_addr;
@@ -58,7 +58,7 @@ pub fn report_event<M: Maps>(
 ) {
     // SAFETY: helper without preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if !within_rate::<M>(EVENT_WINDOW_DROPS, DROP_EVENTS_PER_SECOND, now) {
+    if !within_rate(M::drop_event_window(), DROP_EVENTS_PER_SECOND, now) {
         return;
     }
     if let Some(mut e) = M::drop_events().reserve(0) {
@@ -85,11 +85,11 @@ pub fn report_event<M: Maps>(
     }
 }
 
-/// Whether one more record of window `slot` fits in this CPU's current one-second window of at
-/// most `limit` records (and takes its place).
+/// Whether one more record fits in this CPU's current one-second `window` of at most `limit`
+/// records (and takes its place).
 #[inline(always)]
-fn within_rate<M: Maps>(slot: u32, limit: u64, now: u64) -> bool {
-    let Some(w) = M::drop_event_window().get_ptr_mut(slot) else {
+fn within_rate(window: &RateWindowMap, limit: u64, now: u64) -> bool {
+    let Some(w) = window.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: per-CPU slot.
@@ -107,19 +107,19 @@ fn within_rate<M: Maps>(slot: u32, limit: u64, now: u64) -> bool {
 
 /// The allow record of the new flow `pkt` opens, seen on `ifindex`, admitted by verdict `v` on
 /// the sides `sides` (`CHECK_*`; 0: not judged, a flow from the node itself). Within
-/// `FLOW_RECORDS_PER_SECOND` per CPU, counted in `COUNTER_FLOW_RECORDS`; a record over the limit
-/// or that finds the ring full is counted in `COUNTER_FLOW_RECORDS_LOST`. Called only for a
+/// `FLOW_RECORDS_PER_SECOND` per CPU, counted in `FLOW_RECORD_COUNTER_WRITTEN`; a record over the
+/// limit or that finds the ring full is counted in `FLOW_RECORD_COUNTER_LOST`. Called only for a
 /// packet that opens a flow: an established packet never gets here.
 #[inline(never)]
 pub fn report_flow<M: Maps>(ifindex: u32, pkt: &Packet, v: Verdict, sides: u8) {
     // SAFETY: helper without preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if !within_rate::<M>(EVENT_WINDOW_FLOWS, FLOW_RECORDS_PER_SECOND, now) {
-        count::<M>(COUNTER_FLOW_RECORDS_LOST);
+    if !within_rate(M::flow_record_window(), FLOW_RECORDS_PER_SECOND, now) {
+        count_flow_record::<M>(FLOW_RECORD_COUNTER_LOST);
         return;
     }
     let Some(mut e) = M::drop_events().reserve(0) else {
-        count::<M>(COUNTER_FLOW_RECORDS_LOST);
+        count_flow_record::<M>(FLOW_RECORD_COUNTER_LOST);
         return;
     };
     let kind = if sides == 0 {
@@ -148,5 +148,5 @@ pub fn report_flow<M: Maps>(ifindex: u32, pkt: &Packet, v: Verdict, sides: u8) {
     }
     e.write(ev);
     e.submit(0);
-    count::<M>(COUNTER_FLOW_RECORDS);
+    count_flow_record::<M>(FLOW_RECORD_COUNTER_WRITTEN);
 }

@@ -16,15 +16,16 @@ impl DropEvents {
         DropEvents { ring }
     }
 
-    /// The next available record of either kind, without blocking. Poll [`AsFd::as_fd`] for
-    /// readability to wait.
+    /// The next available record of either kind, without blocking (an older version's shorter
+    /// drop event read as a drop: `DropEvent::from_record`). Poll [`AsFd::as_fd`] for readability
+    /// to wait.
     pub fn next_record(&mut self) -> Option<DropEvent> {
-        let item = self.ring.next()?;
-        if item.len() < std::mem::size_of::<DropEvent>() {
-            return None;
+        loop {
+            let item = self.ring.next()?;
+            if let Some(record) = DropEvent::from_record(&item) {
+                return Some(record);
+            }
         }
-        // SAFETY: the program writes whole DropEvent records; read unaligned.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) })
     }
 
     /// The next available drop event (allow records before it are skipped), without blocking.

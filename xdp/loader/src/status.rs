@@ -42,10 +42,6 @@ pub struct Counters {
     pub gc_confirmed: u64,
     /// Gateway: packets handed to the AF_XDP engine.
     pub to_engine: u64,
-    /// Allow records of new flows written to the event ring (`monitor --type verdict`), and those
-    /// not written (over the per-CPU rate limit, or the ring full).
-    pub flow_records: u64,
-    pub flow_records_lost: u64,
 }
 
 impl Counters {
@@ -75,9 +71,33 @@ impl Counters {
             gc_embryonic: c(COUNTER_GC_EMBRYONIC),
             gc_confirmed: c(COUNTER_GC_CONFIRMED),
             to_engine: c(COUNTER_TO_ENGINE),
-            flow_records: c(COUNTER_FLOW_RECORDS),
-            flow_records_lost: c(COUNTER_FLOW_RECORDS_LOST),
         }
+    }
+}
+
+/// `FLOW_RECORD_COUNTERS`, summed over CPUs: the allow records of new flows (`monitor --type
+/// verdict`) written to the event ring, and those not written (over the per-CPU rate limit, or
+/// the ring full). Zero for pins of a version without flow records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowRecordCounters {
+    pub written: u64,
+    pub lost: u64,
+}
+
+impl FlowRecordCounters {
+    /// The counters of `FLOW_RECORD_COUNTER_*`-indexed sums (the programs' over CPUs, or the
+    /// AF_XDP engine's).
+    pub fn from_sums(sums: &[u64; FLOW_RECORD_COUNTER_COUNT as usize]) -> FlowRecordCounters {
+        FlowRecordCounters {
+            written: sums[FLOW_RECORD_COUNTER_WRITTEN as usize],
+            lost: sums[FLOW_RECORD_COUNTER_LOST as usize],
+        }
+    }
+}
+
+impl std::fmt::Display for FlowRecordCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (lost {})", self.written, self.lost)
     }
 }
 
@@ -104,6 +124,8 @@ pub struct TableStatus {
     pub rule_sets: usize,
     pub flows: FlowCounts,
     pub counters: Counters,
+    /// Allow records of new flows written and lost (`FLOW_RECORD_COUNTERS`).
+    pub flow_records: FlowRecordCounters,
     pub drops_by_group: Vec<GroupDrops>,
 }
 
