@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use portcullis_lab::{Lab, LabOptions, Verdict};
@@ -15,9 +15,10 @@ use serde_json::Value;
 
 #[path = "support/applied.rs"]
 mod applied;
+#[path = "support/dirs.rs"]
+mod dirs;
 use applied::wait_until_applied;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use dirs::DaemonDirs;
 
 /// x/a may reach 192.168.1.0/24 except 192.168.1.10 (egress rule 0); x/a accepts x/b on TCP 443
 /// (ingress rule 1; rule 0 admits nobody of the lab).
@@ -46,63 +47,21 @@ spec:
     - {protocol: TCP, port: 443}
 ";
 
-/// Pins, state and manifests of one daemon run, removed even when the test fails.
-struct Dirs {
-    pin_dir: PathBuf,
-    state_dir: PathBuf,
-    manifests: PathBuf,
-}
-
-impl Dirs {
-    fn new(tag: &str) -> Dirs {
-        let id = format!("pcltest-{}-{tag}", std::process::id());
-        let dirs = Dirs {
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
-            state_dir: std::env::temp_dir().join(format!("{id}-state")),
-            manifests: std::env::temp_dir().join(format!("{id}-manifests")),
-        };
-        std::fs::create_dir_all(&dirs.manifests).unwrap();
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        std::fs::copy(
-            repo.join("configs/examples/cluster.yaml"),
-            dirs.manifests.join("cluster.yaml"),
-        )
-        .unwrap();
-        std::fs::write(dirs.manifests.join("policy.yaml"), POLICIES).unwrap();
-        dirs
-    }
-
-    /// A `portcullis` command reading this run's pins and state.
-    fn tool(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--state-dir")
-            .arg(&self.state_dir);
-        cmd
-    }
-
-    fn daemon(&self, args: &[&str]) -> Command {
-        let mut cmd = self.tool(args);
-        cmd.arg("--manifests")
-            .arg(&self.manifests)
-            .env("PORTCULLIS_LOG", "warn")
-            .stdout(Stdio::null());
-        cmd
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        for d in [&self.pin_dir, &self.state_dir, &self.manifests] {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
+/// The directories of run `tag`, with the example cluster and [`POLICIES`] as its manifests.
+fn run_dirs(tag: &str) -> DaemonDirs {
+    let dirs = DaemonDirs::new(tag);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(
+        repo.join("configs/examples/cluster.yaml"),
+        dirs.manifests.join("cluster.yaml"),
+    )
+    .unwrap();
+    std::fs::write(dirs.manifests.join("policy.yaml"), POLICIES).unwrap();
+    dirs
 }
 
 /// The lab for `probes` (JSON lines of probe specs), with the example cluster.
-fn lab(dirs: &Dirs, probes: &str) -> (Lab, Vec<portcullis_policy::probe::Probe>) {
+fn lab(dirs: &DaemonDirs, probes: &str) -> (Lab, Vec<portcullis_policy::probe::Probe>) {
     let probes = parse_probes(probes).unwrap();
     let cluster = std::fs::read_to_string(dirs.manifests.join("cluster.yaml")).unwrap();
     let snapshot = load_sources([("cluster.yaml", cluster.as_str())]).snapshot;
@@ -115,7 +74,7 @@ fn lab(dirs: &Dirs, probes: &str) -> (Lab, Vec<portcullis_policy::probe::Probe>)
 /// while the probes run (each must get its expected verdict), and returns its records.
 fn verdict_records(
     lab: &mut Lab,
-    dirs: &Dirs,
+    dirs: &DaemonDirs,
     netns: &str,
     extra: &[&str],
     probes: &[(portcullis_policy::probe::Probe, Verdict)],
@@ -166,7 +125,7 @@ fn verdict_records_of_the_af_xdp_engine_name_the_policy_and_rule() {
 }
 
 fn gateway_records(datapath: &str) {
-    let dirs = Dirs::new(&format!("verdict-gw-{datapath}"));
+    let dirs = run_dirs(&format!("verdict-gw-{datapath}"));
     let (mut lab, probes) = lab(
         &dirs,
         r#"- {"from": "x/a", "to": "192.168.1.20", "port": 443, "protocol": "TCP"}
@@ -230,7 +189,7 @@ fn gateway_records(datapath: &str) {
 
 #[test]
 fn verdict_records_on_a_node_hook_name_the_policy_and_rule() {
-    let dirs = Dirs::new("verdict-node");
+    let dirs = run_dirs("verdict-node");
     let (mut lab, probes) = lab(
         &dirs,
         r#"- {"from": "x/b", "to": "x/a", "port": 443, "protocol": "TCP"}
