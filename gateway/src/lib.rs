@@ -4,15 +4,22 @@
 //! ([`portcullis_bpf::Generations`]). The maps both programs have, their status, flow GC and drop
 //! events come from the loader core `portcullis-bpf`; what is here is the gateway's own: its legs
 //! (`LEGS`), its attach modes and the forwarding mode, and source NAT to egress addresses
-//! ([`Gateway::set_snat`], `snat`).
+//! ([`Gateway::set_snat`], `snat`). For a highly available group's daemon: which egress
+//! addresses this gateway answers for, under a lease ([`Gateway::set_egress_ownership`]), their
+//! announcement ([`announce_egress_ip`]) and the replication of flows and translations
+//! ([`Gateway::export_replicas`], [`Gateway::import_replicas`]).
 
+mod announce;
 mod attach;
 mod mode;
 mod next_hops;
 mod pinned;
+mod replica;
 mod snat;
 mod snat_maps;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use std::os::fd::AsFd;
@@ -25,8 +32,8 @@ use aya::programs::Xdp;
 use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin, take};
 pub use portcullis_bpf::{
-    generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, FlowCounts,
-    FlowRecordCounters, GroupDrops, Result, TableStatus,
+    generation_id, key_addr, monotonic_coarse_ns, ApplyStats, Core, Counters, Datapath, DropEvents,
+    Error, FlowCounts, FlowRecordCounters, GroupDrops, Result, TableStatus,
 };
 pub use portcullis_common::actions::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 pub use portcullis_common::flow_timeout_ns;
@@ -34,9 +41,11 @@ use portcullis_common::*;
 use portcullis_policy::compile::GatewayTables;
 use serde::Serialize;
 
+pub use announce::announce_egress_ip;
 pub use attach::{AttachMode, AttachedInterface};
 pub use mode::{DatapathMode, ForwardMode};
 pub use pinned::{PinnedGateway, PinnedStatus};
+pub use replica::{ImportStats, Replica, REPLICA_DELTA_OVERLAP_NS};
 pub use snat::{EgressIpStatus, SnatConfig, SnatCounters, SnatStatus, DEFAULT_SNAT_PORTS};
 pub use snat_maps::SNAT_GC_GRACE_NS;
 
@@ -118,6 +127,12 @@ pub struct Gateway {
     /// For the AF_XDP engine (`--datapath afxdp|hybrid`), until the caller takes them.
     engine: Option<EngineHandles>,
     snat: snat_maps::SnatMaps,
+    /// `SNAT_LEASE`: until when the ARP/ND answers stand (0: no lease).
+    lease: Array<MapData, SnatLease>,
+    /// The egress addresses (keys) this gateway answers for when a highly available group's
+    /// daemon decides it ([`Gateway::set_egress_ownership`]); `None`: the configuration's
+    /// `egress_ips` decide ([`SnatConfig`]).
+    ownership: Option<BTreeSet<[u8; 16]>>,
     /// The external leg's MAC: the ARP/ND answers for the egress addresses carry it.
     external_mac: [u8; 6],
 }
@@ -180,6 +195,7 @@ impl Gateway {
         }
         // Adopted translations keep being served before the daemon's first `set_snat`.
         let snat = snat_maps::SnatMaps::take(&mut ebpf)?;
+        let lease = take(&mut ebpf, OBJECT, MAP_SNAT_LEASE)?;
         if snat.in_use() {
             flags |= CONFIG_FLAG_SNAT;
         }
@@ -220,6 +236,8 @@ impl Gateway {
             _epoch_watch: epoch_watch,
             engine,
             snat,
+            lease,
+            ownership: None,
             external_mac,
         })
     }
@@ -245,11 +263,91 @@ impl Gateway {
     /// configuration that cannot be enforced is refused with [`Error::InvalidSnat`] and nothing
     /// changes), then written new entries first, stale ones after; translations already made keep
     /// their mapping. Returns the entries written and deleted.
+    ///
+    /// Once [`Gateway::set_egress_ownership`] was called, the ownership it set decides which
+    /// egress addresses are answered for, not the configuration's `egress_ips`: an address the
+    /// update adds is answered for only if owned.
     pub fn set_snat(&mut self, cfg: &SnatConfig) -> Result<(usize, usize)> {
-        let tables = cfg.tables(self.external_mac)?;
+        let mut tables = cfg.tables(self.external_mac)?;
+        if let Some(owned) = &self.ownership {
+            for (ip, pool) in tables.egress_ips.iter_mut() {
+                pool.answer = owned.contains(ip) as u8;
+            }
+        }
         let (written, deleted) = self.snat.write(&tables)?;
         self.set_snat_flag()?;
         Ok((written, deleted))
+    }
+
+    /// Highly available gateways: this gateway answers ARP/ND for the egress addresses of `owned`
+    /// and for no other (from now on, also over later [`Gateway::set_snat`] calls: the daemon
+    /// that elects the owners decides, not the configuration), while the lease holds:
+    /// `lease_until_ns` is a time of the flow clock ([`monotonic_coarse_ns`]) after which the
+    /// program answers for none (see [`Gateway::renew_lease`]); `None`: no lease, the answers
+    /// stand until changed. An owned address the configuration does not have yet is answered for
+    /// once a configuration adds it. Addresses given up go quiet before the lease is written and
+    /// new ones are claimed after it: no address given up is answered for under the new lease,
+    /// none claimed under the old one.
+    pub fn set_egress_ownership(
+        &mut self,
+        owned: &BTreeSet<IpAddr>,
+        lease_until_ns: Option<u64>,
+    ) -> Result<()> {
+        let owned: BTreeSet<[u8; 16]> = owned.iter().map(|ip| snat::key_of(*ip)).collect();
+        self.snat.set_answers(&owned, 0)?;
+        self.write_lease(lease_until_ns.map_or(SNAT_NO_LEASE, |t| t.max(1)))?;
+        self.snat.set_answers(&owned, 1)?;
+        self.ownership = Some(owned);
+        Ok(())
+    }
+
+    /// Extends (or shortens) the lease to flow-clock time `until_ns`: the daemon renews it while
+    /// it lives, a little ahead of the detection time of its peers, so a gateway whose daemon
+    /// died stops answering for its egress addresses before another one takes them over. A time
+    /// already past stops the answers at once (fencing).
+    pub fn renew_lease(&mut self, until_ns: u64) -> Result<()> {
+        self.write_lease(until_ns.max(1))
+    }
+
+    /// The lease in force: `None` when there is none (the answers stand until changed).
+    pub fn lease(&self) -> Result<Option<u64>> {
+        let lease = (self.lease.get(&0, 0)).map_err(portcullis_bpf::map_err(MAP_SNAT_LEASE))?;
+        Ok((lease != SNAT_NO_LEASE).then_some(lease))
+    }
+
+    fn write_lease(&mut self, lease: SnatLease) -> Result<()> {
+        (self.lease.set(0, lease, 0)).map_err(portcullis_bpf::map_err(MAP_SNAT_LEASE))
+    }
+
+    /// Sends a gratuitous ARP (IPv4) or an unsolicited Neighbor Advertisement (IPv6) for egress
+    /// address `ip` out of the external leg with its MAC (see [`announce_egress_ip`]); from the
+    /// gateway's network namespace.
+    pub fn announce_egress_ip(&self, ip: IpAddr) -> std::io::Result<()> {
+        announce_egress_ip(self.attached[1].ifindex, self.external_mac, ip)
+    }
+
+    /// Every flow of both tables and every translation, as replicated entries for the peers of a
+    /// highly available group; with `changed_since_ns`, only the flows seen and the translations
+    /// made since that flow-clock time (see `replica` for the margin a delta needs).
+    pub fn export_replicas(&self, changed_since_ns: Option<u64>) -> Result<Vec<Replica>> {
+        let translations = Some(&self.snat.translations);
+        Ok(replica::export(
+            &self.core.maps,
+            translations,
+            changed_since_ns,
+        ))
+    }
+
+    /// Writes a peer's replicated entries into this gateway's flow and translation tables, never
+    /// over a more recent flow nor over a different translation (see `replica` for the rules);
+    /// says what became of each entry.
+    pub fn import_replicas(&mut self, entries: &[Replica]) -> Result<ImportStats> {
+        let generation = self.core.maps.generation()?;
+        let maps = &mut self.core.maps;
+        let stats = replica::import(maps, &mut self.snat.translations, generation, entries)?;
+        // Translations imported: the program must look them up.
+        self.set_snat_flag()?;
+        Ok(stats)
     }
 
     /// `CONFIG_FLAG_SNAT` on while some pod has a class or translations remain, off otherwise

@@ -12,6 +12,7 @@ use portcullis_common::{
 };
 use serde::Serialize;
 
+use crate::replica::{self, Replica};
 use crate::snat_maps::SnatMaps;
 use crate::{DatapathMode, ForwardMode, SnatStatus, LINK_PINS};
 
@@ -84,6 +85,13 @@ impl PinnedGateway {
             .as_ref()
             .map(SnatMaps::translations)
             .unwrap_or_default()
+    }
+
+    /// The running gateway's flows and translations as replicated entries (see
+    /// [`crate::Gateway::export_replicas`]).
+    pub fn export_replicas(&self, changed_since_ns: Option<u64>) -> Result<Vec<Replica>> {
+        let translations = self.snat.as_ref().map(|s| &s.translations);
+        Ok(replica::export(&self.maps, translations, changed_since_ns))
     }
 
     /// (ifindex, role) of the legs the program is configured for.

@@ -34,7 +34,8 @@ pub(crate) struct SnatMaps {
     classes: HashMap<MapData, [u8; 16], SnatClass>,
     entries: LpmTrie<MapData, SnatEntryKey, SnatTarget>,
     egress_ips: HashMap<MapData, [u8; 16], EgressIp>,
-    translations: HashMap<MapData, NatKey, NatValue>,
+    /// Read and written by the replication too (`crate::replica`).
+    pub(crate) translations: HashMap<MapData, NatKey, NatValue>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -137,6 +138,23 @@ impl SnatMaps {
         }
         deleted += self.remove_retired_egress()?;
         Ok((written, deleted))
+    }
+
+    /// Sets `answer` to `value` for every egress address whose wanted answer (`owned`: 1 when it
+    /// is in the set) is `value` and differs; returns how many it rewrote. Called for 0 then 1,
+    /// so that addresses given up go quiet before new ones are claimed.
+    pub fn set_answers(&mut self, owned: &BTreeSet<[u8; 16]>, value: u8) -> Result<usize> {
+        let changed: Vec<([u8; 16], EgressIp)> = (self.egress_ips.iter().filter_map(|r| r.ok()))
+            .filter(|(ip, pool)| owned.contains(ip) as u8 == value && pool.answer != value)
+            .collect();
+        for (ip, pool) in &changed {
+            let pool = EgressIp {
+                answer: value,
+                ..*pool
+            };
+            (self.egress_ips.insert(ip, pool, 0)).map_err(map_err(MAP_SNAT_EGRESS_IPS))?;
+        }
+        Ok(changed.len())
     }
 
     /// Pods with outbound translations.
@@ -265,7 +283,7 @@ impl SnatMaps {
 
 /// The inbound key of the outbound translation `k` → `v`: (remote, remote port → egress,
 /// translated port); ICMP echo: the translated identifier as both ports.
-fn inbound_key(k: &NatKey, v: &NatValue) -> NatKey {
+pub(crate) fn inbound_key(k: &NatKey, v: &NatValue) -> NatKey {
     let icmp = k.protocol == PROTO_ICMP || k.protocol == PROTO_ICMPV6;
     NatKey {
         src: k.dst,

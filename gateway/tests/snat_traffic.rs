@@ -5,26 +5,17 @@
 //! see: the egress address, never the pod's. Both forwarding modes.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use portcullis_gateway::{ForwardMode, Gateway, GatewayOptions, SnatConfig};
+use portcullis_gateway::ForwardMode;
 use portcullis_policy::compile::GatewayTables;
 use portcullis_testkit::*;
 
+mod snat_edge;
 mod xdp_pass;
+use snat_edge::*;
 use xdp_pass::attach_pass;
-
-const POD4: &str = "10.96.0.1";
-const POD6: &str = "fd00:96::1";
-const SERVER4: &str = "192.0.2.50";
-const SERVER6: &str = "2001:db8:96::50";
-const EGRESS4: &str = "192.0.2.100";
-const EGRESS6: &str = "2001:db8:96::100";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// A TCP server answering each connection with the peer address it sees, on its own thread.
 fn tcp_server(ext: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<()> {
@@ -94,54 +85,15 @@ fn external_servers_see_the_egress_address_with_xdp_forwarding() {
 fn external_servers_see_the_egress_address_with(forward: ForwardMode) {
     require_root();
     let EdgeNs { pod, gw: gwns, ext } = EdgeNs::new("s");
-    pod.run(|| {
-        sh(
-            "ip addr add 10.96.0.1/24 dev p0 && ip -6 addr add fd00:96::1/64 dev p0 nodad && \
-            ip link set p0 up && ip route add default via 10.96.0.254 && \
-            ip -6 route add default via fd00:96::254",
-        )
-    });
-    ext.run(|| {
-        sh("ip addr add 192.0.2.50/24 dev x0 && ip -6 addr add 2001:db8:96::50/64 dev x0 nodad && \
-            ip link set x0 up")
-    });
+    setup_pod(&pod, &GATEWAY);
+    setup_external(&ext);
     // The ARP/ND answers leave by XDP_TX: a veth peer receives XDP-sent frames only while its
-    // NAPI runs (an XDP program on it). A real NIC needs nothing. The hosts checksum in
-    // software, as the lab's do (`lab/src/wire/offload.rs`): a locally sent packet's checksum is
-    // only completed by the device, and the program can only update a complete one.
-    pod.run(|| sh("ethtool -K p0 tx off >/dev/null"));
-    ext.run(|| sh("ethtool -K x0 tx off >/dev/null"));
+    // NAPI runs (an XDP program on it). A real NIC needs nothing.
     let _napi_ext = ext.run(|| attach_pass("x0"));
     let _napi_pod = pod.run(|| attach_pass("p0"));
-    gwns.run(|| {
-        sh(
-            "ip addr add 10.96.0.254/24 dev gc && ip -6 addr add fd00:96::254/64 dev gc nodad && \
-            ip addr add 192.0.2.1/24 dev ge && ip -6 addr add 2001:db8:96::1/64 dev ge nodad && \
-            ip link set gc up && ip link set ge up && \
-            sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
-                net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.gc.rp_filter=0",
-        )
-    });
-    let mut gw = gwns.run(|| {
-        Gateway::load(GatewayOptions {
-            cluster_iface: "gc".into(),
-            external_iface: "ge".into(),
-            forward,
-            ..Default::default()
-        })
-        .expect("load")
-    });
-    gw.apply(&GatewayTables::default()).expect("apply");
-    gw.set_snat(&SnatConfig {
-        classes: vec![(ip(POD4), 7), (ip(POD6), 7)],
-        entries: vec![
-            (7, "0.0.0.0/0".parse().unwrap(), Some(ip(EGRESS4))),
-            (7, "::/0".parse().unwrap(), Some(ip(EGRESS6))),
-        ],
-        egress_ips: vec![ip(EGRESS4), ip(EGRESS6)],
-        ..Default::default()
-    })
-    .expect("set_snat");
+    setup_gateway(&gwns, &GATEWAY);
+    let mut gw = load(&gwns, forward, &GatewayTables::default());
+    gw.set_snat(&snat_config()).expect("set_snat");
 
     for (server, egress) in [(SERVER4, EGRESS4), (SERVER6, EGRESS6)] {
         let tcp = SocketAddr::new(ip(server), 8080);

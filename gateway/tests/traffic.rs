@@ -2,36 +2,15 @@
 //! (native XDP) to the veth end inside the gateway namespace, and ping from the "pod" namespace
 //! passes or is dropped as the tables say.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use portcullis_gateway::{Gateway, GatewayOptions};
-use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
-use portcullis_policy::model::Direction;
+use portcullis_policy::compile::GatewayTables;
 use portcullis_testkit::*;
 
 mod xdp_pass;
 use xdp_pass::attach_pass;
 
 fn tables(allowed: &str) -> GatewayTables {
-    let mut endpoints = BTreeMap::new();
-    endpoints.insert(
-        (Direction::Egress, "10.99.0.1".parse::<IpAddr>().unwrap()),
-        0,
-    );
-    GatewayTables {
-        endpoints,
-        groups: vec![GatewayGroup {
-            direction: Direction::Egress,
-            policies: vec!["test/pod-egress".into()],
-            prefixes: vec![(allowed.parse().unwrap(), 0)],
-        }],
-        rule_sets: vec![vec![PortRule {
-            protocol: None,
-            first: 0,
-            last: 65535,
-        }]],
-    }
+    egress_allowed(&["10.99.0.1"], "test/pod-egress", &[allowed])
 }
 
 fn ping(pod: &NetNs, dst: &str) -> bool {
@@ -142,13 +121,7 @@ fn xdp_forwarding_between_legs() {
         })
         .expect("load")
     });
-    let mut t = tables("10.97.0.0/24");
-    t.endpoints = [(
-        (Direction::Egress, "10.98.0.1".parse::<IpAddr>().unwrap()),
-        0,
-    )]
-    .into_iter()
-    .collect();
+    let t = egress_allowed(&["10.98.0.1"], "test/pod-egress", &["10.97.0.0/24"]);
     gw.apply(&t).expect("apply");
     let ok = pod.run(|| {
         std::process::Command::new("ping")

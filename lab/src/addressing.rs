@@ -24,6 +24,13 @@ pub const ROUTER_EXTERNAL_IFACE: &str = "external";
 pub const EXT_ROUTER_IFACE: &str = "rt0";
 /// The node name of the gateway in [`Lab::node_manifest`](crate::Lab::node_manifest).
 pub const GATEWAY_NODE: &str = "gateway";
+/// The node name of the standby gateway ([`LabOptions::standby_gateway`](crate::LabOptions)).
+pub const STANDBY_GATEWAY_NODE: &str = "gateway-b";
+/// With a standby gateway: the external namespace's bridge joining both gateways' external legs
+/// (its ports are [`EXT_IFACE`] and [`EXT_STANDBY_IFACE`]); it holds the external addresses.
+pub const EXT_BRIDGE: &str = "brx";
+/// The external namespace's interface towards the standby gateway.
+pub const EXT_STANDBY_IFACE: &str = "eth1";
 /// The label that makes the gateway's Node an egress gateway.
 pub const EGRESS_GATEWAY_LABEL: &str = "portcullis.io/egress-gateway";
 
@@ -47,6 +54,13 @@ pub(crate) const GATEWAY_CLUSTER_END: TransitEnd = TransitEnd {
     v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 1),
     mac: [0x02, 0x70, 0x63, 0x03, 0x00, 0x00],
 };
+// The standby gateway: the address below the router's.
+pub(crate) const STANDBY_CLUSTER_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 31, 253),
+    prefix_v4: CLUSTER_PREFIX_V4,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa, 0xfffd),
+    mac: [0x02, 0x70, 0x63, 0x03, 0xff, 0xfd],
+};
 // The router: the last address of the cluster segment (nodes count up from its first).
 pub(crate) const ROUTER_CLUSTER_END: TransitEnd = TransitEnd {
     v4: Ipv4Addr::new(169, 254, 31, 254),
@@ -55,22 +69,29 @@ pub(crate) const ROUTER_CLUSTER_END: TransitEnd = TransitEnd {
     mac: [0x02, 0x70, 0x63, 0x05, 0x00, 0x01],
 };
 
-// External segment: the gateway's external leg and the external namespace, a /30 and fe80::/64.
-pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
+// External segment: the gateways' external legs and the external namespace, a /29 and fe80::/64.
+pub(crate) const GATEWAY_EXTERNAL_PREFIX_V4: u8 = 29;
 pub(crate) const GATEWAY_EXTERNAL_END: TransitEnd = TransitEnd {
     v4: Ipv4Addr::new(169, 254, 0, 5),
-    prefix_v4: EXTERNAL_PREFIX_V4,
+    prefix_v4: GATEWAY_EXTERNAL_PREFIX_V4,
     v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 1),
     mac: [0x02, 0x70, 0x63, 0x04, 0x00, 0x01],
 };
 pub(crate) const EXTERNAL_END: TransitEnd = TransitEnd {
     v4: Ipv4Addr::new(169, 254, 0, 6),
-    prefix_v4: EXTERNAL_PREFIX_V4,
+    prefix_v4: GATEWAY_EXTERNAL_PREFIX_V4,
     v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 2),
     mac: [0x02, 0x70, 0x63, 0x04, 0x00, 0x02],
 };
+pub(crate) const STANDBY_EXTERNAL_END: TransitEnd = TransitEnd {
+    v4: Ipv4Addr::new(169, 254, 0, 2),
+    prefix_v4: GATEWAY_EXTERNAL_PREFIX_V4,
+    v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xb, 3),
+    mac: [0x02, 0x70, 0x63, 0x04, 0x00, 0x03],
+};
 
-// Router to external namespace: a /30 beside the gateway's and fe80::c:/64 addresses.
+// Router to external namespace: a /30 beside the gateways' /29 and fe80::c:/64 addresses.
+pub(crate) const EXTERNAL_PREFIX_V4: u8 = 30;
 pub(crate) const ROUTER_EXTERNAL_END: TransitEnd = TransitEnd {
     v4: Ipv4Addr::new(169, 254, 0, 9),
     prefix_v4: EXTERNAL_PREFIX_V4,

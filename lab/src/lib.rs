@@ -27,6 +27,11 @@
 //! to pod addresses always come back through the gateway. Each of [`LabOptions::egress_ips`] is
 //! routed on-link from the external namespace towards the gateway's external leg.
 //!
+//! With [`LabOptions::standby_gateway`] a second gateway (`ID-gw2`, Node `gateway-b`, cluster leg
+//! 169.254.31.253 / fe80::a:fffd) joins the fabric, and a bridge in the external namespace
+//! (`brx`, holding the external addresses) joins both gateways' external legs: the egress IPs are
+//! answered by whichever gateway owns them, so they can move from one to the other.
+//!
 //! Every neighbour entry is static (permanent), so no ARP/ND has to happen before the first packet
 //! (the egress IPs' excepted); forwarding is on in nodes, gateway and router, rp_filter off, IPv6
 //! DAD off. Servers run on threads that
@@ -62,9 +67,10 @@ use portcullis_policy::model::{Protocol, Snapshot};
 use portcullis_policy::probe::Probe;
 
 pub use addressing::{
-    format_mac, EGRESS_GATEWAY_LABEL, EXT_IFACE, EXT_ROUTER_IFACE, FABRIC_BRIDGE,
-    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE, NODE_UPLINK_IFACE, POD_GATEWAY_V4,
-    POD_GATEWAY_V6, POD_IFACE, ROUTER_CLUSTER_IFACE, ROUTER_EXTERNAL_IFACE,
+    format_mac, EGRESS_GATEWAY_LABEL, EXT_BRIDGE, EXT_IFACE, EXT_ROUTER_IFACE, EXT_STANDBY_IFACE,
+    FABRIC_BRIDGE, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE, NODE_UPLINK_IFACE,
+    POD_GATEWAY_V4, POD_GATEWAY_V6, POD_IFACE, ROUTER_CLUSTER_IFACE, ROUTER_EXTERNAL_IFACE,
+    STANDBY_GATEWAY_NODE,
 };
 pub use error::LabError;
 pub use exec::LabChild;
@@ -171,6 +177,11 @@ impl Lab {
 
     pub fn gateway(&self) -> &GatewayLegs {
         &self.topo.gateway
+    }
+
+    /// With [`LabOptions::standby_gateway`], the second gateway (Node [`STANDBY_GATEWAY_NODE`]).
+    pub fn standby_gateway(&self) -> Option<&GatewayLegs> {
+        self.topo.standby.as_ref()
     }
 
     pub fn nodes(&self) -> &[NodeInfo] {

@@ -7,9 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::addressing::{
-    CLUSTER_PREFIX_V4, EGRESS_GATEWAY_LABEL, GATEWAY_CLUSTER_END, GATEWAY_NODE,
-};
+use crate::addressing::{CLUSTER_PREFIX_V4, EGRESS_GATEWAY_LABEL, GATEWAY_CLUSTER_END};
 use crate::topology::Topology;
 
 /// One `Node` document.
@@ -31,7 +29,7 @@ fn node(out: &mut String, name: &str, labels: &[(&str, &str)], addrs: &[IpAddr])
 }
 
 impl Topology {
-    /// Multi-document YAML: every lab node (InternalIP: its uplink addresses) and the gateway
+    /// Multi-document YAML: every lab node (InternalIP: its uplink addresses) and each gateway
     /// (InternalIP: its cluster leg's addresses, labelled `portcullis.io/egress-gateway: "true"`).
     pub fn node_manifest(&self) -> String {
         let mut out = String::new();
@@ -43,12 +41,14 @@ impl Topology {
                 &[n.uplink_ipv4.into(), n.uplink_ipv6.into()],
             );
         }
-        node(
-            &mut out,
-            GATEWAY_NODE,
-            &[(EGRESS_GATEWAY_LABEL, "true")],
-            &[GATEWAY_CLUSTER_END.v4.into(), GATEWAY_CLUSTER_END.v6.into()],
-        );
+        for gw in self.gateways() {
+            node(
+                &mut out,
+                &gw.node,
+                &[(EGRESS_GATEWAY_LABEL, "true")],
+                &[gw.cluster_ipv4.into(), gw.cluster_ipv6.into()],
+            );
+        }
         out
     }
 

@@ -27,6 +27,10 @@ pub struct LabOptions {
     /// on-link towards the gateway's external leg with no static neighbour entry, so the
     /// gateway's ARP/ND answers for them are exercised.
     pub egress_ips: Vec<IpAddr>,
+    /// A second gateway (`ID-gw2`, Node `gateway-b`, needs `steer_via_router`) on the same
+    /// cluster segment and, through a bridge in the external namespace, the same external
+    /// segment, so an egress IP can move between the two (failover).
+    pub standby_gateway: bool,
 }
 
 impl Default for LabOptions {
@@ -40,6 +44,7 @@ impl Default for LabOptions {
             unscheduled_nodes: 1,
             steer_via_router: false,
             egress_ips: Vec::new(),
+            standby_gateway: false,
         }
     }
 }

@@ -9,18 +9,22 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 
 use crate::addressing::{
     cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
-    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE,
-    GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE, NODE_UPLINK_IFACE, POD_IFACE,
+    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, EXT_IFACE, EXT_STANDBY_IFACE, GATEWAY_CLUSTER_END,
+    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE,
+    NODE_UPLINK_IFACE, POD_IFACE, STANDBY_CLUSTER_END, STANDBY_EXTERNAL_END, STANDBY_GATEWAY_NODE,
 };
 use crate::{LabError, LabOptions};
 
 /// More nodes than this would run out of node uplink MACs and cluster-segment addresses.
 const MAX_NODES: usize = 4000;
 
-/// The gateway namespace and its two legs: run `portcullis gateway --cluster-iface
-/// CLUSTER --external-iface EXTERNAL` in it with [`Lab::spawn_in`](crate::Lab::spawn_in).
+/// A gateway namespace and its two legs: run `portcullis gateway --cluster-iface
+/// CLUSTER --external-iface EXTERNAL --node-name NODE` in it with
+/// [`Lab::spawn_in`](crate::Lab::spawn_in).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayLegs {
+    /// Its Node's name in [`Lab::node_manifest`](crate::Lab::node_manifest).
+    pub node: String,
     pub netns: String,
     pub cluster_iface: String,
     pub external_iface: String,
@@ -28,6 +32,59 @@ pub struct GatewayLegs {
     /// link-local, so a route to it needs the node's uplink device).
     pub cluster_ipv4: Ipv4Addr,
     pub cluster_ipv6: Ipv6Addr,
+}
+
+impl GatewayLegs {
+    fn new(id: &str, standby: bool) -> GatewayLegs {
+        let (node, role, cluster) = match standby {
+            false => (GATEWAY_NODE, "gw", &GATEWAY_CLUSTER_END),
+            true => (STANDBY_GATEWAY_NODE, "gw2", &STANDBY_CLUSTER_END),
+        };
+        GatewayLegs {
+            node: node.into(),
+            netns: format!("{id}-{role}"),
+            cluster_iface: GATEWAY_CLUSTER_IFACE.into(),
+            external_iface: GATEWAY_EXTERNAL_IFACE.into(),
+            cluster_ipv4: cluster.v4,
+            cluster_ipv6: cluster.v6,
+        }
+    }
+
+    fn is_standby(&self) -> bool {
+        self.node == STANDBY_GATEWAY_NODE
+    }
+
+    /// Its cluster leg's end of the cluster segment.
+    pub(crate) fn cluster_end(&self) -> &'static TransitEnd {
+        match self.is_standby() {
+            false => &GATEWAY_CLUSTER_END,
+            true => &STANDBY_CLUSTER_END,
+        }
+    }
+
+    /// Its external leg's end of the external segment.
+    pub(crate) fn external_end(&self) -> &'static TransitEnd {
+        match self.is_standby() {
+            false => &GATEWAY_EXTERNAL_END,
+            true => &STANDBY_EXTERNAL_END,
+        }
+    }
+
+    /// The external namespace's peer of its external leg.
+    pub(crate) fn external_peer(&self) -> &'static str {
+        match self.is_standby() {
+            false => EXT_IFACE,
+            true => EXT_STANDBY_IFACE,
+        }
+    }
+
+    /// The fabric bridge's port towards its cluster leg.
+    pub(crate) fn fabric_port(&self) -> &'static str {
+        match self.is_standby() {
+            false => "gw",
+            true => "gw2",
+        }
+    }
 }
 
 /// A node namespace.
@@ -80,6 +137,8 @@ pub(crate) struct Topology {
     pub id: String,
     pub nodes: Vec<NodeInfo>,
     pub gateway: GatewayLegs,
+    /// With [`LabOptions::standby_gateway`]: the second gateway.
+    pub standby: Option<GatewayLegs>,
     /// The namespace holding every external address.
     pub ext_netns: String,
     /// With more than one node, or a router: the namespace whose bridge joins the nodes, the
@@ -129,14 +188,14 @@ impl Topology {
         let externals = plan_externals(probes, &owner)?;
         let egress_ips = plan_egress_ips(&opts.egress_ips, &owner, &externals)?;
         let router = opts.steer_via_router;
+        if opts.standby_gateway && !router {
+            return Err(LabError::Unsupported(
+                "a standby gateway without steer_via_router: the nodes' default route can name only one gateway".into(),
+            ));
+        }
         Ok(Topology {
-            gateway: GatewayLegs {
-                netns: format!("{id}-gw"),
-                cluster_iface: GATEWAY_CLUSTER_IFACE.into(),
-                external_iface: GATEWAY_EXTERNAL_IFACE.into(),
-                cluster_ipv4: GATEWAY_CLUSTER_END.v4,
-                cluster_ipv6: GATEWAY_CLUSTER_END.v6,
-            },
+            gateway: GatewayLegs::new(&id, false),
+            standby: opts.standby_gateway.then(|| GatewayLegs::new(&id, true)),
             ext_netns: format!("{id}-ext"),
             fabric_netns: (nodes.len() > 1 || router).then(|| format!("{id}-fab")),
             router_netns: router.then(|| format!("{id}-rt")),
@@ -151,11 +210,17 @@ impl Topology {
     /// Every namespace, in the order they are created.
     pub fn namespaces(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.nodes.iter().map(|n| n.netns.as_str()).collect();
-        names.extend([self.gateway.netns.as_str(), self.ext_netns.as_str()]);
+        names.extend(self.gateways().map(|g| g.netns.as_str()));
+        names.push(self.ext_netns.as_str());
         names.extend(self.router_netns.as_deref());
         names.extend(self.fabric_netns.as_deref());
         names.extend(self.pods.values().map(|p| p.netns.as_str()));
         names
+    }
+
+    /// The gateway, then the standby gateway if there is one.
+    pub fn gateways(&self) -> impl Iterator<Item = &GatewayLegs> {
+        std::iter::once(&self.gateway).chain(&self.standby)
     }
 
     /// The pods wired to `node`.

@@ -7,7 +7,7 @@ mod support;
 use std::net::IpAddr;
 use std::process::Command;
 
-use portcullis_lab::{Lab, LabOptions, Verdict};
+use portcullis_lab::{GatewayLegs, Lab, LabOptions, Verdict};
 use portcullis_policy::model::Protocol;
 use portcullis_policy::probe::Probe;
 
@@ -31,10 +31,9 @@ fn expect(lab: &Lab, step: &str, probes: &[Probe], allowed: impl Fn(&Probe) -> b
 }
 
 /// Steering, as a node daemon does it: in every node namespace, each local pod address to
-/// everywhere via the gateway's cluster leg, on the uplink (the IPv6 next hop is link-local).
-fn steer(lab: &Lab) -> Vec<portcullis_steering::Steering> {
+/// everywhere via gateway `gw`'s cluster leg, on the uplink (the IPv6 next hop is link-local).
+fn steer(lab: &Lab, gw: &GatewayLegs) -> Vec<portcullis_steering::Steering> {
     use portcullis_steering::{SteerRoute, Steering, SteeringConfig};
-    let gw = lab.gateway().clone();
     lab.nodes()
         .iter()
         .map(|node| {
@@ -134,7 +133,7 @@ fn with_a_router_only_steering_brings_pod_egress_to_the_gateway() {
     expect(&lab, "unsteered, router drops", &all, |p| p == &cross);
 
     // Steered: everything leaves through the gateway; the router is never needed.
-    let mut steering = steer(&lab);
+    let mut steering = steer(&lab, lab.gateway());
     expect(&lab, "steered, router drops", &all, |_| true);
     nft(&lab, &gw, gw_refuses_cluster);
     expect(
@@ -195,5 +194,72 @@ fn with_a_router_only_steering_brings_pod_egress_to_the_gateway() {
             .find(|l| l.starts_with(&format!("{ip} ")))
             .unwrap_or_else(|| panic!("no neighbour {ip}: {after}"));
         assert!(!line.contains("PERMANENT"), "{line}");
+    }
+}
+
+#[test]
+fn a_standby_gateway_shares_both_segments() {
+    init_tracing();
+    let mut snap = snapshot();
+    snap.pods[0].node = Some("node-a".into()); // x/a
+    snap.pods[1].node = Some("node-b".into()); // x/b
+    let egress = [
+        probe("x/a", EXT4, Protocol::Tcp, 80),
+        probe("x/b", EXT6, Protocol::Udp, 80),
+    ];
+    let options = LabOptions {
+        timeout: std::time::Duration::from_millis(400),
+        steer_via_router: true,
+        standby_gateway: true,
+        ..LabOptions::default()
+    };
+    let lab = Lab::build(&snap, &egress, options).expect("build lab");
+    let standby = lab.standby_gateway().expect("a standby gateway").clone();
+    let manifest = lab.node_manifest();
+    assert!(manifest.contains("name: gateway-b"), "{manifest}");
+    assert_eq!(
+        manifest.matches("portcullis.io/egress-gateway").count(),
+        2,
+        "{manifest}"
+    );
+    let router_drops = "table inet pcltest {\n chain f {\n  type filter hook forward priority 0; policy drop;\n }\n}\n";
+    nft(&lab, lab.router_netns().unwrap(), router_drops);
+    // Steered to the standby: its cluster leg takes the pods' egress (the replies come back
+    // through the first gateway, the external namespace's default route).
+    let _steering = steer(&lab, &standby);
+    expect(&lab, "steered to the standby", &egress, |_| true);
+    let refuses = "table inet pcltest {\n chain f {\n  type filter hook forward priority 0; policy accept;\n  iifname \"cluster\" drop\n }\n}\n";
+    nft(&lab, &standby.netns, refuses);
+    expect(&lab, "standby refuses the cluster side", &egress, |_| false);
+
+    // The external segment is shared: the external namespace reaches an address either gateway
+    // holds on its external leg, through the bridge.
+    let ext = lab.external_netns().to_string();
+    for gw in [lab.gateway().clone(), standby] {
+        let dev = gw.external_iface.clone();
+        let sock = lab
+            .run_in_netns(&gw.netns, move || {
+                portcullis_testkit::sh(&format!("ip addr add 192.0.2.77 dev {dev}"));
+                std::net::UdpSocket::bind(("192.0.2.77", 9)).unwrap()
+            })
+            .unwrap();
+        lab.run_in_netns(&ext, || {
+            portcullis_testkit::sh(
+                "ip neigh flush to 192.0.2.77; ip route replace 192.0.2.77/32 dev brx scope link",
+            );
+            let s = std::net::UdpSocket::bind((EXT4.parse::<IpAddr>().unwrap(), 0)).unwrap();
+            s.send_to(b"x", ("192.0.2.77", 9)).unwrap();
+        })
+        .unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        sock.recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{}: datagram to its external leg: {e}", gw.node));
+        let dev = gw.external_iface.clone();
+        lab.run_in_netns(&gw.netns, move || {
+            portcullis_testkit::sh(&format!("ip addr del 192.0.2.77/32 dev {dev}"))
+        })
+        .unwrap();
     }
 }

@@ -80,6 +80,50 @@ impl EdgeNs {
     }
 }
 
+/// Two gateways side by side on the same two segments, as a highly available pair: the pod
+/// namespace's bridge `p0` (ports `c0`, `c1`) joins the cluster legs `gc` of both gateway
+/// namespaces, the external namespace's bridge `x0` (ports `e0`, `e1`) their external legs `ge`.
+/// The ports are up; bridges and legs are down without addresses, so the pod and external sides
+/// are set up by name as in an [`EdgeNs`].
+pub struct EdgePairNs {
+    pub pod: NetNs,
+    pub gw: [NetNs; 2],
+    pub ext: NetNs,
+}
+
+impl EdgePairNs {
+    /// Namespaces `pcl-{tag}p-…`, `pcl-{tag}a-…`, `pcl-{tag}b-…` and `pcl-{tag}x-…`.
+    pub fn new(tag: &str) -> EdgePairNs {
+        let t = EdgePairNs {
+            pod: NetNs::new(&format!("{tag}p")),
+            gw: [
+                NetNs::new(&format!("{tag}a")),
+                NetNs::new(&format!("{tag}b")),
+            ],
+            ext: NetNs::new(&format!("{tag}x")),
+        };
+        for (i, gw) in t.gw.iter().enumerate() {
+            sh(&format!(
+                "ip link add c{i} netns {p} type veth peer name gc netns {g} && \
+                 ip link add e{i} netns {x} type veth peer name ge netns {g}",
+                p = t.pod.name,
+                x = t.ext.name,
+                g = gw.name
+            ));
+        }
+        for (ns, bridge, port) in [(&t.pod, "p0", "c"), (&t.ext, "x0", "e")] {
+            ns.run(|| {
+                sh(&format!(
+                    "ip link add {bridge} type bridge mcast_snooping 0 && \
+                     for i in 0 1; do ip link set {port}$i master {bridge} && \
+                     ip link set {port}$i up; done"
+                ))
+            });
+        }
+        t
+    }
+}
+
 /// A bpffs pin directory of a test's own (named after its namespace), removed when dropped,
 /// even when the test fails.
 pub struct PinDir(pub PathBuf);

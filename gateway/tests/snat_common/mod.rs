@@ -1,12 +1,10 @@
 //! What the SNAT tests share: the gateway in a namespace with both legs, its policy and SNAT
 //! configuration, and running packets through it with BPF_PROG_TEST_RUN.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use portcullis_gateway::{Gateway, GatewayOptions, SnatConfig, TestProgram, XDP_PASS};
-use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
-use portcullis_policy::model::Direction;
+use portcullis_policy::compile::GatewayTables;
 use portcullis_testkit::*;
 
 pub const CLUSTER: &str = "snat-c";
@@ -28,21 +26,7 @@ pub fn ip(s: &str) -> IpAddr {
 
 /// POD_A's egress group: everything allowed.
 pub fn tables() -> GatewayTables {
-    let mut endpoints = BTreeMap::new();
-    endpoints.insert((Direction::Egress, ip(POD_A)), 0);
-    GatewayTables {
-        endpoints,
-        groups: vec![GatewayGroup {
-            direction: Direction::Egress,
-            policies: vec!["prod/allow-all".into()],
-            prefixes: vec![("0.0.0.0/0".parse().unwrap(), 0)],
-        }],
-        rule_sets: vec![vec![PortRule {
-            protocol: None,
-            first: 0,
-            last: 65535,
-        }]],
-    }
+    egress_allowed(&[POD_A], "prod/allow-all", &["0.0.0.0/0"])
 }
 
 pub fn config(ports: std::ops::RangeInclusive<u16>) -> SnatConfig {
@@ -71,18 +55,31 @@ pub fn setup_links(ns: &NetNs) {
 }
 
 pub fn gateway(ns: &NetNs, ports: std::ops::RangeInclusive<u16>) -> Gateway {
+    gateway_with(ns, ports, GatewayOptions::default())
+}
+
+/// [`gateway`] with `options` (its legs set here).
+pub fn gateway_with(
+    ns: &NetNs,
+    ports: std::ops::RangeInclusive<u16>,
+    options: GatewayOptions,
+) -> Gateway {
     setup_links(ns);
     ns.run(|| {
-        let mut gw = Gateway::load(GatewayOptions {
-            cluster_iface: CLUSTER.into(),
-            external_iface: EXTERNAL.into(),
-            ..Default::default()
-        })
-        .expect("load");
+        let mut gw = Gateway::load(legs(options)).expect("load");
         gw.apply(&tables()).expect("apply");
         gw.set_snat(&config(ports)).expect("set_snat");
         gw
     })
+}
+
+/// `options` with this namespace's legs.
+pub fn legs(options: GatewayOptions) -> GatewayOptions {
+    GatewayOptions {
+        cluster_iface: CLUSTER.into(),
+        external_iface: EXTERNAL.into(),
+        ..options
+    }
 }
 
 #[derive(Clone, Copy)]

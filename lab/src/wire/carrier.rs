@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::addressing::{
-    EXT_IFACE, EXT_ROUTER_IFACE, FABRIC_BRIDGE, NODE_UPLINK_IFACE, POD_IFACE, ROUTER_CLUSTER_IFACE,
-    ROUTER_EXTERNAL_IFACE,
+    EXT_BRIDGE, EXT_ROUTER_IFACE, FABRIC_BRIDGE, NODE_UPLINK_IFACE, POD_IFACE,
+    ROUTER_CLUSTER_IFACE, ROUTER_EXTERNAL_IFACE,
 };
 use crate::iface::link_running;
 use crate::netns::{self, Netns};
@@ -25,12 +25,17 @@ fn links(topo: &Topology) -> Vec<(&str, Vec<String>)> {
         l.extend(topo.pods_on(node).map(|p| p.host_iface.clone()));
         links.push((node.netns.as_str(), l));
     }
-    let gw = &topo.gateway;
-    links.push((
-        gw.netns.as_str(),
-        vec![gw.cluster_iface.clone(), gw.external_iface.clone()],
-    ));
-    let mut ext = vec![EXT_IFACE.to_string()];
+    let mut ext = Vec::new();
+    for gw in topo.gateways() {
+        links.push((
+            gw.netns.as_str(),
+            vec![gw.cluster_iface.clone(), gw.external_iface.clone()],
+        ));
+        ext.push(gw.external_peer().to_string());
+    }
+    if topo.standby.is_some() {
+        ext.push(EXT_BRIDGE.into());
+    }
     if let Some(rt) = &topo.router_netns {
         ext.push(EXT_ROUTER_IFACE.into());
         links.push((

@@ -1,13 +1,15 @@
 //! The external tier: one namespace holding every external address the probes name, behind the
-//! gateway's external leg (and, with a router, the router's, which it only receives from).
+//! gateway's external leg (and, with a router, the router's, which it only receives from). With a
+//! standby gateway both gateways' external legs are ports of a bridge ([`EXT_BRIDGE`]) holding
+//! the addresses, so an egress IP answered by either gateway is reached on the same segment.
 
 use std::net::IpAddr;
 
 use super::ip_batch::Batch;
 use super::{default_route_leg, neigh};
 use crate::addressing::{
-    EXTERNAL_END, EXTERNAL_ROUTER_END, EXT_IFACE, EXT_ROUTER_IFACE, GATEWAY_EXTERNAL_END,
-    ROUTER_EXTERNAL_END,
+    EXTERNAL_END, EXTERNAL_ROUTER_END, EXT_BRIDGE, EXT_IFACE, EXT_ROUTER_IFACE,
+    GATEWAY_EXTERNAL_END, ROUTER_EXTERNAL_END,
 };
 use crate::topology::Topology;
 
@@ -15,15 +17,21 @@ use crate::topology::Topology;
 /// through it), every external address as a host address of the one interface, and each egress
 /// IP on-link towards the gateway with no static neighbour: the gateway must answer ARP/ND.
 pub(super) fn configure(topo: &Topology) -> Batch {
-    let mut lines = vec![
-        "link set lo up".to_string(),
-        format!("link set {EXT_IFACE} up"),
-    ];
-    lines.extend(default_route_leg(
-        EXT_IFACE,
-        &EXTERNAL_END,
-        &GATEWAY_EXTERNAL_END,
-    ));
+    let mut lines = vec!["link set lo up".to_string()];
+    lines.extend(
+        topo.gateways()
+            .map(|gw| format!("link set {} up", gw.external_peer())),
+    );
+    let dev = segment_device(topo);
+    if topo.standby.is_some() {
+        lines.push(format!("link set {dev} up"));
+    }
+    lines.extend(default_route_leg(dev, &EXTERNAL_END, &GATEWAY_EXTERNAL_END));
+    for gw in topo.standby.iter() {
+        let end = gw.external_end();
+        lines.push(neigh(&end.v4, &end.mac, dev));
+        lines.push(neigh(&end.v6, &end.mac, dev));
+    }
     if topo.router_netns.is_some() {
         let (own, rt, dev) = (&EXTERNAL_ROUTER_END, &ROUTER_EXTERNAL_END, EXT_ROUTER_IFACE);
         lines.extend([
@@ -36,15 +44,34 @@ pub(super) fn configure(topo: &Topology) -> Batch {
     }
     for ip in &topo.egress_ips {
         lines.push(match ip {
-            IpAddr::V4(a) => format!("route add {a}/32 dev {EXT_IFACE} scope link"),
-            IpAddr::V6(a) => format!("route add {a}/128 dev {EXT_IFACE}"),
+            IpAddr::V4(a) => format!("route add {a}/32 dev {dev} scope link"),
+            IpAddr::V6(a) => format!("route add {a}/128 dev {dev}"),
         });
     }
     for ip in &topo.externals {
         lines.push(match ip {
-            IpAddr::V4(a) => format!("addr add {a}/32 dev {EXT_IFACE}"),
-            IpAddr::V6(a) => format!("addr add {a}/128 dev {EXT_IFACE} nodad"),
+            IpAddr::V4(a) => format!("addr add {a}/32 dev {dev}"),
+            IpAddr::V6(a) => format!("addr add {a}/128 dev {dev} nodad"),
         });
     }
     Batch::new(&topo.ext_netns, "configure external hosts", lines)
+}
+
+/// The external namespace's device on the gateways' segment: the bridge with a standby gateway,
+/// else the one gateway's peer.
+fn segment_device(topo: &Topology) -> &'static str {
+    match topo.standby {
+        Some(_) => EXT_BRIDGE,
+        None => EXT_IFACE,
+    }
+}
+
+/// With a standby gateway: the bridge, its ports (both gateways' peers, still down) enslaved.
+pub(super) fn bridge(topo: &Topology) -> Batch {
+    let mut lines = vec![format!("link add {EXT_BRIDGE} type bridge")];
+    lines.extend(
+        topo.gateways()
+            .map(|gw| format!("link set {} master {EXT_BRIDGE}", gw.external_peer())),
+    );
+    Batch::new(&topo.ext_netns, "create external bridge", lines)
 }

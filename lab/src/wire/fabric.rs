@@ -1,6 +1,6 @@
 //! The fabric tier (with more than one node, or a router): one namespace whose bridge joins every
-//! node's uplink (port `nI`), the gateway's cluster leg (port `gw`) and the router's (port `rt`)
-//! into one segment.
+//! node's uplink (port `nI`), the gateways' cluster legs (ports `gw`, `gw2`) and the router's
+//! (port `rt`) into one segment.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,9 +10,6 @@ use crate::addressing::FABRIC_BRIDGE;
 use crate::topology::Topology;
 use crate::{command, LabError};
 
-/// The fabric's port towards the gateway's cluster leg.
-pub(super) const GW_PORT: &str = "gw";
-
 /// The fabric's port towards the router's cluster leg.
 pub(super) const RT_PORT: &str = "rt";
 
@@ -21,11 +18,11 @@ pub(super) fn node_port(i: usize) -> String {
     format!("n{i}")
 }
 
-/// Every port of the bridge: the nodes' in order, then the gateway's and the router's.
+/// Every port of the bridge: the nodes' in order, then the gateways' and the router's.
 pub(super) fn ports(topo: &Topology) -> Vec<String> {
     (0..topo.nodes.len())
         .map(node_port)
-        .chain([GW_PORT.to_string()])
+        .chain(topo.gateways().map(|gw| gw.fabric_port().to_string()))
         .chain(topo.router_netns.as_ref().map(|_| RT_PORT.to_string()))
         .collect()
 }

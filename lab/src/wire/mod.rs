@@ -47,7 +47,12 @@ fn create_links(topo: &Topology) -> Result<(), LabError> {
     for (i, node) in topo.nodes.iter().enumerate() {
         ip_batch::run(&node::links(topo, i, node))?;
     }
-    ip_batch::run(&gateway::links(topo))?;
+    for gw in topo.gateways() {
+        ip_batch::run(&gateway::links(topo, gw))?;
+    }
+    if topo.standby.is_some() {
+        ip_batch::run(&external::bridge(topo))?;
+    }
     if let (Some(rt), Some(fab)) = (&topo.router_netns, &topo.fabric_netns) {
         ip_batch::run(&router::links(topo, rt, fab))?;
     }
@@ -61,7 +66,7 @@ fn configure(topo: &Topology) -> Result<(), LabError> {
         .iter()
         .map(|node| node::configure(topo, node))
         .collect();
-    batches.push(gateway::configure(topo));
+    batches.extend(topo.gateways().map(|gw| gateway::configure(topo, gw)));
     batches.push(external::configure(topo));
     batches.extend(
         topo.router_netns
@@ -76,6 +81,9 @@ fn configure(topo: &Topology) -> Result<(), LabError> {
         let ports = fabric::ports(topo);
         ip_batch::run(&fabric::configure(f, &ports))?;
         fabric::wait_forwarding(f, ports.len())?;
+    }
+    if topo.standby.is_some() {
+        fabric::wait_forwarding(&topo.ext_netns, 2)?;
     }
     Ok(())
 }

@@ -51,9 +51,12 @@ pub(super) fn configure(topo: &Topology, node: &NodeInfo) -> Batch {
     };
     lines.extend(default_route_leg(up, &node.uplink_end(), default_hop));
     if topo.router_netns.is_some() {
-        // Steering's next hop.
-        lines.push(neigh(&GATEWAY_CLUSTER_END.v4, &GATEWAY_CLUSTER_END.mac, up));
-        lines.push(neigh(&GATEWAY_CLUSTER_END.v6, &GATEWAY_CLUSTER_END.mac, up));
+        // Steering's next hops.
+        for gw in topo.gateways() {
+            let end = gw.cluster_end();
+            lines.push(neigh(&end.v4, &end.mac, up));
+            lines.push(neigh(&end.v6, &end.mac, up));
+        }
     }
     for other in topo.nodes.iter().filter(|o| o.netns != node.netns) {
         lines.push(neigh(&other.uplink_ipv4, &other.uplink_mac, up));

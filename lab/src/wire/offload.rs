@@ -6,20 +6,25 @@
 
 use std::process::Command;
 
-use crate::addressing::{EXT_IFACE, NODE_UPLINK_IFACE, POD_IFACE};
+use crate::addressing::{NODE_UPLINK_IFACE, POD_IFACE};
 use crate::topology::Topology;
 use crate::{command, LabError};
 
 /// Sets every interface's offloads, all at once.
 pub(super) fn set(topo: &Topology) -> Result<(), LabError> {
-    let cluster_peer = match &topo.fabric_netns {
-        Some(f) => (f.as_str(), super::fabric::GW_PORT),
-        None => (topo.nodes[0].netns.as_str(), NODE_UPLINK_IFACE),
-    };
-    let mut features: Vec<(&str, &str, &[&str])> = vec![
-        (cluster_peer.0, cluster_peer.1, &["gro", "on"]),
-        (&topo.ext_netns, EXT_IFACE, &["gro", "on", "tx", "off"]),
-    ];
+    let mut features: Vec<(&str, &str, &[&str])> = Vec::new();
+    for gw in topo.gateways() {
+        let cluster_peer = match &topo.fabric_netns {
+            Some(f) => (f.as_str(), gw.fabric_port()),
+            None => (topo.nodes[0].netns.as_str(), NODE_UPLINK_IFACE),
+        };
+        features.push((cluster_peer.0, cluster_peer.1, &["gro", "on"]));
+        features.push((
+            &topo.ext_netns,
+            gw.external_peer(),
+            &["gro", "on", "tx", "off"],
+        ));
+    }
     for p in topo.pods.values() {
         features.push((&p.netns, POD_IFACE, &["tx", "off"]));
     }

@@ -33,7 +33,7 @@ pub(super) fn apply(topo: &Topology, namespaces: &[Netns]) -> Result<(), LabErro
         .nodes
         .iter()
         .map(|n| n.netns.as_str())
-        .chain([topo.gateway.netns.as_str()])
+        .chain(topo.gateways().map(|g| g.netns.as_str()))
         .chain(topo.router_netns.as_deref())
         .collect();
     let targets: Vec<(&str, RawFd, bool)> = namespaces

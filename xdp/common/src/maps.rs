@@ -62,6 +62,13 @@
 //!   Written by the program (new translations: inbound entry first, with `BPF_NOEXIST`, then the
 //!   outbound one) and by the gateway loader's GC (both halves, once the pod's flow is gone).
 //! - `SNAT_COUNTERS`: `SNAT_COUNTER_*` → packets, per CPU. Written by the program.
+//! - `SNAT_LEASE`: index 0 holds the flow-clock time (`CLOCK_MONOTONIC_COARSE`, ns) until which
+//!   the ARP/ND answers of `SNAT_EGRESS_IPS` stand; past it the program answers for no egress
+//!   address (a gateway whose daemon died stops claiming them: fencing). 0: no lease, answers as
+//!   `EgressIp::answer` says (a gateway without HA). Written by the gateway loader
+//!   (`set_egress_ownership`, `renew_lease`), read by the program. A map of its own, so that
+//!   adopting an older version's pins (which lack it: it is created beside them) changes no
+//!   existing map's definition.
 //!
 //! Node hook only:
 //! - `IDENTITIES`: (pod address, generation) → identity of every pod of the cluster. Written by
@@ -95,14 +102,17 @@ pub const MAP_SNAT_ENTRIES: &str = "SNAT_ENTRIES";
 pub const MAP_SNAT_EGRESS_IPS: &str = "SNAT_EGRESS_IPS";
 pub const MAP_SNAT_TRANSLATIONS: &str = "SNAT_TRANSLATIONS";
 pub const MAP_SNAT_COUNTERS: &str = "SNAT_COUNTERS";
+pub const MAP_SNAT_LEASE: &str = "SNAT_LEASE";
 
-/// The gateway's SNAT maps, all pinned (a restarted gateway keeps its translations).
-pub const SNAT_PINNED_MAPS: [&str; 5] = [
+/// The gateway's SNAT maps, all pinned (a restarted gateway keeps its translations and its
+/// lease). A map missing from an older version's pin directory is created and pinned there.
+pub const SNAT_PINNED_MAPS: [&str; 6] = [
     MAP_SNAT_CLASSES,
     MAP_SNAT_ENTRIES,
     MAP_SNAT_EGRESS_IPS,
     MAP_SNAT_TRANSLATIONS,
     MAP_SNAT_COUNTERS,
+    MAP_SNAT_LEASE,
 ];
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).

@@ -112,10 +112,28 @@ pub struct EgressIp {
     /// 1 while the configuration names it; 0 for an address dropped from the configuration
     /// that translations still use (answered for until the loader's GC removes the last one).
     pub configured: u8,
-    /// 1: answer ARP requests / Neighbor Solicitations for it on the external leg.
+    /// 1: answer ARP requests / Neighbor Solicitations for it on the external leg, while the
+    /// lease of `SNAT_LEASE` holds ([`lease_holds`]).
     pub answer: u8,
 }
 const _: () = assert!(core::mem::size_of::<EgressIp>() == 12);
+
+/// `SNAT_LEASE` value (array, one entry): the flow-clock time (`CLOCK_MONOTONIC_COARSE`, ns)
+/// until which the ARP/ND answers for the egress addresses stand, or [`SNAT_NO_LEASE`].
+pub type SnatLease = u64;
+
+/// No lease: the answers stand as [`EgressIp::answer`] says, with no end (a gateway without HA;
+/// the map's initial value).
+pub const SNAT_NO_LEASE: SnatLease = 0;
+
+/// Whether the ARP/ND answers stand at flow-clock time `now` under `lease`: no lease, or not
+/// expired. A highly available gateway's daemon renews its lease while it lives; killed, its
+/// pinned program keeps running but stops answering once the lease ends, so it no longer draws
+/// the egress addresses' traffic from the gateway that took them over.
+#[inline(always)]
+pub const fn lease_holds(lease: SnatLease, now: u64) -> bool {
+    lease == SNAT_NO_LEASE || now < lease
+}
 
 /// Indexes of the `SNAT_COUNTERS` per-CPU array.
 /// New translations (one per connection: its outbound and inbound entries).

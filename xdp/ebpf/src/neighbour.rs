@@ -7,13 +7,18 @@
 //! without extension headers carrying the source link-layer option (the usual form: 32 bytes of
 //! ICMPv6), which becomes a solicited, override Neighbor Advertisement with the target link-layer
 //! option, hop limit 255. Duplicate address detection (from `::`, no option) is not answered.
+//!
+//! Only while the gateway's lease holds (`SNAT_LEASE`, `lease_holds`): a highly available
+//! gateway whose daemon died stops answering when its lease ends, though its pinned program runs
+//! on. Without a lease (0) the answers stand as `EgressIp::answer` says.
 
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::*;
+use portcullis_ebpf_common::flow::flow_clock;
 use portcullis_ebpf_common::parse::{bytes, ptr_at, Frame, Stop};
 
 use crate::csum::frame;
-use crate::snat::{count, SNAT_EGRESS_IPS};
+use crate::snat::{count, SNAT_EGRESS_IPS, SNAT_LEASE};
 
 const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
@@ -44,6 +49,14 @@ pub fn answer(ctx: &XdpContext) -> bool {
     }
 }
 
+/// Whether the gateway answers for an egress address whose `EgressIp::answer` is `answer`: it
+/// does, and the lease holds.
+#[inline(always)]
+fn answering(answer: u8) -> bool {
+    let lease = SNAT_LEASE.get(0).copied().unwrap_or(SNAT_NO_LEASE);
+    answer != 0 && lease_holds(lease, flow_clock())
+}
+
 /// Writes `v` at `off`.
 #[inline(always)]
 fn put<const N: usize>(f: &Frame, off: usize, v: [u8; N]) -> Result<(), Stop> {
@@ -72,7 +85,7 @@ fn arp(f: &Frame) -> Result<(), Stop> {
     let egress = SNAT_EGRESS_IPS.get_ptr(&target).ok_or(Stop::Pass)?;
     // SAFETY: value pointer from a successful lookup.
     let (mac, answer) = unsafe { ((*egress).mac, (*egress).answer) };
-    if answer == 0 {
+    if !answering(answer) {
         return Err(Stop::Pass);
     }
     let (sha, spa) = (
@@ -105,7 +118,7 @@ fn solicitation(f: &Frame) -> Result<(), Stop> {
     let egress = SNAT_EGRESS_IPS.get_ptr(&target).ok_or(Stop::Pass)?;
     // SAFETY: value pointer from a successful lookup.
     let (mac, answer) = unsafe { ((*egress).mac, (*egress).answer) };
-    if answer == 0 {
+    if !answering(answer) {
         return Err(Stop::Pass);
     }
     let requester = *bytes::<16>(f, 22)?;

@@ -28,7 +28,7 @@
 //! egress address (PMTU discovery, unreachables) back to the pod, a pod's own out to the egress
 //! address.
 
-use aya_ebpf::btf_maps::{HashMap, LpmTrie, PerCpuArray};
+use aya_ebpf::btf_maps::{Array, HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::macros::btf_map;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
@@ -72,6 +72,10 @@ pub static SNAT_TRANSLATIONS: HashMap<
 /// See `portcullis_common::maps`.
 #[btf_map]
 static SNAT_COUNTERS: PerCpuArray<u64, { SNAT_COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// See `portcullis_common::maps`.
+#[btf_map]
+pub static SNAT_LEASE: Array<SnatLease, 1> = Array::new();
 
 /// The per-CPU work area of a translation (keys too large for the BPF stack).
 #[repr(C)]
