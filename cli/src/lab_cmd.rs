@@ -156,15 +156,10 @@ impl EnforcingLab {
         let legs = lab.gateway().clone();
         let gateway_state = pins.state_dir.join("gateway");
         let mut cmd = daemon("gateway", pins.pin_dir.join("gateway"), &gateway_state);
-        cmd.args([
-            "--cluster-iface",
-            &legs.cluster_iface,
-            "--external-iface",
-            &legs.external_iface,
-        ])
-        .args(["--forward", &flags.forward.to_string()])
-        .args(["--node-name", GATEWAY_NODE])
-        .args(["--datapath", &flags.datapath.to_string()]);
+        cmd.args(legs.leg_args())
+            .args(["--forward", &flags.forward.to_string()])
+            .args(["--node-name", GATEWAY_NODE])
+            .args(["--datapath", &flags.datapath.to_string()]);
         let mut daemons = vec![(
             lab.spawn_in(&legs.netns, cmd)
                 .context("starting the gateway")?,

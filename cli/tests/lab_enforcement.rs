@@ -102,14 +102,8 @@ fn published(dirs: &DaemonDirs) -> serde_json::Value {
 fn start_gateway(lab: &mut Lab, dirs: &DaemonDirs, args: &[&str]) -> LabChild {
     let _ = std::fs::remove_file(dirs.state_dir.join("state.json"));
     let legs = lab.gateway().clone();
-    let mut cmd = dirs.daemon(&[
-        "gateway",
-        "--cluster-iface",
-        &legs.cluster_iface,
-        "--external-iface",
-        &legs.external_iface,
-    ]);
-    cmd.args(args);
+    let mut cmd = dirs.daemon(&["gateway"]);
+    cmd.args(legs.leg_args()).args(args);
     let child = lab.spawn_in(&legs.netns, cmd).unwrap();
     wait_until_applied(&child, "gateway", &dirs.state_dir);
     child

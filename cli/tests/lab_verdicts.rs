@@ -132,18 +132,9 @@ fn gateway_records(datapath: &str) {
 - {"from": "x/a", "to": "192.168.1.10", "port": 443, "protocol": "TCP"}"#,
     );
     let legs = lab.gateway().clone();
-    let gateway_args = [
-        "gateway",
-        "--cluster-iface",
-        &legs.cluster_iface,
-        "--external-iface",
-        &legs.external_iface,
-        "--datapath",
-        datapath,
-    ];
-    let gateway = lab
-        .spawn_in(&legs.netns, dirs.daemon(&gateway_args))
-        .unwrap();
+    let mut gateway = dirs.daemon(&["gateway", "--datapath", datapath]);
+    gateway.args(legs.leg_args());
+    let gateway = lab.spawn_in(&legs.netns, gateway).unwrap();
     wait_until_applied(&gateway, "gateway", &dirs.state_dir);
     let runs = [
         (probes[0].clone(), Verdict::Allow),
