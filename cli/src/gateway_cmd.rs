@@ -2,7 +2,8 @@
 //! manifests' ipBlock rules for traffic crossing the cluster edge. Maps and links stay pinned when
 //! it exits, so enforcement never stops across a restart or upgrade; `--unpin-on-exit` detaches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::daemon::{
     stop, Applied, DaemonArgs, Enforcer,
 };
 use crate::gateway_egress::{GatewayEgress, Served};
+use crate::ha::GatewayHa;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/gateway";
 pub const DEFAULT_STATE_DIR: &str = "/run/portcullis/gateway";
@@ -77,6 +79,13 @@ pub struct GatewayArgs {
     /// Source ports translations to an egress IP use (per egress IP): FIRST-LAST.
     #[arg(long, value_parser = crate::gateway_egress::parse_ports, default_value = "32768-60999")]
     snat_ports: std::ops::RangeInclusive<u16>,
+    /// Failover with the other gateways of this node's egress groups (needs --node-name):
+    /// heartbeats, the election of the active gateway per EgressGateway (only the active one
+    /// answers for its egress IPs), and the flow table and translations synced to the peers.
+    #[arg(long, requires = "node_name", env = "PORTCULLIS_HA")]
+    ha: bool,
+    #[command(flatten)]
+    ha_args: crate::ha::HaArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -104,6 +113,14 @@ struct GatewayEnforcer {
     state_dir: PathBuf,
     last_engine_publish: Instant,
     egress: GatewayEgress,
+    /// `--ha`: failover with the other gateways of its groups.
+    ha: Option<GatewayHa>,
+    /// Woken by the failover agent.
+    wake: Arc<tokio::sync::Notify>,
+    /// The snapshot in force (SNAT is reconfigured from it when the claims change).
+    snapshot: Option<Arc<Snapshot>>,
+    /// The egress IPs answered for now (with `--ha`).
+    owned: BTreeSet<IpAddr>,
 }
 
 /// The AF_XDP engine (`--datapath afxdp|hybrid`): started with the first generation in force, so
@@ -144,6 +161,10 @@ impl Enforcer for GatewayEnforcer {
         let started = Instant::now();
         let tables = (self.compiler.compile(snapshot)).context("compiling the gateway tables")?;
         let snat = self.egress.plan(snapshot);
+        if let Some(ha) = &self.ha {
+            // Which egress IPs it answers for is the election's (kept across set_snat).
+            ha.agent().set_snapshot(snapshot);
+        }
         let compile = started.elapsed();
         // Validated as a whole first: a configuration that cannot be enforced changes nothing
         // and the policy generation in force stays with it.
@@ -151,6 +172,7 @@ impl Enforcer for GatewayEnforcer {
             (self.gateway.set_snat(&snat)).context("writing the SNAT tables (EgressGateways)")?;
         let stats = self.gateway.apply(&tables)?;
         (self.engine).put_in_force(PolicyTables::new(&tables, u64::from(stats.generation)))?;
+        self.snapshot = Some(Arc::clone(snapshot));
         record_apply(
             "gateway",
             compile,
@@ -187,10 +209,11 @@ impl Enforcer for GatewayEnforcer {
         Ok(self.gateway.gc_flows()?)
     }
 
-    /// Publishes the engine's status and drop events once a second.
+    /// Follows failover (`--ha`); publishes the engine's status and drop events once a second.
     fn poll(&mut self) -> bool {
+        let failover = self.poll_ha();
         let Some(engine) = self.engine.running() else {
-            return false;
+            return failover;
         };
         if self.last_engine_publish.elapsed() < std::time::Duration::from_secs(1) {
             return false;
@@ -206,6 +229,10 @@ impl Enforcer for GatewayEnforcer {
         true
     }
 
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.wake))
+    }
+
     fn engine_status(&self) -> Option<serde_json::Value> {
         let status = self.engine.running()?.status();
         serde_json::to_value(status).ok()
@@ -215,6 +242,7 @@ impl Enforcer for GatewayEnforcer {
         serde_json::to_value(EgressStatus {
             node: self.egress.node(),
             egress_gateways: self.egress.served(),
+            ha: self.ha.as_ref().map(|ha| ha.agent().status()),
         })
         .ok()
     }
@@ -251,11 +279,42 @@ impl Enforcer for GatewayEnforcer {
     }
 }
 
+impl GatewayEnforcer {
+    /// One turn of failover: replicas in and out, and when the claims changed, SNAT answering
+    /// for the egress IPs now owned (announced at once). True when the claims changed.
+    fn poll_ha(&mut self) -> bool {
+        let Some(ha) = self.ha.as_mut() else {
+            return false;
+        };
+        let owned = match ha.poll(&mut self.gateway, self.snapshot.as_deref()) {
+            Ok(Some(owned)) => owned,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "failover turn failed");
+                return false;
+            }
+        };
+        if let Err(e) = (self.gateway).set_egress_ownership(&owned, Some(ha.lease_until())) {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not answer for the egress IPs now owned"
+            );
+            return false;
+        }
+        let gained: BTreeSet<IpAddr> = owned.difference(&self.owned).copied().collect();
+        ha.announce(&self.gateway, &gained);
+        self.owned = owned;
+        true
+    }
+}
+
 /// The egress side as `status` shows it.
 #[derive(serde::Serialize)]
 struct EgressStatus<'a> {
     node: Option<&'a str>,
     egress_gateways: &'a [Served],
+    /// `--ha`: the groups, the active gateways, the peers' health and the sync lag.
+    ha: Option<crate::ha::HaStatus>,
 }
 
 /// `portcullis_gateway_packets_total{verdict, judged_by}`: packets by verdict, counted by the XDP
@@ -320,6 +379,18 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         .state_dir
         .clone()
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let ha = match (args.ha, &args.node_name) {
+        (true, Some(node)) => {
+            let ha = GatewayHa::start(node.clone(), &args.ha_args, Arc::clone(&wake))?;
+            // Nothing is answered for before the election says so (a restarted gateway may
+            // find the answers of its previous run in the pins).
+            (gateway.set_egress_ownership(&BTreeSet::new(), Some(ha.lease_until())))
+                .context("silencing the egress IPs until the election")?;
+            Some(ha)
+        }
+        _ => None,
+    };
     let mut enforcer = GatewayEnforcer {
         gateway,
         compiler: GatewayCompiler::default(),
@@ -327,6 +398,10 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         state_dir: state_dir.clone(),
         last_engine_publish: Instant::now(),
         egress: GatewayEgress::new(args.node_name.clone(), args.snat_ports.clone()),
+        ha,
+        wake,
+        snapshot: None,
+        owned: BTreeSet::new(),
     };
     serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
     let unpin = args

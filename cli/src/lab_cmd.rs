@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use portcullis_gateway::{DatapathMode, ForwardMode};
 use portcullis_lab::{
-    Lab, LabChild, LabOptions, Observation, Verdict, GATEWAY_NODE, NODE_UPLINK_IFACE,
+    GatewayLegs, Lab, LabChild, LabOptions, Observation, Verdict, GATEWAY_NODE, NODE_UPLINK_IFACE,
 };
 use portcullis_policy::explain::egress_explained;
 use portcullis_policy::model::Snapshot;
@@ -28,6 +28,10 @@ pub enum LabCommand {
     Run(LabRunArgs),
     /// The demo: the example policies of configs/examples, observed next to explain's prediction.
     Demo(LabDemoArgs),
+    /// Egress gateway failover: two gateways, N established connections through the active one,
+    /// a fault injected into it; prints whether every connection survived, the longest gap and
+    /// whether the external server only ever saw the egress IP.
+    Failover(crate::lab_failover::LabFailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +72,10 @@ pub struct LabFlags {
     /// and cross-node paths (each node runs its own node hook).
     #[arg(long, default_value_t = 2)]
     nodes: usize,
+    /// Two gateways with failover (`lab failover`): a standby gateway, and every daemon with
+    /// `--ha`.
+    #[arg(skip)]
+    pub failover: bool,
 }
 
 /// Removes the lab gateway's pins and state even when the run fails.
@@ -92,11 +100,14 @@ impl Drop for PinGuard {
     }
 }
 
-/// A running lab with the gateway daemon and a node daemon per node enforcing in it.
+/// A running lab with the gateway daemon(s) and a node daemon per node enforcing in it.
 pub struct EnforcingLab {
     pub lab: Lab,
-    /// (daemon, its state directory): the gateway first, then one per node.
+    /// (daemon, its state directory): the gateways first (the standby second), then one per
+    /// node.
     daemons: Vec<(LabChild, PathBuf)>,
+    /// How many of `daemons` are gateways.
+    gateways: usize,
     pins: PinGuard,
 }
 
@@ -112,6 +123,7 @@ impl EnforcingLab {
             unscheduled_nodes: flags.nodes,
             // Only the nodes' steering brings pod egress to the gateway (issue 14).
             steer_via_router: true,
+            standby_gateway: flags.failover,
             egress_ips: snapshot
                 .egress_gateways
                 .iter()
@@ -153,18 +165,27 @@ impl EnforcingLab {
                 .stdout(Stdio::null());
             cmd
         };
-        let legs = lab.gateway().clone();
-        let gateway_state = pins.state_dir.join("gateway");
-        let mut cmd = daemon("gateway", pins.pin_dir.join("gateway"), &gateway_state);
-        cmd.args(legs.leg_args())
-            .args(["--forward", &flags.forward.to_string()])
-            .args(["--node-name", GATEWAY_NODE])
-            .args(["--datapath", &flags.datapath.to_string()]);
-        let mut daemons = vec![(
-            lab.spawn_in(&legs.netns, cmd)
-                .context("starting the gateway")?,
-            gateway_state,
-        )];
+        let gateways: Vec<GatewayLegs> = std::iter::once(lab.gateway())
+            .chain(lab.standby_gateway())
+            .cloned()
+            .collect();
+        let mut daemons = Vec::new();
+        for legs in &gateways {
+            // Pins and state in a directory named after the gateway's Node.
+            let dir = &legs.node;
+            let gateway_state = pins.state_dir.join(dir);
+            let mut cmd = daemon("gateway", pins.pin_dir.join(dir), &gateway_state);
+            cmd.args(legs.leg_args())
+                .args(["--forward", &flags.forward.to_string()])
+                .args(["--node-name", &legs.node])
+                .args(["--datapath", &flags.datapath.to_string()]);
+            if flags.failover {
+                cmd.arg("--ha");
+            }
+            let child = (lab.spawn_in(&legs.netns, cmd))
+                .with_context(|| format!("starting the gateway {}", legs.node))?;
+            daemons.push((child, gateway_state));
+        }
         let nodes = lab.nodes().to_vec();
         let cluster_cidrs = lab.cluster_cidrs();
         for node in &nodes {
@@ -178,12 +199,20 @@ impl EnforcingLab {
                 cmd.arg("--cluster-cidr").arg(cidr.to_string());
             }
             cmd.args(["--egress-uplink", NODE_UPLINK_IFACE]);
+            if flags.failover {
+                cmd.arg("--ha");
+            }
             let child = lab
                 .spawn_in(&node.netns, cmd)
                 .with_context(|| format!("starting the node hook of {}", node.name))?;
             daemons.push((child, state));
         }
-        let running = EnforcingLab { lab, daemons, pins };
+        let running = EnforcingLab {
+            lab,
+            daemons,
+            gateways: gateways.len(),
+            pins,
+        };
         running.wait_until_enforcing()?;
         Ok(running)
     }
@@ -216,11 +245,19 @@ impl EnforcingLab {
     }
 
     pub fn gateway_pin_dir(&self) -> PathBuf {
-        self.pins.pin_dir.join("gateway")
+        self.pins.pin_dir.join(GATEWAY_NODE)
     }
 
     pub fn gateway_state_dir(&self) -> &Path {
         &self.daemons[0].1
+    }
+
+    /// Per gateway (the standby second): its legs, its daemon and its state directory.
+    pub fn gateways(&self) -> Vec<(GatewayLegs, LabChild, PathBuf)> {
+        let legs = std::iter::once(self.lab.gateway()).chain(self.lab.standby_gateway());
+        (legs.zip(&self.daemons[..self.gateways]))
+            .map(|(legs, (child, state))| (legs.clone(), child.clone(), state.clone()))
+            .collect()
     }
 
     /// (node name, its netns, the node hook's pin and state directories), per node.
@@ -228,7 +265,7 @@ impl EnforcingLab {
         self.lab
             .nodes()
             .iter()
-            .zip(&self.daemons[1..])
+            .zip(&self.daemons[self.gateways..])
             .map(|(node, (_, state))| {
                 let pins = self.pins.pin_dir.join(format!("node-{}", node.name));
                 (node.name.clone(), node.netns.clone(), pins, state.clone())
@@ -296,6 +333,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
     match command {
         LabCommand::Run(args) => lab_run(args),
         LabCommand::Demo(args) => lab_demo(args),
+        LabCommand::Failover(args) => crate::lab_failover::run(args),
     }
 }
 

@@ -47,7 +47,9 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, MapError};
-use portcullis_bpf::{ignore_missing, map_err, monotonic_coarse_ns, PolicyMaps, Result};
+use portcullis_bpf::{
+    delete_if_present, ignore_missing, map_err, monotonic_coarse_ns, PolicyMaps, Result,
+};
 use portcullis_common::*;
 pub use portcullis_ha::replica::Replica;
 use serde::Serialize;
@@ -226,7 +228,8 @@ fn import_flow(
         ..existing.unwrap_or_default()
     };
     (maps.flows.insert(key, entry, 0)).map_err(map_err(MAP_FLOWS))?;
-    ignore_missing(maps.embryonic_flows.remove(key), MAP_EMBRYONIC_FLOWS)?;
+    // Usually not there: the flow was confirmed on the peer before its first replica.
+    delete_if_present(maps.embryonic_flows.remove(key), MAP_EMBRYONIC_FLOWS)?;
     Ok(true)
 }
 

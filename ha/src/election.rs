@@ -132,7 +132,8 @@ pub struct Decision {
 }
 
 /// How a member was last heard, for `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Heard {
     /// This daemon itself.
     Local,
@@ -147,7 +148,7 @@ pub enum Heard {
 }
 
 /// One member as this daemon sees it (a down member shows what it last said).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MemberStatus {
     pub member: String,
     pub up: bool,
@@ -157,7 +158,7 @@ pub struct MemberStatus {
 }
 
 /// One EgressGateway's group as this daemon sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GroupStatus {
     pub egress_gateway: String,
     pub members: Vec<String>,

@@ -70,6 +70,32 @@ impl Lab {
             .map_err(|e| LabError::io(format!("run {:?}", cmd.get_program()), netns, e))
     }
 
+    /// Loads nftables script `script` (`nft -f -`, from standard input) in lab namespace `netns`.
+    pub fn nft(&self, netns: &str, script: &str) -> Result<(), LabError> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut cmd = Command::new("nft");
+        cmd.args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        self.pre_exec_setns(netns, &mut cmd)?;
+        let failed = |e: io::Error| LabError::io("run nft -f -", netns, e);
+        let mut child = cmd.spawn().map_err(failed)?;
+        let written =
+            (child.stdin.take()).map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
+        let out = child.wait_with_output().map_err(failed)?;
+        written.map_err(failed)?;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(LabError::Command {
+                step: "nft -f -".into(),
+                netns: netns.into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }),
+        }
+    }
+
     /// Runs `f` on a thread inside lab namespace `netns` (for loaders that need to be in the
     /// namespace, e.g. attaching tc programs to a pod's host-side interface).
     pub fn run_in_netns<T: Send>(

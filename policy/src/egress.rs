@@ -64,6 +64,11 @@ pub struct SnatPlan {
     pub egress_ips: BTreeSet<IpAddr>,
 }
 
+/// The gateway node each EgressGateway's traffic goes to, by EgressGateway name (the failover
+/// election's outcome, `portcullis-ha`). An EgressGateway missing here, or naming a node that is
+/// not one of its members or has no address of the family, goes to its first member by name.
+pub type Actives = BTreeMap<String, String>;
+
 /// A policy route a node installs for a local pod: traffic from `source` to `destination` goes
 /// to the gateway node at `via`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -174,7 +179,7 @@ pub fn snat_plan(snapshot: &Snapshot, node: Option<&str>) -> SnatPlan {
     let this = node.and_then(|name| snapshot.nodes.iter().find(|n| n.name == name));
     let carried_here = |g: &EgressGateway, ip: IpAddr| {
         this.is_none_or(|node| {
-            gateway_node_address(snapshot, g, ip)
+            gateway_node_address(snapshot, g, ip, &Actives::new())
                 .is_some_and(|carrier| node.addresses.contains(&carrier))
         })
     };
@@ -243,18 +248,47 @@ pub fn default_gateways(snapshot: &Snapshot) -> Vec<&Node> {
     nodes
 }
 
-/// The address of `like`'s family of the node that carries traffic `gateway` decides: the first
-/// node by name that its nodeSelector selects and that has such an address.
-pub fn gateway_node_address(
-    snapshot: &Snapshot,
-    gateway: &EgressGateway,
-    like: IpAddr,
-) -> Option<IpAddr> {
+/// The members of `gateway`'s group: the nodes its nodeSelector selects, by name.
+pub fn members<'a>(snapshot: &'a Snapshot, gateway: &EgressGateway) -> Vec<&'a Node> {
     let mut nodes: Vec<&Node> = (snapshot.nodes.iter())
         .filter(|n| gateway.node_selector.matches(&n.labels))
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    nodes.iter().find_map(|n| n.address_like(like))
+    nodes
+}
+
+/// The address of `like`'s family of the node that carries traffic `gateway` decides: its
+/// active member in `actives` if that one has such an address, else the first member by name
+/// that has one.
+pub fn gateway_node_address(
+    snapshot: &Snapshot,
+    gateway: &EgressGateway,
+    like: IpAddr,
+    actives: &Actives,
+) -> Option<IpAddr> {
+    let nodes = members(snapshot, gateway);
+    let active = actives.get(&gateway.name);
+    (nodes.iter())
+        .filter(|n| Some(&n.name) == active)
+        .chain(&nodes)
+        .find_map(|n| n.address_like(like))
+}
+
+/// The egress IPs the gateway node `node` answers for when it is active for the EgressGateways
+/// named in `claims`: their egress IPs of the families the node has an address of.
+pub fn owned_egress_ips(
+    snapshot: &Snapshot,
+    node: &str,
+    claims: &BTreeSet<String>,
+) -> BTreeSet<IpAddr> {
+    let Some(this) = snapshot.nodes.iter().find(|n| n.name == node) else {
+        return BTreeSet::new();
+    };
+    (served_by(snapshot, Some(node)).into_iter())
+        .filter(|g| claims.contains(&g.name))
+        .flat_map(|g| g.egress_ips.iter().copied())
+        .filter(|ip| this.address_like(*ip).is_some())
+        .collect()
 }
 
 fn default_gateway_address(snapshot: &Snapshot, like: IpAddr) -> Option<IpAddr> {
@@ -265,11 +299,16 @@ fn default_gateway_address(snapshot: &Snapshot, like: IpAddr) -> Option<IpAddr> 
 /// order a node installs them, first match wins: per pod address, more specific destinations
 /// first, ending with the route of 0.0.0.0/0 or ::/0 (to the default gateway unless an
 /// EgressGateway decides for all of it). Each destination's first matching route goes to the
-/// node of its deciding EgressGateway, or to the first default gateway node when none decides or
-/// none of its nodes has an address of that family. A destination no node can take gets no route
+/// node of its deciding EgressGateway (its active member in `actives`, see
+/// [`gateway_node_address`]), or to the first default gateway node when none decides or none of
+/// its nodes has an address of that family. A destination no node can take gets no route
 /// and so falls to the next less specific one; that only happens when no default gateway node
 /// has an address of its family.
-pub fn steering_routes(snapshot: &Snapshot, local_pods: &[&Pod]) -> Vec<SteerRoute> {
+pub fn steering_routes(
+    snapshot: &Snapshot,
+    local_pods: &[&Pod],
+    actives: &Actives,
+) -> Vec<SteerRoute> {
     let mut routes = Vec::new();
     for pod in local_pods.iter().filter(|p| !p.host_network) {
         let gateways = selecting(snapshot, pod);
@@ -279,7 +318,7 @@ pub fn steering_routes(snapshot: &Snapshot, local_pods: &[&Pod]) -> Vec<SteerRou
                 .filter(|net| net.addr().is_ipv4() == source.is_ipv4())
                 .map(|net| {
                     let via = decide(&gateways, net)
-                        .and_then(|(g, _)| gateway_node_address(snapshot, g, source))
+                        .and_then(|(g, _)| gateway_node_address(snapshot, g, source, actives))
                         .or(default_via);
                     (net, via)
                 })

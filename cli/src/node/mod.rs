@@ -77,6 +77,12 @@ pub struct NodeArgs {
     /// The interface egress gateways are reached on (needed when their addresses are link-local).
     #[arg(long, requires = "cluster_cidrs", env = "PORTCULLIS_EGRESS_UPLINK")]
     egress_uplink: Option<String>,
+    /// Follow egress gateway failover: heartbeats to every gateway of the egress groups, and the
+    /// pods' egress steered to the gateway active for their EgressGateway.
+    #[arg(long, requires = "cluster_cidrs", env = "PORTCULLIS_HA")]
+    ha: bool,
+    #[command(flatten)]
+    ha_args: crate::ha::HaArgs,
 }
 
 /// A pod of this node and how it is enforced, as `status --node` shows it.
@@ -140,6 +146,10 @@ struct NodeEnforcer {
     reapply: bool,
     /// `--cluster-cidr`: pod egress steered to the egress gateways.
     steering: Option<steer::PodSteering>,
+    /// `--ha`: which gateway each EgressGateway's traffic goes to.
+    ha: Option<crate::ha::HaAgent>,
+    /// The gateways steering was last put in force with.
+    actives: portcullis_policy::egress::Actives,
 }
 
 impl NodeEnforcer {
@@ -321,7 +331,7 @@ impl NodeEnforcer {
     /// Steers the local pods found so far (`--cluster-cidr`).
     fn sync_steering(&mut self) {
         if let (Some(steering), Some(snapshot)) = (self.steering.as_mut(), self.snapshot.as_ref()) {
-            steering.sync(snapshot, &self.pods);
+            steering.sync(snapshot, &self.pods, &self.actives);
         }
     }
 
@@ -411,6 +421,9 @@ impl Enforcer for NodeEnforcer {
     fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Result<Applied> {
         let started = Instant::now();
         self.snapshot = Some(Arc::clone(snapshot));
+        if let Some(ha) = &self.ha {
+            ha.set_snapshot(snapshot);
+        }
         let snapshot = &*self.with_cni_addresses(snapshot);
         let tables = (self.compiler.compile(snapshot)).context("compiling the node tables")?;
         let compile = started.elapsed();
@@ -482,6 +495,13 @@ impl Enforcer for NodeEnforcer {
         if self.last_host_sync.elapsed() >= HOST_RESYNC {
             self.sync_host_addrs();
         }
+        if let Some(actives) = self.ha.as_ref().map(crate::ha::HaAgent::actives) {
+            if actives != self.actives {
+                self.actives = actives;
+                self.sync_steering();
+                changed = true;
+            }
+        }
         // Pods whose interface was not found yet (or not attachable) are looked for again.
         if self.last_sync.elapsed() >= RESYNC
             && self.pods.iter().any(|p| !p.attached)
@@ -506,7 +526,11 @@ impl Enforcer for NodeEnforcer {
     }
 
     fn egress_status(&mut self) -> Option<serde_json::Value> {
-        self.steering.as_mut()?.status()
+        let mut status = self.steering.as_mut()?.status()?;
+        if let (Some(ha), Some(object)) = (&self.ha, status.as_object_mut()) {
+            object.insert("ha".into(), serde_json::to_value(ha.status()).ok()?);
+        }
+        Some(status)
     }
 
     fn export_metrics(&self, groups: &BTreeMap<u32, Vec<String>>) {
@@ -561,6 +585,15 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let ha = match args.ha {
+        true => Some(crate::ha::HaAgent::start(
+            None,
+            args.node.as_deref().unwrap_or("node"),
+            &args.ha_args,
+            Arc::clone(&wake),
+        )?),
+        false => None,
+    };
     let mut enforcer = NodeEnforcer {
         hook,
         compiler: NodeCompiler::default(),
@@ -577,6 +610,8 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         last_host_sync: Instant::now(),
         snapshot: None,
         reapply: false,
+        ha,
+        actives: Default::default(),
         steering: match args.cluster_cidrs.is_empty() {
             true => None,
             false => Some(steer::PodSteering::new(

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use portcullis_policy::egress::steering_routes;
+use portcullis_policy::egress::{steering_routes, Actives};
 use portcullis_policy::model::Snapshot;
 use portcullis_steering::{SteerRoute, Steering, SteeringConfig, SteeringStatus};
 use tracing::{info, warn};
@@ -44,9 +44,10 @@ impl PodSteering {
         })
     }
 
-    /// Puts in force the routes of the local pods (those found on this node) under `snapshot`.
+    /// Puts in force the routes of the local pods (those found on this node) under `snapshot`,
+    /// to the gateways `actives` names (failover; empty: each group's first member).
     /// A failure is logged and published; the routes installed before stay.
-    pub fn sync(&mut self, snapshot: &Snapshot, local: &[LocalPod]) {
+    pub fn sync(&mut self, snapshot: &Snapshot, local: &[LocalPod], actives: &Actives) {
         let keys: BTreeSet<&str> = local
             .iter()
             .filter(|p| p.interface.is_some())
@@ -57,7 +58,7 @@ impl PodSteering {
             .iter()
             .filter(|p| keys.contains(p.key().as_str()))
             .collect();
-        let routes: Vec<SteerRoute> = steering_routes(snapshot, &pods);
+        let routes: Vec<SteerRoute> = steering_routes(snapshot, &pods, actives);
         if self.routes.as_ref() == Some(&routes) && self.error.is_none() {
             return;
         }

@@ -1,7 +1,6 @@
 //! Helpers the lab's integration tests share.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use portcullis_lab::Lab;
 use portcullis_policy::model::{ContainerPort, Namespace, Pod, Protocol, Snapshot};
@@ -77,15 +76,5 @@ pub fn probe(from: &str, to: &str, protocol: Protocol, port: u16) -> Probe {
 
 /// Loads an nft script in lab namespace `netns`.
 pub fn nft(lab: &Lab, netns: &str, script: &str) {
-    let path = std::env::temp_dir().join(format!("{}-nft", lab.id()));
-    std::fs::write(&path, script).unwrap();
-    let mut cmd2 = Command::new("nft");
-    cmd2.arg("-f").arg(&path);
-    let out = lab.output_in(netns, cmd2).unwrap();
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "nft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.nft(netns, script).unwrap_or_else(|e| panic!("{e}"));
 }

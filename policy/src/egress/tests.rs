@@ -146,10 +146,40 @@ fn snat_plan_counts_only_the_gateways_of_its_node() {
 }
 
 #[test]
+fn the_active_member_takes_the_traffic_and_answers_for_the_egress_ips() {
+    let mut snapshot = cluster();
+    snapshot
+        .nodes
+        .push(node("gw-c", &[("gw", "db")], &["172.18.0.5"]));
+    let pod = snapshot.pod("x", "a").unwrap();
+    let via_db = |actives: &Actives| {
+        let routes = steering_routes(&snapshot, &[pod], actives);
+        (routes.iter())
+            .find(|r| r.destination == net("203.0.113.0/24"))
+            .map(|r| r.via)
+    };
+    // Without an election's outcome: the first member by name.
+    assert_eq!(via_db(&Actives::new()), Some(ip("172.18.0.3")));
+    let standby_active = Actives::from([("db".to_string(), "gw-c".to_string())]);
+    assert_eq!(via_db(&standby_active), Some(ip("172.18.0.5")));
+    // An active that is no member of db's group is ignored.
+    let stranger = Actives::from([("db".to_string(), "gw-a".to_string())]);
+    assert_eq!(via_db(&stranger), Some(ip("172.18.0.3")));
+    let claims = BTreeSet::from(["db".to_string()]);
+    assert_eq!(
+        owned_egress_ips(&snapshot, "gw-c", &claims),
+        BTreeSet::from([ip("192.0.2.20")])
+    );
+    // A claim of an EgressGateway the node does not serve owns nothing.
+    assert!(owned_egress_ips(&snapshot, "gw-a", &claims).is_empty());
+    assert!(owned_egress_ips(&snapshot, "gw-c", &BTreeSet::new()).is_empty());
+}
+
+#[test]
 fn steering_sends_each_destination_to_its_deciders_node_then_the_default() {
     let snapshot = cluster();
     let pod = snapshot.pod("x", "a").unwrap();
-    let routes = steering_routes(&snapshot, &[pod]);
+    let routes = steering_routes(&snapshot, &[pod], &Actives::new());
     let shown: Vec<String> = routes
         .iter()
         .map(|r| format!("{} {} {}", r.source, r.destination, r.via))
@@ -167,7 +197,10 @@ fn steering_sends_each_destination_to_its_deciders_node_then_the_default() {
         ]
     );
     let unselected = snapshot.pod("x", "b").unwrap();
-    assert_eq!(steering_routes(&snapshot, &[unselected]).len(), 2);
+    assert_eq!(
+        steering_routes(&snapshot, &[unselected], &Actives::new()).len(),
+        2
+    );
     assert_eq!(
         default_gateways(&snapshot)
             .iter()
@@ -382,7 +415,7 @@ proptest! {
                     .filter(|n| snat_plan(&snapshot, Some(&n.name)).egress_ips.contains(&ip))
                     .map(|n| n.name.as_str())
                     .collect();
-                let carrier = gateway_node_address(&snapshot, gateway, ip)
+                let carrier = gateway_node_address(&snapshot, gateway, ip, &Actives::new())
                     .and_then(|a| snapshot.nodes.iter().find(|n| n.addresses.contains(&a)));
                 prop_assert_eq!(answering, carrier.map(|n| n.name.as_str()).into_iter().collect::<Vec<_>>());
             }
@@ -393,7 +426,7 @@ proptest! {
     fn steering_routes_match_egress_for(snapshot in random_snapshot(), random in random_destinations()) {
         let dsts = destinations(&snapshot, &random);
         let pods: Vec<&Pod> = snapshot.pods.iter().collect();
-        let routes = steering_routes(&snapshot, &pods);
+        let routes = steering_routes(&snapshot, &pods, &Actives::new());
         for pod in &pods {
             for &src in &pod.ips {
                 let mine: Vec<&SteerRoute> = routes.iter().filter(|r| r.source == src).collect();
@@ -408,7 +441,7 @@ proptest! {
                     let expected = egress_for(&snapshot, pod, dst)
                         .and_then(|c| {
                             let g = snapshot.egress_gateways.iter().find(|g| g.name == c.gateway)?;
-                            gateway_node_address(&snapshot, g, dst)
+                            gateway_node_address(&snapshot, g, dst, &Actives::new())
                         })
                         .or(default_via);
                     let first = mine.iter().find(|r| r.destination.contains(&dst)).map(|r| r.via);

@@ -107,11 +107,19 @@ pub fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
 
 /// A map delete whose entry is already gone (deleted by the program or a concurrent GC) is fine.
 pub fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<bool> {
+    if matches!(&r, Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+    {
+        warn!(map = name, "entry vanished during delete");
+    }
+    delete_if_present(r, name)
+}
+
+/// A map delete of an entry that may well not exist: whether it did.
+pub fn delete_if_present(r: Result<(), MapError>, name: &'static str) -> Result<bool> {
     match r {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            warn!(map = name, "entry vanished during delete");
             Ok(false)
         }
         Err(source) => Err(Error::Map { name, source }),

@@ -16,7 +16,7 @@ mod status;
 pub mod tables;
 
 pub use crate::core::{test_run, Core, Datapath, TestRunOutcome};
-pub use error::{ignore_missing, map_err, Error, Result};
+pub use error::{delete_if_present, ignore_missing, map_err, Error, Result};
 pub use events::DropEvents;
 pub use generations::{ApplyStats, Generations};
 pub use maps::{cpu_sums, monotonic_coarse_ns, monotonic_ns, Delta, PolicyMaps, Written};

@@ -1,0 +1,396 @@
+//! `portcullis lab failover`: the egress gateway failover measurement. Builds the lab with two
+//! gateways (every daemon with `--ha`), opens N TCP connections from the pods an EgressGateway
+//! selects to an external server through the active gateway (half of them streaming a message
+//! every few milliseconds, half idle), injects a fault into the active gateway, and reports what
+//! survived as one JSON object:
+//! `{"connections": N, "survived": M, "max_gap_ms": X, "egress_ip_only": bool, "fault": F, ...}`.
+//! A connection survived when it carried a message both ways after the failover without a reset;
+//! `max_gap_ms` is the longest interval without an echo on any streaming connection;
+//! `egress_ip_only` whether the server only ever saw the egress IP as the source.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use portcullis_lab::{GatewayLegs, Lab, LabChild};
+use portcullis_policy::egress::selects;
+use portcullis_policy::model::Snapshot;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::daemon::PublishedState;
+use crate::lab_cmd::{EnforcingLab, LabFlags};
+use crate::{load_reporting, SourceArgs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// `kill -9` of the active gateway's daemon (its XDP program stays attached).
+    Kill,
+    /// Both legs of the active gateway cut (`ip link set … down`).
+    LinkDown,
+}
+
+#[derive(clap::Args)]
+pub struct LabFailoverArgs {
+    /// The scenario: pods, an EgressGateway whose nodeSelector picks the lab's gateway nodes
+    /// (labelled portcullis.io/egress-gateway=true), the policies.
+    #[arg(long, num_args = 1.., default_values = ["configs/failover"])]
+    manifests: Vec<PathBuf>,
+    /// The external server the pods talk to (through the EgressGateway).
+    #[arg(long, default_value = "203.0.113.50:5432")]
+    server: SocketAddr,
+    /// Established connections through the active gateway when the fault strikes.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    #[arg(long, value_enum, default_value_t = Fault::Kill)]
+    fault: Fault,
+    /// Streaming connections send a message this often (milliseconds).
+    #[arg(long, default_value_t = 10)]
+    stream_interval_ms: u64,
+    /// How long after the fault the connections are checked (milliseconds).
+    #[arg(long, default_value_t = 3000)]
+    settle_ms: u64,
+    #[command(flatten)]
+    lab: LabFlags,
+}
+
+/// One connection's record.
+#[derive(Default)]
+struct Record {
+    /// When each echo came back (streaming connections).
+    echoes: Vec<Instant>,
+    /// The message exchanged after the failover came back.
+    survived: bool,
+    error: Option<String>,
+}
+
+pub fn run(mut args: LabFailoverArgs) -> Result<ExitCode> {
+    let (snapshot, rejected) = load_reporting(&SourceArgs {
+        manifests: args.manifests.clone(),
+        kubeconfig: None,
+        kube: false,
+    })?;
+    if rejected {
+        bail!("the scenario's manifests have errors (above)");
+    }
+    let (pods, egress_ip) = scenario(&snapshot, args.server.ip())?;
+    args.lab.failover = true;
+    let running = EnforcingLab::start(&snapshot, &args.manifests, &[], &args.lab)?;
+    let outcome = measure(&running, &args, &pods, egress_ip);
+    running.stop()?;
+    let outcome = outcome?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(match outcome["survived"] == outcome["connections"] {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
+}
+
+/// The pods (`namespace/name`) some EgressGateway with an egress IP of the server's family
+/// selects for the server's address, and that egress IP.
+fn scenario(snapshot: &Snapshot, server: IpAddr) -> Result<(Vec<String>, IpAddr)> {
+    let mut egress = None;
+    let mut pods = Vec::new();
+    for pod in snapshot
+        .pods
+        .iter()
+        .filter(|p| !p.host_network && !p.ips.is_empty())
+    {
+        let Some(choice) = portcullis_policy::egress::egress_for(snapshot, pod, server) else {
+            continue;
+        };
+        let Some(ip) = choice.egress_ip else { continue };
+        if snapshot
+            .egress_gateways
+            .iter()
+            .any(|g| g.name == choice.gateway && selects(snapshot, g, pod))
+        {
+            egress.get_or_insert(ip);
+            pods.push(pod.key());
+        }
+    }
+    match (egress, pods.is_empty()) {
+        (Some(ip), false) => Ok((pods, ip)),
+        _ => bail!("no pod of the scenario leaves through an EgressGateway with an egress IP towards {server}"),
+    }
+}
+
+fn measure(
+    running: &EnforcingLab,
+    args: &LabFailoverArgs,
+    pods: &[String],
+    egress_ip: IpAddr,
+) -> Result<serde_json::Value> {
+    let lab = &running.lab;
+    let gateways = running.gateways();
+    let active = wait_for_one_active(running, &gateways)?;
+    let (active_legs, active_child, _) = gateways
+        .iter()
+        .find(|(legs, _, _)| legs.node == active)
+        .cloned()
+        .context("the active gateway is one of the lab's")?;
+
+    let server = Server::start(lab, args.server)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let check = Arc::new(AtomicBool::new(false));
+    let records: Vec<Arc<Mutex<Record>>> = (0..args.connections).map(|_| Arc::default()).collect();
+    let mut threads = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let pod = &pods[i % pods.len()];
+        let (namespace, name) = pod.split_once('/').expect("pod keys are namespace/name");
+        let attachment = lab
+            .pod(namespace, name)
+            .context("the scenario's pods are in the lab")?;
+        let to = args.server;
+        let stream = lab
+            .run_in_netns(&attachment.netns, move || {
+                TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            })?
+            .with_context(|| format!("connection {i} from {pod} to {to}"))?;
+        let streaming = i % 2 == 0;
+        let (record, stop, check) = (Arc::clone(record), Arc::clone(&stop), Arc::clone(&check));
+        let interval = Duration::from_millis(args.stream_interval_ms);
+        threads.push(std::thread::spawn(move || {
+            drive(stream, streaming, interval, &record, &stop, &check);
+        }));
+    }
+    // Established, replicated (the sync streams send deltas every heartbeat interval).
+    std::thread::sleep(Duration::from_millis(1500));
+    let fault_at = Instant::now();
+    inject(lab, args.fault, &active_legs, &active_child)?;
+    std::thread::sleep(Duration::from_millis(args.settle_ms));
+    // With its links cut the faulted gateway's daemon still runs, alone, and keeps its claim;
+    // nobody hears it. What matters is who else claims.
+    let claiming = claimants(&gateways);
+    let after: Vec<&String> = claiming.iter().filter(|g| **g != active).collect();
+    check.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let seen = server.stop();
+    let mut survived = 0;
+    let mut max_gap = Duration::ZERO;
+    let mut errors = BTreeSet::new();
+    for record in &records {
+        let r = record.lock().unwrap();
+        if r.survived {
+            survived += 1;
+        }
+        if let Some(e) = &r.error {
+            errors.insert(e.clone());
+        }
+        let around = r
+            .echoes
+            .iter()
+            .filter(|t| **t + Duration::from_secs(1) >= fault_at);
+        let mut last: Option<&Instant> = None;
+        for t in around {
+            if let Some(prev) = last {
+                max_gap = max_gap.max(t.duration_since(*prev));
+            }
+            last = Some(t);
+        }
+    }
+    Ok(json!({
+        "connections": args.connections,
+        "survived": survived,
+        "max_gap_ms": max_gap.as_millis() as u64,
+        "egress_ip_only": !seen.is_empty() && seen.iter().all(|ip| *ip == egress_ip),
+        "fault": args.fault,
+        "active_before": active,
+        "active_after": after.first(),
+        "faulted_still_claims": claiming.contains(&active),
+        "sources_seen": seen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "errors": errors,
+    }))
+}
+
+/// A connection: streaming ones exchange an 8-byte message every `interval`, idle ones one at
+/// the start; once `check` is set every one exchanges a last message (survived if it comes back).
+fn drive(
+    mut stream: TcpStream,
+    streaming: bool,
+    interval: Duration,
+    record: &Mutex<Record>,
+    stop: &AtomicBool,
+    check: &AtomicBool,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut exchange = |n: u64| -> std::io::Result<()> {
+        stream.write_all(&n.to_be_bytes())?;
+        let mut back = [0u8; 8];
+        stream.read_exact(&mut back)?;
+        if back != n.to_be_bytes() {
+            return Err(std::io::Error::other("echo does not match"));
+        }
+        Ok(())
+    };
+    let fail = |e: std::io::Error| record.lock().unwrap().error = Some(e.kind().to_string());
+    let mut n = 0u64;
+    if let Err(e) = exchange(n) {
+        return fail(e);
+    }
+    while !check.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+        if streaming {
+            n += 1;
+            // A lost segment is retransmitted by TCP; a read timeout here is a gap, not a loss.
+            match exchange(n) {
+                Ok(()) => record.lock().unwrap().echoes.push(Instant::now()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return fail(e),
+            }
+        }
+        std::thread::sleep(interval);
+    }
+    n += 1;
+    match exchange(n) {
+        Ok(()) => record.lock().unwrap().survived = true,
+        Err(e) => fail(e),
+    }
+}
+
+/// The external server: echoes 8-byte messages, remembers every source address it saw.
+struct Server {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeSet<IpAddr>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    fn start(lab: &Lab, at: SocketAddr) -> Result<Server> {
+        let ext = lab.external_netns().to_string();
+        let dev = portcullis_lab::EXT_BRIDGE;
+        let prefix = if at.is_ipv4() { 32 } else { 128 };
+        let mut add = Command::new("ip");
+        add.args([
+            "addr",
+            "add",
+            &format!("{}/{prefix}", at.ip()),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        let out = lab.output_in(&ext, add)?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("File exists") {
+            bail!(
+                "adding {} to the external namespace: {}",
+                at.ip(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let listener = lab
+            .run_in_netns(&ext, move || TcpListener::bind(at))?
+            .with_context(|| format!("listening on {at}"))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let thread = {
+            let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, from)) => {
+                            seen.lock().unwrap().insert(from.ip());
+                            let stop = Arc::clone(&stop);
+                            std::thread::spawn(move || echo(conn, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Ok(Server { stop, seen, thread })
+    }
+
+    fn stop(self) -> BTreeSet<IpAddr> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let seen = self.seen.lock().unwrap().clone();
+        seen
+    }
+}
+
+fn echo(mut conn: TcpStream, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 8];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read_exact(&mut buf) {
+            Ok(()) => {
+                if conn.write_all(&buf).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Kills the active gateway's daemon (SIGKILL) or cuts both its legs.
+fn inject(lab: &Lab, fault: Fault, legs: &GatewayLegs, daemon: &LabChild) -> Result<()> {
+    match fault {
+        Fault::Kill => daemon.kill().context("killing the active gateway's daemon"),
+        Fault::LinkDown => {
+            for dev in [&legs.cluster_iface, &legs.external_iface] {
+                let mut c = Command::new("ip");
+                c.args(["link", "set", dev, "down"]);
+                let out = lab.output_in(&legs.netns, c)?;
+                if !out.status.success() {
+                    bail!("cutting {dev}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The gateways whose daemon runs and whose published state claims an EgressGateway.
+fn claimants(gateways: &[(GatewayLegs, LabChild, PathBuf)]) -> Vec<String> {
+    (gateways.iter())
+        .filter(|(_, child, _)| matches!(child.try_wait(), Ok(None)))
+        .filter(|(_, _, state)| {
+            PublishedState::read(state)
+                .and_then(|s| s.egress)
+                .and_then(|e| e.pointer("/ha/claims").cloned())
+                .and_then(|c| c.as_array().map(|a| !a.is_empty()))
+                .unwrap_or(false)
+        })
+        .map(|(legs, _, _)| legs.node.clone())
+        .collect()
+}
+
+/// Waits (up to 10 s) until exactly one live gateway claims the scenario's EgressGateway and
+/// returns its node name.
+fn wait_for_one_active(
+    running: &EnforcingLab,
+    gateways: &[(GatewayLegs, LabChild, PathBuf)],
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let claiming = claimants(gateways);
+        if claiming.len() == 1 {
+            return Ok(claiming[0].clone());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no single active gateway within 10 s (claiming: {claiming:?}); lab {}",
+                running.lab.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
