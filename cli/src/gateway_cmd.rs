@@ -264,6 +264,9 @@ impl Enforcer for GatewayEnforcer {
             crate::engine_events::export_metrics(&engine.status());
         }
         crate::gateway_egress::export_metrics(&status.snat);
+        if let Some(ha) = &self.ha {
+            ha.agent().export_metrics();
+        }
         export_flow_tables("gateway", &status.tables.flows);
         export_flow_records(
             "gateway",
@@ -288,7 +291,7 @@ impl GatewayEnforcer {
         };
         let owned = match ha.poll(&mut self.gateway, self.snapshot.as_deref()) {
             Ok(Some(owned)) => owned,
-            Ok(None) => return false,
+            Ok(None) => return ha.agent().publish_due(),
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "failover turn failed");
                 return false;

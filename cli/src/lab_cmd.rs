@@ -100,14 +100,35 @@ impl Drop for PinGuard {
     }
 }
 
+/// What starts a gateway's daemon: its namespace and command line.
+struct Respawn {
+    netns: String,
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+impl Respawn {
+    fn of(netns: &str, cmd: &Command) -> Respawn {
+        Respawn {
+            netns: netns.into(),
+            program: cmd.get_program().into(),
+            args: cmd.get_args().map(Into::into).collect(),
+            envs: (cmd.get_envs())
+                .filter_map(|(k, v)| Some((k.into(), v?.into())))
+                .collect(),
+        }
+    }
+}
+
 /// A running lab with the gateway daemon(s) and a node daemon per node enforcing in it.
 pub struct EnforcingLab {
     pub lab: Lab,
     /// (daemon, its state directory): the gateways first (the standby second), then one per
     /// node.
     daemons: Vec<(LabChild, PathBuf)>,
-    /// How many of `daemons` are gateways.
-    gateways: usize,
+    /// How to start each gateway's daemon again (the first `gateways.len()` of `daemons`).
+    gateways: Vec<Respawn>,
     pins: PinGuard,
 }
 
@@ -159,7 +180,6 @@ impl EnforcingLab {
                 .arg(pin_dir)
                 .arg("--state-dir")
                 .arg(state_dir)
-                .arg("--unpin-on-exit")
                 .env("PORTCULLIS_LOG", &log)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
@@ -170,6 +190,7 @@ impl EnforcingLab {
             .cloned()
             .collect();
         let mut daemons = Vec::new();
+        let mut respawn = Vec::new();
         for legs in &gateways {
             // Pins and state in a directory named after the gateway's Node.
             let dir = &legs.node;
@@ -179,9 +200,13 @@ impl EnforcingLab {
                 .args(["--forward", &flags.forward.to_string()])
                 .args(["--node-name", &legs.node])
                 .args(["--datapath", &flags.datapath.to_string()]);
-            if flags.failover {
-                cmd.arg("--ha");
-            }
+            // With failover a gateway keeps its pins when it stops, so that a restarted daemon
+            // adopts them (a rolling upgrade); the pin guard removes them at the end.
+            match flags.failover {
+                true => cmd.arg("--ha"),
+                false => cmd.arg("--unpin-on-exit"),
+            };
+            respawn.push(Respawn::of(&legs.netns, &cmd));
             let child = (lab.spawn_in(&legs.netns, cmd))
                 .with_context(|| format!("starting the gateway {}", legs.node))?;
             daemons.push((child, gateway_state));
@@ -198,7 +223,8 @@ impl EnforcingLab {
             for cidr in &cluster_cidrs {
                 cmd.arg("--cluster-cidr").arg(cidr.to_string());
             }
-            cmd.args(["--egress-uplink", NODE_UPLINK_IFACE]);
+            cmd.args(["--egress-uplink", NODE_UPLINK_IFACE])
+                .arg("--unpin-on-exit");
             if flags.failover {
                 cmd.arg("--ha");
             }
@@ -210,7 +236,7 @@ impl EnforcingLab {
         let running = EnforcingLab {
             lab,
             daemons,
-            gateways: gateways.len(),
+            gateways: respawn,
             pins,
         };
         running.wait_until_enforcing()?;
@@ -255,7 +281,7 @@ impl EnforcingLab {
     /// Per gateway (the standby second): its legs, its daemon and its state directory.
     pub fn gateways(&self) -> Vec<(GatewayLegs, LabChild, PathBuf)> {
         let legs = std::iter::once(self.lab.gateway()).chain(self.lab.standby_gateway());
-        (legs.zip(&self.daemons[..self.gateways]))
+        (legs.zip(&self.daemons[..self.gateways.len()]))
             .map(|(legs, (child, state))| (legs.clone(), child.clone(), state.clone()))
             .collect()
     }
@@ -265,12 +291,26 @@ impl EnforcingLab {
         self.lab
             .nodes()
             .iter()
-            .zip(&self.daemons[self.gateways..])
+            .zip(&self.daemons[self.gateways.len()..])
             .map(|(node, (_, state))| {
                 let pins = self.pins.pin_dir.join(format!("node-{}", node.name));
                 (node.name.clone(), node.netns.clone(), pins, state.clone())
             })
             .collect()
+    }
+
+    /// Starts gateway `i`'s daemon again with the same command (after it stopped or was
+    /// killed); it adopts the pins its predecessor left. Returns the new daemon.
+    pub fn restart_gateway(&mut self, i: usize) -> Result<LabChild> {
+        let spec = &self.gateways[i];
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = (self.lab.spawn_in(&spec.netns, cmd)).context("restarting a gateway")?;
+        self.daemons[i].0 = child.clone();
+        Ok(child)
     }
 
     /// Stops the daemons (they detach themselves) and tears the topology down.

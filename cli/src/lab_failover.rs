@@ -35,6 +35,9 @@ pub enum Fault {
     Kill,
     /// Both legs of the active gateway cut (`ip link set … down`).
     LinkDown,
+    /// A rolling upgrade: the active gateway's daemon stopped (SIGTERM, pins kept) and started
+    /// again, then, once it is ready, the other gateway's.
+    Rolling,
 }
 
 #[derive(clap::Args)]
@@ -82,8 +85,8 @@ pub fn run(mut args: LabFailoverArgs) -> Result<ExitCode> {
     }
     let (pods, egress_ip) = scenario(&snapshot, args.server.ip())?;
     args.lab.failover = true;
-    let running = EnforcingLab::start(&snapshot, &args.manifests, &[], &args.lab)?;
-    let outcome = measure(&running, &args, &pods, egress_ip);
+    let mut running = EnforcingLab::start(&snapshot, &args.manifests, &[], &args.lab)?;
+    let outcome = measure(&mut running, &args, &pods, egress_ip);
     running.stop()?;
     let outcome = outcome?;
     println!("{}", serde_json::to_string(&outcome)?);
@@ -123,14 +126,14 @@ fn scenario(snapshot: &Snapshot, server: IpAddr) -> Result<(Vec<String>, IpAddr)
 }
 
 fn measure(
-    running: &EnforcingLab,
+    running: &mut EnforcingLab,
     args: &LabFailoverArgs,
     pods: &[String],
     egress_ip: IpAddr,
 ) -> Result<serde_json::Value> {
-    let lab = &running.lab;
     let gateways = running.gateways();
     let active = wait_for_one_active(running, &gateways)?;
+    let lab = &running.lab;
     let (active_legs, active_child, _) = gateways
         .iter()
         .find(|(legs, _, _)| legs.node == active)
@@ -164,12 +167,26 @@ fn measure(
     // Established, replicated (the sync streams send deltas every heartbeat interval).
     std::thread::sleep(Duration::from_millis(1500));
     let fault_at = Instant::now();
-    inject(lab, args.fault, &active_legs, &active_child)?;
+    match args.fault {
+        Fault::Rolling => {
+            let first = (gateways.iter())
+                .position(|(legs, _, _)| legs.node == active)
+                .expect("the active gateway is one of the lab's");
+            for i in [first, 1 - first] {
+                restart(running, i)?;
+            }
+        }
+        Fault::Kill => (active_child.kill()).context("killing the active gateway's daemon")?,
+        Fault::LinkDown => cut_links(&running.lab, &active_legs)?,
+    }
     std::thread::sleep(Duration::from_millis(args.settle_ms));
     // With its links cut the faulted gateway's daemon still runs, alone, and keeps its claim;
-    // nobody hears it. What matters is who else claims.
-    let claiming = claimants(&gateways);
-    let after: Vec<&String> = claiming.iter().filter(|g| **g != active).collect();
+    // nobody hears it. What matters is who else claims (after a rolling upgrade: who claims).
+    let claiming = claimants(&running.gateways());
+    let after = match args.fault {
+        Fault::Rolling => claiming.first(),
+        Fault::Kill | Fault::LinkDown => claiming.iter().find(|g| **g != active),
+    };
     check.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(2500));
     stop.store(true, Ordering::Relaxed);
@@ -207,8 +224,8 @@ fn measure(
         "egress_ip_only": !seen.is_empty() && seen.iter().all(|ip| *ip == egress_ip),
         "fault": args.fault,
         "active_before": active,
-        "active_after": after.first(),
-        "faulted_still_claims": claiming.contains(&active),
+        "active_after": after,
+        "claiming_after": claiming,
         "sources_seen": seen.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "errors": errors,
     }))
@@ -340,22 +357,51 @@ fn echo(mut conn: TcpStream, stop: &AtomicBool) {
     }
 }
 
-/// Kills the active gateway's daemon (SIGKILL) or cuts both its legs.
-fn inject(lab: &Lab, fault: Fault, legs: &GatewayLegs, daemon: &LabChild) -> Result<()> {
-    match fault {
-        Fault::Kill => daemon.kill().context("killing the active gateway's daemon"),
-        Fault::LinkDown => {
-            for dev in [&legs.cluster_iface, &legs.external_iface] {
-                let mut c = Command::new("ip");
-                c.args(["link", "set", dev, "down"]);
-                let out = lab.output_in(&legs.netns, c)?;
-                if !out.status.success() {
-                    bail!("cutting {dev}: {}", String::from_utf8_lossy(&out.stderr));
-                }
-            }
-            Ok(())
+/// Stops gateway `i`'s daemon (SIGTERM: it keeps its pins), starts it again and waits (up to
+/// 15 s) until the new one says it is ready (it has its peers' full dumps).
+fn restart(running: &mut EnforcingLab, i: usize) -> Result<()> {
+    let (legs, child, state) = running.gateways().swap_remove(i);
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("gateway {} did not stop within 5 s", legs.node);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(state.join("state.json"));
+    let child = running.restart_gateway(i)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = PublishedState::read(&state)
+            .and_then(|s| s.egress)
+            .and_then(|e| e.pointer("/ha/ready").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("restarted gateway {} exited ({status})", legs.node);
+        }
+        if Instant::now() > deadline {
+            bail!("restarted gateway {} not ready within 15 s", legs.node);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Cuts both legs of gateway `legs`.
+fn cut_links(lab: &Lab, legs: &GatewayLegs) -> Result<()> {
+    for dev in [&legs.cluster_iface, &legs.external_iface] {
+        let mut c = Command::new("ip");
+        c.args(["link", "set", dev, "down"]);
+        let out = lab.output_in(&legs.netns, c)?;
+        if !out.status.success() {
+            bail!("cutting {dev}: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+    Ok(())
 }
 
 /// The gateways whose daemon runs and whose published state claims an EgressGateway.

@@ -16,6 +16,7 @@ mod node;
 mod probe_cmd;
 mod status_cmd;
 mod status_egress;
+mod status_ha;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

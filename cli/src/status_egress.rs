@@ -28,6 +28,7 @@ pub fn print_gateway(published: Option<&Value>, snat: &SnatStatus) {
                 g["pods"].as_u64().unwrap_or(0)
             );
         }
+        crate::status_ha::print(&egress["ha"]);
     }
     let c = &snat.counters;
     println!(
@@ -88,4 +89,5 @@ pub fn print_node(published: Option<&Value>) {
     if let Some(e) = steering["error"].as_str() {
         println!("    ERROR: steering not in force: {e}");
     }
+    crate::status_ha::print(&steering["ha"]);
 }

@@ -98,6 +98,7 @@ fn audit_reports_egress_gateway_mistakes() {
             ("egress-selects-no-pod", "EgressGateway idle"),
             ("egress-no-gateway-node", "EgressGateway idle"),
             ("egress-ip-shared", "EgressGateway prod-egress"),
+            ("egress-no-standby", "EgressGateway prod-egress"),
         ] {
             assert!(checks.contains(&expected), "{expected:?} in {checks:?}");
         }

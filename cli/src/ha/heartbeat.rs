@@ -101,8 +101,6 @@ fn round(shared: &Shared, socket: &UdpSocket, seq: u64, now: u64) {
                 let changed = decision.claims != st.claims;
                 if changed {
                     st.counters.failovers += decision.gained.len() as u64;
-                    metrics::counter!("portcullis_ha_claims_gained_total")
-                        .increment(decision.gained.len() as u64);
                 }
                 st.claims = decision.claims;
                 changed
@@ -118,7 +116,6 @@ fn round(shared: &Shared, socket: &UdpSocket, seq: u64, now: u64) {
                 if changed {
                     if !st.actives.is_empty() {
                         st.counters.failovers += 1;
-                        metrics::counter!("portcullis_ha_failovers_total").increment(1);
                     }
                     info!(?actives, "egress gateways in use");
                     st.actives = actives;

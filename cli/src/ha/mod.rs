@@ -115,8 +115,6 @@ pub(crate) struct State {
 impl State {
     pub fn refused(&mut self, reason: &str) {
         *self.counters.refused.entry(reason.to_string()).or_default() += 1;
-        metrics::counter!("portcullis_ha_refused_total", "reason" => reason.to_string())
-            .increment(1);
     }
 }
 
@@ -154,6 +152,8 @@ pub struct HaAgent {
     pub(crate) shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     sync: Option<sync::SyncStreams>,
+    /// When `status` last got the agent's state (see [`HaAgent::publish_due`]).
+    published: Mutex<Instant>,
 }
 
 impl HaAgent {
@@ -204,6 +204,7 @@ impl HaAgent {
             shared,
             threads,
             sync,
+            published: Mutex::new(Instant::now()),
         })
     }
 
@@ -241,6 +242,59 @@ impl HaAgent {
     pub fn send(&self, entries: &[Replica], full_to: Option<&str>) {
         if let Some(sync) = &self.sync {
             sync.send(entries, full_to);
+        }
+    }
+
+    /// Whether the daemon should publish its state again for `status` (the health, lag and
+    /// counters change without a decision): once a second.
+    pub fn publish_due(&self) -> bool {
+        let mut last = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.elapsed() >= std::time::Duration::from_secs(1);
+        if due {
+            *last = Instant::now();
+        }
+        due
+    }
+
+    /// `portcullis_ha_*`: the agent's counters, the members up, the EgressGateways this daemon
+    /// sees active on each member, the sync lag per peer.
+    pub fn export_metrics(&self) {
+        let status = self.status();
+        let c = &status.counters;
+        for (name, value) in [
+            ("portcullis_ha_heartbeats_sent_total", c.heartbeats_sent),
+            (
+                "portcullis_ha_heartbeats_received_total",
+                c.heartbeats_received,
+            ),
+            ("portcullis_ha_failovers_total", c.failovers),
+            (
+                "portcullis_ha_split_brains_resolved_total",
+                c.split_brains_resolved,
+            ),
+            ("portcullis_ha_replicas_sent_total", c.replicas_sent),
+            ("portcullis_ha_replicas_received_total", c.replicas_received),
+            ("portcullis_ha_sync_overflows_total", c.sync_overflows),
+        ] {
+            metrics::counter!(name).absolute(value);
+        }
+        for (reason, value) in &c.refused {
+            metrics::counter!("portcullis_ha_refused_total", "reason" => reason.clone())
+                .absolute(*value);
+        }
+        let up = status.members.iter().filter(|m| m.up).count();
+        metrics::gauge!("portcullis_ha_members_up").set(up as f64);
+        metrics::gauge!("portcullis_ha_ready").set(f64::from(u8::from(status.ready)));
+        for g in &status.groups {
+            for member in &g.members {
+                let active = g.active.as_ref() == Some(member);
+                metrics::gauge!("portcullis_ha_active", "egress_gateway" => g.egress_gateway.clone(), "member" => member.clone())
+                    .set(f64::from(u8::from(active)));
+            }
+        }
+        for (peer, lag) in &status.sync_lag_ms {
+            metrics::gauge!("portcullis_ha_sync_lag_seconds", "peer" => peer.clone())
+                .set(*lag as f64 / 1e3);
         }
     }
 

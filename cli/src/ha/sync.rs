@@ -108,7 +108,6 @@ impl SyncStreams {
             // with a full dump.
             outgoing.remove(peer);
             self.shared.lock().counters.sync_overflows += 1;
-            metrics::counter!("portcullis_ha_sync_overflows_total").increment(1);
             warn!(
                 peer,
                 "sync stream fell behind; reopening it with a full dump"
@@ -194,6 +193,11 @@ fn read_stream(shared: &Shared, mut stream: TcpStream, from: SocketAddr) {
                     if version != VERSION {
                         shared.lock().refused("version");
                         warn!(%from, version, "sync stream of another protocol version refused");
+                        return;
+                    }
+                    if !shared.lock().membership.sync_peers().contains(&sender) {
+                        shared.lock().refused("stranger");
+                        warn!(%from, peer = %sender, "sync stream from a gateway of none of this gateway's groups refused");
                         return;
                     }
                     info!(%from, peer = %sender, "sync stream from a peer");
@@ -309,8 +313,6 @@ fn write_stream(
                 queued_bytes.fetch_sub(chunk.bytes.len(), Ordering::Relaxed);
                 let lag = chunk.queued.elapsed().as_millis() as u64;
                 shared.lock().lag_ms.insert(peer.to_string(), lag);
-                metrics::gauge!("portcullis_ha_sync_lag_seconds", "peer" => peer.to_string())
-                    .set(lag as f64 / 1e3);
                 stream.write_all(&chunk.bytes)
             }
             Err(mpsc::RecvTimeoutError::Timeout) => stream.write_all(&keepalive),

@@ -495,7 +495,9 @@ impl Enforcer for NodeEnforcer {
         if self.last_host_sync.elapsed() >= HOST_RESYNC {
             self.sync_host_addrs();
         }
-        if let Some(actives) = self.ha.as_ref().map(crate::ha::HaAgent::actives) {
+        if let Some(ha) = &self.ha {
+            let actives = ha.actives();
+            changed |= ha.publish_due();
             if actives != self.actives {
                 self.actives = actives;
                 self.sync_steering();
@@ -540,6 +542,9 @@ impl Enforcer for NodeEnforcer {
         export_flow_tables("node", &status.tables.flows);
         export_flow_records("node", &[], &status.tables.flow_records);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
+        if let Some(ha) = &self.ha {
+            ha.export_metrics();
+        }
         metrics::gauge!("portcullis_node_identities").set(status.own.identities as f64);
         export_group_drops(
             "portcullis_node_policy_drops_total",

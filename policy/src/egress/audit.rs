@@ -1,5 +1,5 @@
-//! Audit findings about EgressGateways: ones that select nothing or have no node, egress IPs
-//! used twice, pods two of them select for overlapping destinations, and clusters whose nodes
+//! Audit findings about EgressGateways: ones that select nothing, have no node or only one (no
+//! failover), egress IPs used twice, pods two of them select for overlapping destinations, and clusters whose nodes
 //! carry no default gateway label.
 
 use ipnet::IpNet;
@@ -34,9 +34,19 @@ pub(crate) fn findings(snapshot: &Snapshot) -> Vec<Finding> {
             });
         }
         // Without Nodes in the input (manifests of workloads only) nothing can be said.
-        if !snapshot.nodes.is_empty()
-            && !(snapshot.nodes.iter()).any(|n| gateway.node_selector.matches(&n.labels))
-        {
+        let members = super::members(snapshot, gateway);
+        if members.len() == 1 {
+            findings.push(Finding {
+                severity: Severity::Low,
+                check: "egress-no-standby",
+                object: object(gateway),
+                message: format!(
+                    "spec.gateway.nodeSelector {} matches one node ({}): no standby gateway, its egress stops while that node or its gateway is down",
+                    gateway.node_selector, members[0].name
+                ),
+            });
+        }
+        if !snapshot.nodes.is_empty() && members.is_empty() {
             findings.push(Finding {
                 severity: Severity::Medium,
                 check: "egress-no-gateway-node",
