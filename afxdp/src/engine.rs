@@ -22,7 +22,7 @@ use portcullis_ebpf_common::parse::Packet;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use portcullis_bpf::monotonic_coarse_ns;
+use portcullis_bpf::{monotonic_coarse_ns, FlowRecordCounters};
 
 use crate::kernel_path::KernelPath;
 use crate::mode_flows::Flows;
@@ -115,10 +115,13 @@ pub struct EngineStatus {
     pub queues: Vec<QueueStatus>,
     /// `COUNTER_*`-indexed, as the kernel's `COUNTERS`.
     pub counters: Vec<u64>,
+    /// The allow records the engine wrote (to its event file) and those over its rate limit, as
+    /// the kernel's `FLOW_RECORD_COUNTERS`.
+    pub flow_records: FlowRecordCounters,
     /// Entries of the engine's own flow table (afxdp; in hybrid the flows are the program's).
     pub embryonic_flows: usize,
     pub confirmed_flows: usize,
-    /// Drop events not kept because the daemon did not read them in time.
+    /// Drop events and allow records not kept because the daemon did not read them in time.
     pub drop_events_lost: u64,
 }
 
@@ -237,15 +240,17 @@ impl Engine {
     pub fn status(&self) -> EngineStatus {
         let generation =
             (self.shared.tables.read().unwrap_or_else(|p| p.into_inner())).generation();
-        let (counters, (embryonic_flows, confirmed_flows)) = {
+        let (counters, flow_records, (embryonic_flows, confirmed_flows)) = {
             let p = lock(&self.shared.pipeline);
-            (p.counters.to_vec(), p.flows.lengths())
+            let records = FlowRecordCounters::from_sums(&p.flow_record_counters);
+            (p.counters.to_vec(), records, p.flows.lengths())
         };
         EngineStatus {
             mode: if self.hybrid { "hybrid" } else { "afxdp" },
             generation,
             queues: lock(&self.shared.queues).clone(),
             counters,
+            flow_records,
             embryonic_flows,
             confirmed_flows,
             drop_events_lost: u64::from(self.shared.events_lost.load(Ordering::Relaxed)),
@@ -393,6 +398,10 @@ impl Worker {
                     .classify(&tables, frame, sides, ifindex, now, revalidate, &mut pkt);
                 match outcome {
                     Outcome::Allowed => fwd.forward(frame, &pkt, leg, now),
+                    Outcome::Opened(record) => {
+                        self.report(record);
+                        fwd.forward(frame, &pkt, leg, now)
+                    }
                     Outcome::Dropped(event) => {
                         self.report(event);
                         Action::Drop

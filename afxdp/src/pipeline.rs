@@ -3,8 +3,11 @@
 //! (`parse::{parse, flow_key}`, `flow::{touch, flow_live, opens_flow, syn_only}`): flow-table hit
 //! with revalidation against a new generation, ICMP errors related to a known flow, the policy
 //! check (the gateway's admission: always checked), flow creation and confirmation, the same
-//! `COUNTER_*` counters and per-group drop counts, and a drop event for every drop (rate limiting
-//! is the caller's). See `flow.rs` for the rules themselves.
+//! `COUNTER_*` counters and per-group drop counts, a drop event for every drop (rate limiting is
+//! the caller's) and an allow record for every new flow, at most `FLOW_RECORDS_PER_SECOND` for
+//! the whole engine (the kernel's limit is per CPU), counted as the kernel's
+//! `FLOW_RECORD_COUNTERS` (those over the limit in `FLOW_RECORD_COUNTER_LOST`). See `flow.rs` for
+//! the rules themselves.
 
 use ahash::AHashMap;
 use portcullis_common::*;
@@ -17,11 +20,16 @@ use portcullis_ebpf_common::policy::{Query, Verdict};
 use crate::flows::FlowStore;
 use crate::tables::PolicyTables;
 
+const NS_PER_SEC: u64 = 1_000_000_000;
+
 /// What the pipeline decided for one frame (counted already).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Allowed: the engine forwards it.
     Allowed,
+    /// Allowed, and it opened a new flow: the engine forwards it and reports the flow's allow
+    /// record (the kernel's `report_flow`; timestamp: the pipeline's clock).
+    Opened(DropEvent),
     /// Not an IP packet the gateway judges (non-IP, neighbour discovery): for the kernel.
     NotIp,
     /// Dropped, with the event the kernel would report (timestamp: the pipeline's clock).
@@ -61,6 +69,11 @@ pub struct Pipeline<F: FlowStore> {
     pub counters: [u64; COUNTER_COUNT as usize],
     /// Drops charged to each group id, as the kernel's `DROPS_BY_GROUP`.
     pub drops_by_group: AHashMap<u32, u64>,
+    /// Indexed by `FLOW_RECORD_COUNTER_*`, as the kernel's `FLOW_RECORD_COUNTERS`.
+    pub flow_record_counters: [u64; FLOW_RECORD_COUNTER_COUNT as usize],
+    /// `[window start ns, records sent]` of the allow records' rate limit
+    /// (`FLOW_RECORDS_PER_SECOND` for the whole engine: one pipeline serves every queue).
+    record_window: [u64; 2],
 }
 
 impl<F: FlowStore> Pipeline<F> {
@@ -69,6 +82,8 @@ impl<F: FlowStore> Pipeline<F> {
             flows,
             counters: [0; COUNTER_COUNT as usize],
             drops_by_group: AHashMap::new(),
+            flow_record_counters: [0; FLOW_RECORD_COUNTER_COUNT as usize],
+            record_window: [0; 2],
         }
     }
 
@@ -124,6 +139,10 @@ impl<F: FlowStore> Pipeline<F> {
             Outcome::Dropped(mut event) => {
                 event.timestamp_ns = now_ns;
                 Outcome::Dropped(event)
+            }
+            Outcome::Opened(mut record) => {
+                record.timestamp_ns = now_ns;
+                Outcome::Opened(record)
             }
             other => other,
         }
@@ -252,6 +271,32 @@ impl<F: FlowStore> Pipeline<F> {
                     self.count(COUNTER_EMBRYONIC_REUSED);
                 }
             }
+            if now.wrapping_sub(self.record_window[0]) >= NS_PER_SEC {
+                self.record_window = [now, 0];
+            }
+            if self.record_window[1] >= FLOW_RECORDS_PER_SECOND {
+                self.flow_record_counters[FLOW_RECORD_COUNTER_LOST as usize] += 1;
+                return Outcome::Allowed;
+            }
+            self.record_window[1] += 1;
+            self.flow_record_counters[FLOW_RECORD_COUNTER_WRITTEN as usize] += 1;
+            return Outcome::Opened(DropEvent {
+                ifindex,
+                group: v.group(),
+                src: pkt.src,
+                dst: pkt.dst,
+                src_port: u16::from_be(pkt.sport),
+                dst_port: u16::from_be(pkt.dport),
+                protocol: pkt.proto,
+                direction: v.direction(),
+                kind: if v.is_unselected() {
+                    EVENT_KIND_ALLOW_UNSELECTED
+                } else {
+                    EVENT_KIND_ALLOW_POLICY
+                },
+                sides,
+                ..DropEvent::default()
+            });
         }
         Outcome::Allowed
     }

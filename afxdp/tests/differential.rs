@@ -52,6 +52,17 @@ impl DiffDatapath for Engine {
         );
         match outcome {
             Outcome::Allowed => Decision::Pass,
+            Outcome::Opened(record) => {
+                assert!(!record.is_drop(), "allow record of {p:?}");
+                assert_eq!(
+                    (record.ifindex, record.sides, record.timestamp_ns),
+                    (ifindex, sides, self.now_ns),
+                    "allow record of {p:?}"
+                );
+                assert_eq!(record.src, self.pkt.src, "allow record of {p:?}");
+                assert_eq!(record.dst, self.pkt.dst, "allow record of {p:?}");
+                Decision::Pass
+            }
             Outcome::NotIp => Decision::NotIp,
             Outcome::Dropped(event) => {
                 let reason = match p.shape {

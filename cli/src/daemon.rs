@@ -4,6 +4,7 @@
 //! expired flows, publish state for `status`/`monitor`, serve metrics, stop on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -71,6 +72,10 @@ pub struct PublishedState {
     /// Egress: the node's steering, or the gateway's EgressGateways and translations.
     #[serde(default)]
     pub egress: Option<serde_json::Value>,
+    /// Address → `namespace/name` of every pod of the generation in force (hostNetwork pods,
+    /// which share their node's address, excluded): the names `monitor --type verdict` prints.
+    #[serde(default)]
+    pub addresses: BTreeMap<IpAddr, String>,
 }
 
 impl PublishedState {
@@ -92,6 +97,20 @@ impl PublishedState {
         std::fs::rename(&tmp, Self::path(state_dir))
             .with_context(|| format!("publishing {}", state_dir.display()))
     }
+}
+
+/// Address → `namespace/name` of the pods of `snapshot` (hostNetwork pods excluded).
+fn pod_addresses(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
+    snapshot
+        .pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| {
+            p.ips
+                .iter()
+                .map(move |ip| (*ip, format!("{}/{}", p.namespace, p.name)))
+        })
+        .collect()
 }
 
 /// A generation an enforcer put in force.
@@ -186,6 +205,20 @@ pub fn export_group_drops(
     }
 }
 
+/// Publishes the flow records of a datapath (`side`: "gateway", "node"; `labels`: the gateway's
+/// `judged_by`, "xdp" or "engine"): `portcullis_{side}_flow_records_total` and `_lost_total`, the
+/// allow records of new flows written and lost (`monitor --type verdict`).
+pub fn export_flow_records(
+    side: &str,
+    labels: &[(&'static str, &'static str)],
+    records: &portcullis_gateway::FlowRecordCounters,
+) {
+    metrics::counter!(format!("portcullis_{side}_flow_records_total"), labels)
+        .absolute(records.written);
+    metrics::counter!(format!("portcullis_{side}_flow_records_lost_total"), labels)
+        .absolute(records.lost);
+}
+
 /// Publishes the flow tables of a datapath (`side`: "gateway", "node"): entries, capacity and
 /// LRU evictions per table.
 pub fn export_flow_tables(side: &str, flows: &portcullis_gateway::FlowCounts) {
@@ -262,6 +295,7 @@ impl<E: Enforcer> Reloader<'_, E> {
                     "policy generation in force (latency from the first change seen)"
                 );
                 self.state.groups = applied.groups;
+                self.state.addresses = pod_addresses(&snapshot);
                 self.state.pods = self.enforcer.pods();
                 self.state.egress = self.enforcer.egress_status();
                 self.state.generation = applied.generation;

@@ -1,8 +1,8 @@
-//! The AF_XDP engine's drop events and metrics. The engine runs inside the gateway daemon, so its
-//! drops cannot reach the program's `DROP_EVENTS` ring buffer: the daemon appends them to a file
-//! in its state directory as the ring's records (`DropEvent`, 56 bytes each), and `monitor` reads
-//! both. The file is started over when it passes `MAX_FILE_BYTES`; a reader that finds it shorter
-//! than its offset starts from 0.
+//! The AF_XDP engine's events and metrics. The engine runs inside the gateway daemon, so its
+//! records cannot reach the program's event ring (`DROP_EVENTS`): the daemon appends them to a
+//! file in its state directory as the ring's records (`DropEvent`, 64 bytes each: drops and the
+//! allow records of new flows), and `monitor` reads both. The file is started over when it passes
+//! `MAX_FILE_BYTES`; a reader that finds it shorter than its offset starts from 0.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use portcullis_afxdp::engine::EngineStatus;
 use portcullis_common::*;
 
-const FILE: &str = "engine-drop-events";
+const FILE: &str = "engine-events";
 const MAX_FILE_BYTES: u64 = 1 << 20;
 const RECORD: usize = std::mem::size_of::<DropEvent>();
 
@@ -19,7 +19,7 @@ fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-/// Appends `events` to the state directory's engine drop-event file.
+/// Appends `events` to the state directory's engine event file.
 pub fn append(state_dir: &Path, events: &[DropEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -44,7 +44,7 @@ pub fn append(state_dir: &Path, events: &[DropEvent]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Follows the engine drop-event file of a state directory.
+/// Follows the engine event file of a state directory.
 pub struct EngineEvents {
     path: PathBuf,
     offset: u64,
@@ -76,8 +76,7 @@ impl EngineEvents {
         self.offset += whole as u64;
         bytes[..whole]
             .chunks_exact(RECORD)
-            // SAFETY: RECORD bytes of a DropEvent written by `append`; read unaligned.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const DropEvent) })
+            .filter_map(DropEvent::from_record)
             .collect()
     }
 }
@@ -86,6 +85,7 @@ impl EngineEvents {
 pub fn export_metrics(status: &EngineStatus) {
     let c = portcullis_gateway::Counters::from_sums(&status.counters());
     crate::gateway_cmd::export_verdicts(&c, "engine");
+    crate::daemon::export_flow_records("gateway", &[("judged_by", "engine")], &status.flow_records);
     for q in &status.queues {
         let queue = q.queue.to_string();
         for (leg, s) in [

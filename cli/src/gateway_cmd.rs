@@ -22,8 +22,8 @@ use portcullis_policy::model::Snapshot;
 use tracing::info;
 
 use crate::daemon::{
-    export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
-    DaemonArgs, Enforcer,
+    export_flow_records, export_flow_tables, export_group_drops, group_names, record_apply, serve,
+    stop, Applied, DaemonArgs, Enforcer,
 };
 use crate::gateway_egress::{GatewayEgress, Served};
 use crate::ha::GatewayHa;
@@ -268,6 +268,11 @@ impl Enforcer for GatewayEnforcer {
             ha.agent().export_metrics();
         }
         export_flow_tables("gateway", &status.tables.flows);
+        export_flow_records(
+            "gateway",
+            &[("judged_by", "xdp")],
+            &status.tables.flow_records,
+        );
         metrics::gauge!("portcullis_gateway_prefixes").set(status.tables.prefixes as f64);
         export_group_drops(
             "portcullis_gateway_policy_drops_total",

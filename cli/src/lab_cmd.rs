@@ -196,15 +196,10 @@ impl EnforcingLab {
             let dir = &legs.node;
             let gateway_state = pins.state_dir.join(dir);
             let mut cmd = daemon("gateway", pins.pin_dir.join(dir), &gateway_state);
-            cmd.args([
-                "--cluster-iface",
-                &legs.cluster_iface,
-                "--external-iface",
-                &legs.external_iface,
-            ])
-            .args(["--forward", &flags.forward.to_string()])
-            .args(["--node-name", &legs.node])
-            .args(["--datapath", &flags.datapath.to_string()]);
+            cmd.args(legs.leg_args())
+                .args(["--forward", &flags.forward.to_string()])
+                .args(["--node-name", &legs.node])
+                .args(["--datapath", &flags.datapath.to_string()]);
             // With failover a gateway keeps its pins when it stops, so that a restarted daemon
             // adopts them (a rolling upgrade); the pin guard removes them at the end.
             match flags.failover {

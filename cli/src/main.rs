@@ -11,6 +11,7 @@ mod ha;
 mod lab_cmd;
 mod lab_failover;
 mod monitor_snat;
+mod monitor_verdict;
 mod node;
 mod probe_cmd;
 mod status_cmd;

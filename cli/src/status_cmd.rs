@@ -1,5 +1,6 @@
-//! `portcullis status` and `portcullis monitor --type drop`: read a running gateway's pinned maps
-//! from another process, without disturbing it.
+//! `portcullis status` and `portcullis monitor` (`--type drop` here, `--type verdict` in
+//! `monitor_verdict`): read a running gateway's pinned maps from another process, without
+//! disturbing it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -84,7 +85,7 @@ fn ready(state: &PublishedState) -> Result<(), String> {
     Ok(())
 }
 
-fn interface_name(ifindex: u32) -> String {
+pub(crate) fn interface_name(ifindex: u32) -> String {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
     let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
@@ -240,8 +241,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 c.to_engine
             );
             println!(
-                "  dropped: policy {} malformed {} fragment {}",
-                c.drop_policy, c.drop_malformed, c.drop_fragment
+                "  dropped: policy {} malformed {} fragment {}   flow records: {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment, s.tables.flow_records
             );
             print_drops_and_errors(&s.tables, &published);
             if let Some(engine) = engine {
@@ -266,13 +267,15 @@ fn print_engine(engine: &serde_json::Value) {
         num(&engine["drop_events_lost"])
     );
     println!(
-        "    passed: flow {} policy {} unselected {}   dropped: policy {} malformed {} fragment {}",
+        "    passed: flow {} policy {} unselected {}   dropped: policy {} malformed {} fragment {}   flow records: {} (lost {})",
         counter(COUNTER_PASS_FLOW),
         counter(COUNTER_PASS_POLICY),
         counter(COUNTER_PASS_UNSELECTED),
         counter(COUNTER_DROP_POLICY),
         counter(COUNTER_DROP_MALFORMED),
-        counter(COUNTER_DROP_FRAGMENT)
+        counter(COUNTER_DROP_FRAGMENT),
+        num(&engine["flow_records"]["written"]),
+        num(&engine["flow_records"]["lost"])
     );
     for q in engine["queues"].as_array().into_iter().flatten() {
         println!(
@@ -360,8 +363,8 @@ fn node_status(
                 c.pass_flow, c.pass_policy, c.pass_unselected, c.pass_non_ip, c.pass_host, c.origin_recorded
             );
             println!(
-                "  dropped: policy {} malformed {} fragment {} unknown pod address {}",
-                c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod
+                "  dropped: policy {} malformed {} fragment {} unknown pod address {}   flow records: {}",
+                c.drop_policy, c.drop_malformed, c.drop_fragment, c.drop_unknown_pod, t.flow_records
             );
             print_drops_and_errors(t, published);
             print_local_pods(&published.pods);
@@ -399,9 +402,13 @@ fn print_local_pods(pods: &[crate::node::LocalPod]) {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EventType {
+    /// Dropped packets (rate-limited drop events).
     Drop,
     /// The gateway's source translations (EgressGateway) as they are made and removed.
     Translation,
+    /// The first packet of every new flow, allowed or denied, with the policies (and, given the
+    /// cluster, the rule) behind the verdict.
+    Verdict,
 }
 
 #[derive(clap::Args)]
@@ -412,13 +419,43 @@ pub struct MonitorArgs {
     #[command(flatten)]
     pins: PinArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    output: OutputFormat,
+    pub(crate) output: OutputFormat,
     /// Stop after this many events.
     #[arg(long)]
-    count: Option<usize>,
+    pub(crate) count: Option<usize>,
     /// Stop after this long (e.g. 10s).
     #[arg(long, value_parser = crate::daemon::parse_duration)]
-    duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
+    /// `--type verdict`: aggregate per (source, destination, port, protocol, verdict) and print
+    /// one JSON line per key at the end of every window.
+    #[arg(long)]
+    pub(crate) summary: bool,
+    /// `--summary`'s window.
+    #[arg(long, value_parser = crate::daemon::parse_duration, default_value = "10s")]
+    pub(crate) window: Duration,
+    /// `--type verdict`: the cluster's manifests (as the daemon reads them), to name the rule
+    /// that allowed each flow. Without a cluster, records name the admitting policies only.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["kubeconfig", "kube"])]
+    manifests: Vec<PathBuf>,
+    /// `--type verdict`: read the cluster through this kubeconfig (see `--manifests`).
+    #[arg(long, conflicts_with = "kube")]
+    kubeconfig: Option<PathBuf>,
+    /// `--type verdict`: read the cluster through the in-cluster service account (see
+    /// `--manifests`).
+    #[arg(long)]
+    kube: bool,
+}
+
+/// Waits until the event ring `ring` has records, 200 ms at most (the engine's event file is
+/// read between waits).
+pub(crate) fn wait_readable(ring: &impl AsFd) {
+    let mut fd = libc::pollfd {
+        fd: ring.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut fd, 1, 200) };
 }
 
 pub(crate) fn event_addr(bytes: [u8; 16]) -> IpAddr {
@@ -461,6 +498,19 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
     };
     // The gateway's AF_XDP engine reports its drops through the state directory.
     let mut engine_events = (!args.pins.node).then(|| EngineEvents::follow(&state_dir));
+    if args.event_type == EventType::Verdict {
+        let source = crate::SourceArgs {
+            manifests: args.manifests.clone(),
+            kubeconfig: args.kubeconfig.clone(),
+            kube: args.kube,
+        };
+        let snapshot = if source.manifests.is_empty() && !source.is_kube() {
+            None
+        } else {
+            Some(crate::load_reporting(&source)?.0)
+        };
+        return crate::monitor_verdict::run(&args, events, engine_events, &state_dir, snapshot);
+    }
     let mut from_engine = std::collections::VecDeque::new();
     let started = Instant::now();
     let mut seen = 0usize;
@@ -474,17 +524,11 @@ pub fn monitor(args: MonitorArgs) -> Result<ExitCode> {
         }
         if from_engine.is_empty() {
             if let Some(engine) = &mut engine_events {
-                from_engine.extend(engine.next_events());
+                from_engine.extend(engine.next_events().into_iter().filter(DropEvent::is_drop));
             }
         }
         let Some(event) = from_engine.pop_front().or_else(|| events.next_event()) else {
-            let mut fd = libc::pollfd {
-                fd: events.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fd, 1, 200) };
+            wait_readable(&events);
             continue;
         };
         seen += 1;
@@ -511,7 +555,7 @@ fn direction_name(event: &DropEvent) -> &'static str {
     }
 }
 
-fn reason_name(event: &DropEvent) -> &'static str {
+pub(crate) fn reason_name(event: &DropEvent) -> &'static str {
     match event.reason {
         DROP_REASON_MALFORMED => "malformed",
         DROP_REASON_FRAGMENT => "fragment",
@@ -553,7 +597,7 @@ pub(crate) fn event_line(event: &DropEvent, policies: &[String]) -> String {
 }
 
 /// Wall-clock time as seconds.millis since the epoch (event timestamps are monotonic).
-fn humantime_now() -> String {
+pub(crate) fn humantime_now() -> String {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

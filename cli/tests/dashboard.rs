@@ -253,13 +253,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let mut lab = Lab::build(&snapshot, &probes, LabOptions::default()).unwrap();
     let legs = lab.gateway().clone();
     let node = lab.nodes()[0].netns.clone();
-    let gateway_args = [
-        "gateway",
-        "--cluster-iface",
-        &legs.cluster_iface,
-        "--external-iface",
-        &legs.external_iface,
-    ];
+    let gateway_args: Vec<&str> = ["gateway"].into_iter().chain(legs.leg_args()).collect();
     let gateway_port = free_port(&lab, &legs.netns);
     let node_port = free_port(&lab, &node);
     let gateway = start(

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +16,12 @@ use portcullis_policy::probe::parse_probes;
 
 #[path = "support/applied.rs"]
 mod applied;
+#[path = "support/dirs.rs"]
+mod dirs;
 #[path = "support/monitor.rs"]
 mod monitor;
 use applied::wait_until_applied;
+use dirs::DaemonDirs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -74,34 +77,6 @@ fn conformance_external_probes_through_the_af_xdp_engine() {
     }
 }
 
-/// Pins and state of one gateway run, removed even when the test fails.
-struct GatewayDirs {
-    pin_dir: PathBuf,
-    state_dir: PathBuf,
-    manifests: PathBuf,
-}
-
-impl GatewayDirs {
-    fn new(tag: &str) -> GatewayDirs {
-        let id = format!("pcltest-{}-{tag}", std::process::id());
-        let dirs = GatewayDirs {
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
-            state_dir: std::env::temp_dir().join(format!("{id}-state")),
-            manifests: std::env::temp_dir().join(format!("{id}-manifests")),
-        };
-        std::fs::create_dir_all(&dirs.manifests).unwrap();
-        dirs
-    }
-}
-
-impl Drop for GatewayDirs {
-    fn drop(&mut self) {
-        for d in [&self.pin_dir, &self.state_dir, &self.manifests] {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 fn egress_policy(except: &str) -> String {
     format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: egress-lan, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 192.168.1.0/24, except: [{except}]}}\n"
@@ -115,7 +90,7 @@ fn write_policy(dir: &Path, text: &str) {
     std::fs::rename(&tmp, dir.join("policy.yaml")).unwrap();
 }
 
-fn published(dirs: &GatewayDirs) -> serde_json::Value {
+fn published(dirs: &DaemonDirs) -> serde_json::Value {
     std::fs::read_to_string(dirs.state_dir.join("state.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -124,32 +99,17 @@ fn published(dirs: &GatewayDirs) -> serde_json::Value {
 
 /// Starts the daemon in the gateway namespace, with `args` (`--datapath afxdp`) besides the legs
 /// and directories, and waits until it has applied a generation.
-fn start_gateway(lab: &mut Lab, dirs: &GatewayDirs, args: &[&str]) -> LabChild {
+fn start_gateway(lab: &mut Lab, dirs: &DaemonDirs, args: &[&str]) -> LabChild {
     let _ = std::fs::remove_file(dirs.state_dir.join("state.json"));
     let legs = lab.gateway().clone();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("gateway")
-        .arg("--manifests")
-        .arg(&dirs.manifests)
-        .args([
-            "--cluster-iface",
-            &legs.cluster_iface,
-            "--external-iface",
-            &legs.external_iface,
-        ])
-        .arg("--pin-dir")
-        .arg(&dirs.pin_dir)
-        .arg("--state-dir")
-        .arg(&dirs.state_dir)
-        .args(args)
-        .env("PORTCULLIS_LOG", "warn")
-        .stdout(Stdio::null());
+    let mut cmd = dirs.daemon(&["gateway"]);
+    cmd.args(legs.leg_args()).args(args);
     let child = lab.spawn_in(&legs.netns, cmd).unwrap();
     wait_until_applied(&child, "gateway", &dirs.state_dir);
     child
 }
 
-fn wait_for_generation(dirs: &GatewayDirs, previous_ms: u64) {
+fn wait_for_generation(dirs: &DaemonDirs, previous_ms: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while published(dirs)["applied_unix_ms"].as_u64().unwrap_or(0) == previous_ms {
         assert!(
@@ -227,7 +187,7 @@ fn established_flows_survive_with_the_hybrid_engine() {
 }
 
 fn established_flows_survive(datapath: &str) {
-    let dirs = GatewayDirs::new(&format!("survive-{datapath}"));
+    let dirs = DaemonDirs::new(&format!("survive-{datapath}"));
     let args = ["--datapath", datapath];
     std::fs::copy(
         repo().join("configs/examples/cluster.yaml"),
@@ -359,7 +319,7 @@ fn status_and_monitor_read_the_running_af_xdp_engine() {
 }
 
 fn status_and_monitor(datapath: &str) {
-    let dirs = GatewayDirs::new(&format!("monitor-{datapath}"));
+    let dirs = DaemonDirs::new(&format!("monitor-{datapath}"));
     std::fs::copy(
         repo().join("configs/examples/cluster.yaml"),
         dirs.manifests.join("cluster.yaml"),
@@ -379,15 +339,7 @@ fn status_and_monitor(datapath: &str) {
     let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
     let gateway = start_gateway(&mut lab, &dirs, &["--datapath", datapath]);
     let gw_netns = lab.gateway().netns.clone();
-    let tool = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .arg("--pin-dir")
-            .arg(&dirs.pin_dir)
-            .arg("--state-dir")
-            .arg(&dirs.state_dir);
-        cmd
-    };
+    let tool = |args: &[&str]| dirs.tool(args);
     let monitor = tool(&[
         "monitor",
         "--type",
@@ -475,7 +427,7 @@ fn status_and_monitor(datapath: &str) {
 /// `monitor --node` with the deciding policy, and `status --node` lists the pod interfaces.
 #[test]
 fn node_status_and_monitor_read_the_running_node_hook() {
-    let dirs = GatewayDirs::new("nodemon");
+    let dirs = DaemonDirs::new("nodemon");
     std::fs::copy(
         repo().join("configs/examples/cluster.yaml"),
         dirs.manifests.join("cluster.yaml"),
@@ -494,27 +446,12 @@ fn node_status_and_monitor_read_the_running_node_hook() {
     };
     let mut lab = Lab::build(&snapshot, &probes, options).unwrap();
     let node_netns = lab.nodes()[0].netns.clone();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("node")
-        .arg("--manifests")
-        .arg(&dirs.manifests)
-        .arg("--pin-dir")
-        .arg(&dirs.pin_dir)
-        .arg("--state-dir")
-        .arg(&dirs.state_dir)
-        .arg("--unpin-on-exit")
-        .env("PORTCULLIS_LOG", "warn")
-        .stdout(Stdio::null());
+    let cmd = dirs.daemon(&["node", "--unpin-on-exit"]);
     let node = lab.spawn_in(&node_netns, cmd).unwrap();
     wait_until_applied(&node, "node daemon", &dirs.state_dir);
     let tool = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .arg("--node")
-            .arg("--pin-dir")
-            .arg(&dirs.pin_dir)
-            .arg("--state-dir")
-            .arg(&dirs.state_dir);
+        let mut cmd = dirs.tool(args);
+        cmd.arg("--node");
         cmd
     };
     let monitor = tool(&[

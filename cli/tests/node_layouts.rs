@@ -15,39 +15,39 @@ use std::time::{Duration, Instant};
 
 use portcullis_testkit::{sh, NetNs};
 
+#[path = "support/dirs.rs"]
+mod dirs;
+use dirs::DaemonDirs;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const BRIDGE: &str = "pclbr0";
 
-/// Pins, state, manifests and plugin directory of one daemon run, removed even on failure.
+/// Pins, state and manifests of one daemon run, and its CNI plugin directory, removed even on
+/// failure.
 struct Dirs {
-    pin_dir: PathBuf,
-    state_dir: PathBuf,
-    manifests: PathBuf,
+    run: DaemonDirs,
     plugin_dir: PathBuf,
 }
 
 impl Dirs {
     fn new(tag: &str) -> Dirs {
-        let id = format!("pcltest-{}-{tag}", std::process::id());
-        let dirs = Dirs {
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
-            state_dir: std::env::temp_dir().join(format!("{id}-state")),
-            manifests: std::env::temp_dir().join(format!("{id}-manifests")),
-            plugin_dir: std::env::temp_dir().join(format!("{id}-cni")),
-        };
-        for d in [&dirs.state_dir, &dirs.manifests, &dirs.plugin_dir] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        dirs
+        let run = DaemonDirs::new(tag);
+        let plugin_dir = run.state_dir.with_extension("cni");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        Dirs { run, plugin_dir }
+    }
+}
+
+impl std::ops::Deref for Dirs {
+    type Target = DaemonDirs;
+    fn deref(&self) -> &DaemonDirs {
+        &self.run
     }
 }
 
 impl Drop for Dirs {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        for d in [&self.state_dir, &self.manifests, &self.plugin_dir] {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        let _ = std::fs::remove_dir_all(&self.plugin_dir);
     }
 }
 
@@ -122,11 +122,7 @@ fn connects(pod: &NetNs, addr: SocketAddr, timeout: Duration) -> bool {
 }
 
 fn status(dirs: &Dirs) -> (serde_json::Value, bool) {
-    let out = Command::new(BIN)
-        .args(["status", "--node", "--output", "json", "--pin-dir"])
-        .arg(&dirs.pin_dir)
-        .arg("--state-dir")
-        .arg(&dirs.state_dir)
+    let out = (dirs.tool(&["status", "--node", "--output", "json"]))
         .output()
         .unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
@@ -248,16 +244,8 @@ fn bridged_pods_are_enforced_and_new_pods_from_their_first_packet() {
     ];
     write_manifests(&dirs.manifests, &docs);
     let node_fd = std::fs::File::open(format!("/var/run/netns/{}", node.name)).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["node", "--node", "n1", "--unpin-on-exit", "--manifests"])
-        .arg(&dirs.manifests)
-        .arg("--pin-dir")
-        .arg(&dirs.pin_dir)
-        .arg("--state-dir")
-        .arg(&dirs.state_dir)
-        .arg("--cni-socket")
-        .arg(dirs.state_dir.join("cni.sock"))
-        .stdout(Stdio::null());
+    let mut cmd = dirs.daemon(&["node", "--node", "n1", "--unpin-on-exit"]);
+    cmd.arg("--cni-socket").arg(dirs.state_dir.join("cni.sock"));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&node_fd);
     // SAFETY: setns is async-signal-safe; the fd stays open until after spawn.
     unsafe {

@@ -33,7 +33,7 @@ use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin, take};
 pub use portcullis_bpf::{
     generation_id, key_addr, monotonic_coarse_ns, ApplyStats, Core, Counters, Datapath, DropEvents,
-    Error, FlowCounts, GroupDrops, Result, TableStatus,
+    Error, FlowCounts, FlowRecordCounters, GroupDrops, Result, TableStatus,
 };
 pub use portcullis_common::actions::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 pub use portcullis_common::flow_timeout_ns;

@@ -19,7 +19,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::Ebpf;
 use portcullis_bpf::object::{open_pinned, take};
-use portcullis_bpf::{map_err, monotonic_coarse_ns, PolicyMaps, Result};
+use portcullis_bpf::{cpu_sums, map_err, monotonic_coarse_ns, PolicyMaps, Result};
 use portcullis_common::*;
 
 use crate::snat::{
@@ -192,11 +192,7 @@ impl SnatMaps {
     }
 
     pub fn counters(&self) -> Result<SnatCounters> {
-        let mut sums = [0u64; SNAT_COUNTER_COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let values = (self.counters.get(&(i as u32), 0)).map_err(map_err(MAP_SNAT_COUNTERS))?;
-            *sum = values.iter().sum();
-        }
+        let sums = cpu_sums(&self.counters, MAP_SNAT_COUNTERS)?;
         Ok(SnatCounters::from_sums(&sums))
     }
 

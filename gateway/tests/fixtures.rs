@@ -5,6 +5,8 @@
 
 #[path = "fixtures/fast_path.rs"]
 mod fast_path;
+#[path = "fixtures/flow_records.rs"]
+mod flow_records;
 #[path = "fixtures/forwarding.rs"]
 mod forwarding;
 #[path = "fixtures/policy.rs"]
@@ -15,11 +17,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use portcullis_common::{
-    DROP_REASON_POLICY, MAX_EMBRYONIC_FLOWS, MAX_FLOWS, MAX_PORT_RANGES, MAX_PREFIXES,
+    DROP_REASON_POLICY, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_DROP_EVENT_WINDOW,
+    MAP_FLOW_RECORD_COUNTERS, MAP_FLOW_RECORD_WINDOW, MAX_EMBRYONIC_FLOWS, MAX_FLOWS,
+    MAX_PORT_RANGES, MAX_PREFIXES, SNAT_PINNED_MAPS,
 };
 use portcullis_gateway::{
-    Datapath, Error, ForwardMode, Gateway, GatewayOptions, TestProgram, XDP_DROP, XDP_PASS,
-    XDP_REDIRECT,
+    Datapath, Error, FlowRecordCounters, ForwardMode, Gateway, GatewayOptions, PinnedGateway,
+    TestProgram, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use portcullis_policy::compile::{GatewayGroup, GatewayTables, PortRule};
 use portcullis_policy::model::{Direction, Protocol};
@@ -394,6 +398,39 @@ fn too_many_port_ranges_is_rejected_and_nothing_applied() {
     });
 }
 
+/// Loads a gateway pinned under `pin_dir` (in the calling namespace, legs set up), applies the
+/// tables, opens the seed pod's flow and drops the gateway, as a daemon that exits: the pinned
+/// link keeps the program attached. Returns the options to load it again with.
+fn pinned_gateway_left_running(pin_dir: &std::path::Path) -> GatewayOptions {
+    let options = GatewayOptions {
+        pin_dir: Some(pin_dir.to_path_buf()),
+        ..options()
+    };
+    let mut gw = Gateway::load(options.clone()).expect("load");
+    gw.apply(&tables()).expect("apply");
+    let open = syn(SEED_POD, 40000, DB, 5432);
+    run_rows(&mut gw, &[passes("SYN opens a flow", Leg::Cluster, open)]);
+    drop(gw);
+    // Still attached after the process lost its handles: the pinned link keeps it.
+    let link = sh(&format!("ip -d link show {CLUSTER}"));
+    assert!(link.contains("xdp"), "program detached after drop: {link}");
+    options
+}
+
+/// Loads the gateway again over the pins [`pinned_gateway_left_running`] left: links adopted,
+/// the generation and the seed pod's flow kept (its reply passes).
+fn reload_adopting(options: GatewayOptions) -> Gateway {
+    let mut gw = Gateway::load(options).expect("reload");
+    assert!(gw.attached().iter().all(|a| a.adopted));
+    let status = gw.status().unwrap();
+    assert_eq!(status.tables.generation, 1, "generation kept");
+    assert_eq!(status.tables.flows.total(), 1, "flow kept");
+    let reply = seed_reply(TCP_ACK);
+    let kept = "reply of the flow opened before the reload passes (the flow map was adopted)";
+    run_rows(&mut gw, &[passes(kept, Leg::External, reply)]);
+    gw
+}
+
 #[test]
 #[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn pinned_maps_and_links_are_adopted_on_restart() {
@@ -403,34 +440,8 @@ fn pinned_maps_and_links_are_adopted_on_restart() {
     let pin_dir = pins.0.clone();
     ns.run(|| {
         setup_links();
-        let options = GatewayOptions {
-            pin_dir: Some(pin_dir.clone()),
-            ..options()
-        };
-        let mut gw = Gateway::load(options.clone()).expect("load");
-        gw.apply(&tables()).expect("apply");
-        let open = syn(SEED_POD, 40000, DB, 5432);
-        run_rows(
-            &mut gw,
-            &[passes(
-                "SYN opens a flow before the restart",
-                Leg::Cluster,
-                open,
-            )],
-        );
-        drop(gw);
-        // Still attached after the process lost its handles: the pinned link keeps it.
-        let link = sh(&format!("ip -d link show {CLUSTER}"));
-        assert!(link.contains("xdp"), "program detached after drop: {link}");
-
-        let mut gw = Gateway::load(options).expect("reload");
-        assert!(gw.attached().iter().all(|a| a.adopted));
-        let status = gw.status().unwrap();
-        assert_eq!(status.tables.generation, 1, "generation kept");
-        assert_eq!(status.tables.flows.total(), 1, "flow kept");
-        let reply = seed_reply(TCP_ACK);
-        let kept = "reply of the flow opened before the restart passes (the flow map was adopted)";
-        run_rows(&mut gw, &[passes(kept, Leg::External, reply)]);
+        let options = pinned_gateway_left_running(&pin_dir);
+        let mut gw = reload_adopting(options);
         // After adoption the content of both generations is unknown: each is found by iterating,
         // deleted and written in full once.
         let stats = gw.apply(&tables()).expect("apply after adoption");
@@ -478,6 +489,70 @@ fn pins_of_another_version_are_refused_by_name() {
         assert!(message.contains("remove"), "{message}");
         let link = sh(&format!("ip -d link show {CLUSTER}"));
         assert!(!link.contains("xdp"), "attached after the refusal: {link}");
+    });
+}
+
+/// An upgrade in place over the pins of an older version, made here by removing the pins of the
+/// maps added since (flow records, SNAT): the pins there are adopted (generation, flows), the
+/// missing maps are created and pinned, and the pinned view of the older pins reads them as
+/// empty. The maps older versions pinned keep the shape those versions gave them: a pinned map
+/// never changes (new state goes into new maps), or the upgrade would be refused.
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn pins_of_an_older_version_are_adopted_and_the_new_maps_created() {
+    require_root();
+    let ns = NetNs::new("uppin");
+    let pins = PinDir::of(&ns);
+    let pin_dir = pins.0.clone();
+    // (map, key size, value size, capacity) as the versions before flow records pinned them.
+    const OLDER_SHAPES: [(&str, u32, u32, u32); 3] = [
+        (MAP_COUNTERS, 4, 8, 21),
+        (MAP_DROP_EVENT_WINDOW, 4, 16, 1),
+        (MAP_DROP_EVENTS, 0, 0, 256 * 1024),
+    ];
+    let added = || {
+        [MAP_FLOW_RECORD_COUNTERS, MAP_FLOW_RECORD_WINDOW]
+            .into_iter()
+            .chain(SNAT_PINNED_MAPS)
+    };
+    ns.run(|| {
+        setup_links();
+        let options = pinned_gateway_left_running(&pin_dir);
+        for name in added() {
+            std::fs::remove_file(pin_dir.join(name)).expect(name);
+        }
+        for (name, key, value, entries) in OLDER_SHAPES {
+            let info = aya::maps::MapInfo::from_pin(pin_dir.join(name)).expect(name);
+            let shape = (info.key_size(), info.value_size(), info.max_entries());
+            assert_eq!(
+                shape,
+                (key, value, entries),
+                "{name}: shape of the older pins"
+            );
+        }
+        let older = PinnedGateway::open(&pin_dir).expect("pinned view of the older pins");
+        let status = older.status(&Default::default()).expect("status");
+        assert_eq!(status.tables.flow_records, FlowRecordCounters::default());
+        assert_eq!(status.snat.translations, 0);
+
+        let mut gw = reload_adopting(options);
+        for name in added() {
+            assert!(pin_dir.join(name).exists(), "{name} not created and pinned");
+        }
+        let new = syn(SEED_POD, 40001, DB, 5432);
+        run_rows(
+            &mut gw,
+            &[passes("SYN after the upgrade", Leg::Cluster, new)],
+        );
+        let records = gw.status().unwrap().tables.flow_records;
+        assert_eq!((records.written, records.lost), (1, 0), "in the new map");
+        let records = (PinnedGateway::open(&pin_dir).expect("pinned view"))
+            .status(&Default::default())
+            .expect("status")
+            .tables
+            .flow_records;
+        assert_eq!(records.written, 1, "the pinned view reads the new pin");
+        gw.unpin().expect("unpin");
     });
 }
 

@@ -50,6 +50,16 @@ impl GatewayLegs {
         }
     }
 
+    /// The arguments of `portcullis gateway` naming its legs.
+    pub fn leg_args(&self) -> [&str; 4] {
+        [
+            "--cluster-iface",
+            &self.cluster_iface,
+            "--external-iface",
+            &self.external_iface,
+        ]
+    }
+
     fn is_standby(&self) -> bool {
         self.node == STANDBY_GATEWAY_NODE
     }

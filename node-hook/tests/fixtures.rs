@@ -8,7 +8,10 @@ mod common;
 mod rows;
 
 use common::*;
-use portcullis_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, DROP_REASON_POLICY};
+use portcullis_common::{
+    CHECK_INGRESS_OF_DST, DIRECTION_EGRESS, DIRECTION_INGRESS, DROP_REASON_POLICY,
+    EVENT_KIND_ALLOW_POLICY, FLOW_RECORDS_PER_SECOND,
+};
 use portcullis_node::{Datapath, NodeHook, NodeOptions, TestProgram, TC_ACT_OK, TC_ACT_SHOT};
 use portcullis_policy::compile::node::{compile_node, NodeTables};
 use portcullis_policy::model::{Protocol, Snapshot};
@@ -262,4 +265,59 @@ fn revalidate_cuts_flows_the_new_policy_forbids() {
     run_rows(&mut hook, &rows::flows_to_revalidate());
     hook.apply(&after).expect("apply 2");
     run_rows(&mut hook, &rows::flows_after_revalidation());
+}
+
+/// Flow records: the first packet of an allowed new flow writes one allow record (its policy's
+/// group, the sides judged, the 5-tuple); the flow's next packet none; a denied first packet only
+/// its drop event. Past `FLOW_RECORDS_PER_SECOND` on one CPU, new flows are counted as lost.
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn new_flows_write_rate_limited_allow_records() {
+    require_root();
+    let mut hook = NodeHook::load(NodeOptions::default()).expect("load");
+    hook.apply(&fixture_tables()).expect("apply");
+    let mut events = hook.take_drop_events().expect("ring");
+    run_rows(
+        &mut hook,
+        &[
+            deliver_ok("client → web http: new", syn(CLIENT, 42000, WEB, 8080)),
+            deliver_ok(
+                "client → web http: its next packet",
+                Packet::tcp(CLIENT, 42000, WEB, 8080, TCP_ACK),
+            ),
+            deliver_shot("free → web http: denied", syn(FREE, 42001, WEB, 8080)),
+        ],
+    );
+    let mut records = Vec::new();
+    while let Some(r) = events.next_record() {
+        records.push(r);
+    }
+    let allows: Vec<_> = records.iter().filter(|r| !r.is_drop()).collect();
+    assert_eq!(allows.len(), 1, "{records:?}");
+    let a = allows[0];
+    assert_eq!(a.kind, EVENT_KIND_ALLOW_POLICY);
+    assert_eq!(
+        (a.src_port, a.dst_port, a.protocol),
+        (42000, 8080, IPPROTO_TCP)
+    );
+    assert_eq!(a.direction, DIRECTION_INGRESS);
+    assert_ne!(a.group, 0);
+    assert_ne!(a.sides & CHECK_INGRESS_OF_DST, 0);
+    assert!(records.iter().any(|r| r.is_drop() && r.src_port == 42001));
+    let r = hook.status().expect("status").tables.flow_records;
+    assert_eq!((r.written, r.lost), (1, 0));
+
+    // 5000 new flows on one CPU: at least 3000 lost when they take less than a second.
+    check_flow_record_limit(
+        &mut hook,
+        5 * FLOW_RECORDS_PER_SECOND,
+        |hook, i| {
+            let frame: Vec<u8> = syn(CLIENT, 1000 + i as u16, WEB, 8080).into();
+            (hook.test_run(TestProgram::Deliver, &frame, 1)).expect("test run");
+        },
+        |hook| {
+            let r = hook.status().expect("status").tables.flow_records;
+            (r.written, r.lost)
+        },
+    );
 }

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::*;
+use portcullis_common::{MAP_FLOW_RECORD_COUNTERS, MAP_FLOW_RECORD_WINDOW};
 use portcullis_node::{NodeHook, NodeOptions};
 use portcullis_policy::compile::node::{compile_node, NodeCompiler};
 use portcullis_policy::model::{Protocol, Snapshot};
@@ -235,11 +236,14 @@ fn pod_to_pod_traffic_with_service_dnat_and_relabel() {
 }
 
 /// Pinned maps and links survive the loader; a second loader adopts them and keeps enforcing.
+/// It adopts the pins of an older version too: the maps added since (flow records), absent from
+/// the pin directory here, are created and pinned.
 #[test]
 #[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
 fn pinned_links_are_adopted() {
     require_root();
     let lab = lab();
+    tcp_echo(&lab.b, B, 8080);
     tcp_echo(&lab.b, B, 8081);
     let pin_dir = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/pcn-test-{}-{}",
@@ -269,13 +273,26 @@ fn pinned_links_are_adopted() {
         !tcp_ok(&lab.a, B, 8081),
         "not enforcing after the loader exited"
     );
+    let added = [MAP_FLOW_RECORD_COUNTERS, MAP_FLOW_RECORD_WINDOW];
+    for name in added {
+        std::fs::remove_file(pin_dir.join(name)).expect(name);
+    }
     let hook = lab
         .node
         .run(|| NodeHook::load(options.clone()).expect("reload"));
     let attached = hook.attached();
     assert_eq!(attached.len(), 2, "{attached:?}");
     assert!(attached.iter().all(|a| a.adopted));
+    for name in added {
+        assert!(pin_dir.join(name).exists(), "{name} not created and pinned");
+    }
     assert!(!tcp_ok(&lab.a, B, 8081), "not enforcing after adoption");
+    assert!(tcp_ok(&lab.a, B, 8080), "allowed after adoption");
+    let records = hook.status().expect("status").tables.flow_records;
+    assert!(
+        records.written >= 1,
+        "no allow record in the new map: {records:?}"
+    );
     hook.unpin().expect("unpin");
     assert!(
         tcp_ok(&lab.a, B, 8081),

@@ -34,3 +34,51 @@ pub fn require_root() {
         "this kernel test needs root (CAP_BPF, CAP_NET_ADMIN)"
     );
 }
+
+/// Keeps the calling thread on the CPU it runs on (per-CPU state, e.g. the programs' rate limits,
+/// then sees every packet the test sends).
+fn pin_to_one_cpu() {
+    // SAFETY: plain syscalls on the calling thread's own affinity mask.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+/// Opens `sent` new flows through `datapath` on one CPU (`open(datapath, i)`, `i` in `0..sent`,
+/// e.g. a test run of a SYN each) and checks what the program's per-CPU rate limit made of their
+/// allow records (`records(datapath)`: written, lost): every flow is counted once, and since a
+/// burst of T seconds spans at most T + 2 one-second windows of `FLOW_RECORDS_PER_SECOND` records,
+/// at least the rest is lost.
+pub fn check_flow_record_limit<D>(
+    datapath: &mut D,
+    sent: u64,
+    mut open: impl FnMut(&mut D, u64),
+    records: impl Fn(&D) -> (u64, u64),
+) {
+    let before = records(datapath);
+    pin_to_one_cpu();
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        open(datapath, i);
+    }
+    let elapsed = started.elapsed();
+    let after = records(datapath);
+    let (written, lost) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(written + lost, sent, "{elapsed:?}: {before:?} → {after:?}");
+    let windows = elapsed.as_secs() + 2;
+    let at_least = sent.saturating_sub(windows * portcullis_common::FLOW_RECORDS_PER_SECOND);
+    assert!(
+        lost >= at_least,
+        "{elapsed:?}: {written} written, {lost} lost"
+    );
+    eprintln!("{sent} new flows in {elapsed:?}: {written} records written, {lost} lost");
+}

@@ -11,7 +11,7 @@ mod netns;
 pub mod packet;
 mod tables;
 
-pub use cmd::{ifindex, require_root, run, sh};
+pub use cmd::{check_flow_record_limit, ifindex, require_root, run, sh};
 pub use netns::{EdgeNs, EdgePairNs, NetNs, PinDir};
 pub use packet::*;
 pub use tables::egress_allowed;

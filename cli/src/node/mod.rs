@@ -28,8 +28,8 @@ pub use cni::PLUGIN_NAME as CNI_PLUGIN_NAME;
 use discover::{Discovery, FoundBy};
 
 use crate::daemon::{
-    export_flow_tables, export_group_drops, group_names, record_apply, serve, stop, Applied,
-    DaemonArgs, Enforcer,
+    export_flow_records, export_flow_tables, export_group_drops, group_names, record_apply, serve,
+    stop, Applied, DaemonArgs, Enforcer,
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis/node";
@@ -540,6 +540,7 @@ impl Enforcer for NodeEnforcer {
             return;
         };
         export_flow_tables("node", &status.tables.flows);
+        export_flow_records("node", &[], &status.tables.flow_records);
         metrics::gauge!("portcullis_node_attached_interfaces").set(status.attached.len() as f64);
         if let Some(ha) = &self.ha {
             ha.export_metrics();

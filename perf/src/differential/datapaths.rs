@@ -142,7 +142,7 @@ impl DiffDatapath for Engine {
         };
         let (tables, now, pkt) = (&self.tables, self.now_ns, &mut self.pkt);
         match (self.pipeline).classify(tables, &p.bytes, sides, ifindex, now, true, pkt) {
-            Outcome::Allowed => Decision::Pass,
+            Outcome::Allowed | Outcome::Opened(_) => Decision::Pass,
             Outcome::NotIp => Decision::NotIp,
             Outcome::Dropped(_) => Decision::Drop,
         }

@@ -402,52 +402,10 @@ pub const COUNTER_GC_CONFIRMED: u32 = 19;
 /// Gateway (`--datapath afxdp|hybrid`): packets handed to the AF_XDP engine (`XSKS`); the
 /// engine counts what it decides in the same index space, in its own memory.
 pub const COUNTER_TO_ENGINE: u32 = 20;
-/// Size of the `COUNTERS` array.
+/// Size of the `COUNTERS` array. Fixed: `COUNTERS` is pinned, and a daemon upgraded in place
+/// must adopt the running one's pins (`check_pins` refuses a pin of another size). Counters added
+/// later go into maps of their own (`SNAT_COUNTERS`, `FLOW_RECORD_COUNTERS`).
 pub const COUNTER_COUNT: u32 = 21;
-
-/// Why a packet was dropped, in [`DropEvent::reason`].
-pub const DROP_REASON_POLICY: u8 = 1;
-pub const DROP_REASON_MALFORMED: u8 = 2;
-pub const DROP_REASON_FRAGMENT: u8 = 3;
-/// Node hook: the address on the pod's side of a pod interface (the source of what the pod sends,
-/// the destination of what it is sent) is no pod of the generation in force — a pod whose
-/// identity and policy are not in force yet (fail closed from its first packet), or a spoofed
-/// address.
-pub const DROP_REASON_UNKNOWN_POD: u8 = 4;
-/// Gateway: a new translation found no free port of its egress address's pool
-/// (`SNAT_COUNTER_EXHAUSTED`); reported with the pod's egress group.
-pub const DROP_REASON_SNAT_EXHAUSTED: u8 = 5;
-/// Gateway: a packet to an egress address that no translation knows (`SNAT_COUNTER_NO_MAPPING`):
-/// the kernel does not own egress addresses, so passing it would loop it back out.
-pub const DROP_REASON_SNAT_NO_MAPPING: u8 = 6;
-/// Gateway: `SNAT_TRANSLATIONS` is full (`SNAT_COUNTER_TABLE_FULL`); never an LRU eviction,
-/// which could let two connections share a translated tuple.
-pub const DROP_REASON_SNAT_TABLE_FULL: u8 = 7;
-
-/// Drop events the program reports per second and per CPU; further drops in the same second are
-/// only counted (`COUNTERS`, `DROPS_BY_GROUP`).
-pub const DROP_EVENTS_PER_SECOND: u64 = 100;
-
-/// `DROP_EVENTS` ring-buffer record, one per reported drop (rate-limited in the program).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct DropEvent {
-    pub timestamp_ns: u64,
-    pub ifindex: u32,
-    /// Group whose policy denied it (0 when not a policy drop).
-    pub group: u32,
-    /// Network byte order, IPv4 mapped.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    /// Host byte order.
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub protocol: u8,
-    pub direction: u8,
-    pub reason: u8,
-    pub _pad: u8,
-}
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
 
 // ---- Node hook (`portcullis-node-ebpf`): types of its own maps. The node program also uses
 // `EndpointKey`/`EndpointValue`, `PrefixKey`/`PrefixValue`, `PrefixLengths`, `RuleSet`, `Config`, `FlowKey`/
@@ -526,8 +484,10 @@ pub fn is_pod_unicast(addr: &[u8; 16]) -> bool {
 }
 
 pub mod actions;
+pub mod events;
 pub mod maps;
 pub mod snat;
+pub use events::*;
 pub use maps::*;
 pub use snat::*;
 

@@ -25,9 +25,16 @@
 //!   (create, refresh, promote = delete) and by the loader's flow GC.
 //! - `COUNTERS`: `COUNTER_*` → packets, per CPU. Written by the programs, summed by the loader.
 //! - `DROPS_BY_GROUP`: group → packets dropped by its policy, per CPU. Written by the programs.
-//! - `DROP_EVENTS`: drop reports (ring buffer), at most `DROP_EVENTS_PER_SECOND` per CPU. Written
-//!   by the programs, read by the loader.
-//! - `DROP_EVENT_WINDOW`: per CPU `[window start ns, events sent]` of that rate limit. Programs only.
+//! - `DROP_EVENTS`: the event ring (ring buffer of `DropEvent`, defined by its size in bytes):
+//!   drop reports, at most `DROP_EVENTS_PER_SECOND` per CPU, and the allow record of every new
+//!   flow, at most `FLOW_RECORDS_PER_SECOND` per CPU (`DropEvent::kind` tells them apart).
+//!   Written by the programs, read by `monitor` and the loaders' tests.
+//! - `DROP_EVENT_WINDOW`: per CPU `[window start ns, events sent]` of the drop events' rate
+//!   limit. Programs only.
+//! - `FLOW_RECORD_COUNTERS`: `FLOW_RECORD_COUNTER_*` → allow records written and lost, per CPU.
+//!   Written by the programs, summed by the loader (`status`, metrics).
+//! - `FLOW_RECORD_WINDOW`: per CPU `[window start ns, records written]` of the allow records'
+//!   rate limit (its own window: new flows never silence the drop events). Programs only.
 //! - `SCRATCH`: per CPU, the packet being processed (too large for the 512-byte BPF stack).
 //!   Programs only; never pinned.
 //!
@@ -82,6 +89,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_DROPS_BY_GROUP: &str = "DROPS_BY_GROUP";
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 pub const MAP_DROP_EVENT_WINDOW: &str = "DROP_EVENT_WINDOW";
+pub const MAP_FLOW_RECORD_COUNTERS: &str = "FLOW_RECORD_COUNTERS";
+pub const MAP_FLOW_RECORD_WINDOW: &str = "FLOW_RECORD_WINDOW";
 pub const MAP_LEGS: &str = "LEGS";
 pub const MAP_NEXT_HOP_EPOCH: &str = "NEXT_HOP_EPOCH";
 pub const MAP_IDENTITIES: &str = "IDENTITIES";
@@ -107,7 +116,11 @@ pub const SNAT_PINNED_MAPS: [&str; 6] = [
 ];
 
 /// The maps both programs have and pin (a restarted loader adopts them: flows and policy survive).
-pub const SHARED_PINNED_MAPS: [&str; 11] = [
+/// A pinned map's definition never changes (a daemon upgraded in place adopts the running one's
+/// pins, and `check_pins` refuses one of another shape): what a new version needs goes into a
+/// new map. A map missing from the pin directory (pins of a version before it) is created and
+/// pinned at load, the others adopted.
+pub const SHARED_PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_PREFIXES,
@@ -119,6 +132,8 @@ pub const SHARED_PINNED_MAPS: [&str; 11] = [
     MAP_DROPS_BY_GROUP,
     MAP_DROP_EVENTS,
     MAP_DROP_EVENT_WINDOW,
+    MAP_FLOW_RECORD_COUNTERS,
+    MAP_FLOW_RECORD_WINDOW,
 ];
 
 /// `ENDPOINTS` capacity: selected pod addresses × directions, both generations.

@@ -4,6 +4,10 @@
 //! only what is theirs: which sides a packet is judged on, the admission rule and what an allowed
 //! packet becomes (XDP forward or pass; tc OK).
 //!
+//! Flow records: every packet that opens a flow here (a new flow, allowed) gets a rate-limited
+//! allow record in the event ring (`report::report_flow`), after the flow is written; denied
+//! first packets are the drop events. Packets of known flows never reach that code.
+//!
 //! TCP: only a SYN without ACK creates a flow. A TCP segment of a connection the flow table does
 //! not know is dropped when a judged side is selected, even if the policy would allow a new
 //! connection (the peers must reconnect); when no side is selected it passes untracked.
@@ -29,7 +33,7 @@ use portcullis_common::*;
 use crate::maps::{config, count, Maps, Work};
 use crate::parse::{flow_key, Kind, Packet, PARSE_FRAGMENT, PARSE_PASS};
 use crate::policy::{check, Query, Verdict};
-use crate::report::report_drop;
+use crate::report::{report_drop, report_flow};
 use crate::words::{copy_addr, zero};
 
 /// What the pipeline decided for one packet (counted and, for drops, reported already).
@@ -350,7 +354,8 @@ pub fn classify<M: Maps>(
         }
     }
 
-    let group = match admit(pkt, g) {
+    // The verdict and the sides it judged (0: trusted, not judged).
+    let (v, judged) = match admit(pkt, g) {
         Admit::Divert => return Outcome::Diverted,
         Admit::Drop(reason, direction) => {
             report_drop::<M>(ifindex, Some(&*pkt), reason, 0, direction);
@@ -358,7 +363,7 @@ pub fn classify<M: Maps>(
         }
         Admit::Trusted => {
             count::<M>(COUNTER_PASS_HOST);
-            0
+            (Verdict::UNSELECTED, 0)
         }
         Admit::Check => {
             let v = check::<M>(query);
@@ -373,12 +378,13 @@ pub fn classify<M: Maps>(
                 }
                 count::<M>(COUNTER_PASS_POLICY);
             }
-            v.group()
+            (v, sides)
         }
     };
     if opens_flow(pkt) {
-        let admitted = (group, sides);
+        let admitted = (v.group(), sides);
         open_flow::<M>(key, entry, existing, pkt, src_is_lo, admitted, (now, g));
+        report_flow::<M>(ifindex, pkt, v, judged);
     }
     Outcome::Allowed
 }

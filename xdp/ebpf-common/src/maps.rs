@@ -21,7 +21,9 @@ pub type EmbryonicFlowMap = LruHashMap<FlowKey, FlowValue, { MAX_EMBRYONIC_FLOWS
 pub type CounterMap = PerCpuArray<u64, { COUNTER_COUNT as usize }>;
 pub type GroupDropMap = PerCpuHashMap<u32, u64, { MAX_GROUP_DROPS as usize }>;
 pub type DropEventRing = RingBuf<DropEvent, { DROP_EVENTS_BYTES as usize }>;
-pub type DropWindowMap = PerCpuArray<[u64; 2], 1>;
+/// A per-CPU one-second rate-limit window, `[window start ns, records sent]` (one slot).
+pub type RateWindowMap = PerCpuArray<[u64; 2], 1>;
+pub type FlowRecordCounterMap = PerCpuArray<u64, { FLOW_RECORD_COUNTER_COUNT as usize }>;
 pub type IdentityMap =
     HashMap<IdentityKey, IdentityValue, { MAX_IDENTITIES as usize }, NO_PREALLOC>;
 pub type PeerMap = HashMap<PeerKey, PeerValue, { MAX_PEERS as usize }, NO_PREALLOC>;
@@ -39,16 +41,29 @@ pub trait Maps {
     fn counters() -> &'static CounterMap;
     fn drops_by_group() -> &'static GroupDropMap;
     fn drop_events() -> &'static DropEventRing;
-    fn drop_event_window() -> &'static DropWindowMap;
+    fn drop_event_window() -> &'static RateWindowMap;
+    fn flow_record_counters() -> &'static FlowRecordCounterMap;
+    fn flow_record_window() -> &'static RateWindowMap;
     /// The rule set of `group`'s selector rules for the pod at `peer` in generation `g` (node hook:
     /// `IDENTITIES` → `PEERS`); `None` for a program without selectors (the gateway).
     fn selector_rule_set(group: u32, peer: &[u8; 16], g: u32) -> Option<u32>;
 }
 
-/// Adds one to counter `idx` of this CPU.
+/// Adds one to counter `idx` (`COUNTER_*`) of this CPU.
 #[inline(always)]
 pub fn count<M: Maps>(idx: u32) {
-    if let Some(c) = M::counters().get_ptr_mut(idx) {
+    add_one(M::counters(), idx);
+}
+
+/// Adds one to flow-record counter `idx` (`FLOW_RECORD_COUNTER_*`) of this CPU.
+#[inline(always)]
+pub fn count_flow_record<M: Maps>(idx: u32) {
+    add_one(M::flow_record_counters(), idx);
+}
+
+#[inline(always)]
+fn add_one<const N: usize>(counters: &PerCpuArray<u64, N>, idx: u32) {
+    if let Some(c) = counters.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
     }
@@ -134,7 +149,13 @@ macro_rules! datapath_maps {
         #[btf_map]
         static DROP_EVENTS: $crate::maps::DropEventRing = $crate::maps::DropEventRing::new();
         #[btf_map]
-        static DROP_EVENT_WINDOW: $crate::maps::DropWindowMap = $crate::maps::DropWindowMap::new();
+        static DROP_EVENT_WINDOW: $crate::maps::RateWindowMap = $crate::maps::RateWindowMap::new();
+        #[btf_map]
+        static FLOW_RECORD_COUNTERS: $crate::maps::FlowRecordCounterMap =
+            $crate::maps::FlowRecordCounterMap::new();
+        #[btf_map]
+        static FLOW_RECORD_WINDOW: $crate::maps::RateWindowMap =
+            $crate::maps::RateWindowMap::new();
 
         /// This program's shared maps, for the pipeline.
         struct $maps;
@@ -181,8 +202,16 @@ macro_rules! datapath_maps {
                 &DROP_EVENTS
             }
             #[inline(always)]
-            fn drop_event_window() -> &'static $crate::maps::DropWindowMap {
+            fn drop_event_window() -> &'static $crate::maps::RateWindowMap {
                 &DROP_EVENT_WINDOW
+            }
+            #[inline(always)]
+            fn flow_record_counters() -> &'static $crate::maps::FlowRecordCounterMap {
+                &FLOW_RECORD_COUNTERS
+            }
+            #[inline(always)]
+            fn flow_record_window() -> &'static $crate::maps::RateWindowMap {
+                &FLOW_RECORD_WINDOW
             }
             #[inline(always)]
             fn selector_rule_set(group: u32, peer: &[u8; 16], g: u32) -> Option<u32> {

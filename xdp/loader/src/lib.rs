@@ -19,6 +19,6 @@ pub use crate::core::{test_run, Core, Datapath, TestRunOutcome};
 pub use error::{delete_if_present, ignore_missing, map_err, Error, Result};
 pub use events::DropEvents;
 pub use generations::{ApplyStats, Generations};
-pub use maps::{monotonic_coarse_ns, monotonic_ns, Delta, PolicyMaps, Written};
-pub use status::{Counters, FlowCounts, GroupDrops, PrefixMemory, TableStatus};
+pub use maps::{cpu_sums, monotonic_coarse_ns, monotonic_ns, Delta, PolicyMaps, Written};
+pub use status::{Counters, FlowCounts, FlowRecordCounters, GroupDrops, PrefixMemory, TableStatus};
 pub use tables::{generation_id, key_addr, GroupPolicies, PolicyTables, TableSizes};

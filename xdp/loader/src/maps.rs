@@ -12,7 +12,9 @@ use tracing::debug;
 use crate::error::{ignore_missing, map_err, Error, Result};
 use crate::object::{open_pinned, take};
 use crate::prefix_search::{GroupSearch, SearchEntry, SearchKey};
-use crate::status::{Counters, FlowCounts, GroupDrops, PrefixMemory, TableStatus};
+use crate::status::{
+    Counters, FlowCounts, FlowRecordCounters, GroupDrops, PrefixMemory, TableStatus,
+};
 use crate::tables::{endpoint_key, generation_id, rule_set_value, GroupPolicies, PolicyTables};
 
 /// The maps both programs have, under the same names with the same types.
@@ -28,6 +30,9 @@ pub struct PolicyMaps {
     pub embryonic_flows: HashMap<MapData, FlowKey, FlowValue>,
     pub counters: PerCpuArray<MapData, u64>,
     pub drops_by_group: PerCpuHashMap<MapData, u32, u64>,
+    /// `FLOW_RECORD_COUNTERS`; `None` in the pinned view of a running program of a version
+    /// without flow records (its pins have no such map).
+    pub flow_record_counters: Option<PerCpuArray<MapData, u64>>,
 }
 
 /// Entries one delta write changed.
@@ -91,6 +96,7 @@ impl PolicyMaps {
             embryonic_flows: take(ebpf, object, MAP_EMBRYONIC_FLOWS)?,
             counters: take(ebpf, object, MAP_COUNTERS)?,
             drops_by_group: take(ebpf, object, MAP_DROPS_BY_GROUP)?,
+            flow_record_counters: Some(take(ebpf, object, MAP_FLOW_RECORD_COUNTERS)?),
         })
     }
 
@@ -106,6 +112,7 @@ impl PolicyMaps {
             embryonic_flows: open_pinned(dir, MAP_EMBRYONIC_FLOWS)?,
             counters: open_pinned(dir, MAP_COUNTERS)?,
             drops_by_group: open_pinned(dir, MAP_DROPS_BY_GROUP)?,
+            flow_record_counters: open_pinned(dir, MAP_FLOW_RECORD_COUNTERS).ok(),
         })
     }
 
@@ -317,14 +324,21 @@ impl PolicyMaps {
 
     /// `COUNTERS`, each summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let mut sums = [0u64; COUNTER_COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let values = (self.counters)
-                .get(&(i as u32), 0)
-                .map_err(map_err(MAP_COUNTERS))?;
-            *sum = values.iter().sum();
+        Ok(Counters::from_sums(&cpu_sums(
+            &self.counters,
+            MAP_COUNTERS,
+        )?))
+    }
+
+    /// `FLOW_RECORD_COUNTERS`, each summed over CPUs (zero without the map).
+    pub fn flow_record_counters(&self) -> Result<FlowRecordCounters> {
+        match &self.flow_record_counters {
+            Some(map) => Ok(FlowRecordCounters::from_sums(&cpu_sums(
+                map,
+                MAP_FLOW_RECORD_COUNTERS,
+            )?)),
+            None => Ok(FlowRecordCounters::default()),
         }
-        Ok(Counters::from_sums(&sums))
     }
 
     /// `DROPS_BY_GROUP` summed over CPUs, with the policies of each group where known.
@@ -363,9 +377,22 @@ impl PolicyMaps {
                 &counters,
             ),
             counters,
+            flow_records: self.flow_record_counters()?,
             drops_by_group: self.group_drops(policies),
         })
     }
+}
+
+/// Every index of per-CPU array `map` (named `name`) summed over CPUs.
+pub fn cpu_sums<const N: usize>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<[u64; N]> {
+    let mut sums = [0u64; N];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        *sum = map.get(&(i as u32), 0).map_err(map_err(name))?.iter().sum();
+    }
+    Ok(sums)
 }
 
 /// The `PREFIXES` key of search key `key` in `group`.

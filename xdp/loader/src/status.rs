@@ -75,6 +75,32 @@ impl Counters {
     }
 }
 
+/// `FLOW_RECORD_COUNTERS`, summed over CPUs: the allow records of new flows (`monitor --type
+/// verdict`) written to the event ring, and those not written (over the per-CPU rate limit, or
+/// the ring full). Zero for pins of a version without flow records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowRecordCounters {
+    pub written: u64,
+    pub lost: u64,
+}
+
+impl FlowRecordCounters {
+    /// The counters of `FLOW_RECORD_COUNTER_*`-indexed sums (the programs' over CPUs, or the
+    /// AF_XDP engine's).
+    pub fn from_sums(sums: &[u64; FLOW_RECORD_COUNTER_COUNT as usize]) -> FlowRecordCounters {
+        FlowRecordCounters {
+            written: sums[FLOW_RECORD_COUNTER_WRITTEN as usize],
+            lost: sums[FLOW_RECORD_COUNTER_LOST as usize],
+        }
+    }
+}
+
+impl std::fmt::Display for FlowRecordCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (lost {})", self.written, self.lost)
+    }
+}
+
 /// Drops charged to one policy group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupDrops {
@@ -98,6 +124,8 @@ pub struct TableStatus {
     pub rule_sets: usize,
     pub flows: FlowCounts,
     pub counters: Counters,
+    /// Allow records of new flows written and lost (`FLOW_RECORD_COUNTERS`).
+    pub flow_records: FlowRecordCounters,
     pub drops_by_group: Vec<GroupDrops>,
 }
 
