@@ -32,6 +32,9 @@ pub enum LabCommand {
     /// a fault injected into it; prints whether every connection survived, the longest gap and
     /// whether the external server only ever saw the egress IP.
     Failover(crate::lab_failover::LabFailoverArgs),
+    /// The daemons killed with -9 in a loop while connections stream: prints whether any
+    /// connection was lost and whether any denied probe got through during a gap.
+    Chaos(crate::lab_chaos::LabChaosArgs),
 }
 
 #[derive(clap::Args)]
@@ -127,8 +130,10 @@ pub struct EnforcingLab {
     /// (daemon, its state directory): the gateways first (the standby second), then one per
     /// node.
     daemons: Vec<(LabChild, PathBuf)>,
-    /// How to start each gateway's daemon again (the first `gateways.len()` of `daemons`).
-    gateways: Vec<Respawn>,
+    /// How to start each of `daemons` again.
+    respawn: Vec<Respawn>,
+    /// How many of `daemons` are gateways.
+    gateways: usize,
     pins: PinGuard,
 }
 
@@ -228,6 +233,7 @@ impl EnforcingLab {
             if flags.failover {
                 cmd.arg("--ha");
             }
+            respawn.push(Respawn::of(&node.netns, &cmd));
             let child = lab
                 .spawn_in(&node.netns, cmd)
                 .with_context(|| format!("starting the node hook of {}", node.name))?;
@@ -236,7 +242,8 @@ impl EnforcingLab {
         let running = EnforcingLab {
             lab,
             daemons,
-            gateways: respawn,
+            respawn,
+            gateways: gateways.len(),
             pins,
         };
         running.wait_until_enforcing()?;
@@ -281,7 +288,7 @@ impl EnforcingLab {
     /// Per gateway (the standby second): its legs, its daemon and its state directory.
     pub fn gateways(&self) -> Vec<(GatewayLegs, LabChild, PathBuf)> {
         let legs = std::iter::once(self.lab.gateway()).chain(self.lab.standby_gateway());
-        (legs.zip(&self.daemons[..self.gateways.len()]))
+        (legs.zip(&self.daemons[..self.gateways]))
             .map(|(legs, (child, state))| (legs.clone(), child.clone(), state.clone()))
             .collect()
     }
@@ -291,7 +298,7 @@ impl EnforcingLab {
         self.lab
             .nodes()
             .iter()
-            .zip(&self.daemons[self.gateways.len()..])
+            .zip(&self.daemons[self.gateways..])
             .map(|(node, (_, state))| {
                 let pins = self.pins.pin_dir.join(format!("node-{}", node.name));
                 (node.name.clone(), node.netns.clone(), pins, state.clone())
@@ -299,16 +306,27 @@ impl EnforcingLab {
             .collect()
     }
 
-    /// Starts gateway `i`'s daemon again with the same command (after it stopped or was
-    /// killed); it adopts the pins its predecessor left. Returns the new daemon.
-    pub fn restart_gateway(&mut self, i: usize) -> Result<LabChild> {
-        let spec = &self.gateways[i];
+    /// Every daemon (the gateways first, then the nodes'): a name, the daemon, its state
+    /// directory.
+    pub fn daemons(&self) -> Vec<(String, LabChild, PathBuf)> {
+        let names = (std::iter::once(self.lab.gateway()).chain(self.lab.standby_gateway()))
+            .map(|g| format!("gateway {}", g.node))
+            .chain(self.lab.nodes().iter().map(|n| format!("node {}", n.name)));
+        (names.zip(&self.daemons))
+            .map(|(name, (child, state))| (name, child.clone(), state.clone()))
+            .collect()
+    }
+
+    /// Starts daemon `i` (of [`EnforcingLab::daemons`]) again with the same command (after it
+    /// stopped or was killed); it adopts the pins its predecessor left. Returns the new daemon.
+    pub fn restart_daemon(&mut self, i: usize) -> Result<LabChild> {
+        let spec = &self.respawn[i];
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        let child = (self.lab.spawn_in(&spec.netns, cmd)).context("restarting a gateway")?;
+        let child = (self.lab.spawn_in(&spec.netns, cmd)).context("restarting a daemon")?;
         self.daemons[i].0 = child.clone();
         Ok(child)
     }
@@ -374,6 +392,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
         LabCommand::Run(args) => lab_run(args),
         LabCommand::Demo(args) => lab_demo(args),
         LabCommand::Failover(args) => crate::lab_failover::run(args),
+        LabCommand::Chaos(args) => crate::lab_chaos::run(args),
     }
 }
 

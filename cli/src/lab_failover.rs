@@ -8,13 +8,9 @@
 //! `max_gap_ms` is the longest interval without an echo on any streaming connection;
 //! `egress_ip_only` whether the server only ever saw the egress IP as the source.
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +22,7 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::lab_cmd::{EnforcingLab, LabFlags};
+use crate::lab_streams::{Server, Streams};
 use crate::{load_reporting, SourceArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -62,16 +59,6 @@ pub struct LabFailoverArgs {
     settle_ms: u64,
     #[command(flatten)]
     lab: LabFlags,
-}
-
-/// One connection's record.
-#[derive(Default)]
-struct Record {
-    /// When each echo came back (streaming connections).
-    echoes: Vec<Instant>,
-    /// The message exchanged after the failover came back.
-    survived: bool,
-    error: Option<String>,
 }
 
 pub fn run(mut args: LabFailoverArgs) -> Result<ExitCode> {
@@ -141,29 +128,8 @@ fn measure(
         .context("the active gateway is one of the lab's")?;
 
     let server = Server::start(lab, args.server)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let check = Arc::new(AtomicBool::new(false));
-    let records: Vec<Arc<Mutex<Record>>> = (0..args.connections).map(|_| Arc::default()).collect();
-    let mut threads = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        let pod = &pods[i % pods.len()];
-        let (namespace, name) = pod.split_once('/').expect("pod keys are namespace/name");
-        let attachment = lab
-            .pod(namespace, name)
-            .context("the scenario's pods are in the lab")?;
-        let to = args.server;
-        let stream = lab
-            .run_in_netns(&attachment.netns, move || {
-                TcpStream::connect_timeout(&to, Duration::from_secs(2))
-            })?
-            .with_context(|| format!("connection {i} from {pod} to {to}"))?;
-        let streaming = i % 2 == 0;
-        let (record, stop, check) = (Arc::clone(record), Arc::clone(&stop), Arc::clone(&check));
-        let interval = Duration::from_millis(args.stream_interval_ms);
-        threads.push(std::thread::spawn(move || {
-            drive(stream, streaming, interval, &record, &stop, &check);
-        }));
-    }
+    let interval = Duration::from_millis(args.stream_interval_ms);
+    let streams = Streams::open(lab, pods, args.server, args.connections, interval)?;
     // Established, replicated (the sync streams send deltas every heartbeat interval).
     std::thread::sleep(Duration::from_millis(1500));
     let fault_at = Instant::now();
@@ -187,174 +153,20 @@ fn measure(
         Fault::Rolling => claiming.first(),
         Fault::Kill | Fault::LinkDown => claiming.iter().find(|g| **g != active),
     };
-    check.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(2500));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
+    let outcome = streams.finish(fault_at - Duration::from_secs(1));
     let seen = server.stop();
-    let mut survived = 0;
-    let mut max_gap = Duration::ZERO;
-    let mut errors = BTreeSet::new();
-    for record in &records {
-        let r = record.lock().unwrap();
-        if r.survived {
-            survived += 1;
-        }
-        if let Some(e) = &r.error {
-            errors.insert(e.clone());
-        }
-        let around = r
-            .echoes
-            .iter()
-            .filter(|t| **t + Duration::from_secs(1) >= fault_at);
-        let mut last: Option<&Instant> = None;
-        for t in around {
-            if let Some(prev) = last {
-                max_gap = max_gap.max(t.duration_since(*prev));
-            }
-            last = Some(t);
-        }
-    }
     Ok(json!({
         "connections": args.connections,
-        "survived": survived,
-        "max_gap_ms": max_gap.as_millis() as u64,
+        "survived": outcome.survived,
+        "max_gap_ms": outcome.max_gap.as_millis() as u64,
         "egress_ip_only": !seen.is_empty() && seen.iter().all(|ip| *ip == egress_ip),
         "fault": args.fault,
         "active_before": active,
         "active_after": after,
         "claiming_after": claiming,
         "sources_seen": seen.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "errors": errors,
+        "errors": outcome.errors,
     }))
-}
-
-/// A connection: streaming ones exchange an 8-byte message every `interval`, idle ones one at
-/// the start; once `check` is set every one exchanges a last message (survived if it comes back).
-fn drive(
-    mut stream: TcpStream,
-    streaming: bool,
-    interval: Duration,
-    record: &Mutex<Record>,
-    stop: &AtomicBool,
-    check: &AtomicBool,
-) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut exchange = |n: u64| -> std::io::Result<()> {
-        stream.write_all(&n.to_be_bytes())?;
-        let mut back = [0u8; 8];
-        stream.read_exact(&mut back)?;
-        if back != n.to_be_bytes() {
-            return Err(std::io::Error::other("echo does not match"));
-        }
-        Ok(())
-    };
-    let fail = |e: std::io::Error| record.lock().unwrap().error = Some(e.kind().to_string());
-    let mut n = 0u64;
-    if let Err(e) = exchange(n) {
-        return fail(e);
-    }
-    while !check.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-        if streaming {
-            n += 1;
-            // A lost segment is retransmitted by TCP; a read timeout here is a gap, not a loss.
-            match exchange(n) {
-                Ok(()) => record.lock().unwrap().echoes.push(Instant::now()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return fail(e),
-            }
-        }
-        std::thread::sleep(interval);
-    }
-    n += 1;
-    match exchange(n) {
-        Ok(()) => record.lock().unwrap().survived = true,
-        Err(e) => fail(e),
-    }
-}
-
-/// The external server: echoes 8-byte messages, remembers every source address it saw.
-struct Server {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<BTreeSet<IpAddr>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Server {
-    fn start(lab: &Lab, at: SocketAddr) -> Result<Server> {
-        let ext = lab.external_netns().to_string();
-        let dev = portcullis_lab::EXT_BRIDGE;
-        let prefix = if at.is_ipv4() { 32 } else { 128 };
-        let mut add = Command::new("ip");
-        add.args([
-            "addr",
-            "add",
-            &format!("{}/{prefix}", at.ip()),
-            "dev",
-            dev,
-            "nodad",
-        ]);
-        let out = lab.output_in(&ext, add)?;
-        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("File exists") {
-            bail!(
-                "adding {} to the external namespace: {}",
-                at.ip(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let listener = lab
-            .run_in_netns(&ext, move || TcpListener::bind(at))?
-            .with_context(|| format!("listening on {at}"))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(BTreeSet::new()));
-        let thread = {
-            let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, from)) => {
-                            seen.lock().unwrap().insert(from.ip());
-                            let stop = Arc::clone(&stop);
-                            std::thread::spawn(move || echo(conn, &stop));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            })
-        };
-        Ok(Server { stop, seen, thread })
-    }
-
-    fn stop(self) -> BTreeSet<IpAddr> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let seen = self.seen.lock().unwrap().clone();
-        seen
-    }
-}
-
-fn echo(mut conn: TcpStream, stop: &AtomicBool) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 8];
-    while !stop.load(Ordering::Relaxed) {
-        match conn.read_exact(&mut buf) {
-            Ok(()) => {
-                if conn.write_all(&buf).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// Stops gateway `i`'s daemon (SIGTERM: it keeps its pins), starts it again and waits (up to
@@ -371,7 +183,7 @@ fn restart(running: &mut EnforcingLab, i: usize) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = std::fs::remove_file(state.join("state.json"));
-    let child = running.restart_gateway(i)?;
+    let child = running.restart_daemon(i)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ready = PublishedState::read(&state)

@@ -220,6 +220,12 @@ impl Lab {
         self.topo.egress_ips.iter()
     }
 
+    /// The external namespace's device holding the external addresses (on the gateways'
+    /// segment): [`EXT_BRIDGE`] with a standby gateway, else [`EXT_IFACE`].
+    pub fn external_device(&self) -> &'static str {
+        self.topo.external_device()
+    }
+
     /// The namespace holding every external address.
     pub fn external_netns(&self) -> &str {
         &self.topo.ext_netns

@@ -9,9 +9,10 @@ use portcullis_policy::probe::{Probe, ProbeEndpoint};
 
 use crate::addressing::{
     cannot_host, host_mac, is_lab_reserved, node_uplink_mac, node_uplink_v4, node_uplink_v6,
-    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, EXT_IFACE, EXT_STANDBY_IFACE, GATEWAY_CLUSTER_END,
-    GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE, GATEWAY_NODE,
-    NODE_UPLINK_IFACE, POD_IFACE, STANDBY_CLUSTER_END, STANDBY_EXTERNAL_END, STANDBY_GATEWAY_NODE,
+    pod_mac, TransitEnd, CLUSTER_PREFIX_V4, EXT_BRIDGE, EXT_IFACE, EXT_STANDBY_IFACE,
+    GATEWAY_CLUSTER_END, GATEWAY_CLUSTER_IFACE, GATEWAY_EXTERNAL_END, GATEWAY_EXTERNAL_IFACE,
+    GATEWAY_NODE, NODE_UPLINK_IFACE, POD_IFACE, STANDBY_CLUSTER_END, STANDBY_EXTERNAL_END,
+    STANDBY_GATEWAY_NODE,
 };
 use crate::{LabError, LabOptions};
 
@@ -226,6 +227,15 @@ impl Topology {
         names.extend(self.fabric_netns.as_deref());
         names.extend(self.pods.values().map(|p| p.netns.as_str()));
         names
+    }
+
+    /// The external namespace's device on the gateways' segment, holding the external addresses:
+    /// the bridge with a standby gateway, else the one gateway's peer.
+    pub fn external_device(&self) -> &'static str {
+        match self.standby {
+            Some(_) => EXT_BRIDGE,
+            None => EXT_IFACE,
+        }
     }
 
     /// The gateway, then the standby gateway if there is one.

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use super::ip_batch::Batch;
 use super::{default_route_leg, neigh};
 use crate::addressing::{
-    EXTERNAL_END, EXTERNAL_ROUTER_END, EXT_BRIDGE, EXT_IFACE, EXT_ROUTER_IFACE,
-    GATEWAY_EXTERNAL_END, ROUTER_EXTERNAL_END,
+    EXTERNAL_END, EXTERNAL_ROUTER_END, EXT_BRIDGE, EXT_ROUTER_IFACE, GATEWAY_EXTERNAL_END,
+    ROUTER_EXTERNAL_END,
 };
 use crate::topology::Topology;
 
@@ -22,7 +22,7 @@ pub(super) fn configure(topo: &Topology) -> Batch {
         topo.gateways()
             .map(|gw| format!("link set {} up", gw.external_peer())),
     );
-    let dev = segment_device(topo);
+    let dev = topo.external_device();
     if topo.standby.is_some() {
         lines.push(format!("link set {dev} up"));
     }
@@ -55,15 +55,6 @@ pub(super) fn configure(topo: &Topology) -> Batch {
         });
     }
     Batch::new(&topo.ext_netns, "configure external hosts", lines)
-}
-
-/// The external namespace's device on the gateways' segment: the bridge with a standby gateway,
-/// else the one gateway's peer.
-fn segment_device(topo: &Topology) -> &'static str {
-    match topo.standby {
-        Some(_) => EXT_BRIDGE,
-        None => EXT_IFACE,
-    }
 }
 
 /// With a standby gateway: the bridge, its ports (both gateways' peers, still down) enslaved.
