@@ -19,8 +19,7 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::lab_cmd::{EnforcingLab, LabFlags};
-use crate::lab_streams::{Server, Streams};
-use crate::{load_reporting, SourceArgs};
+use crate::lab_streams::{load_scenario, Server, Streams};
 
 #[derive(clap::Args)]
 pub struct LabChaosArgs {
@@ -41,14 +40,7 @@ pub struct LabChaosArgs {
 }
 
 pub fn run(args: LabChaosArgs) -> Result<ExitCode> {
-    let (snapshot, rejected) = load_reporting(&SourceArgs {
-        manifests: args.manifests.clone(),
-        kubeconfig: None,
-        kube: false,
-    })?;
-    if rejected {
-        bail!("the scenario's manifests have errors (above)");
-    }
+    let snapshot = load_scenario(&args.manifests)?;
     let (sources, denied) = scenario(&snapshot, args.server)?;
     let mut running = EnforcingLab::start(&snapshot, &args.manifests, &denied, &args.lab)?;
     let outcome = chaos(&mut running, &args, &sources, &denied);

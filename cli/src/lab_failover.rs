@@ -22,8 +22,7 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::lab_cmd::{EnforcingLab, LabFlags};
-use crate::lab_streams::{Server, Streams};
-use crate::{load_reporting, SourceArgs};
+use crate::lab_streams::{load_scenario, Server, Streams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -62,14 +61,7 @@ pub struct LabFailoverArgs {
 }
 
 pub fn run(mut args: LabFailoverArgs) -> Result<ExitCode> {
-    let (snapshot, rejected) = load_reporting(&SourceArgs {
-        manifests: args.manifests.clone(),
-        kubeconfig: None,
-        kube: false,
-    })?;
-    if rejected {
-        bail!("the scenario's manifests have errors (above)");
-    }
+    let snapshot = load_scenario(&args.manifests)?;
     let (pods, egress_ip) = scenario(&snapshot, args.server.ip())?;
     args.lab.failover = true;
     let mut running = EnforcingLab::start(&snapshot, &args.manifests, &[], &args.lab)?;

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use portcullis_lab::Lab;
+use portcullis_policy::model::Snapshot;
+
+use crate::{load_reporting, SourceArgs};
+
+/// The scenario's cluster from `manifests`; any rejected object fails the measurement.
+pub fn load_scenario(manifests: &[PathBuf]) -> Result<Snapshot> {
+    let (snapshot, rejected) = load_reporting(&SourceArgs {
+        manifests: manifests.to_vec(),
+        kubeconfig: None,
+        kube: false,
+    })?;
+    if rejected {
+        bail!("the scenario's manifests have errors (above)");
+    }
+    Ok(snapshot)
+}
 
 /// The connections, each driven by a thread of its own.
 pub struct Streams {
