@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::lab_cmd::{EnforcingLab, LabFlags};
-use crate::lab_streams::{load_scenario, Server, Streams};
+use crate::lab_streams::{load_scenario, print_outcome, Server, Streams};
+use crate::OutputFormat;
 
 #[derive(clap::Args)]
 pub struct LabChaosArgs {
@@ -35,6 +36,9 @@ pub struct LabChaosArgs {
     /// Established connections streaming through the kills.
     #[arg(long, default_value_t = 40)]
     connections: usize,
+    /// One JSON object (the contract), or the same as `key: value` lines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    output: OutputFormat,
     #[command(flatten)]
     lab: LabFlags,
 }
@@ -46,7 +50,7 @@ pub fn run(args: LabChaosArgs) -> Result<ExitCode> {
     let outcome = chaos(&mut running, &args, &sources, &denied);
     running.stop()?;
     let outcome = outcome?;
-    println!("{}", serde_json::to_string(&outcome)?);
+    print_outcome(&outcome, args.output)?;
     Ok(
         match outcome["lost"] == 0 && outcome["denied_leaked"] == 0 {
             true => ExitCode::SUCCESS,

@@ -22,7 +22,8 @@ use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::lab_cmd::{EnforcingLab, LabFlags};
-use crate::lab_streams::{load_scenario, Server, Streams};
+use crate::lab_streams::{load_scenario, print_outcome, Server, Streams};
+use crate::OutputFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -56,6 +57,9 @@ pub struct LabFailoverArgs {
     /// How long after the fault the connections are checked (milliseconds).
     #[arg(long, default_value_t = 3000)]
     settle_ms: u64,
+    /// One JSON object (the contract), or the same as `key: value` lines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    output: OutputFormat,
     #[command(flatten)]
     lab: LabFlags,
 }
@@ -68,7 +72,7 @@ pub fn run(mut args: LabFailoverArgs) -> Result<ExitCode> {
     let outcome = measure(&mut running, &args, &pods, egress_ip);
     running.stop()?;
     let outcome = outcome?;
-    println!("{}", serde_json::to_string(&outcome)?);
+    print_outcome(&outcome, args.output)?;
     Ok(match outcome["survived"] == outcome["connections"] {
         true => ExitCode::SUCCESS,
         false => ExitCode::FAILURE,

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use portcullis_lab::Lab;
 use portcullis_policy::model::Snapshot;
 
-use crate::{load_reporting, SourceArgs};
+use crate::{load_reporting, OutputFormat, SourceArgs};
 
 /// The scenario's cluster from `manifests`; any rejected object fails the measurement.
 pub fn load_scenario(manifests: &[PathBuf]) -> Result<Snapshot> {
@@ -30,6 +30,19 @@ pub fn load_scenario(manifests: &[PathBuf]) -> Result<Snapshot> {
         bail!("the scenario's manifests have errors (above)");
     }
     Ok(snapshot)
+}
+
+/// A measurement's outcome: one JSON object, or its fields as `key: value` lines.
+pub fn print_outcome(outcome: &serde_json::Value, output: OutputFormat) -> Result<()> {
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(outcome)?),
+        OutputFormat::Table => {
+            for (key, value) in outcome.as_object().into_iter().flatten() {
+                println!("{key:>20}: {value}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The connections, each driven by a thread of its own.
