@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_ha::protocol::{decode_heartbeat, encode_heartbeat, Heartbeat, Role, MAX_DATAGRAM};
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{member_addr, Shared};
 
@@ -74,8 +74,9 @@ fn run(shared: &Shared, socket: &UdpSocket) {
                 }
             }
             Err(e) => {
+                // Counted by reason (status, metrics); a flood of garbage must not flood the log.
                 shared.lock().refused(e.reason());
-                warn!(%from, error = %e, "heartbeat refused");
+                debug!(%from, error = %e, "heartbeat refused");
             }
         }
     }
