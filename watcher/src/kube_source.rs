@@ -147,8 +147,8 @@ impl KubeSource {
                 options.clone(),
                 stats.clone(),
             )),
-            tokio::spawn(run_kind(
-                Api::<DynamicObject>::all_with(client, &egress_gateway_resource()),
+            tokio::spawn(run_egress_gateways(
+                client,
                 tx,
                 options.clone(),
                 stats.clone(),
@@ -182,6 +182,44 @@ async fn egress_gateways_served(client: &Client) -> Result<bool> {
     }))
 }
 
+/// The EgressGateway loop: discovery first, and [`run_kind`] once the API server serves the kind.
+/// Until then (the CRD is not installed) the kind counts as listed and empty, and discovery asks
+/// again every `absent_retry`. Never listing an unserved kind matters: the 404 of a
+/// DynamicObject list crashed release builds of the daemons (rustc 1.95, kube 5: the error's
+/// status came back as a dangling box; seen as a SIGSEGV in `not_served` on a real node without
+/// the CRD).
+async fn run_egress_gateways(
+    client: Client,
+    tx: mpsc::UnboundedSender<store::Msg>,
+    options: KubeOptions,
+    stats: Arc<KubeStats>,
+) {
+    let mut reported_absent = false;
+    loop {
+        match egress_gateways_served(&client).await {
+            Ok(true) => {
+                let api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
+                return run_kind(api, tx, options, stats).await;
+            }
+            Ok(false) if !std::mem::replace(&mut reported_absent, true) => {
+                tracing::warn!(
+                    "EgressGateway is not served (CRD not installed): none; asking again every {:?}",
+                    options.absent_retry
+                );
+                if tx
+                    .send(store::Msg::Listed(Kind::EgressGateway, Vec::new()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "API discovery failed; retrying"),
+        }
+        tokio::time::sleep(options.absent_retry).await;
+    }
+}
+
 /// Lists namespaces, pods, network policies, nodes and EgressGateways (none when the CRD is not
 /// installed) once and validates them, for one-shot commands
 /// (`explain --kubeconfig`, `audit --kubeconfig`). Terminating pods are left out, as the watcher
@@ -198,9 +236,8 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
     let (policies, _) =
         list_all(&Api::<net::NetworkPolicy>::all(client.clone()), 500, Some).await?;
     let nodes = list_all_if_served(&Api::<core::Node>::all(client.clone())).await?;
-    // Discovery first, so that a cluster without the CRD answers no 404 here: a 404 for the
-    // DynamicObject list crashed this one-shot path in release builds of the CLI (rustc 1.95,
-    // kube 5: the error's status came back as a dangling box), never the watcher's.
+    // Discovery first, so that a cluster without the CRD answers no 404 here (see
+    // `run_egress_gateways`).
     let gateways = if egress_gateways_served(&client).await? {
         let gateway_api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
         list_all_if_served(&gateway_api).await?

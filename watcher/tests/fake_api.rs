@@ -62,7 +62,14 @@ impl Fake {
                 tokio::spawn(handle(sock, s.clone()));
             }
         });
-        Fake { url, script }
+        let fake = Fake { url, script };
+        // API discovery: no API group, so no EgressGateway CRD (the watcher never lists a kind
+        // the server does not serve).
+        fake.set_list(
+            "apis",
+            r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.to_string(),
+        );
+        fake
     }
 
     fn queue(&self, resource: &str, watch: bool, reply: Reply) {
