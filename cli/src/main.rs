@@ -16,6 +16,7 @@ mod monitor_snat;
 mod monitor_verdict;
 mod node;
 mod probe_cmd;
+mod probe_target;
 mod status_cmd;
 mod status_egress;
 mod status_ha;

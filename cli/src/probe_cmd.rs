@@ -13,15 +13,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use portcullis_common::DropEvent;
 use portcullis_gateway::PinnedGateway;
 use portcullis_node::{DropEvents, PinnedNode};
-use portcullis_policy::explain;
 use portcullis_policy::model::{Pod, Protocol, Snapshot};
-use portcullis_policy::probe::{endpoint_addresses, ProbeEndpoint, ProbeSpec};
+use portcullis_policy::probe::{ProbeEndpoint, ProbeSpec};
 use serde_json::json;
 
 use crate::daemon::PublishedState;
 use crate::explain_cmd::print_table;
 use crate::status_cmd::{event_addr, event_json, event_line};
-use crate::{gateway_cmd, load_reporting, node, OutputFormat, SourceArgs};
+use crate::{gateway_cmd, load_reporting, node, probe_target, OutputFormat, SourceArgs};
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
@@ -30,7 +29,8 @@ pub struct ProbeArgs {
     /// Source: `namespace/pod`, a pod running on this node.
     #[arg(long)]
     from: String,
-    /// Destination: `namespace/pod` or an IP address.
+    /// Destination: `namespace/pod`, `namespace/service` (connects to its cluster IP; each pod
+    /// behind it is predicted on its target port) or an IP address.
     #[arg(long)]
     to: String,
     /// Destination port.
@@ -119,22 +119,11 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode> {
         protocol: protocol.to_string(),
         expect: None,
     };
-    let mut probe = spec.to_probe().map_err(|e| anyhow!("probe {spec}: {e}"))?;
+    let probe = spec.to_probe().map_err(|e| anyhow!("probe {spec}: {e}"))?;
     let (snapshot, _) = load_reporting(&args.source)?;
     let source = source_pod(&snapshot, &probe.from)?;
-    // A literal address of a pod is that pod to the node hooks: predict it as that pod.
-    if let ProbeEndpoint::External(ip) = probe.to {
-        if let Some(pod) = snapshot.pods.iter().find(|p| p.ips.contains(&ip)) {
-            probe.to = ProbeEndpoint::Pod {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-            };
-        }
-    }
-    let remote = destination(&snapshot, source, &probe.to, args.port)?;
-    let verdict = snapshot
-        .evaluate_probe(&probe)
-        .map_err(|e| anyhow!("explain {probe}: {e}"))?;
+    let target = probe_target::resolve(&snapshot, source, probe)?;
+    let remote = target.remote;
 
     let netns = if source.host_network {
         None
@@ -158,16 +147,16 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode> {
     let drops = if attempt.observed.reached() {
         Vec::new()
     } else {
-        drops_of(&mut sources, &attempt, remote, protocol)
+        drops_of(&mut sources, &attempt, &target.judged, protocol)
     };
 
-    let predicted = if verdict.allowed() { "allow" } else { "deny" };
-    let agree = verdict.allowed() == attempt.observed.reached();
+    let predicted = target.predicted.name();
+    let agree = target.predicted.agrees(attempt.observed.reached());
     let detail = format!(
         "{} -> {remote} in {} ms; explain: {}",
         attempt.local,
         attempt.elapsed.as_millis(),
-        explain::reason(&probe, &verdict)
+        target.reason
     );
     let port = format!("{protocol}/{}", args.port);
     match args.output {
@@ -176,7 +165,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode> {
             json!({
                 "from": args.from, "to": args.to, "port": args.port, "protocol": protocol.to_string(),
                 "predicted": predicted, "observed": attempt.observed.name(), "agree": agree,
-                "detail": detail,
+                "detail": detail, "service": target.service,
                 "drops": drops.iter().map(|(e, p)| event_json(e, p)).collect::<Vec<_>>(),
             })
         ),
@@ -225,24 +214,6 @@ fn source_pod<'a>(snapshot: &'a Snapshot, from: &ProbeEndpoint) -> Result<&'a Po
         .ok_or_else(|| anyhow!("no pod {from} in the cluster state"))
 }
 
-/// The address to connect to: the destination's address in a family the source pod has.
-fn destination(
-    snapshot: &Snapshot,
-    source: &Pod,
-    to: &ProbeEndpoint,
-    port: u16,
-) -> Result<SocketAddr> {
-    let addrs = endpoint_addresses(snapshot, to);
-    if addrs.is_empty() {
-        bail!("no pod {to} with an address in the cluster state");
-    }
-    addrs
-        .iter()
-        .find(|a| source.ips.iter().any(|s| s.is_ipv4() == a.is_ipv4()))
-        .map(|ip| SocketAddr::new(*ip, port))
-        .ok_or_else(|| anyhow!("{to} has no address in a family {} has", source.key()))
-}
-
 /// The source pod's network namespace on this node, opened.
 fn pod_netns_file(pod: &Pod) -> Result<std::fs::File> {
     let Some((path, _)) = node::discover::pod_netns(&pod.ips)? else {
@@ -288,22 +259,23 @@ fn drop_sources(args: &ProbeArgs) -> Vec<DropSource> {
     sources
 }
 
-/// The drop events of the attempt's 5-tuple (either way round), with the policies of their
-/// group as the daemon published them.
+/// The drop events of the attempt's 5-tuple (either way round), to any of the destinations
+/// judged (a service's backends after translation), with the policies of their group as the
+/// daemon published them.
 fn drops_of(
     sources: &mut [DropSource],
     attempt: &Attempt,
-    remote: SocketAddr,
+    judged: &[SocketAddr],
     protocol: Protocol,
 ) -> Vec<(DropEvent, Vec<String>)> {
     let number = match protocol {
         Protocol::Udp => libc::IPPROTO_UDP,
         _ => libc::IPPROTO_TCP,
     } as u8;
-    let ends = [
-        (attempt.local.ip(), attempt.local.port()),
-        (remote.ip(), remote.port()),
-    ];
+    let local = (attempt.local.ip(), attempt.local.port());
+    let ours = |a: (IpAddr, u16), b: (IpAddr, u16)| {
+        a == local && judged.iter().any(|r| (r.ip(), r.port()) == b)
+    };
     let mut drops = Vec::new();
     for source in sources {
         let groups = PublishedState::read(&source.state_dir)
@@ -312,7 +284,7 @@ fn drops_of(
         while let Some(event) = source.events.next_event() {
             let src = (event_addr(event.src), event.src_port);
             let dst = (event_addr(event.dst), event.dst_port);
-            if event.protocol == number && (ends == [src, dst] || ends == [dst, src]) {
+            if event.protocol == number && (ours(src, dst) || ours(dst, src)) {
                 let policies = groups.get(&event.group).cloned().unwrap_or_default();
                 drops.push((event, policies));
             }

@@ -10,9 +10,6 @@
 //! recorded, with the daemons' own breakdown (watch event to generation in force, compile, delta
 //! write, entries written, groups recompiled) from their logs, and their memory.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -21,150 +18,17 @@ use k8s_openapi::api::networking::v1 as net;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use portcullis_testkit::{require_root, sh, NetNs};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+#[path = "support/kube_cluster.rs"]
+#[allow(dead_code)] // the API server outage test uses the rest
+mod kube_cluster;
+use kube_cluster::{Cluster, KubeDaemon};
+
 const PODS: usize = 10_000;
 const POLICIES: usize = 1_000;
 const APPS: usize = 100;
 const BLOCKS: usize = 20;
 const CHANGES: usize = 100;
 const RELABELS: usize = 50;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// etcd + kube-apiserver on loopback, stopped on drop (also when the test panics).
-struct Cluster(tempfile::TempDir);
-
-impl Cluster {
-    fn start() -> Cluster {
-        let cluster = Cluster(
-            tempfile::Builder::new()
-                .prefix("portcullis-kube-lat-")
-                .tempdir()
-                .unwrap(),
-        );
-        let status = Command::new(repo().join("scripts/kube-test-cluster"))
-            .arg("start")
-            .arg(cluster.0.path())
-            .status()
-            .expect("scripts/kube-test-cluster runs");
-        assert!(status.success(), "starting the test API server failed");
-        cluster
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.0.path().join("kubeconfig")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/kube-test-cluster"))
-            .arg("stop")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
-/// A daemon run with `--unpin-on-exit`, stopped (SIGTERM) on drop; its log is collected.
-struct Daemon {
-    child: Child,
-    state_dir: PathBuf,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(args: &[&str], kubeconfig: &Path, state_dir: &Path, pin_name: &str) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .arg("--unpin-on-exit")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--pin-dir")
-            .arg(format!("/sys/fs/bpf/{pin_name}"))
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env("PORTCULLIS_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start a daemon");
-        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-        let (tx, log) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            state_dir: state_dir.to_path_buf(),
-            log,
-        }
-    }
-
-    /// `(applied_unix_ms, generation)` of its published state.
-    fn published(&self) -> (u64, u64) {
-        let text = std::fs::read_to_string(self.state_dir.join("state.json")).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        (
-            v["applied_unix_ms"].as_u64().unwrap_or(0),
-            v["generation"].as_u64().unwrap_or(0),
-        )
-    }
-
-    fn wait_applied(&self, limit: Duration) {
-        let t = Instant::now();
-        while self.published().0 == 0 {
-            assert!(
-                t.elapsed() < limit,
-                "the daemon never applied the initial state"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        (status.lines())
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    }
-
-    /// Stops it and returns its log.
-    fn stop(mut self) -> Vec<String> {
-        self.terminate();
-        std::thread::sleep(Duration::from_millis(100));
-        self.log.try_iter().collect()
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY: plain kill(2) on our child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
-}
 
 /// The egress rules of policy `i`, version `version`: 20 /24 ipBlocks with a /29 except each and
 /// TCP 443; the version moves the first block.
@@ -303,7 +167,7 @@ fn policy_change_to_enforced_latency_at_10k_pods_1k_policies() {
             for i in cl clp ex exp; do ip link set $i up; done");
         let work = tempfile::tempdir().unwrap();
         let t = Instant::now();
-        let gateway = Daemon::start(
+        let gateway = KubeDaemon::start(
             &["gateway", "--cluster-iface", "cl", "--external-iface", "ex"],
             &cluster.kubeconfig(),
             &work.path().join("gateway"),
@@ -311,7 +175,7 @@ fn policy_change_to_enforced_latency_at_10k_pods_1k_policies() {
         );
         // No pod is scheduled on this node: the node hook compiles and writes the tables every
         // node holds (identities of all pods, every group) without attaching anywhere.
-        let node = Daemon::start(
+        let node = KubeDaemon::start(
             &["node", "--node", "bench-node"],
             &cluster.kubeconfig(),
             &work.path().join("node"),

@@ -39,6 +39,16 @@ metadata: {name: db, namespace: probe, labels: {app: db}}
 spec: {nodeName: node-7, containers: [{name: main, image: x}]}
 status: {phase: Running, podIP: 10.251.7.30, podIPs: [{ip: 10.251.7.30}]}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: web-svc, namespace: probe}
+spec: {clusterIP: 10.251.96.80, selector: {app: web}, ports: [{port: 8080, targetPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-svc, namespace: probe}
+spec: {clusterIP: 10.251.96.30, selector: {app: db}, ports: [{port: 15432, targetPort: 5432}]}
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: db-closed, namespace: probe}
@@ -144,6 +154,53 @@ fn probe_agrees_with_explain_through_the_node_hook() {
     assert_eq!(drop["dst"], "10.251.7.30", "{denied}");
     assert_eq!(drop["dst_port"], 5432, "{denied}");
     assert_eq!(drop["policies"][0], "probe/db-closed", "{denied}");
+
+    // Services: the node translates their cluster IPs (kube-proxy's DNAT, here by nftables in
+    // the node's namespace) before the node hook judges the pod behind them.
+    let nat = "table ip pcl_probe_svc {
+        chain pre {
+            type nat hook prerouting priority -100;
+            ip daddr 10.251.96.80 tcp dport 8080 dnat to 10.251.7.20:80
+            ip daddr 10.251.96.30 tcp dport 15432 dnat to 10.251.7.30:5432
+        }
+    }";
+    lab.nft(&node_netns, nat).unwrap();
+    let out = lab
+        .output_in(
+            &node_netns,
+            dirs.probe("probe/client", "probe/web-svc", 8080),
+        )
+        .unwrap();
+    let allowed = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{allowed}");
+    assert_eq!(allowed["predicted"], "allow", "{allowed}");
+    assert_eq!(allowed["observed"], "connected", "{allowed}");
+    assert_eq!(
+        allowed["service"]["cluster_ip"], "10.251.96.80",
+        "{allowed}"
+    );
+    assert_eq!(
+        allowed["service"]["backends"][0]["pod"], "probe/web",
+        "{allowed}"
+    );
+    assert_eq!(allowed["service"]["backends"][0]["port"], 80, "{allowed}");
+    let out = lab
+        .output_in(
+            &node_netns,
+            dirs.probe("probe/client", "probe/db-svc", 15432),
+        )
+        .unwrap();
+    let denied = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{denied}");
+    assert_eq!(denied["predicted"], "deny", "{denied}");
+    assert_eq!(denied["observed"], "timeout", "{denied}");
+    let drop = &denied["drops"][0];
+    assert_eq!(
+        drop["dst"], "10.251.7.30",
+        "the drop after translation: {denied}"
+    );
+    assert_eq!(drop["dst_port"], 5432, "{denied}");
+    assert_eq!(drop["policies"][0], "probe/db-closed", "{denied}");
     node.kill().unwrap();
     lab.teardown().unwrap();
 }
@@ -167,4 +224,16 @@ fn probe_refuses_pods_it_cannot_reach_from_here() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no pod probe/nobody"), "{stderr}");
+
+    // A service port it does not have, named with the ones it has.
+    let out = dirs
+        .probe("probe/client", "probe/web-svc", 80)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("service probe/web-svc has no port TCP/80 (it has TCP/8080)"),
+        "{stderr}"
+    );
 }

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod load;
 pub mod model;
 pub mod probe;
+pub mod service;
 pub mod synth;
 #[cfg(feature = "testing")]
 pub mod testing;

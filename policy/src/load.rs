@@ -1,5 +1,5 @@
-//! Turns manifest text (multi-document YAML of Namespace, Pod, NetworkPolicy, Node and
-//! EgressGateway objects, or `List`s of them) into a validated [`Snapshot`]. Validation follows
+//! Turns manifest text (multi-document YAML of Namespace, Pod, NetworkPolicy, Node,
+//! EgressGateway and Service objects, or `List`s of them) into a validated [`Snapshot`]. Validation follows
 //! the Kubernetes v1.33 API server's (ObjectMeta, the NetworkPolicy spec, the Namespace and Pod
 //! fields the loader uses, the 3 MiB request limit; `api_validation_tests.rs` holds upstream's
 //! cases); an invalid object is rejected with its source, document, name and field path while
@@ -17,6 +17,7 @@ mod egress_tests;
 mod error;
 mod last_good;
 mod meta;
+mod service;
 mod size;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::service::Service;
+
 /// Protocols a NetworkPolicy port may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -284,7 +286,7 @@ pub struct EgressGateway {
     pub egress_ips: Vec<IpAddr>,
 }
 
-/// A consistent view of namespaces, pods, policies, nodes and egress gateways.
+/// A consistent view of namespaces, pods, policies, nodes, egress gateways and services.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Namespace>,
@@ -292,4 +294,7 @@ pub struct Snapshot {
     pub policies: Vec<Policy>,
     pub nodes: Vec<Node>,
     pub egress_gateways: Vec<EgressGateway>,
+    /// Only `probe --to SERVICE` reads them: policy never sees a Service, the node translates
+    /// its address to a pod's before the hooks judge.
+    pub services: Vec<Service>,
 }

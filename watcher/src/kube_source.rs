@@ -13,6 +13,7 @@
 mod convert;
 mod list_watch;
 mod publish;
+mod reachability;
 mod store;
 
 use std::path::Path;
@@ -25,7 +26,7 @@ use k8s_openapi::api::networking::v1 as net;
 use kube::api::{Api, DynamicObject};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use portcullis_policy::load::{Loaded, SnapshotBuilder};
+use portcullis_policy::load::{Loaded, Origin, SnapshotBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -33,6 +34,7 @@ use crate::{Publisher, Result, State, DEFAULT_COALESCE};
 use convert::{egress_gateway_resource, origin, Kind, Watched};
 use list_watch::{list_all, list_all_if_served, run_kind};
 use publish::aggregate;
+use reachability::Reachability;
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
@@ -54,6 +56,9 @@ pub struct KubeOptions {
     /// How often a kind the server does not serve (the EgressGateway CRD not installed) is
     /// listed again; until then it has no objects.
     pub absent_retry: Duration,
+    /// While a kind is failing, the API server's `/version` is asked this often; when it answers
+    /// again every kind retries at once rather than when its backoff ends.
+    pub reachability_probe: Duration,
 }
 
 impl Default for KubeOptions {
@@ -66,6 +71,7 @@ impl Default for KubeOptions {
             stall_timeout: Duration::from_secs(320),
             page_size: 500,
             absent_retry: Duration::from_secs(60),
+            reachability_probe: Duration::from_millis(500),
         }
     }
 }
@@ -122,37 +128,44 @@ impl KubeSource {
         let (tx, msg_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(KubeStats::default());
         let (publisher, rx) = Publisher::new("kubernetes");
+        let reach = Reachability::new();
         let tasks = vec![
             tokio::spawn(run_kind(
                 Api::<core::Namespace>::all(client.clone()),
                 tx.clone(),
                 options.clone(),
                 stats.clone(),
+                reach.clone(),
             )),
             tokio::spawn(run_kind(
                 Api::<core::Pod>::all(client.clone()),
                 tx.clone(),
                 options.clone(),
                 stats.clone(),
+                reach.clone(),
             )),
             tokio::spawn(run_kind(
                 Api::<net::NetworkPolicy>::all(client.clone()),
                 tx.clone(),
                 options.clone(),
                 stats.clone(),
+                reach.clone(),
             )),
             tokio::spawn(run_kind(
                 Api::<core::Node>::all(client.clone()),
                 tx.clone(),
                 options.clone(),
                 stats.clone(),
+                reach.clone(),
             )),
             tokio::spawn(run_egress_gateways(
-                client,
+                client.clone(),
                 tx,
                 options.clone(),
                 stats.clone(),
+                reach.clone(),
             )),
+            tokio::spawn(reach.probe(client, options.reachability_probe)),
             tokio::spawn(aggregate(msg_rx, publisher, options.coalesce)),
         ];
         KubeSource { rx, stats, tasks }
@@ -193,13 +206,14 @@ async fn run_egress_gateways(
     tx: mpsc::UnboundedSender<store::Msg>,
     options: KubeOptions,
     stats: Arc<KubeStats>,
+    reach: Arc<Reachability>,
 ) {
     let mut reported_absent = false;
     loop {
         match egress_gateways_served(&client).await {
             Ok(true) => {
                 let api = Api::<DynamicObject>::all_with(client, &egress_gateway_resource());
-                return run_kind(api, tx, options, stats).await;
+                return run_kind(api, tx, options, stats, reach).await;
             }
             Ok(false) if !std::mem::replace(&mut reported_absent, true) => {
                 tracing::warn!(
@@ -214,7 +228,11 @@ async fn run_egress_gateways(
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "API discovery failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "API discovery failed; retrying");
+                reach.backoff(options.absent_retry).await;
+                continue;
+            }
         }
         tokio::time::sleep(options.absent_retry).await;
     }
@@ -235,6 +253,16 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
     .await?;
     let (policies, _) =
         list_all(&Api::<net::NetworkPolicy>::all(client.clone()), 500, Some).await?;
+    // Only `probe --to SERVICE` needs them: a role without them (one older than services in
+    // the shipped one) leaves them out.
+    let services = match list_all(&Api::<core::Service>::all(client.clone()), 500, Some).await {
+        Ok((services, _)) => services,
+        Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
+            tracing::warn!("services not readable ({}): none", status.message);
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
     let nodes = list_all_if_served(&Api::<core::Node>::all(client.clone())).await?;
     // Discovery first, so that a cluster without the CRD answers no 404 here (see
     // `run_egress_gateways`).
@@ -246,6 +274,13 @@ pub async fn load_from_kube(kubeconfig: Option<&Path>) -> Result<Loaded> {
         Vec::new()
     };
     let mut builder = SnapshotBuilder::new();
+    for service in services {
+        let origin = Origin {
+            source: "kubernetes Service".into(),
+            document: 1,
+        };
+        builder.add_service(&origin, service);
+    }
     for ns in namespaces {
         builder.add_namespace(&origin(Kind::Namespace), ns);
     }

@@ -275,6 +275,7 @@ fn options() -> KubeOptions {
         page_size: 500,
         // The fake serves no nodes nor EgressGateways (404): they are none.
         absent_retry: Duration::from_millis(500),
+        reachability_probe: Duration::from_millis(100),
     }
 }
 

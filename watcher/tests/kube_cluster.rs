@@ -263,9 +263,11 @@ async fn apiserver_restart_keeps_state_and_reconciles() {
     }
     let source = KubeSource::connect(
         Some(&cluster.kubeconfig),
+        // Backoffs far longer than the wait below: only the reachability probe can make the
+        // watcher catch up in time once the server is back.
         KubeOptions {
-            backoff_initial: Duration::from_secs(2),
-            backoff_max: Duration::from_secs(8),
+            backoff_initial: Duration::from_secs(40),
+            backoff_max: Duration::from_secs(60),
             ..options()
         },
     )
@@ -304,7 +306,7 @@ async fn apiserver_restart_keeps_state_and_reconciles() {
         .create(&pp, &policy("app", "p3", &[("app", "p3")]))
         .await
         .unwrap();
-    let s = wait_for(&mut rx, Duration::from_secs(30), "reconciled", |s| {
+    let s = wait_for(&mut rx, Duration::from_secs(15), "reconciled", |s| {
         !s.stale && !has_policy(s, "app", "p2") && has_policy(s, "app", "p3")
     })
     .await;

@@ -13,8 +13,10 @@ use super::convert::{convert_pod, convert_policy};
 use super::egress::{convert_egress_gateway, convert_node, EgressGatewayObject};
 use super::error::{field_error, FieldError, LoadError, Origin};
 use super::meta::{validate_object_meta, NameRule};
+use super::service::convert_service;
 use super::{Loaded, NAMESPACE_NAME_LABEL};
 use crate::model::{EgressGateway, Namespace, Node, Pod, Policy, Snapshot};
+use crate::service::Service;
 
 /// Accumulates objects from any number of sources and builds the snapshot.
 #[derive(Default)]
@@ -24,6 +26,7 @@ pub struct SnapshotBuilder {
     policies: BTreeMap<(String, String), Policy>,
     nodes: BTreeMap<String, Node>,
     egress_gateways: BTreeMap<String, EgressGateway>,
+    services: BTreeMap<(String, String), Service>,
     errors: Vec<LoadError>,
 }
 
@@ -118,6 +121,19 @@ impl SnapshotBuilder {
         );
     }
 
+    pub fn add_service(&mut self, origin: &Origin, service: core::Service) {
+        let key = namespaced_key(&service.metadata);
+        let meta = validate_object_meta(&service.metadata, NameRule::Label, Some(&key.0));
+        self.add_namespaced(
+            origin,
+            "Service",
+            key,
+            meta,
+            |b| &mut b.services,
+            |namespace, name| convert_service(namespace, name, service),
+        );
+    }
+
     /// Converts one namespaced object of `kind` whose metadata was validated (`meta`) and
     /// stores it, or rejects it by name.
     fn add_namespaced<M>(
@@ -171,6 +187,7 @@ impl SnapshotBuilder {
             snapshot: Snapshot {
                 nodes: self.nodes.into_values().collect(),
                 egress_gateways: self.egress_gateways.into_values().collect(),
+                services: self.services.into_values().collect(),
                 ..snapshot_with_implicit_namespaces(
                     self.namespaces,
                     self.pods.into_values().collect(),

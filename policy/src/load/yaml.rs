@@ -11,12 +11,13 @@ use super::error::Origin;
 use super::size::{request_body_bytes, MAX_REQUEST_BODY_BYTES};
 
 /// The kinds loaded as objects (each one a request to the API server).
-const OBJECT_KINDS: [&str; 5] = [
+const OBJECT_KINDS: [&str; 6] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "Node",
     EGRESS_GATEWAY_KIND,
+    "Service",
 ];
 
 #[derive(Deserialize)]
@@ -93,8 +94,12 @@ impl SnapshotBuilder {
                 Ok(json) => self.add_egress_gateway_json(origin, json),
                 Err(e) => self.reject(origin, Some(kind), "", e.to_string()),
             },
+            "Service" => match core::Service::deserialize(value) {
+                Ok(service) => self.add_service(origin, service),
+                Err(e) => self.reject(origin, Some("Service".into()), "", e.to_string()),
+            },
             "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "NodeList"
-            | "EgressGatewayList" => match ListItems::deserialize(value) {
+            | "EgressGatewayList" | "ServiceList" => match ListItems::deserialize(value) {
                 Ok(list) => {
                     for item in list.items {
                         self.add_value(origin, item);
@@ -102,7 +107,7 @@ impl SnapshotBuilder {
                 }
                 Err(e) => self.reject(origin, Some(kind), "items", e.to_string()),
             },
-            // Other kinds (Services, Deployments, ...) may share a manifest; they do not affect policy.
+            // Other kinds (Deployments, ...) may share a manifest; they do not affect policy.
             _ => {}
         }
     }
@@ -116,7 +121,7 @@ fn object_label(kind: &str, value: &serde_yaml_ng::Value) -> String {
     };
     match (metadata("name"), kind) {
         (None, _) => kind.to_string(),
-        (Some(name), "Pod" | "NetworkPolicy") => {
+        (Some(name), "Pod" | "NetworkPolicy" | "Service") => {
             format!(
                 "{kind} {}/{name}",
                 metadata("namespace").unwrap_or("default")

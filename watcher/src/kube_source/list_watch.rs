@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use super::convert::{key_of, Kind, Watched};
+use super::reachability::Reachability;
 use super::store::Msg;
 use super::{KubeOptions, KubeStats};
 use crate::{EVENTS_TOTAL, RECONNECTS_TOTAL, RELISTS_TOTAL};
@@ -56,11 +57,14 @@ impl Backoff {
 
 /// A complete, paginated list; `map` runs on each page as it arrives (so full API objects of
 /// only one page are alive at a time).
-pub(super) async fn list_all<K: Watched, T>(
+pub(super) async fn list_all<K, T>(
     api: &Api<K>,
     page_size: u32,
     mut map: impl FnMut(K) -> Option<T>,
-) -> kube::Result<(Vec<T>, String)> {
+) -> kube::Result<(Vec<T>, String)>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut items = Vec::new();
     let mut params = ListParams::default().limit(page_size);
     loop {
@@ -112,6 +116,7 @@ pub(super) async fn run_kind<K: Watched>(
     tx: mpsc::UnboundedSender<Msg>,
     options: KubeOptions,
     stats: Arc<KubeStats>,
+    reach: Arc<Reachability>,
 ) {
     let kind = K::KIND;
     let mut backoff = Backoff::new(&options);
@@ -149,7 +154,9 @@ pub(super) async fn run_kind<K: Watched>(
                 // The next "not served" must clear the down state this sets.
                 reported_absent = false;
                 disconnected(kind, &stats, &tx);
-                tokio::time::sleep(delay).await;
+                if reach.backoff(delay).await {
+                    backoff.reset();
+                }
                 continue;
             }
         };
@@ -189,7 +196,9 @@ pub(super) async fn run_kind<K: Watched>(
                     let delay = backoff.next();
                     disconnected(kind, &stats, &tx);
                     tracing::info!(kind = kind.name(), "reconnecting in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    if reach.backoff(delay).await {
+                        backoff.reset();
+                    }
                 }
                 WatchEnd::Closed => return,
             }
