@@ -17,6 +17,7 @@ use portcullis_watcher::{FileOptions, FileSource, KubeOptions, KubeSource, State
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::preflight::PinLock;
 use crate::SourceArgs;
 
 /// Options every daemon takes.
@@ -274,6 +275,8 @@ struct Reloader<'a, E> {
     /// Shared with the source's published value when that had no rejected object.
     last_good: Arc<Snapshot>,
     name: &'static str,
+    /// The daemon's lock on its pin directory (it follows a directory made again).
+    lock: &'a PinLock,
 }
 
 impl<E: Enforcer> Reloader<'_, E> {
@@ -368,6 +371,12 @@ impl<E: Enforcer> Reloader<'_, E> {
                     pins = names.join(", "),
                     "pins were removed under the running daemon; pinned them again"
                 );
+                if let Err(e) = self.lock.follow() {
+                    error!(
+                        error = format!("{e:#}"),
+                        "the pin directory made again cannot be locked"
+                    );
+                }
                 metrics::counter!("portcullis_pins_restored_total", "daemon" => self.name)
                     .increment(names.len() as u64);
                 self.state.pins_restored += names.len() as u64;
@@ -416,7 +425,7 @@ pub fn stop<E: std::error::Error + Send + Sync + 'static>(
 pub fn serve<E: Enforcer>(
     enforcer: &mut E,
     args: &DaemonArgs,
-    name: &'static str,
+    (name, lock): (&'static str, &PinLock),
     state_dir: PathBuf,
 ) -> Result<()> {
     if let Some(addr) = args.metrics_addr {
@@ -448,6 +457,7 @@ pub fn serve<E: Enforcer>(
         state_dir,
         last_good: Arc::default(),
         name,
+        lock,
     };
     // The source runs on a small Tokio runtime; this thread applies what it publishes.
     let runtime = tokio::runtime::Builder::new_multi_thread()

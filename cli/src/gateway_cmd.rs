@@ -350,7 +350,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
             ("external-iface", args.external_iface.as_str()),
         ],
     )?;
-    let result = run_locked(args);
+    let result = run_locked(args, &lock);
     if result.is_err() {
         // A start that failed leaves no pins (and so no attached program) of its own behind.
         lock.abandon();
@@ -359,7 +359,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
 }
 
 /// The daemon, with its pin directory locked.
-fn run_locked(args: GatewayArgs) -> Result<ExitCode> {
+fn run_locked(args: GatewayArgs, lock: &crate::preflight::PinLock) -> Result<ExitCode> {
     let gateway = Gateway::load(GatewayOptions {
         cluster_iface: args.cluster_iface.clone(),
         external_iface: args.external_iface.clone(),
@@ -428,7 +428,7 @@ fn run_locked(args: GatewayArgs) -> Result<ExitCode> {
         snapshot: None,
         owned: BTreeSet::new(),
     };
-    serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
+    serve(&mut enforcer, &args.daemon, ("gateway", lock), state_dir)?;
     let unpin = args
         .unpin_on_exit
         .then_some(move || enforcer.gateway.unpin());

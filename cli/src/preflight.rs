@@ -3,8 +3,10 @@
 //! the capabilities it needs, bpffs under its pin directory, the interfaces it was given, and no
 //! other daemon on the same pins (an exclusive lock on the pin directory, held while it runs).
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -127,8 +129,10 @@ fn check_interface(flag: &str, name: &str) -> Result<()> {
 /// An exclusive `flock` on the pin directory: one daemon per set of pins. The kernel drops it
 /// when the process dies (also on `kill -9`), so a restarted daemon takes it at once.
 pub struct PinLock {
-    /// Held open for the lock; dropped with it.
-    _dir: OwnedFd,
+    /// The locked directory, held open for the lock; replaced when the directory was removed
+    /// and made again under the running daemon ([`PinLock::follow`]).
+    dir: RefCell<OwnedFd>,
+    path: PathBuf,
     /// The pin directory, when this start created it (removed again if the start fails).
     created: Option<PathBuf>,
 }
@@ -138,35 +142,26 @@ impl PinLock {
         let created = (!pin_dir.exists()).then(|| pin_dir.to_owned());
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("--pin-dir {}: creating it", pin_dir.display()))?;
-        let path = CString::new(pin_dir.as_os_str().as_encoded_bytes())
-            .with_context(|| format!("--pin-dir {}: not a usable path", pin_dir.display()))?;
-        // SAFETY: valid path; the descriptor is owned below.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            bail!("--pin-dir {}: {e}", pin_dir.display());
-        }
-        // SAFETY: a descriptor we just opened.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: our descriptor.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                bail!(
-                    "another portcullis daemon is running on the pins in {}: stop it first \
-                     (a restart adopts its pins), or give this one another --pin-dir",
-                    pin_dir.display()
-                );
-            }
-            bail!("--pin-dir {}: locking it: {e}", pin_dir.display());
-        }
+        let dir = lock_dir(pin_dir)?;
         tracing::debug!(daemon, pin_dir = %pin_dir.display(), "pin directory locked");
-        Ok(PinLock { _dir: dir, created })
+        Ok(PinLock {
+            dir: RefCell::new(dir),
+            path: pin_dir.to_owned(),
+            created,
+        })
+    }
+
+    /// After pins were restored: when the directory itself was removed and made again, the
+    /// lock moves to the new one (the old lock is on a directory nobody can find any more).
+    pub fn follow(&self) -> Result<()> {
+        let current = std::fs::metadata(&self.path)
+            .with_context(|| format!("pin directory {}", self.path.display()))?;
+        let held = std::fs::File::from(self.dir.borrow().try_clone()?).metadata()?;
+        if (held.dev(), held.ino()) != (current.dev(), current.ino()) {
+            *self.dir.borrow_mut() = lock_dir(&self.path)?;
+            tracing::info!(pin_dir = %self.path.display(), "locked the pin directory made again");
+        }
+        Ok(())
     }
 
     /// A start that failed after the lock: when this start created the pin directory, it goes
@@ -179,4 +174,36 @@ impl PinLock {
             }
         }
     }
+}
+
+/// Opens `pin_dir` and takes its exclusive lock, or says which daemon has it.
+fn lock_dir(pin_dir: &Path) -> Result<OwnedFd> {
+    let path = CString::new(pin_dir.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("--pin-dir {}: not a usable path", pin_dir.display()))?;
+    // SAFETY: valid path; the descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("--pin-dir {}: {e}", pin_dir.display());
+    }
+    // SAFETY: a descriptor we just opened.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: our descriptor.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another portcullis daemon is running on the pins in {}: stop it first \
+                 (a restart adopts its pins), or give this one another --pin-dir",
+                pin_dir.display()
+            );
+        }
+        bail!("--pin-dir {}: locking it: {e}", pin_dir.display());
+    }
+    Ok(dir)
 }

@@ -440,6 +440,11 @@ fn pins_removed_under_a_running_gateway_are_pinned_again_and_survive_its_kill() 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The lock moved to the directory made again: a second gateway is still refused.
+    refused(
+        &s.gateway(&[], ["gc", "ge"], None),
+        &["another portcullis daemon"],
+    );
     let status = Command::new(BIN)
         .args(["status", "--pin-dir"])
         .arg(&s.dirs.pin_dir)
