@@ -17,6 +17,7 @@ use portcullis_watcher::{FileOptions, FileSource, KubeOptions, KubeSource, State
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::preflight::PinLock;
 use crate::SourceArgs;
 
 /// Options every daemon takes.
@@ -76,6 +77,13 @@ pub struct PublishedState {
     /// which share their node's address, excluded): the names `monitor --type verdict` prints.
     #[serde(default)]
     pub addresses: BTreeMap<IpAddr, String>,
+    /// Pinned maps and links found removed under the running daemon and pinned again.
+    #[serde(default)]
+    pub pins_restored: u64,
+    /// Why removed pins could not be pinned again (the programs stay attached while the daemon
+    /// runs; it keeps trying).
+    #[serde(default)]
+    pub pins_error: Option<String>,
 }
 
 impl PublishedState {
@@ -154,6 +162,10 @@ pub trait Enforcer {
     /// Egress: the node's steering or the gateway's translations, published for `status`.
     fn egress_status(&mut self) -> Option<serde_json::Value> {
         None
+    }
+    /// Pins again the maps and links whose pins were removed under the daemon; their names.
+    fn restore_pins(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 
@@ -244,6 +256,18 @@ pub fn export_flow_tables(side: &str, flows: &portcullis_gateway::FlowCounts) {
     }
 }
 
+/// The map an update did not fit in, when that is why it was refused.
+fn full_table(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| match cause.downcast_ref() {
+        Some(portcullis_gateway::Error::TooManyEntries { map, .. }) => Some(*map),
+        Some(portcullis_gateway::Error::TableFull { name, .. }) => Some(*name),
+        _ => None,
+    })
+}
+
+/// How often a daemon looks for pins removed under it.
+const PIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Reloader<'a, E> {
     enforcer: &'a mut E,
     state: PublishedState,
@@ -251,6 +275,8 @@ struct Reloader<'a, E> {
     /// Shared with the source's published value when that had no rejected object.
     last_good: Arc<Snapshot>,
     name: &'static str,
+    /// The daemon's lock on its pin directory (it follows a directory made again).
+    lock: &'a PinLock,
 }
 
 impl<E: Enforcer> Reloader<'_, E> {
@@ -316,6 +342,10 @@ impl<E: Enforcer> Reloader<'_, E> {
                 );
                 metrics::counter!("portcullis_update_failures_total", "daemon" => self.name)
                     .increment(1);
+                if let Some(table) = full_table(&e) {
+                    metrics::counter!("portcullis_update_table_full_total", "daemon" => self.name, "table" => table)
+                        .increment(1);
+                }
                 self.state.last_error = Some(format!("{e:#}"));
                 Err(e)
             }
@@ -324,6 +354,51 @@ impl<E: Enforcer> Reloader<'_, E> {
             warn!(error = format!("{e:#}"), "could not publish state");
         }
         outcome
+    }
+}
+
+impl<E: Enforcer> Reloader<'_, E> {
+    /// Pins removed under the daemon (`rm -rf` of the pin directory, a map or link unlinked)
+    /// are pinned again: without it a removed link pin would detach the program when the
+    /// daemon exits, and a restart would start from empty maps. It says so in the log, the
+    /// metrics (`portcullis_pins_restored_total`) and `status`.
+    fn check_pins(&mut self) {
+        let before = (self.state.pins_restored, self.state.pins_error.clone());
+        match self.enforcer.restore_pins() {
+            Ok(names) if names.is_empty() => self.state.pins_error = None,
+            Ok(names) => {
+                warn!(
+                    pins = names.join(", "),
+                    "pins were removed under the running daemon; pinned them again"
+                );
+                if let Err(e) = self.lock.follow() {
+                    error!(
+                        error = format!("{e:#}"),
+                        "the pin directory made again cannot be locked"
+                    );
+                }
+                metrics::counter!("portcullis_pins_restored_total", "daemon" => self.name)
+                    .increment(names.len() as u64);
+                self.state.pins_restored += names.len() as u64;
+                self.state.pins_error = None;
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if self.state.pins_error.as_ref() != Some(&message) {
+                    error!(
+                        error = message,
+                        "pins were removed under the running daemon and cannot be pinned \
+                         again; the programs stay attached while it runs (it keeps trying)"
+                    );
+                }
+                self.state.pins_error = Some(message);
+            }
+        }
+        if (self.state.pins_restored, self.state.pins_error.clone()) != before {
+            if let Err(e) = self.state.write(&self.state_dir) {
+                warn!(error = format!("{e:#}"), "could not publish state");
+            }
+        }
     }
 }
 
@@ -350,7 +425,7 @@ pub fn stop<E: std::error::Error + Send + Sync + 'static>(
 pub fn serve<E: Enforcer>(
     enforcer: &mut E,
     args: &DaemonArgs,
-    name: &'static str,
+    (name, lock): (&'static str, &PinLock),
     state_dir: PathBuf,
 ) -> Result<()> {
     if let Some(addr) = args.metrics_addr {
@@ -369,6 +444,7 @@ pub fn serve<E: Enforcer>(
     for counter in [
         "portcullis_update_failures_total",
         "portcullis_flows_expired_total",
+        "portcullis_pins_restored_total",
     ] {
         metrics::counter!(counter, "daemon" => name).increment(0);
     }
@@ -381,6 +457,7 @@ pub fn serve<E: Enforcer>(
         state_dir,
         last_good: Arc::default(),
         name,
+        lock,
     };
     // The source runs on a small Tokio runtime; this thread applies what it publishes.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -409,6 +486,7 @@ pub fn serve<E: Enforcer>(
     let wake = reloader.enforcer.wakeup();
     let mut last_gc = Instant::now();
     let mut last_metrics = Instant::now();
+    let mut last_pin_check = Instant::now();
     let mut applied_snapshot: Option<Arc<Snapshot>> = None;
     // The value the source holds now has not been looked at (it may have published before we
     // subscribed).
@@ -475,6 +553,10 @@ pub fn serve<E: Enforcer>(
                     .increment(n as u64),
                 Err(e) => warn!(error = %e, "flow GC failed"),
             }
+        }
+        if last_pin_check.elapsed() >= PIN_CHECK_INTERVAL {
+            last_pin_check = Instant::now();
+            reloader.check_pins();
         }
         if args.metrics_addr.is_some() && last_metrics.elapsed() >= Duration::from_secs(1) {
             last_metrics = Instant::now();

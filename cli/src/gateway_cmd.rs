@@ -209,6 +209,10 @@ impl Enforcer for GatewayEnforcer {
         Ok(self.gateway.gc_flows()?)
     }
 
+    fn restore_pins(&mut self) -> Result<Vec<String>> {
+        Ok(self.gateway.restore_pins()?)
+    }
+
     /// Follows failover (`--ha`); publishes the engine's status and drop events once a second.
     fn poll(&mut self) -> bool {
         let failover = self.poll_ha();
@@ -338,6 +342,24 @@ pub fn export_verdicts(c: &Counters, judged_by: &'static str) {
 }
 
 pub fn run(args: GatewayArgs) -> Result<ExitCode> {
+    let lock = crate::preflight::check(
+        "gateway",
+        &args.pin_dir,
+        &[
+            ("cluster-iface", args.cluster_iface.as_str()),
+            ("external-iface", args.external_iface.as_str()),
+        ],
+    )?;
+    let result = run_locked(args, &lock);
+    if result.is_err() {
+        // A start that failed leaves no pins (and so no attached program) of its own behind.
+        lock.abandon();
+    }
+    result
+}
+
+/// The daemon, with its pin directory locked.
+fn run_locked(args: GatewayArgs, lock: &crate::preflight::PinLock) -> Result<ExitCode> {
     let gateway = Gateway::load(GatewayOptions {
         cluster_iface: args.cluster_iface.clone(),
         external_iface: args.external_iface.clone(),
@@ -406,7 +428,7 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
         snapshot: None,
         owned: BTreeSet::new(),
     };
-    serve(&mut enforcer, &args.daemon, "gateway", state_dir)?;
+    serve(&mut enforcer, &args.daemon, ("gateway", lock), state_dir)?;
     let unpin = args
         .unpin_on_exit
         .then_some(move || enforcer.gateway.unpin());

@@ -15,6 +15,7 @@ mod lab_streams;
 mod monitor_snat;
 mod monitor_verdict;
 mod node;
+mod preflight;
 mod probe_cmd;
 mod probe_target;
 mod status_cmd;
@@ -143,10 +144,39 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, as `{:#}` gives them, but each cause cut at its first
+/// line break: a kernel's answer (the verifier's log) can be thousands of lines, which go to the
+/// debug log instead.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut cut = false;
+    let causes: Vec<String> = e
+        .chain()
+        .map(|cause| {
+            let text = cause.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end()
+                .to_owned();
+            if first.len() < text.trim_end().len() {
+                cut = true;
+                tracing::debug!(cause = text, "the error in full");
+            }
+            first
+        })
+        .collect();
+    let mut line = causes.join(": ");
+    if cut {
+        line.push_str(" (the rest of the kernel's answer: run with PORTCULLIS_LOG=debug)");
+    }
+    line
 }
 
 /// Loads the cluster state once and reports rejected objects on stderr. Returns the snapshot and

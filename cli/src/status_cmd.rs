@@ -116,6 +116,9 @@ struct StatusView<'a, P: Serialize> {
     stale: bool,
     rejected_objects: &'a [String],
     last_error: &'a Option<String>,
+    /// Pins removed under the daemon and pinned again, and why they could not be (if so).
+    pins_restored: u64,
+    pins_error: &'a Option<String>,
     #[serde(flatten)]
     program: P,
 }
@@ -128,6 +131,8 @@ impl<'a, P: Serialize> StatusView<'a, P> {
             stale: published.stale,
             rejected_objects: &published.rejected,
             last_error: &published.last_error,
+            pins_restored: published.pins_restored,
+            pins_error: &published.pins_error,
             program,
         }
     }
@@ -327,6 +332,15 @@ fn print_drops_and_errors(t: &TableStatus, published: &PublishedState) {
     }
     for r in &published.rejected {
         println!("  rejected: {r}");
+    }
+    if published.pins_restored > 0 {
+        println!(
+            "  pins removed under the daemon and pinned again: {}",
+            published.pins_restored
+        );
+    }
+    if let Some(e) = &published.pins_error {
+        println!("  PINS REMOVED AND NOT RESTORED (the daemon keeps trying): {e}");
     }
 }
 

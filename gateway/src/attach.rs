@@ -103,6 +103,12 @@ fn rollback(ebpf: &mut Ebpf, created: Vec<Created>) {
     }
 }
 
+/// The kernel's answer when an XDP program is attached to the interface already.
+fn busy(error: &aya::programs::ProgramError) -> bool {
+    matches!(error, aya::programs::ProgramError::SyscallError(e)
+        if e.io_error.raw_os_error() == Some(libc::EBUSY))
+}
+
 /// Attaches (or adopts) one leg: whether it was adopted, and its pinned link.
 fn attach_leg(
     ebpf: &mut Ebpf,
@@ -112,6 +118,9 @@ fn attach_leg(
     created: &mut Vec<Created>,
 ) -> Result<(bool, Option<PinnedLink>)> {
     let native = |source| match options.xdp_mode {
+        _ if busy(&source) => Error::InterfaceBusy {
+            iface: name.clone(),
+        },
         AttachMode::Native => Error::NativeXdp {
             iface: name.clone(),
             source,

@@ -31,6 +31,7 @@ use aya::programs::links::PinnedLink;
 use aya::programs::Xdp;
 use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin, take};
+use portcullis_bpf::PinKeeper;
 pub use portcullis_bpf::{
     generation_id, key_addr, monotonic_coarse_ns, ApplyStats, Core, Counters, Datapath, DropEvents,
     Error, FlowCounts, FlowRecordCounters, GroupDrops, Result, TableStatus,
@@ -135,6 +136,9 @@ pub struct Gateway {
     ownership: Option<BTreeSet<[u8; 16]>>,
     /// The external leg's MAC: the ARP/ND answers for the egress addresses carry it.
     external_mac: [u8; 6],
+    /// Our own descriptors of the pinned maps and links (with a pin directory), to pin them
+    /// again when their pins are removed under us.
+    pins: Option<PinKeeper>,
 }
 
 /// What the AF_XDP engine needs of the loaded program.
@@ -219,7 +223,16 @@ impl Gateway {
             false => None,
         };
         let xsks = take(&mut ebpf, OBJECT, MAP_XSKS)?;
+        let mut pins = match &options.pin_dir {
+            Some(dir) => Some(PinKeeper::hold(dir, pinned_maps())?),
+            None => None,
+        };
         let (attached, pinned_links) = attach::attach_legs(&mut ebpf, &options)?;
+        for keeper in pins.iter_mut() {
+            for link in LINK_PINS {
+                keeper.hold_one(link)?;
+            }
+        }
         let external_mac = interface_mac(&options.external_iface)?;
         let engine = (options.datapath.has_engine()).then(|| EngineHandles {
             xsks,
@@ -239,6 +252,7 @@ impl Gateway {
             lease,
             ownership: None,
             external_mac,
+            pins,
         })
     }
 
@@ -440,6 +454,14 @@ impl Gateway {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.options.pin_dir.as_deref()
+    }
+
+    /// Pins again every map and link whose pin was removed under us (see [`PinKeeper`]);
+    /// returns their names.
+    pub fn restore_pins(&self) -> Result<Vec<String>> {
+        self.pins
+            .as_ref()
+            .map_or(Ok(Vec::new()), PinKeeper::restore)
     }
 }
 

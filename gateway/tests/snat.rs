@@ -1,13 +1,18 @@
 //! Source NAT in the XDP program, through BPF_PROG_TEST_RUN on the loaded program: what leaves
 //! the cluster leg with an egress address, what comes back to it, ICMP, the port pool and ARP/ND
-//! (the configuration over time: `snat_config.rs`). Every translated packet is compared byte for byte with
-//! the same packet built from scratch with the translated addresses (so every checksum is
-//! recomputed in the test, not updated the program's way).
+//! (the configuration over time: `snat_config.rs`), and the translation table full. Every
+//! translated packet is compared byte for byte with the same packet built from scratch with the
+//! translated addresses (so every checksum is recomputed in the test, not updated the program's
+//! way).
 
 mod snat_common;
 
-use portcullis_common::{DROP_REASON_SNAT_EXHAUSTED, NAT_OUTBOUND};
-use portcullis_gateway::{Datapath, XDP_DROP, XDP_PASS};
+use std::time::Instant;
+
+use portcullis_common::{
+    DROP_REASON_SNAT_EXHAUSTED, DROP_REASON_SNAT_TABLE_FULL, MAX_SNAT_TRANSLATIONS, NAT_OUTBOUND,
+};
+use portcullis_gateway::{Datapath, TestProgram, XDP_DROP, XDP_PASS};
 use portcullis_testkit::*;
 use snat_common::{run, *};
 
@@ -310,4 +315,92 @@ fn arp_and_neighbour_solicitations_for_egress_addresses_are_answered() {
     ns.run(|| gw.set_snat(&elsewhere)).expect("set_snat");
     let frame = solicitation.frame();
     assert_eq!(run(&ns, &mut gw, Leg::External, &frame), (XDP_PASS, frame));
+}
+
+/// Source ports per remote port: a quarter of the pool, so that a connection's 32 probes
+/// (linear, from the tuple's hash) practically never all find a taken port.
+const SPORTS: usize = 16_000;
+
+/// The `i`th connection of POD_A: UDP to SERVER (a pool of its own per remote port).
+fn connection(i: usize) -> Packet {
+    let (sport, rport) = (1024 + (i % SPORTS) as u16, 2000 + (i / SPORTS) as u16);
+    Packet::udp(POD_A, sport, SERVER, rport)
+}
+
+/// The translation table full (`SNAT_TRANSLATIONS`, the real map: 262,144 connections, filled
+/// through BPF_PROG_TEST_RUN in a few seconds): a new connection that cannot get a translation
+/// is dropped with its own reason (`snat-table-full`, counted in `status`), never sent with the
+/// pod's own address nor given another connection's translated tuple; the connections already
+/// translated keep theirs (a plain hash: nothing is evicted).
+#[test]
+#[ignore = "needs root (BPF, network namespaces): scripts/test runs it with --include-ignored"]
+fn a_full_translation_table_refuses_new_connections_with_their_reason_and_keeps_the_old() {
+    require_root();
+    let ns = NetNs::new("snfull");
+    let mut gw = gateway(&ns, 1024..=65535);
+    let mut events = gw.take_drop_events().expect("drop events");
+    let capacity = MAX_SNAT_TRANSLATIONS as usize / 2;
+    let beyond = 1000;
+    let started = Instant::now();
+    let actions: Vec<u32> = ns.run(|| {
+        let leg = ifindex(CLUSTER);
+        (0..capacity + beyond)
+            .map(|i| {
+                let frame = connection(i).frame();
+                let out = gw
+                    .test_run(TestProgram::Gateway, leg, &frame, 1)
+                    .expect("run");
+                out.action
+            })
+            .collect()
+    });
+    eprintln!("{} connections in {:?}", actions.len(), started.elapsed());
+    let status = ns.run(|| gw.snat_status()).unwrap();
+    let c = &status.counters;
+    eprintln!("{c:?}");
+    assert_eq!(
+        (status.translations, c.new_translations),
+        (capacity, capacity as u64),
+        "the table holds exactly its capacity: {c:?}"
+    );
+    let passed = actions.iter().filter(|a| **a == XDP_PASS).count();
+    let dropped = actions.iter().filter(|a| **a == XDP_DROP).count();
+    assert_eq!((passed, passed + dropped), (capacity, actions.len()));
+    assert!(
+        actions[capacity..].iter().all(|a| *a == XDP_DROP),
+        "once the table is full, no new connection passes"
+    );
+    // Each refused connection is counted with its reason: its first free port needs a slot the
+    // full table does not have (table full), unless every port it probes is taken already by an
+    // earlier connection (pool exhausted: the earlier source ports were sequential).
+    assert_eq!(c.table_full + c.pool_exhausted, dropped as u64, "{c:?}");
+    assert!(c.table_full >= beyond as u64 / 2, "{c:?}");
+    let mut reasons = Vec::new();
+    while let Some(ev) = events.next_event() {
+        reasons.push(ev.reason);
+    }
+    assert!(
+        reasons.contains(&DROP_REASON_SNAT_TABLE_FULL),
+        "drop events: {reasons:?}"
+    );
+
+    // The first connections keep their translation (their flows were evicted from the flow
+    // table long ago: the translation is found again).
+    for i in [0, 1, capacity / 2, capacity - 1] {
+        let pkt = connection(i);
+        let (action, out) = run(&ns, &mut gw, Leg::Cluster, &pkt.frame());
+        assert_eq!(action, XDP_PASS, "connection {i}");
+        // Untagged IPv4: the source address at 26..30, the UDP destination port after the source.
+        assert_eq!(
+            out[26..30],
+            v4(EGRESS4),
+            "connection {i} leaves with the egress IP"
+        );
+        assert_eq!(be16(&out, l4(&out) + 2), 2000 + (i / SPORTS) as u16);
+    }
+    let after = ns.run(|| gw.snat_status()).unwrap();
+    assert_eq!(
+        after.translations, capacity,
+        "nothing evicted, nothing added"
+    );
 }

@@ -22,6 +22,7 @@ use aya::programs::SchedClassifier;
 use aya::util::KernelVersion;
 use aya::Ebpf;
 use portcullis_bpf::object::{program, remove_pin, take};
+use portcullis_bpf::PinKeeper;
 pub use portcullis_bpf::{
     generation_id, key_addr, ApplyStats, Core, Counters, Datapath, DropEvents, Error, GroupDrops,
     Result, TableStatus,
@@ -92,6 +93,9 @@ pub struct NodeHook {
     core: Core<NodeTables>,
     own: OwnMaps,
     host_addrs: HashMap<MapData, [u8; 16], u8>,
+    /// Our own descriptors of the pinned maps and links (with a pin directory), to pin them
+    /// again when their pins are removed under us.
+    pins: Option<PinKeeper>,
 }
 
 impl Datapath for NodeHook {
@@ -129,7 +133,17 @@ impl NodeHook {
             .unwrap_or(false);
         let mut links = Links::new(options.pin_dir.clone(), tcx);
         links.adopt_pinned(&mut ebpf)?;
+        let pins = match &options.pin_dir {
+            Some(dir) => {
+                let names = pinned_maps()
+                    .map(str::to_owned)
+                    .chain(links.pin_names(None));
+                Some(PinKeeper::hold(dir, names)?)
+            }
+            None => None,
+        };
         Ok(NodeHook {
+            pins,
             core,
             own: OwnMaps::take(&mut ebpf)?,
             host_addrs: take(&mut ebpf, OBJECT, MAP_HOST_ADDRS)?,
@@ -143,13 +157,35 @@ impl NodeHook {
     /// network namespace: delivery checks on its egress, flow recording on its ingress. Already
     /// attached (or adopted) interfaces are left as they are.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachedInterface> {
-        self.links.attach(&mut self.ebpf, ifname)
+        let attached = self.links.attach(&mut self.ebpf, ifname)?;
+        if let Some(keeper) = self.pins.as_mut() {
+            for name in self.links.pin_names(Some(ifname)) {
+                keeper.hold_one(&name)?;
+            }
+        }
+        Ok(attached)
     }
 
     /// Detaches both programs from `ifname` and removes their pins. Works after the interface is
     /// gone too (its links are then already inert).
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        self.links.detach(&mut self.ebpf, ifname)
+        let names = self.links.pin_names(Some(ifname));
+        self.links.detach(&mut self.ebpf, ifname)?;
+        for name in names {
+            // Unpinned on purpose: not to be pinned again.
+            if let Some(keeper) = self.pins.as_mut() {
+                keeper.forget(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins again every map and link whose pin was removed under us (see [`PinKeeper`]);
+    /// returns their names.
+    pub fn restore_pins(&self) -> Result<Vec<String>> {
+        self.pins
+            .as_ref()
+            .map_or(Ok(Vec::new()), PinKeeper::restore)
     }
 
     pub fn attached(&self) -> Vec<AttachedInterface> {

@@ -243,6 +243,21 @@ impl Links {
         Ok(())
     }
 
+    /// The pin file names of the links held for `ifname` (every interface's with `None`).
+    pub(crate) fn pin_names(&self, ifname: Option<&str>) -> Vec<String> {
+        (self.hooked.iter())
+            .filter(|(name, _)| ifname.is_none_or(|i| i == name.as_str()))
+            .flat_map(|(_, h)| &h.links)
+            .filter_map(|link| match link {
+                HeldLink::Tcx {
+                    pin: Some(path), ..
+                } => path.file_name(),
+                _ => None,
+            })
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect()
+    }
+
     pub(crate) fn attached(&self) -> Vec<AttachedInterface> {
         self.hooked.values().map(|h| h.info.clone()).collect()
     }

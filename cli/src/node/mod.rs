@@ -461,6 +461,10 @@ impl Enforcer for NodeEnforcer {
         Ok(self.hook.gc_flows()?)
     }
 
+    fn restore_pins(&mut self) -> Result<Vec<String>> {
+        Ok(self.hook.restore_pins()?)
+    }
+
     fn poll(&mut self) -> bool {
         let mut changed = false;
         if let Some((bin, conf, socket)) = &self.install {
@@ -555,6 +559,21 @@ impl Enforcer for NodeEnforcer {
 }
 
 pub fn run(args: NodeArgs) -> Result<ExitCode> {
+    let uplink = args
+        .egress_uplink
+        .iter()
+        .map(|i| ("egress-uplink", i.as_str()));
+    let lock = crate::preflight::check("node", &args.pin_dir, &uplink.collect::<Vec<_>>())?;
+    let result = run_locked(args, &lock);
+    if result.is_err() {
+        // A start that failed leaves no pins (and so no attached program) of its own behind.
+        lock.abandon();
+    }
+    result
+}
+
+/// The daemon, with its pin directory locked.
+fn run_locked(args: NodeArgs, lock: &crate::preflight::PinLock) -> Result<ExitCode> {
     let hook = NodeHook::load(NodeOptions {
         pin_dir: Some(args.pin_dir.clone()),
         revalidate: args.revalidate,
@@ -625,7 +644,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
             )?),
         },
     };
-    serve(&mut enforcer, &args.daemon, "node", state_dir)?;
+    serve(&mut enforcer, &args.daemon, ("node", lock), state_dir)?;
     if args.unpin_on_exit {
         if let Some(steering) = enforcer.steering.as_mut() {
             steering.clear()?;

@@ -65,6 +65,14 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// Another XDP program (another gateway's, on other pins, or a foreign one) holds the
+    /// interface: the kernel refuses a second XDP attachment.
+    #[error(
+        "interface {iface} already has an XDP program attached (another portcullis gateway with \
+         another --pin-dir, or a foreign program; see `ip -d link show {iface}` and `bpftool net`): \
+         stop that daemon or detach its program, then start again"
+    )]
+    InterfaceBusy { iface: String },
     #[error("link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
     #[error("pinning: {0}")]
@@ -84,14 +92,18 @@ pub enum Error {
          applied, the generation in force stays"
     )]
     TableFull { name: &'static str, capacity: u32 },
+    /// An update that would not fit, refused before any map is written.
     #[error(
-        "the tables need {needed} {what}, more than the {max} one generation can hold (half of \
-         the map: the generation in force stays beside it)"
+        "map {map} cannot hold the update: it needs {needed} {what}, more than the {max} one \
+         generation may use (half of its {capacity} entries: the generation in force stays \
+         beside it); the update is refused as a whole and the generation in force stays"
     )]
     TooManyEntries {
+        map: &'static str,
         what: &'static str,
         needed: usize,
         max: usize,
+        capacity: u32,
     },
     #[error("table refers to {what} {index}, which does not exist")]
     BadIndex { what: &'static str, index: u32 },

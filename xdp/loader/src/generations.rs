@@ -12,7 +12,9 @@ use tracing::info;
 
 use crate::error::Result;
 use crate::maps::{Delta, PolicyMaps};
-use crate::tables::{generation_id, validate, GroupPolicies, PolicyTables, TableSizes};
+use crate::tables::{
+    check_prefix_entries, generation_id, validate, GroupPolicies, PolicyTables, TableSizes,
+};
 
 /// What one apply wrote and how long it took.
 #[derive(Clone, Debug, Default)]
@@ -66,14 +68,14 @@ impl<T: PolicyTables> Generations<T> {
         let start = Instant::now();
         validate(tables)?;
         let next = 1 - maps.generation()?;
+        // An unknown generation is emptied first.
+        let base = match self.installed[next as usize] {
+            Some(_) => self.prefix_entries[next as usize],
+            None => 0,
+        };
+        check_prefix_entries(self.installed[next as usize].as_ref(), base, tables)?;
         // Until the write completes the inactive generation's content is unknown.
         let old = self.installed[next as usize].take();
-        // An unknown generation is emptied first.
-        let base = if old.is_some() {
-            self.prefix_entries[next as usize]
-        } else {
-            0
-        };
         let mut delta = maps.write_delta(old.as_ref(), tables, next)?;
         delta += write_own(old.as_ref(), next)?;
         let prefix_entries = base.saturating_add_signed(delta.prefix_entries);

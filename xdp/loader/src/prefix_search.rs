@@ -63,10 +63,19 @@ fn path_to(count: usize, target: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-impl GroupSearch {
-    /// The entries for `prefixes` (compiler order; a repeated prefix keeps its last rule set, as
-    /// the trie's insert and `longest_match` did).
-    pub fn new(prefixes: &[(IpNet, u32)]) -> GroupSearch {
+/// At most this many entries per prefix: itself and a marker on each shorter length the search
+/// visits on its way (at most 8 steps over the 129 lengths).
+pub const MAX_ENTRIES_PER_PREFIX: usize = 9;
+
+/// A group's prefixes as search keys, its sorted distinct lengths and the keys of its markers.
+struct Shape {
+    real: HashMap<SearchKey, u32>,
+    lengths: Vec<u8>,
+    markers: HashSet<SearchKey>,
+}
+
+impl Shape {
+    fn new(prefixes: &[(IpNet, u32)]) -> Shape {
         let real: HashMap<SearchKey, u32> = prefixes
             .iter()
             .map(|(net, rs)| (search_key(net), *rs))
@@ -86,6 +95,33 @@ impl GroupSearch {
                 }
             }
         }
+        Shape {
+            real,
+            lengths,
+            markers,
+        }
+    }
+}
+
+/// How many entries [`GroupSearch::new`] makes of `prefixes`, without computing their rule sets:
+/// what the loader checks against the map's room before it writes anything.
+pub fn entry_count(prefixes: &[(IpNet, u32)]) -> usize {
+    let shape = Shape::new(prefixes);
+    let marker_only = (shape.markers.iter())
+        .filter(|k| !shape.real.contains_key(k))
+        .count();
+    shape.real.len() + marker_only
+}
+
+impl GroupSearch {
+    /// The entries for `prefixes` (compiler order; a repeated prefix keeps its last rule set, as
+    /// the trie's insert and `longest_match` did).
+    pub fn new(prefixes: &[(IpNet, u32)]) -> GroupSearch {
+        let Shape {
+            real,
+            lengths,
+            markers,
+        } = Shape::new(prefixes);
 
         let mut entries = HashMap::with_capacity(real.len() + markers.len());
         for (key, rs) in &real {

@@ -162,4 +162,13 @@ proptest! {
             prop_assert!(s.lengths.contains(&key.0));
         }
     }
+
+    /// The count the loader checks before a write is the number of entries it then writes,
+    /// within the bound it uses to skip the count.
+    #[test]
+    fn entry_count_is_what_is_written(prefixes in prop::collection::vec(arb_prefix(), 0..40)) {
+        let count = entry_count(&prefixes);
+        prop_assert_eq!(count, GroupSearch::new(&prefixes).entries.len());
+        prop_assert!(count <= MAX_ENTRIES_PER_PREFIX * prefixes.len());
+    }
 }

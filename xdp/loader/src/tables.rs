@@ -11,6 +11,7 @@ use portcullis_policy::compile::{EndpointGroups, GatewayTables, PortRule};
 use portcullis_policy::model::Direction;
 
 use crate::error::{Error, Result};
+use crate::prefix_search::{entry_count, MAX_ENTRIES_PER_PREFIX};
 
 /// Entry counts of one set of tables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,24 +139,68 @@ impl PolicyTables for NodeTables {
     }
 }
 
-/// Checks that the maps can hold `tables` and that every index in them exists: nothing is
-/// written for tables that would be rejected half way. Each generation may fill half of a policy
-/// map (the one in force stays beside it). The markers of `PREFIXES` are only known when the
-/// entries are computed at write time: a write that finds the map full fails with
-/// [`Error::TableFull`] before the switch.
-pub fn validate<T: PolicyTables>(tables: &T) -> Result<()> {
-    let sizes = tables.sizes();
-    for (what, needed, capacity) in [
-        ("prefixes", sizes.prefixes, MAX_PREFIXES),
+/// Each policy map with what one generation of `sizes` puts in it and its capacity (both
+/// generations).
+fn room(sizes: &TableSizes) -> [(&'static str, &'static str, usize, u32); 7] {
+    [
         (
+            MAP_ENDPOINTS,
+            "endpoints (selected pod address and direction)",
+            sizes.endpoints,
+            MAX_ENDPOINTS,
+        ),
+        (MAP_PREFIXES, "prefixes", sizes.prefixes, MAX_PREFIXES),
+        (
+            MAP_PREFIX_LENGTHS,
             "groups with prefixes",
             sizes.prefix_groups,
             MAX_PREFIX_GROUPS,
         ),
-    ] {
-        let max = capacity as usize / 2;
+        (MAP_RULE_SETS, "rule sets", sizes.rule_sets, MAX_RULE_SETS),
+        (
+            MAP_DROPS_BY_GROUP,
+            "policy groups (each with a drop counter)",
+            sizes.groups,
+            MAX_GROUP_DROPS,
+        ),
+        (
+            MAP_IDENTITIES,
+            "pod addresses with an identity",
+            sizes.identities,
+            MAX_IDENTITIES,
+        ),
+        (
+            MAP_PEERS,
+            "(group, peer identity) entries",
+            sizes.peers,
+            MAX_PEERS,
+        ),
+    ]
+}
+
+/// The room one generation has in a map of `capacity` entries: half (the one in force stays
+/// beside it).
+fn generation_room(capacity: u32) -> usize {
+    capacity as usize / 2
+}
+
+/// Checks that the maps can hold `tables` and that every index in them exists: nothing is
+/// written for tables that would be rejected half way. Each generation may fill half of a policy
+/// map (the one in force stays beside it). `PREFIXES` also holds the search's markers, which
+/// depend on what the generation held before: [`check_prefix_entries`] counts them, also before
+/// anything is written.
+pub fn validate<T: PolicyTables>(tables: &T) -> Result<()> {
+    let sizes = tables.sizes();
+    for (map, what, needed, capacity) in room(&sizes) {
+        let max = generation_room(capacity);
         if needed > max {
-            return Err(Error::TooManyEntries { what, needed, max });
+            return Err(Error::TooManyEntries {
+                map,
+                what,
+                needed,
+                max,
+                capacity,
+            });
         }
     }
     for (i, rules) in tables.rule_sets().iter().enumerate() {
@@ -193,6 +238,43 @@ pub fn validate<T: PolicyTables>(tables: &T) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `PREFIXES` entries (prefixes and the search's markers) generation `new` will have once
+/// written over `old` (which has `old_entries` of them; `None`: unknown, the generation is
+/// rewritten from empty), checked against the generation's room before anything is written.
+/// Cheap when the bound of [`MAX_ENTRIES_PER_PREFIX`] per prefix fits; otherwise the changed
+/// groups' entries are counted. Returns the count when it was computed.
+pub fn check_prefix_entries<T: PolicyTables>(
+    old: Option<&T>,
+    old_entries: usize,
+    new: &T,
+) -> Result<Option<usize>> {
+    let max = generation_room(MAX_PREFIXES);
+    if new.sizes().prefixes.saturating_mul(MAX_ENTRIES_PER_PREFIX) <= max {
+        return Ok(None);
+    }
+    let empty = T::default();
+    let (old, mut needed) = match old {
+        Some(old) => (old, old_entries),
+        None => (&empty, 0),
+    };
+    for g in 0..new.group_count().max(old.group_count()) {
+        let (before, after) = (old.group_prefixes(g), new.group_prefixes(g));
+        if before != after {
+            needed = (needed + entry_count(after)).saturating_sub(entry_count(before));
+        }
+    }
+    if needed > max {
+        return Err(Error::TooManyEntries {
+            map: MAP_PREFIXES,
+            what: "entries (prefixes and the search's markers)",
+            needed,
+            max,
+            capacity: MAX_PREFIXES,
+        });
+    }
+    Ok(Some(needed))
 }
 
 /// Address as stored in every key: 16 bytes, network order, IPv4 mapped.
