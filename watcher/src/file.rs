@@ -153,15 +153,7 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Loaded> {
             Ok(text) => builder.add_yaml(&source, &text),
             // Deleted between the walk and the read: it no longer contributes.
             Err(_) if !file.exists() && !paths.contains(&file) => {}
-            Err(message) => unreadable.push(LoadError {
-                origin: Origin {
-                    source,
-                    document: 0,
-                },
-                object: None,
-                field: String::new(),
-                message,
-            }),
+            Err(message) => unreadable.push(unreadable_source(source, message)),
         }
     }
     let mut loaded = builder.build();
@@ -258,15 +250,7 @@ impl FileSource {
                         };
                         let mut errors = previous.errors.clone();
                         errors.retain(|err| err.origin.document != 0);
-                        errors.push(LoadError {
-                            origin: Origin {
-                                source,
-                                document: 0,
-                            },
-                            object: None,
-                            field: String::new(),
-                            message,
-                        });
+                        errors.push(unreadable_source(source, message));
                         publisher.publish(previous.snapshot, errors, true, true, first);
                     }
                     Err(join) => tracing::error!("reload task failed: {join}"),
@@ -294,4 +278,17 @@ impl FileSource {
 /// A file could not be read: what it held is unknown, so the view is stale.
 fn has_unreadable_file(loaded: &Loaded) -> bool {
     loaded.errors.iter().any(|e| e.origin.document == 0)
+}
+
+/// The error of a source that could not be read as a whole (document 0).
+fn unreadable_source(source: String, message: String) -> LoadError {
+    LoadError {
+        origin: Origin {
+            source,
+            document: 0,
+        },
+        object: None,
+        field: String::new(),
+        message,
+    }
 }
