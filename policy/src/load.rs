@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod api_validation_tests;
+mod bounded;
 mod builder;
 mod cidr;
 mod convert;
@@ -17,6 +18,7 @@ mod egress_tests;
 mod error;
 mod last_good;
 mod meta;
+mod nesting;
 mod service;
 mod size;
 #[cfg(test)]
@@ -30,6 +32,7 @@ pub use egress::{
     EGRESS_GATEWAY_KIND, EGRESS_GATEWAY_PLURAL, EGRESS_GATEWAY_VERSION,
 };
 pub use error::{LoadError, Origin, UnattributedError};
+pub(crate) use yaml::read_bounded_yaml;
 
 use crate::model::Snapshot;
 

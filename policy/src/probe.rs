@@ -97,7 +97,8 @@ impl fmt::Display for ProbeSpec {
 /// Reads a probe file as written, without checking the endpoints or protocols: `explain` answers
 /// each probe on its own, a malformed one included.
 pub fn parse_probe_specs(text: &str) -> Result<Vec<ProbeSpec>, String> {
-    serde_yaml_ng::from_str(text).map_err(|e| format!("not a YAML list of probes: {e}"))
+    let value = crate::load::read_bounded_yaml(text)?;
+    Vec::<ProbeSpec>::deserialize(value).map_err(|e| format!("not a YAML list of probes: {e}"))
 }
 
 /// Parses a probe file: a YAML list of probe objects.

@@ -109,19 +109,56 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Reads and validates every manifest under `paths` once. A file that cannot be read is an
-/// error (nothing is returned from a partial read); invalid objects are in [`Loaded::errors`].
+/// The largest manifest file read (a million policies take about 230 MB).
+pub const MAX_MANIFEST_FILE_BYTES: u64 = 512 << 20;
+
+/// A manifest file's text, or why it cannot be used: not a regular file (a FIFO would block the
+/// reader, a device never end), larger than [`MAX_MANIFEST_FILE_BYTES`], or not UTF-8.
+fn read_manifest(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO blocks until something writes to it.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read: not a regular file".into());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_FILE_BYTES {
+        return Err(format!(
+            "more than {MAX_MANIFEST_FILE_BYTES} bytes, the most a manifest file may have"
+        ));
+    }
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err("UTF-16 or UTF-32 (a byte-order mark); manifests must be UTF-8".into());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!("not UTF-8: invalid byte at offset {at} (line {line})")
+    })
+}
+
+/// Reads and validates every manifest under `paths` once. A file that cannot be read is
+/// rejected by name (an error of document 0) and the other files are used; a path named in
+/// `paths` that does not exist is an error (nothing is returned).
 pub fn load_files(paths: &[PathBuf]) -> Result<Loaded> {
     let mut builder = SnapshotBuilder::new();
+    let mut unreadable = Vec::new();
     for file in collect(paths)? {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => builder.add_yaml(&file.display().to_string(), &text),
+        let source = file.display().to_string();
+        match read_manifest(&file) {
+            Ok(text) => builder.add_yaml(&source, &text),
             // Deleted between the walk and the read: it no longer contributes.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !paths.contains(&file) => {}
-            Err(source) => return Err(Error::Io { path: file, source }),
+            Err(_) if !file.exists() && !paths.contains(&file) => {}
+            Err(message) => unreadable.push(unreadable_source(source, message)),
         }
     }
-    Ok(builder.build())
+    let mut loaded = builder.build();
+    loaded.errors.splice(0..0, unreadable);
+    Ok(loaded)
 }
 
 impl FileSource {
@@ -131,7 +168,8 @@ impl FileSource {
         let loaded = load_files(&paths)?;
         let (mut publisher, rx) = Publisher::new("file");
         let now = Instant::now();
-        publisher.publish(Arc::new(loaded.snapshot), loaded.errors, true, false, now);
+        let stale = has_unreadable_file(&loaded);
+        publisher.publish(Arc::new(loaded.snapshot), loaded.errors, true, stale, now);
 
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =
@@ -186,9 +224,10 @@ impl FileSource {
                 let previous = publisher.current();
                 match result {
                     Ok(Ok(loaded)) => {
+                        let stale = has_unreadable_file(&loaded);
                         if *previous.snapshot == loaded.snapshot
                             && previous.errors == loaded.errors
-                            && !previous.stale
+                            && previous.stale == stale
                         {
                             tracing::debug!("files changed but the snapshot did not");
                             continue;
@@ -198,7 +237,7 @@ impl FileSource {
                         } else {
                             Arc::new(loaded.snapshot)
                         };
-                        publisher.publish(snapshot, loaded.errors, true, false, first);
+                        publisher.publish(snapshot, loaded.errors, true, stale, first);
                     }
                     Ok(Err(e)) => {
                         // Last good state: keep the snapshot, report the unreadable file.
@@ -211,15 +250,7 @@ impl FileSource {
                         };
                         let mut errors = previous.errors.clone();
                         errors.retain(|err| err.origin.document != 0);
-                        errors.push(LoadError {
-                            origin: Origin {
-                                source,
-                                document: 0,
-                            },
-                            object: None,
-                            field: String::new(),
-                            message,
-                        });
+                        errors.push(unreadable_source(source, message));
                         publisher.publish(previous.snapshot, errors, true, true, first);
                     }
                     Err(join) => tracing::error!("reload task failed: {join}"),
@@ -241,5 +272,23 @@ impl FileSource {
     /// The current state.
     pub fn state(&self) -> State {
         self.rx.borrow().clone()
+    }
+}
+
+/// A file could not be read: what it held is unknown, so the view is stale.
+fn has_unreadable_file(loaded: &Loaded) -> bool {
+    loaded.errors.iter().any(|e| e.origin.document == 0)
+}
+
+/// The error of a source that could not be read as a whole (document 0).
+fn unreadable_source(source: String, message: String) -> LoadError {
+    LoadError {
+        origin: Origin {
+            source,
+            document: 0,
+        },
+        object: None,
+        field: String::new(),
+        message,
     }
 }

@@ -229,3 +229,47 @@ async fn egress_gateways_and_nodes_from_files() {
     assert!(s.snapshot.egress_gateways.is_empty());
     assert_eq!(s.snapshot.nodes.len(), 1, "the node still loads");
 }
+
+/// Files that cannot be read (not UTF-8, UTF-16, a FIFO that would block the reader) are rejected
+/// by name and the other files are used.
+#[test]
+fn unreadable_files_are_rejected_by_name_and_the_rest_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("a.yaml"), policy("a", 80)).unwrap();
+    std::fs::write(root.join("binary.yaml"), [b'k', b':', 0xff, 0x80]).unwrap();
+    let utf16: Vec<u8> = [0xff, 0xfe]
+        .into_iter()
+        .chain(policy("u", 1).encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    std::fs::write(root.join("utf16.yaml"), utf16).unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo.yaml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::fs::write(root.join("z.yaml"), policy("z", 81)).unwrap();
+
+    let loaded = portcullis_watcher::load_files(&[root.to_path_buf()]).unwrap();
+    let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    let path = |name: &str| root.join(name).display().to_string();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "{}: not UTF-8: invalid byte at offset 2 (line 1)",
+                path("binary.yaml")
+            ),
+            format!("{}: cannot read: not a regular file", path("fifo.yaml")),
+            format!(
+                "{}: UTF-16 or UTF-32 (a byte-order mark); manifests must be UTF-8",
+                path("utf16.yaml")
+            ),
+        ]
+    );
+    let mut names: Vec<&str> = loaded
+        .snapshot
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "z"]);
+}

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-/// Where an object came from: source name (usually a file path) and 1-based document index.
+/// Where an object came from: source name (usually a file path) and 1-based document index
+/// (0 for the whole source, when it could not be read).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     pub source: String,
@@ -22,7 +23,11 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} doc {}", self.origin.source, self.origin.document)?;
+        // Document 0 is the whole source (a file that could not be read).
+        match self.origin.document {
+            0 => f.write_str(&self.origin.source)?,
+            n => write!(f, "{} doc {n}", self.origin.source)?,
+        }
         if let Some(object) = &self.object {
             write!(f, " ({object})")?;
         }

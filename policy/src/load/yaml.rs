@@ -3,11 +3,14 @@
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
+use serde::de::DeserializeSeed;
 use serde::Deserialize;
 
+use super::bounded::{BoundedValue, Budget};
 use super::builder::SnapshotBuilder;
 use super::egress::EGRESS_GATEWAY_KIND;
 use super::error::Origin;
+use super::nesting::{too_deep, MAX_FLOW_DEPTH};
 use super::size::{request_body_bytes, MAX_REQUEST_BODY_BYTES};
 
 /// The kinds loaded as objects (each one a request to the API server).
@@ -18,6 +21,13 @@ const OBJECT_KINDS: [&str; 6] = [
     "Node",
     EGRESS_GATEWAY_KIND,
     "Service",
+];
+
+/// Errors that concern only their document: the parser read it to its end.
+const PER_DOCUMENT_ERRORS: [&str; 3] = [
+    "duplicate entry with key",
+    "recursion limit exceeded",
+    "repetition limit exceeded",
 ];
 
 #[derive(Deserialize)]
@@ -33,21 +43,54 @@ struct ListItems {
 }
 
 impl SnapshotBuilder {
-    /// Adds every document of `text`; `source` names it in errors.
+    /// Adds every document of `text`; `source` names it in errors. A document that cannot be
+    /// read is rejected and the next one read, except after a syntax error (the YAML stream
+    /// cannot be resynchronised), past nesting too deep, or once aliases have used up the text's
+    /// [`Budget`]: there the rest of the text is not read.
     pub fn add_yaml(&mut self, source: &str, text: &str) {
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // A byte-order mark may open a YAML stream; libyaml reads it as content.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let too_deep = too_deep(text);
+        let readable = too_deep.map_or(text, |at| &text[..document_start(text, at)]);
+        let budget = Budget::for_text(text);
+        let mut documents = 0;
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(readable).enumerate() {
+            documents = index + 1;
             let origin = Origin {
                 source: source.to_string(),
-                document: index + 1,
+                document: documents,
             };
-            match serde_yaml_ng::Value::deserialize(document) {
+            match BoundedValue(&budget).deserialize(document) {
                 Ok(value) => self.add_value(&origin, value),
                 Err(e) => {
-                    self.reject(&origin, None, "", format!("not valid YAML: {e}"));
-                    // The YAML stream cannot be resynchronised after a syntax error.
-                    return;
+                    let message = format!("not valid YAML: {e}");
+                    let own = PER_DOCUMENT_ERRORS
+                        .iter()
+                        .any(|p| e.to_string().starts_with(p));
+                    if budget.spent() {
+                        let message = format!("{message}; the rest of the text is not read");
+                        return self.reject(&origin, None, "", message);
+                    }
+                    self.reject(&origin, None, "", message);
+                    if !own {
+                        return; // the parser would repeat a syntax error forever
+                    }
                 }
             }
+        }
+        if let Some(at) = too_deep {
+            // An empty stream still reads as one empty document.
+            let before = if readable.is_empty() { 0 } else { documents };
+            let origin = Origin {
+                source: source.to_string(),
+                document: before + 1,
+            };
+            let line = text[..at].matches('\n').count() + 1;
+            let message = format!(
+                "flow collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}; \
+                 the rest of the text is not read"
+            );
+            self.reject(&origin, None, "", message);
         }
     }
 
@@ -129,4 +172,34 @@ fn object_label(kind: &str, value: &serde_yaml_ng::Value) -> String {
         }
         (Some(name), _) => format!("{kind} {name}"),
     }
+}
+
+/// Where the document holding byte `at` begins: after the last `---` line before it.
+fn document_start(text: &str, at: usize) -> usize {
+    let before = &text[..at];
+    let mut start = 0;
+    let mut line = 0;
+    for l in before.split_inclusive('\n') {
+        if l.starts_with("---") && l[3..].starts_with(|c: char| c.is_ascii_whitespace()) {
+            start = line;
+        }
+        line += l.len();
+    }
+    start
+}
+
+/// One YAML document (a probe file) read as [`SnapshotBuilder::add_yaml`] reads each: a leading
+/// byte-order mark dropped, nesting and alias expansion bounded.
+pub(crate) fn read_bounded_yaml(text: &str) -> Result<serde_yaml_ng::Value, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(at) = too_deep(text) {
+        let line = text[..at].matches('\n').count() + 1;
+        return Err(format!(
+            "flow collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}"
+        ));
+    }
+    let budget = Budget::for_text(text);
+    BoundedValue(&budget)
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(|e| format!("not valid YAML: {e}"))
 }

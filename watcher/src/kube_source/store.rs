@@ -153,3 +153,60 @@ fn collect_ok<M: Clone>(map: &BTreeMap<Key, Converted<M>>, errors: &mut Vec<Load
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::networking::v1 as net;
+
+    use super::super::convert::{key_of, Watched};
+    use super::*;
+
+    /// A NetworkPolicy as the API server would serve it, with a 253-character name and
+    /// `annotation_bytes` of annotations (keys and values).
+    fn policy(name: &str, annotation_bytes: usize) -> net::NetworkPolicy {
+        let value = "v".repeat(annotation_bytes - 1);
+        let mut policy = net::NetworkPolicy::default();
+        policy.metadata.name = Some(name.to_string());
+        policy.metadata.namespace = Some("app".into());
+        policy.metadata.annotations = Some(BTreeMap::from([("k".to_string(), value)]));
+        policy.metadata.labels = Some(BTreeMap::from([("l".repeat(63), "v".repeat(63))]));
+        policy
+    }
+
+    /// Objects at the API server's limits (253-character name, 63-character label key and
+    /// value, 256 KiB of annotations) go through the watcher's conversion as through a file:
+    /// used; one past a limit is rejected by name, and neither holds back the others.
+    #[test]
+    fn objects_at_the_api_limits_are_used_and_past_them_rejected_by_name() {
+        let long = |c: &str| [c.repeat(63), c.repeat(63), c.repeat(63), c.repeat(61)].join(".");
+        let at_limit = policy(&long("a"), 256 * 1024);
+        let over = policy(&long("b"), 256 * 1024 + 1);
+        let small = policy("small", 10);
+        let mut stores = Stores::default();
+        let objects = [at_limit, over, small]
+            .into_iter()
+            .map(|p| (key_of(&p), p.convert()))
+            .collect();
+        stores.apply(Msg::Listed(Kind::Policy, objects));
+        let loaded = stores.build();
+        let mut names: Vec<&str> = loaded
+            .snapshot
+            .policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        names.sort();
+        assert_eq!(names, [long("a").as_str(), "small"]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(
+            error.starts_with(&format!(
+                "kubernetes NetworkPolicy doc 1 (NetworkPolicy app/{}): metadata.annotations: ",
+                long("b")
+            )),
+            "{error}"
+        );
+    }
+}
